@@ -1,0 +1,68 @@
+# Native data path of ibnbd-vhost: one addon (ibnbd.node) built from every .cc under native/
+# (each folder registers its own classes, see common/module.h), plus libvhost-user compiled from
+# the pinned Debian source that scripts/setup.sh unpacks into the cache and links (git-ignored)
+# at native/third_party/libvhost-user.
+#
+# Configurations: Release (-O2) is what the daemons load; Debug is the sanitizer build
+# (ASan + UBSan), selected at run time with IBNBD_SANITIZE=1 (see src/backend/native.ts).
+{
+  "variables": {
+    "lvu_dir%": "third_party/libvhost-user",
+    "ibverbs_version%": "<!(pkg-config --modversion libibverbs)",
+    "rdmacm_version%": "<!(pkg-config --modversion librdmacm)",
+    "uring_version%": "<!(pkg-config --modversion liburing)",
+    "qemu_source%": "<!(bash -c 'cat ${IBNBD_CACHE_DIR:-$HOME/.cache/ibnbd-vhost}/libvhost-user/.version 2>/dev/null || echo unknown')"
+  },
+  "target_defaults": {
+    "default_configuration": "Release",
+    "configurations": {
+      "Release": {
+        "cflags": ["-O2"],
+        "cflags_cc": ["-O2"]
+      },
+      "Debug": {
+        "cflags": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+        "cflags_cc": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+        "ldflags": ["-fsanitize=address,undefined"],
+        "defines": ["IBNBD_SANITIZE=1"]
+      }
+    }
+  },
+  "targets": [
+    {
+      "target_name": "vhost_user",
+      "type": "static_library",
+      "sources": ["<(lvu_dir)/libvhost-user.c"],
+      "include_dirs": ["<(lvu_dir)"],
+      "defines": ["_GNU_SOURCE"],
+      "cflags": ["-fPIC", "-std=gnu11", "-Wno-unused-parameter", "-Wno-sign-compare", "-Wno-cast-function-type", "-Wno-missing-field-initializers"]
+    },
+    {
+      "target_name": "ibnbd",
+      "dependencies": ["vhost_user"],
+      "sources": ["<!@(bash -c 'cd \"<(module_root_dir)\" && find . -name \"*.cc\" -not -path \"./build*\" -not -path \"./third_party/*\" | sort')"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<(module_root_dir)",
+        "<(lvu_dir)"
+      ],
+      "defines": [
+        "NAPI_VERSION=9",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NAPI_CPP_EXCEPTIONS",
+        "_GNU_SOURCE",
+        "VIRTIO_RING_NO_LEGACY",
+        "IBNBD_IBVERBS_VERSION=\"<(ibverbs_version)\"",
+        "IBNBD_RDMACM_VERSION=\"<(rdmacm_version)\"",
+        "IBNBD_URING_VERSION=\"<(uring_version)\"",
+        "IBNBD_QEMU_SOURCE=\"<(qemu_source)\""
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-pthread"],
+      "cflags_cc": ["-std=gnu++20", "-fexceptions", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers", "-pthread"],
+      "ldflags": ["-Wl,-z,now", "-pthread"],
+      "libraries": ["-libverbs", "-lrdmacm", "-luring"]
+    }
+  ]
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Idempotent set-up for ibnbd-vhost: everything a fresh Debian 12 machine needs to build, test
+# and run the demo. A second run checks stamps and hashes and touches nothing.
+#
+#   IBNBD_CACHE_DIR  where fetched sources, the guest kernel and libblkio debs live
+#                    (default: ~/.cache/ibnbd-vhost; outside the work tree, never committed)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cache="${IBNBD_CACHE_DIR:-${HOME:-/root}/.cache/ibnbd-vhost}"
+mkdir -p "$cache"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Pinned fetched sources. Security uploads change the Debian revision of qemu, never its orig
+# tarball, so the tarball's hash is the pin and the revision is only the first one we try.
+QEMU_SRC_VERSION="1:7.2+dfsg-7+deb12u18"
+QEMU_ORIG="qemu_7.2+dfsg.orig.tar.xz"
+QEMU_ORIG_SHA256="91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f"
+LIBBLKIO_VERSION="1.5.0"
+
+APT_PACKAGES=(
+  build-essential pkg-config python3 xz-utils ca-certificates
+  libibverbs-dev librdmacm-dev ibverbs-providers rdmacm-utils ibverbs-utils perftest
+  liburing-dev
+  qemu-system-x86 qemu-utils
+  busybox-static cpio kmod e2fsprogs iproute2
+  libvirt-clients
+)
+
+# ---------------------------------------------------------------------------------------------
+# 1. Debian packages: apt-get update only when something is missing.
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Private apt configuration for deb-src and trixie entries, derived from the system's own
+# sources so that no archive host is written in this repository.
+aptdir="$cache/apt"
+system_sources() {
+  # deb822 files first, then one-line lists; print "URI|Signed-By" for Debian's main archive.
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk '
+      BEGIN { RS=""; FS="\n" }
+      {
+        types=""; uris=""; suites=""; signed="";
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^Types:/)     { types=$i;  sub(/^Types:[ \t]*/, "", types) }
+          if ($i ~ /^URIs:/)      { uris=$i;   sub(/^URIs:[ \t]*/, "", uris) }
+          if ($i ~ /^Suites:/)    { suites=$i; sub(/^Suites:[ \t]*/, "", suites) }
+          if ($i ~ /^Signed-By:/) { signed=$i; sub(/^Signed-By:[ \t]*/, "", signed) }
+        }
+        if (types ~ /deb/ && suites ~ /(^| )bookworm( |$)/) print uris "|" signed
+      }' "$f"
+  done
+  if [ -f /etc/apt/sources.list ]; then
+    awk '$1 == "deb" && $3 == "bookworm" { print $2 "|" }' /etc/apt/sources.list
+  fi
+}
+apt_private() {
+  # $1: name of the private list (src | trixie); rest: apt-get arguments.
+  local name="$1"; shift
+  local dir="$aptdir/$name"
+  apt-get -o Dir::Etc::sourcelist="$dir/sources.list" -o Dir::Etc::sourceparts=- \
+          -o Dir::State::Lists="$dir/lists" -o Dir::Cache::archives="$dir/archives" \
+          -o Debug::NoLocking=1 -o APT::Sandbox::User=root "$@"
+}
+prepare_private_list() {
+  # $1: name; $2: line template with @URI@ (one line per system URI)
+  local name="$1" tmpl="$2" line uri signed
+  local dir="$aptdir/$name"
+  mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+  if [ ! -s "$dir/sources.list" ]; then
+    : > "$dir/sources.list.new"
+    while IFS='|' read -r uri signed; do
+      [ -n "$uri" ] || continue
+      case "$uri" in *security*) continue ;; esac
+      line="${tmpl//@URI@/$uri}"
+      if [ -n "$signed" ]; then line="${line//@SIGNED@/[signed-by=$signed]}"; else line="${line//@SIGNED@/}"; fi
+      echo "$line" >> "$dir/sources.list.new"
+    done < <(system_sources)
+    [ -s "$dir/sources.list.new" ] || { log "no Debian bookworm entry in the system's apt sources"; exit 1; }
+    mv "$dir/sources.list.new" "$dir/sources.list"
+  fi
+  if [ ! -f "$dir/updated.stamp" ]; then
+    log "apt-get update for the private '$name' list"
+    apt_private "$name" update -qq
+    touch "$dir/updated.stamp"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. libvhost-user from Debian's qemu source package (orig tarball pinned by sha256).
+lvu="$cache/libvhost-user"
+if [ ! -f "$lvu/.ok" ] || [ "$(cat "$lvu/.ok")" != "$QEMU_ORIG_SHA256" ]; then
+  srcdir="$cache/qemu-src"
+  mkdir -p "$srcdir"
+  if [ ! -f "$srcdir/$QEMU_ORIG" ] || ! echo "$QEMU_ORIG_SHA256  $srcdir/$QEMU_ORIG" | sha256sum -c --quiet - 2>/dev/null; then
+    prepare_private_list src "deb-src @SIGNED@ @URI@ bookworm main"
+    log "downloading Debian's qemu source package"
+    ( cd "$srcdir" && rm -f ./*.dsc ./*.debian.tar.xz && \
+      { apt_private src source --download-only -qq "qemu=$QEMU_SRC_VERSION" 2>/dev/null || \
+        apt_private src source --download-only -qq qemu; } )
+  fi
+  echo "$QEMU_ORIG_SHA256  $srcdir/$QEMU_ORIG" | sha256sum -c --quiet - || {
+    log "sha256 mismatch for $QEMU_ORIG"; exit 1; }
+  log "unpacking subprojects/libvhost-user"
+  rm -rf "$lvu.tmp" && mkdir -p "$lvu.tmp"
+  tar --no-same-owner -xJf "$srcdir/$QEMU_ORIG" -C "$lvu.tmp" --strip-components=1 --wildcards \
+    '*/subprojects/libvhost-user/*' '*/include/qemu/atomic.h' '*/include/qemu/compiler.h' \
+    '*/include/standard-headers/linux/*'
+  rm -rf "$lvu" && mv "$lvu.tmp" "$lvu"
+  dsc="$(ls "$srcdir"/qemu_*.dsc 2>/dev/null | head -n1)"
+  dsc="${dsc##*/}"; dsc="${dsc#qemu_}"; echo "qemu ${dsc%.dsc} ($QEMU_ORIG sha256 ${QEMU_ORIG_SHA256:0:16}…)" > "$lvu/.version"
+  echo "$QEMU_ORIG_SHA256" > "$lvu/.ok"
+  # the orig tarball is kept for the hash check; the .dsc/.debian.tar are not needed
+fi
+
+# the addon build (native/binding.gyp) compiles it from here; the link is git-ignored
+mkdir -p "$root/native/third_party"
+ln -sfn "$lvu/subprojects/libvhost-user" "$root/native/third_party/libvhost-user"
+
+# ---------------------------------------------------------------------------------------------
+# 3. libblkio 1.5.0 from Debian 13 (not in bookworm): a real vhost-user-blk client for tests.
+if ! dpkg-query -W -f='${Version}' libblkio-dev 2>/dev/null | grep -q "^$LIBBLKIO_VERSION"; then
+  prepare_private_list trixie "deb @SIGNED@ @URI@ trixie main"
+  debs="$cache/libblkio"
+  mkdir -p "$debs"
+  log "downloading libblkio $LIBBLKIO_VERSION from Debian 13"
+  ( cd "$debs" && apt_private trixie download -qq "libblkio1=$LIBBLKIO_VERSION*" "libblkio-dev=$LIBBLKIO_VERSION*" 2>/dev/null || \
+    apt_private trixie download -qq libblkio1 libblkio-dev )
+  dpkg -i "$debs"/libblkio1_*.deb "$debs"/libblkio-dev_*.deb >/dev/null
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. Guest kernel for tests/qemu: the linux-image-6.1.0-N-amd64 that linux-image-amd64 names.
+gk="$cache/guest-kernel"
+if [ ! -f "$gk/.ok" ]; then
+  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
+  [ -n "$pkg" ] || { apt-get update -qq; pkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"; }
+  [ -n "$pkg" ] || { log "cannot resolve the guest kernel package"; exit 1; }
+  log "downloading guest kernel $pkg"
+  rm -rf "$gk.tmp" && mkdir -p "$gk.tmp/deb"
+  ( cd "$gk.tmp/deb" && apt-get -o APT::Sandbox::User=root download -qq "$pkg" )
+  dpkg-deb -x "$gk.tmp/deb"/*.deb "$gk.tmp/root"
+  kver="${pkg#linux-image-}"
+  /bin/busybox depmod -b "$gk.tmp/root" "$kver" 2>/dev/null || depmod -b "$gk.tmp/root" "$kver"
+  echo "$kver" > "$gk.tmp/kver"
+  rm -rf "$gk.tmp/deb"
+  rm -rf "$gk" && mv "$gk.tmp" "$gk"
+  echo "$pkg" > "$gk/.ok"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. Node dependencies (only when missing or when package.json changed).
+cd "$root"
+if [ -f package.json ]; then
+  stamp="node_modules/.ibnbd-setup"
+  deps_hash() { { cat package.json; cat package-lock.json 2>/dev/null || true; } | sha256sum | cut -c1-64; }
+  want="$(deps_hash)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing npm dependencies"
+    if [ -f package-lock.json ]; then npm ci --ignore-scripts --no-audit --no-fund >/dev/null
+    else npm install --ignore-scripts --no-audit --no-fund >/dev/null; fi
+    want="$(deps_hash)"
+    echo "$want" > "$stamp"
+  fi
+fi
+log "ok (cache: $cache)"
