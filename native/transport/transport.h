@@ -1,0 +1,164 @@
+// The transport between an IBNBD client and server, in RTRS's model (PROTOCOL.md §2):
+//   session (sessname + random uuid, shared queue depth and max IO size)
+//     └ path (one per "path=", service connection + one IO connection per IO thread)
+// A request is READ (data server → client) or WRITE (client → server), carries a user message
+// (the IBNBD message) and a data scatter/gather list, and completes with an errno.
+// Implementations: tcp/ (our framing, docs/tcp-transport.md) and rdma/ (RTRS on the wire).
+#pragma once
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ibnbd::transport {
+
+enum class Dir : uint8_t { kRead = 0, kWrite = 1 };
+
+constexpr uint32_t kDefaultQueueDepth = 512;
+constexpr uint32_t kDefaultMaxIoSize = 128 * 1024;
+constexpr uint16_t kDefaultPort = 1234;
+constexpr uint32_t kMaxUsrLen = 512;        // an IBNBD message is at most 264 bytes (OPEN)
+constexpr uint32_t kHeartbeatIntervalMs = 5000;
+constexpr uint32_t kHeartbeatMissedMax = 5;
+
+// "ip:<v4>", "ip:<v6>" or "gid:<gid>" plus a port.
+struct Endpoint {
+  std::string kind;  // "ip" | "gid"
+  std::string addr;
+  uint16_t port = kDefaultPort;
+};
+
+struct PathSpec {
+  std::optional<Endpoint> src;
+  Endpoint dst;
+};
+
+enum class PathState { kConnecting, kConnected, kReconnecting, kClosed };
+
+struct PathInfo {
+  std::string src;  // local address as connected, "" before
+  std::string dst;
+  PathState state = PathState::kConnecting;
+  uint64_t inflight = 0;
+  uint32_t reconnects = 0;
+  uint64_t hb_rtt_ns = 0;  // last heartbeat round trip
+};
+
+enum class LinkEvent { kConnected, kDisconnected, kReconnected };
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+
+// One request, owned by the caller until done() runs.
+struct ClientIo {
+  Dir dir = Dir::kRead;
+  const void* usr = nullptr;    // user message (IBNBD), usr_len ≤ kMaxUsrLen
+  uint16_t usr_len = 0;
+  const struct iovec* iov = nullptr;  // data: WRITE source / READ destination (guest memory)
+  uint32_t iov_cnt = 0;
+  uint32_t data_len = 0;        // sum of iov lengths, ≤ max_io_size()
+  // Called exactly once, on the IO thread that submitted the request: err = 0 or -errno
+  // (-ENOTCONN when no path is connected, -EIO when the request was lost with its path and
+  // could not be re-issued, or the server's errno).
+  void (*done)(ClientIo* io, int err) = nullptr;
+  void* ctx = nullptr;
+  uintptr_t transport_private[4] = {};  // the transport's bookkeeping; callers leave it alone
+};
+
+class ClientSession {
+ public:
+  struct Options {
+    std::string sessname;
+    std::vector<PathSpec> paths;
+    uint32_t queue_depth = kDefaultQueueDepth;
+    uint32_t max_io_size = kDefaultMaxIoSize;
+    std::string mp_policy = "min-inflight";  // "round-robin" | "min-inflight" | "min-latency"
+    // Link events (first path up / last path down / back up); called on an IO thread.
+    std::function<void(LinkEvent)> on_link_event;
+  };
+
+  // transport: "tcp" or "rdma". Returns nullptr with *err set (-EINVAL, -ENODEV, ...).
+  static std::shared_ptr<ClientSession> Create(const std::string& transport, Options options,
+                                               int* err);
+  virtual ~ClientSession() = default;
+
+  // Blocking: establishes every path (handshake included). Call from a worker thread, never an
+  // IO thread. 0 once at least one path is connected, else -errno of the last failure.
+  virtual int Connect(int timeout_ms) = 0;
+
+  // From an IO thread (EventLoop::Current() != nullptr): the request goes out on that thread's
+  // IO connection of the chosen path and completes on the same thread. When all permits
+  // (queue_depth) are taken it waits in FIFO order.
+  virtual void Submit(ClientIo* io) = 0;
+
+  virtual uint32_t queue_depth() const = 0;  // negotiated
+  virtual uint32_t max_io_size() const = 0;  // negotiated data bytes per request
+  virtual bool connected() const = 0;        // at least one path connected
+  virtual std::vector<PathInfo> Paths() const = 0;
+  virtual std::string uuid() const = 0;
+
+  // Closes every path; in-flight requests complete with -ECONNABORTED. Blocking, not from an
+  // IO thread. Idempotent.
+  virtual void Close() = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+class ServerSession;
+
+// One incoming request; owned by the transport until Respond().
+struct ServerIo {
+  Dir dir = Dir::kRead;
+  const uint8_t* usr = nullptr;  // user message as received
+  uint16_t usr_len = 0;
+  // WRITE: the payload received (data_len bytes). READ: a buffer of data_len bytes (the length
+  // the client asked for) that the handler fills before Respond(io, 0).
+  uint8_t* data = nullptr;
+  uint32_t data_len = 0;
+  ServerSession* session = nullptr;
+  unsigned loop = 0;  // IoThreads index of the thread that received it
+};
+
+// Answer a request exactly once, from any thread (the transport hops to io->loop). err = 0 or
+// -errno; for a READ with err == 0 the data buffer is sent back.
+void Respond(ServerIo* io, int err);
+
+class ServerSession {
+ public:
+  virtual ~ServerSession() = default;
+  virtual const std::string& sessname() const = 0;
+  virtual std::string uuid() const = 0;
+  virtual std::vector<PathInfo> Paths() const = 0;  // src = client address
+  virtual uint64_t id() const = 0;                  // unique per server process
+  void* upper = nullptr;                            // the IBNBD server layer's state
+};
+
+class ServerHandler {
+ public:
+  virtual ~ServerHandler() = default;
+  virtual void OnSessionUp(ServerSession* s) = 0;    // first path connected
+  virtual void OnSessionDown(ServerSession* s) = 0;  // last path gone; no requests after this
+  virtual void OnRequest(ServerIo* io) = 0;          // on an IO thread
+};
+
+class Server {
+ public:
+  struct Options {
+    std::vector<Endpoint> listen;  // default: ip:0.0.0.0 and ip:[::] on kDefaultPort
+    uint32_t queue_depth = kDefaultQueueDepth;
+    uint32_t max_io_size = kDefaultMaxIoSize;
+  };
+  static std::unique_ptr<Server> Create(const std::string& transport, Options options,
+                                        ServerHandler* handler, int* err);
+  virtual ~Server() = default;
+  virtual int Start() = 0;  // 0 or -errno (EADDRINUSE, ...)
+  virtual void Stop() = 0;  // closes every session (OnSessionDown for each), joins
+  virtual std::vector<Endpoint> Bound() const = 0;  // actual ports (listen port 0 → ephemeral)
+};
+
+}  // namespace ibnbd::transport
