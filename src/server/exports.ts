@@ -11,7 +11,6 @@ import { WriterCount, type AccessMode } from './access.js';
 import { isInside, resolveDevicePath } from './device-path.js';
 
 export type IoMode = 'blockio' | 'fileio';
-export const IO_MODE_BY_WIRE: readonly IoMode[] = ['fileio', 'blockio'];
 
 /** Geometry of an open device, as the native probe reports it; feeds OPEN_RSP. */
 export interface DeviceGeometry {
@@ -65,6 +64,8 @@ export class Export {
   readonly access = new WriterCount();
   /** Sessions mapping this export, by session name (one entry per name, as the sysfs tree). */
   readonly holders = new Map<string, Holder>();
+  /** geometry of the last probe (each OPEN probes again: a file may have grown) */
+  geometry: DeviceGeometry | null = null;
   /** Open references (session devices) to this export. */
   refs = 0;
   readonly #fdSets = new Map<string, FdSetEntry>();
@@ -180,6 +181,7 @@ export class ExportTable {
         exp.access.release(mode);
         throw e instanceof IbnbdError ? e : errnoFromFs(e, `probe ${actual}`);
       }
+      exp.geometry = geometry;
       exp.refs++;
       if (created) this.#byKey.set(key, exp);
       return { exp, ioMode, fds, geometry, fullPath: where.fullPath };

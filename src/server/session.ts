@@ -2,7 +2,7 @@
 // version and the devices it opened, each with a device id private to the session. Applies the
 // OPEN/CLOSE rules of PROTOCOL.md 1.10; the bytes are decoded and encoded elsewhere (admin.ts).
 import { IbnbdError } from '../backend/errors.js';
-import { accessModeFromWire, type AccessMode } from './access.js';
+import type { AccessMode } from './access.js';
 import type { DeviceGeometry, Export, ExportTable, FdSet, IoMode } from './exports.js';
 
 export const SERVER_PROTO_VER = 2;
@@ -42,8 +42,8 @@ export interface SessionDevice {
 }
 
 export interface OpenRequest {
-  accessMode: number; // wire value: 0 ro, 1 rw, 2 migration
-  ioMode: number; // wire value: 0 fileio, 1 blockio, 2 autoio
+  accessMode: AccessMode;
+  ioMode: IoMode;
   devName: string;
 }
 
@@ -84,14 +84,13 @@ export class ExportSession {
 
   open(req: OpenRequest): OpenResult {
     if (this.#closed) throw new IbnbdError('ENOTCONN', 'session is closing');
-    const mode = accessModeFromWire(req.accessMode);
+    const mode = req.accessMode;
     const existing = this.#byName.get(req.devName);
     if (existing) {
       // The reconnect re-OPEN: same id, fresh geometry, no second permission check.
       const geometry = this.#reprobe(existing);
       return { deviceId: existing.deviceId, geometry, ioMode: existing.ioMode, reused: true };
     }
-    const wantIo = ioModeFromWire(req.ioMode);
     const deviceId = this.#allocateId();
     const opened = this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {
       const holder = exp.holders.get(this.sessname);
@@ -101,7 +100,7 @@ export class ExportSession {
           `${exp.name} is already mapped by session ${this.sessname} as ${JSON.stringify(holder.mappingPath)}`,
         );
       }
-      return wantIo === 'autoio' ? (exp.blockDevice ? 'blockio' : 'fileio') : wantIo;
+      return req.ioMode;
     });
     const ioMode = opened.ioMode;
     const dev: SessionDevice = {
@@ -175,6 +174,7 @@ export class ExportSession {
   #reprobe(dev: SessionDevice): DeviceGeometry {
     try {
       dev.geometry = this.ctx.exports.probe(dev.fds.readFd, dev.exp.blockDevice);
+      dev.exp.geometry = dev.geometry;
     } catch {
       /* keep the geometry of the first OPEN */
     }
@@ -187,18 +187,5 @@ export class ExportSession {
       if (!this.devices.has(id) && !this.reservedIds.has(id)) return id;
     }
     throw new IbnbdError('ENOSPC', 'no free device id');
-  }
-}
-
-function ioModeFromWire(v: number): IoMode | 'autoio' {
-  switch (v) {
-    case 0:
-      return 'fileio';
-    case 1:
-      return 'blockio';
-    case 2:
-      return 'autoio';
-    default:
-      throw new IbnbdError('EINVAL', `unknown io_mode ${v}`);
   }
 }
