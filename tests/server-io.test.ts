@@ -212,3 +212,22 @@ test.serial('access-mode matrix across two sessions; a killed session releases i
   const again = await a.open('disk', 'rw');
   t.is(again.errno, 0, 'writer released with the dead session');
 });
+
+test.serial('force-close over the wire: IO on the id fails, CLOSE frees it, a re-OPEN gets a new id', async (t) => {
+  const dir = tempDir(t, 'srvio');
+  sparseFile(join(dir, 'disk'), MiB);
+  const { running, port } = serve(t, dir);
+  const c = await client(t, port, 'fc');
+  const o = await c.open('disk', 'rw');
+  t.is(await c.write(o.rsp!.deviceId, 0, Buffer.alloc(4096, 1)), 0);
+  const name = running.server.devices()[0]!.name;
+  t.deepEqual(running.server.forceClose('fc', name), { sessname: 'fc', device_id: 0 });
+  t.is((await c.read(0, 0, 4096)).errno, E.ENOTCONN, 'IO on a force-closed id');
+  t.deepEqual(running.server.devices(), []);
+  const again = await c.open('disk', 'rw');
+  t.is(again.errno, 0, 'the writer was released');
+  t.is(again.rsp!.deviceId, 1, 'the force-closed id stays reserved');
+  t.is(await c.close_(0), 0);
+  t.deepEqual(running.server.sessionList()[0]!.closed_ids, []);
+  t.is((await c.read(1, 0, 4096)).data![0], 1, 'the data written before is there');
+});
