@@ -3,10 +3,15 @@
 // handshake that must cost only its own connection.
 import test from 'ava';
 import { connect as netConnect } from 'node:net';
-import { ClientSession, type LinkEvent } from '../src/backend/transport.js';
+import { ClientSession, configureIoThreads, ioThreadCount, type LinkEvent } from '../src/backend/transport.js';
 import { NativeServer, type NativeServerEvent } from '../src/backend/server-native.js';
 
 const LO = { kind: 'ip' as const, addr: '127.0.0.1', port: 0 };
+
+// Two IO threads: every path has a service and two IO connections, requests are spread over
+// both threads and the server answers across threads.
+configureIoThreads(2);
+
 
 interface Harness {
   server: NativeServer;
@@ -205,6 +210,13 @@ test('a malformed handshake closes only its own connection', async (t) => {
   }
   const r = await c.request({ dir: 'read', usr: Buffer.from([0, 0, 0, 0]), readLen: 4 });
   t.is(r.errno, 0, 'the established session is untouched');
+});
+
+test('the IO thread pool has the configured size and cannot be resized once running', (t) => {
+  t.is(ioThreadCount(), 2);
+  t.notThrows(() => configureIoThreads(2));
+  t.throws(() => configureIoThreads(3), { code: 'EBUSY' });
+  t.throws(() => configureIoThreads(0), { code: 'EINVAL' });
 });
 
 test('rdma is known but not built yet; unknown transports are refused', (t) => {
