@@ -6,9 +6,9 @@ import { isDeepStrictEqual } from 'node:util';
 import { IbnbdError } from '../src/backend/errors.js';
 import {
   CLOSE_SIZE, HDR_SIZE, IO_SIZE, IO_V1_SIZE, NAME_MAX, OPEN_RSP_SIZE, OPEN_SIZE, PROTO_VER_MAJOR, SESS_INFO_SIZE,
-  decode, encode, peekHeader, type DecodeResult,
+  MSG_TYPES, decode, encode, peekHeader, type DecodeResult,
 } from '../src/proto/ibnbd.js';
-import { nativeDecode, nativeEncode, nativePeek, nativeProtoSizes } from '../src/backend/proto-native.js';
+import { nativeDecode, nativeDecodeAs, nativeEncode, nativePeek, nativeProtoSizes } from '../src/backend/proto-native.js';
 import { accepted, malformed, prng, unencodable, valid } from './vectors/ibnbd-vectors.js';
 
 const show = (x: unknown) => JSON.stringify(x, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v));
@@ -53,6 +53,23 @@ for (const v of unencodable) {
     t.is(e?.code, v.errno);
   });
 }
+
+test('the typed C++ decoders (DecodeIo, ...) decode their own type and refuse the others with EPROTO', (t) => {
+  for (const v of valid) {
+    for (const type of MSG_TYPES) {
+      const r = nativeDecodeAs(v.bytes, type);
+      if (type === v.msg.type) t.deepEqual(r, { ok: true, msg: v.msg }, `${v.name} as ${type}`);
+      else t.deepEqual(r.ok ? 'accepted' : [r.error.code, r.error.field], ['EPROTO', 'hdr.type'], `${v.name} as ${type}`);
+    }
+  }
+  // a malformed buffer of the right type fails the typed decoder exactly as it fails Decode
+  for (const v of malformed) {
+    const hdr = peekHeader(v.bytes);
+    if (!hdr.ok) continue;
+    const r = nativeDecodeAs(v.bytes, hdr.type);
+    t.deepEqual(r.ok ? 'accepted' : [r.error.code, r.error.field], [v.errno, v.field], v.name);
+  }
+});
 
 test('C++ decodes from a view into a larger buffer at an odd offset', (t) => {
   for (const v of valid) {

@@ -21,6 +21,7 @@ type NativeError = { error: string; field: string };
 
 interface NativeProto {
   decode(buf: Uint8Array): Message | NativeError;
+  decodeAs(buf: Uint8Array, type: MsgTypeName): Message | NativeError;
   encode(msg: Message, version?: number): Buffer;
   peek(buf: Uint8Array): MsgTypeName | NativeError;
   sizes: NativeProtoSizes;
@@ -38,6 +39,12 @@ function toProtocolError(r: NativeError): ProtocolError {
 /** decode() of the C++ codec, with the TS codec's result shape. */
 export function nativeDecode(buf: Uint8Array): DecodeResult {
   const r = proto().decode(buf);
+  return 'error' in r ? { ok: false, error: toProtocolError(r) } : { ok: true, msg: r };
+}
+
+/** The C++ typed decoder of `type` (DecodeIo, DecodeOpen, ...), as the data path calls it. */
+export function nativeDecodeAs(buf: Uint8Array, type: MsgTypeName): DecodeResult {
+  const r = proto().decodeAs(buf, type);
   return 'error' in r ? { ok: false, error: toProtocolError(r) } : { ok: true, msg: r };
 }
 
