@@ -6,9 +6,9 @@ import { isDeepStrictEqual } from 'node:util';
 import { IbnbdError } from '../src/backend/errors.js';
 import {
   CLOSE_SIZE, HDR_SIZE, IO_SIZE, IO_V1_SIZE, NAME_MAX, OPEN_RSP_SIZE, OPEN_SIZE, PROTO_VER_MAJOR, SESS_INFO_SIZE,
-  MSG_TYPES, decode, encode, peekHeader, type DecodeResult,
+  MSG_TYPES, decode, encode, msgSize, peekHeader, type DecodeResult,
 } from '../src/proto/ibnbd.js';
-import { nativeDecode, nativeDecodeAs, nativeEncode, nativePeek, nativeProtoSizes } from '../src/backend/proto-native.js';
+import { nativeDecode, nativeDecodeAs, nativeEncode, nativeFrameSize, nativePeek, nativeProtoSizes } from '../src/backend/proto-native.js';
 import { accepted, malformed, prng, unencodable, valid } from './vectors/ibnbd-vectors.js';
 
 const show = (x: unknown) => JSON.stringify(x, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v));
@@ -69,6 +69,19 @@ test('the typed C++ decoders (DecodeIo, ...) decode their own type and refuse th
     const r = nativeDecodeAs(v.bytes, hdr.type);
     t.deepEqual(r.ok ? 'accepted' : [r.error.code, r.error.field], [v.errno, v.field], v.name);
   }
+});
+
+test('C++ FrameSize learns each message size from its header, as the TS stream decoder does', (t) => {
+  for (const v of valid) {
+    const r = nativeFrameSize(v.bytes.subarray(0, 4), v.version);
+    t.deepEqual(r, { ok: true, size: v.bytes.length }, v.name);
+    t.is(msgSize(v.msg.type, v.version), v.bytes.length);
+  }
+  t.deepEqual(nativeFrameSize(Buffer.from([4, 0, 0, 0]), 1), { ok: true, size: 24 });
+  const bad = nativeFrameSize(Buffer.from([4, 0, 1, 0]), 2);
+  t.deepEqual(bad.ok ? 'accepted' : [bad.error.code, bad.error.field], ['EPROTO', 'hdr.padding']);
+  const short = nativeFrameSize(Buffer.from([4, 0, 0]), 2);
+  t.deepEqual(short.ok ? 'accepted' : [short.error.code, short.error.field], ['EINVAL', 'length']);
 });
 
 test('C++ decodes from a view into a larger buffer at an odd offset', (t) => {

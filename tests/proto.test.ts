@@ -114,6 +114,13 @@ test('decode reads from a view into a larger buffer at an odd offset', (t) => {
   }
 });
 
+test('decode of something that is not a byte buffer is EINVAL, not an exception', (t) => {
+  for (const x of [undefined, null, 'abcd', 42, {}, [4, 0, 0, 0]]) {
+    const r = decode(x as unknown as Uint8Array);
+    t.deepEqual(r.ok ? 'accepted' : [r.error.code, r.error.field], ['EINVAL', 'length'], String(x));
+  }
+});
+
 test('peekHeader learns the type from 4 bytes and rejects a bad header early', (t) => {
   const io = valid.find((v) => v.msg.type === 'IO')!.bytes;
   t.deepEqual(peekHeader(io.subarray(0, 4)), { ok: true, type: 'IO' });

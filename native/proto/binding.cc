@@ -5,6 +5,7 @@
 //   proto.encode(msg, version?)  → Buffer; throws an Error with .code = errno name
 //   proto.decodeAs(buf, type)    → decode() through the typed decoder (DecodeIo, ...) of `type`
 //   proto.peek(buf)              → type name, or { error, field } (header-only check)
+//   proto.frameSize(buf, ver)    → bytes of the message whose header starts buf, or { error, field }
 //   proto.sizes                  → the C++ size constants
 #include <napi.h>
 
@@ -255,11 +256,24 @@ Napi::Value JsEncode(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, out, size);
 }
 
+Napi::Value JsFrameSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
+    Invalid(env, "args", "expected (Buffer, version)");
+  auto buf = info[0].As<Napi::Uint8Array>();
+  size_t size = 0;
+  const char* field = nullptr;
+  uint8_t ver = uint8_t(info[1].As<Napi::Number>().Uint32Value());
+  if (int err = FrameSize(buf.Data(), buf.ByteLength(), ver, &size, &field)) return ErrorResult(env, err, field);
+  return Napi::Number::New(env, double(size));
+}
+
 void Init(Napi::Env env, Napi::Object exports) {
   Napi::Object proto = Napi::Object::New(env);
   proto.Set("decode", Napi::Function::New(env, JsDecode, "decode"));
   proto.Set("encode", Napi::Function::New(env, JsEncode, "encode"));
   proto.Set("decodeAs", Napi::Function::New(env, JsDecodeAs, "decodeAs"));
+  proto.Set("frameSize", Napi::Function::New(env, JsFrameSize, "frameSize"));
   proto.Set("peek", Napi::Function::New(env, JsPeek, "peek"));
   Napi::Object sizes = Napi::Object::New(env);
   sizes.Set("hdr", kHdrSize);

@@ -24,6 +24,7 @@ interface NativeProto {
   decodeAs(buf: Uint8Array, type: MsgTypeName): Message | NativeError;
   encode(msg: Message, version?: number): Buffer;
   peek(buf: Uint8Array): MsgTypeName | NativeError;
+  frameSize(buf: Uint8Array, version: number): number | NativeError;
   sizes: NativeProtoSizes;
 }
 
@@ -60,6 +61,12 @@ export function nativeEncode(msg: Message, options: { version?: number } = {}): 
 export function nativePeek(buf: Uint8Array): { ok: true; type: MsgTypeName } | { ok: false; error: ProtocolError } {
   const r = proto().peek(buf);
   return typeof r === 'string' ? { ok: true, type: r } : { ok: false, error: toProtocolError(r) };
+}
+
+/** C++ FrameSize: the size of the message whose header starts `buf` (IO by `version`). */
+export function nativeFrameSize(buf: Uint8Array, version: number): { ok: true; size: number } | { ok: false; error: ProtocolError } {
+  const r = proto().frameSize(buf, version);
+  return typeof r === 'number' ? { ok: true, size: r } : { ok: false, error: toProtocolError(r) };
 }
 
 export function nativeProtoSizes(): NativeProtoSizes {
