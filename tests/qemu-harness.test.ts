@@ -110,23 +110,61 @@ test.serial('a held guest waits for the host: marks, host lines, host-side chang
   }
 });
 
+test.serial('reconnect: the backend restarts while the guest is idle, then IO goes on', async (t) => {
+  const f = await qsdFixture(1);
+  let second: Qsd | undefined;
+  try {
+    const g = await startGuest({
+      disks: [{ socket: f.socket, reconnect: true }],
+      timeoutMs: 90_000,
+      script: `
+        printf 'before-restart' | dd of=/dev/vda bs=4096 conv=sync oflag=direct 2>/dev/null
+        mark idle
+        host_wait go
+        printf 'after-restart' | dd of=/dev/vda bs=4096 seek=1 conv=sync oflag=direct 2>/dev/null
+        dd if=/dev/vda bs=4096 count=1 iflag=direct 2>/dev/null | head -c 14; echo
+      `,
+    });
+    await g.waitForMarker('idle', 60_000);
+    await f.qsd.stop();
+    rmSync(f.socket, { force: true });
+    second = await startQsd({ file: f.file, socket: f.socket });
+    // QEMU redials once a second (reconnect=1); IO queued before that waits in the ring
+    await new Promise((r) => setTimeout(r, 1500));
+    g.sendLine('go');
+    const r = await g.exited;
+    t.is(r.exitCode, 0, r.serial);
+    t.is(r.output, 'before-restart\n');
+    t.is(readFileSync(f.file).subarray(4096, 4096 + 13).toString(), 'after-restart');
+  } finally {
+    await second?.stop();
+    await teardown(f);
+  }
+});
+
 test.serial('hostroot mode runs host programs (node) and writes to a writable share', async (t) => {
   const share = mkdtempSync(join(tmpdir(), 'ibnbd-qh-share-'));
   try {
-    const r = await runGuest({
+    const g = await startGuest({
       mode: 'hostroot',
       shares: [{ hostPath: share, tag: 'work' }],
       timeoutMs: 120_000,
       script: `
         node -e 'console.log("node", process.version, 6 * 7)'
         echo from-guest-root > ${share}/result
-        id -u
+        mark ready
+        host_read answer
+        echo "uid $(id -u) answer $answer"
       `,
     });
+    await g.waitForMarker('ready', 90_000);
+    // the file is on the host already, while the guest still runs
+    t.is(readFileSync(join(share, 'result'), 'utf8'), 'from-guest-root\n');
+    g.sendLine('42');
+    const r = await g.exited;
     t.log(`boot ${r.bootMs} ms, whole run ${r.durationMs} ms`);
     t.is(r.exitCode, 0, r.serial);
-    t.is(r.output, `node ${process.version} 42\n0\n`);
-    t.is(readFileSync(join(share, 'result'), 'utf8'), 'from-guest-root\n');
+    t.is(r.output, `node ${process.version} 42\nuid 0 answer 42\n`);
   } finally {
     rmSync(share, { recursive: true, force: true });
   }
