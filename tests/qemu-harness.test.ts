@@ -3,6 +3,7 @@
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, openSync, writeSync, closeSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { runGuest, startGuest } from './qemu/harness.js';
 import { startQsd, type Qsd } from './qemu/qsd.js';
@@ -185,7 +186,9 @@ test.serial('a guest past its timeout is killed and reported as ETIMEDOUT', asyn
   );
   t.is((e as { code?: string }).code, 'ETIMEDOUT');
   t.truthy(pid);
-  t.false(existsSync(`/proc/${pid}`), 'QEMU is gone');
+  // pid leads the process group QEMU runs in: nothing of it may be left
+  t.is(spawnSync('pgrep', ['-g', String(pid)]).status, 1, 'no process left in the guest\'s group');
+  t.false(existsSync(`/proc/${pid}`));
 });
 
 test('bad options are rejected with EINVAL before anything starts', async (t) => {

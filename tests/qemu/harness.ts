@@ -59,6 +59,7 @@ export interface GuestResult {
 }
 
 export interface GuestHandle {
+  /** leader of the process group holding QEMU (a timeout(1) wrapper); the group dies with kill() */
   readonly pid: number | undefined;
   /** resolves (never rejects) when QEMU has exited and the guest's files are removed */
   readonly exited: Promise<GuestResult>;
@@ -79,13 +80,22 @@ const TAG_RE = /^[A-Za-z0-9_-]{1,31}$/;
 
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
+function killGroup(c: ChildProcess): void {
+  if (c.pid === undefined) return;
+  try {
+    process.kill(-c.pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
 function trackChild(c: ChildProcess): void {
   live.add(c);
   if (!exitHookInstalled) {
     exitHookInstalled = true;
     // a test that crashes or forgets a guest must not leave QEMU running
     process.on('exit', () => {
-      for (const p of live) p.kill('SIGKILL');
+      for (const p of live) killGroup(p);
     });
   }
 }
@@ -186,7 +196,13 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
   });
 
   const t0 = Date.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  // timeout(1) bounds QEMU even if this process dies without running its exit hook; it leads a
+  // process group of its own (detached), so killing the group takes QEMU with it
+  const hardLimitS = Math.ceil(o.timeoutMs / 1000) + 10;
+  const child = spawn('timeout', ['-s', 'KILL', String(hardLimitS), 'qemu-system-x86_64', ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   trackChild(child);
 
   const lines: string[] = [];
@@ -230,7 +246,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    child.kill('SIGKILL');
+    killGroup(child);
   }, o.timeoutMs);
 
   const exited = new Promise<GuestResult>((resolve) => {
@@ -312,7 +328,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
     },
     serial: () => lines.join('\n'),
     kill() {
-      if (!ended) child.kill('SIGKILL');
+      if (!ended) killGroup(child);
       return exited;
     },
   };
