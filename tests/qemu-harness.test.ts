@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, openSyn
 import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { runGuest, startGuest } from './qemu/harness.js';
+import { guestKernel, resolveModules, runGuest, startGuest } from './qemu/harness.js';
 import { startQsd, type Qsd } from './qemu/qsd.js';
 
 const DISK_BYTES = 16 << 20;
@@ -201,4 +201,25 @@ test('bad options are rejected with EINVAL before anything starts', async (t) =>
     code: 'EINVAL',
   });
   await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, modules: ['no_such_module_x'] }), { code: 'ENOENT' });
+});
+
+test('modules resolve from modules.dep with every dependency loaded first, in the order asked', (t) => {
+  const k = guestKernel();
+  const dep = new Map<string, string[]>();
+  const base = (p: string) => p.slice(p.lastIndexOf('/') + 1).replace(/\.ko.*$/, '').replace(/-/g, '_');
+  for (const line of readFileSync(join(k.modulesDir, 'modules.dep'), 'utf8').split('\n')) {
+    const [mod, deps] = line.split(':');
+    if (deps !== undefined) dep.set(base(mod), deps.trim().split(/\s+/).filter(Boolean).map(base));
+  }
+  // the RDMA set from LAB.md: crc32_generic is no modules.dep dependency of rdma_rxe but must come first
+  const asked = ['crc32_generic', 'rdma_rxe', 'rdma_ucm', '9p', '9pnet_virtio', 'virtio_pci', 'virtio_blk'];
+  const order = resolveModules(asked).map((m) => m.name);
+  t.is(new Set(order).size, order.length, 'each module once');
+  for (const [i, m] of order.entries()) {
+    for (const d of dep.get(m) ?? []) t.true(order.indexOf(d) >= 0 && order.indexOf(d) < i, `${d} before ${m}`);
+  }
+  const pos = asked.map((a) => order.indexOf(a));
+  t.deepEqual([...pos].sort((a, b) => a - b), pos, 'asked modules keep their order');
+  t.true(order.includes('ib_core') && order.includes('netfs'));
+  t.throws(() => resolveModules(['virtio_blk', 'nope_not_a_module']), { code: 'ENOENT' });
 });

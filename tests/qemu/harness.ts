@@ -39,6 +39,8 @@ export interface GuestOptions {
   onSerialLine?: (line: string) => void;
   /** extra kernel command line */
   append?: string;
+  /** extra QEMU arguments appended as given (e.g. a second NIC on -netdev socket for two-guest tests) */
+  qemuExtraArgs?: string[];
 }
 
 export interface GuestResult {
@@ -110,6 +112,9 @@ function validate(o: GuestOptions): void {
   if (o.mode !== undefined && o.mode !== 'initramfs' && o.mode !== 'hostroot') invalid(`unknown mode ${o.mode}`);
   if (o.memMiB !== undefined && !(Number.isInteger(o.memMiB) && o.memMiB >= 64 && o.memMiB <= 8192)) {
     invalid('memMiB must be an integer in 64..8192');
+  }
+  if (o.qemuExtraArgs !== undefined && !(Array.isArray(o.qemuExtraArgs) && o.qemuExtraArgs.every((a) => typeof a === 'string'))) {
+    invalid('qemuExtraArgs must be an array of strings');
   }
   if (o.cpus !== undefined && !(Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 8)) invalid('cpus must be in 1..8');
   for (const d of o.disks ?? []) {
@@ -194,6 +199,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
     net: !!o.netdev,
     append: o.append,
   });
+  args.push(...(o.qemuExtraArgs ?? []));
 
   const t0 = Date.now();
   // timeout(1) bounds QEMU even if this process dies without running its exit hook; it leads a
