@@ -76,3 +76,34 @@ test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async
   t.false(existsSync(sock), 'control socket removed');
   t.not((await c.read(o.rsp!.deviceId, 0, 4096)).errno, 0, 'the session is gone with the server');
 });
+
+test('daemon: SIGINT is a clean stop too; a taken control socket is refused before serving', async (t) => {
+  const dir = tempDir(t, 'srvd');
+  const sock = join(dir, 'server.sock');
+  const start = () => {
+    const child = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    t.teardown(() => child.kill('SIGKILL'));
+    const out = { stderr: '' };
+    child.stderr!.on('data', (d: Buffer) => (out.stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    return { child, out, exited };
+  };
+  const a = start();
+  const deadline = Date.now() + 20_000;
+  while (!/listening on/.test(a.out.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.regex(a.out.stderr, /listening on 127\.0\.0\.1:\d+/);
+
+  // a second daemon on the same control socket: refused (EADDRINUSE), exit status = errno
+  const b = start();
+  const bcode = await Promise.race([b.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  t.is(bcode, 98, b.out.stderr);
+  t.regex(b.out.stderr, /ibnbd: EADDRINUSE: control socket .*server\.sock: a daemon is already listening/);
+
+  a.child.kill('SIGINT');
+  const code = await Promise.race([a.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  t.is(code, 0, a.out.stderr);
+  t.regex(a.out.stderr, /SIGINT: stopping/);
+  t.false(existsSync(sock));
+});
