@@ -6,7 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { TestClient, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 
@@ -69,7 +69,7 @@ test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async
   t.deepEqual(s[0]!.devices.map((d) => [d.device_id, d.io_mode]), [[o.rsp!.deviceId, 'fileio']]);
 
   child.kill('SIGTERM');
-  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  const code = await raceTimeout(exited, 15_000, 'timeout');
   t.is(code, 0, stderr);
   t.regex(stderr, /SIGTERM: stopping/);
   t.regex(stderr, /stopped \(1 session\(s\) closed, 0 device\(s\) open\)/);
@@ -97,12 +97,12 @@ test('daemon: SIGINT is a clean stop too; a taken control socket is refused befo
 
   // a second daemon on the same control socket: refused (EADDRINUSE), exit status = errno
   const b = start();
-  const bcode = await Promise.race([b.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  const bcode = await raceTimeout(b.exited, 15_000, 'timeout');
   t.is(bcode, 98, b.out.stderr);
   t.regex(b.out.stderr, /ibnbd: EADDRINUSE: control socket .*server\.sock: a daemon is already listening/);
 
   a.child.kill('SIGINT');
-  const code = await Promise.race([a.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  const code = await raceTimeout(a.exited, 15_000, 'timeout');
   t.is(code, 0, a.out.stderr);
   t.regex(a.out.stderr, /SIGINT: stopping/);
   t.false(existsSync(sock));

@@ -22,7 +22,7 @@ import {
   encodeHandshakeReq,
   type FrameKind,
 } from '../src/transport/tcp-frames.js';
-import { TestClient, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 const TARGET = 100_000;
@@ -399,6 +399,6 @@ test('fuzzing a running server: it keeps serving a well-behaved session', async 
 
   await good.close();
   child.kill('SIGTERM');
-  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 20_000))]);
+  const code = await raceTimeout(exited, 20_000, 'timeout');
   t.is(code, 0, 'clean exit after the fuzzing');
 });
