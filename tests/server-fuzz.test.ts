@@ -26,7 +26,7 @@ import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 const TARGET = 100_000;
-const BUDGET_MS = 45_000;
+const BUDGET_MS = 55_000; // 100k usually takes 8-15 s here; the rest is slack for a loaded machine
 const MiB = 1 << 20;
 
 // ---- a tiny deterministic RNG (reproducible failures: the seed is printed) -----------------
