@@ -4,7 +4,7 @@
 // writer count (access.ts) really is per device. An Export keeps one descriptor set per
 // (io_mode, writable) combination, shared by the sessions that asked for it and closed with the
 // last of them.
-import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, statSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { basename } from 'node:path';
 import { IbnbdError } from '../backend/errors.js';
 import { WriterCount, type AccessMode } from './access.js';
@@ -143,6 +143,17 @@ export class ExportTable {
     admit: (exp: Export) => IoMode,
   ): OpenedDevice {
     const where = resolveDevicePath(searchPath, sessname, devName);
+    // Never open(2) anything else (a tty, a fifo, a tape that rewinds on open); the type is
+    // checked again on the descriptor.
+    let pre: Stats;
+    try {
+      pre = statSync(where.realPath);
+    } catch (e) {
+      throw errnoFromFs(e, `stat ${where.realPath}`);
+    }
+    if (!pre.isBlockDevice() && !pre.isFile()) {
+      throw new IbnbdError('EINVAL', `${where.realPath} is neither a block device nor a regular file`);
+    }
     let fd: number;
     try {
       fd = openSync(where.realPath, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOFOLLOW);
