@@ -73,6 +73,13 @@
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-sign-compare", "-pthread"],
       "ldflags": ["-pthread"],
       "libraries": ["-lblkio"]
+    },
+    {
+      # A hand-written vhost-user front-end for malformed-message tests (native/tools/).
+      "target_name": "ibnbd-vhost-raw",
+      "type": "executable",
+      "sources": ["tools/ibnbd-vhost-raw.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-result"]
     }
   ]
 }
