@@ -201,7 +201,7 @@ struct VhostBlkDevice::Impl {
       int r = ReadSome(c);
       if (r == 0) return;  // would block
       if (r < 0) {
-        ScheduleTeardown(c, false, r == -ECONNRESET ? "" : "front-end closed the connection");
+        ScheduleTeardown(c, false, "");  // EOF or reset: the front-end went away
         return;
       }
       // a whole message is in c->rx
