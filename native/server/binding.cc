@@ -189,9 +189,10 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     }
   }
 
+  // No tsfn_.Release() here: at environment teardown Node closes thread-safe functions itself
+  // and a release from a finalizer would touch a closed one. stop() releases it.
   ~NativeServer() override {
     if (server_) server_->Stop();
-    if (!released_) tsfn_.Release();
   }
 
  private:
@@ -418,6 +419,8 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       void Execute() override { s_->Stop(); }
       void OnOK() override {
         self_->tsfn_.Unref(Env());
+        self_->tsfn_.Release();
+        self_->released_ = true;
         self_->Unref();
         d_.Resolve(Env().Undefined());
       }

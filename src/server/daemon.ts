@@ -20,7 +20,7 @@ export interface RunningServer {
   /** "ADDR:PORT" actually bound (port 0 → the ephemeral port) */
   bound: string[];
   /** closes every session (devices released) and the transport; idempotent */
-  stop(): void;
+  stop(): Promise<void>;
 }
 
 /** The transport server and the IBNBD control path over it, without control socket or signals. */
@@ -30,17 +30,19 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
   const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)));
   server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log });
   for (const ev of early.splice(0)) server.handleEvent(ev);
-  let stopped = false;
+  let stopping: Promise<void> | null = null;
   const s = server;
   return {
     server: s,
     bound: native.bound(),
-    stop: () => {
-      if (stopped) return;
-      stopped = true;
-      native.stop(); // session-down for every session: their devices are released as they go
-      s.closeAll();
-    },
+    stop: () =>
+      (stopping ??= (async () => {
+        try {
+          await native.stop(); // every session closed natively (their devices detached there)
+        } finally {
+          s.closeAll(); // released here too: access counts, descriptors, the tree
+        }
+      })()),
   };
 }
 
@@ -58,7 +60,7 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
   try {
     await control.listen();
   } catch (e) {
-    running.stop();
+    await running.stop();
     const err = toIbnbdError(e);
     throw new IbnbdError(err.code, `control socket ${opts.control}: ${err.message}`);
   }
@@ -79,6 +81,6 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
   log.info(`${signal}: stopping`);
   await control.close();
   const sessions = server.sessions.size;
-  running.stop();
+  await running.stop();
   log.info(`stopped (${sessions} session(s) closed, ${server.exports.size} device(s) open)`);
 }
