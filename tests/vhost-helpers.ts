@@ -108,6 +108,8 @@ export function serveFile(t: ExecutionContext, size: number): Served {
   return { running, port, dir, file };
 }
 
+let sessionCounter = 0;
+
 export interface Mapped {
   session: NativeClientSessionLike;
   rsp: OpenRspMsg;
@@ -118,7 +120,7 @@ export async function mapDevice(t: ExecutionContext, port: number, name: string,
   const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
   const session = new NativeClientSession({
     transport: 'tcp',
-    sessname: `vhost-${process.pid}-${port}-${name}`,
+    sessname: `vhost-${process.pid}-${port}-${name}-${++sessionCounter}`,
     paths: [{ dst: { kind: 'ip', addr: '127.0.0.1', port } }],
     queueDepth: 128,
     maxIoSize,
