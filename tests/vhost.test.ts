@@ -240,3 +240,30 @@ test('options are validated with precise EINVAL messages', (t) => {
   }
   t.throws(() => new VhostBlk({ ...base, session: {} } as never), { message: /NativeClientSession|session/ });
 });
+
+test.serial('descriptor chains of any layout, GET_ID, bad requests answered with a status, bad chains never crash', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'c.sock'), { serial: 'serial-0123456789' }));
+  const r = await raw(['--path', dev.socket, '--timeout-ms', '5000', 'chains']);
+  t.is(r.code, 0, r.stderr);
+  const res = r.json.results;
+  t.deepEqual(res.getId, { len: 21, status: 0, id: 'serial-0123456789', padded: true }, 'serial, NUL-padded to 20 bytes');
+  t.deepEqual(res.getIdOneDesc, { len: 21, status: 0 }, 'status byte found at the end of a shared descriptor');
+  t.deepEqual(res.outSplitHeader, { len: 1, status: 0 });
+  t.deepEqual(res.inSplitHeader, { len: 8193, status: 0, same: true }, 'data written and read back through split descriptors');
+  t.true(fileBytes(srv.file, 8 * 512, 8192).equals(Buffer.from(Array.from({ length: 8192 }, (_, i) => (i * 7 + 3) & 0xff))), 'at sector 8 in the file');
+  t.deepEqual(res.unknownType, { len: 1, status: 2 }, 'UNSUPP');
+  t.deepEqual(res.shortHeader, { len: 1, status: 1 }, 'IOERR');
+  t.deepEqual(res.wrongDirection, { len: 1, status: 1 });
+  t.deepEqual(res.oddLength, { len: 1, status: 1 });
+  t.deepEqual(res.beyondEnd, { len: 1, status: 1 });
+  t.deepEqual(res.discardBadFlags, { len: 1, status: 2 });
+  t.deepEqual(res.noStatus, { len: 0 }, 'consumed, nothing written');
+  t.deepEqual(res.flushAfter, { len: 1, status: 0 }, 'the queue still works');
+  t.true(r.json.closedAfterBadAddr, 'a descriptor outside guest memory ends the connection, not the process');
+  const l = await raw(['--path', dev.socket, '--timeout-ms', '5000', 'chain-loop']);
+  t.is(l.json.closed, true, 'a looping chain ends the connection');
+  const v = await blkio(['--path', dev.socket, '--count', '16', 'verify']);
+  t.is(v.code, 0, 'the device serves the next front-end');
+});

@@ -14,6 +14,13 @@
 //     vring-index-out-of-range, vring-num-not-pow2, vring-addr-outside-memory,
 //     vring-addr-before-num, config-oversized, inflight-bad-geometry, set-log-base
 //   → {"scenario":"..","closed":true|false}
+//   chains           drives virtqueue 0 by hand (memfd guest memory, split ring, eventfds) with
+//                    descriptor layouts libblkio never produces: header split across
+//                    descriptors, data and status in one descriptor, GET_ID, unknown types,
+//                    wrong directions, short headers, no status byte, out-of-range sectors;
+//                    finally a descriptor outside guest memory.
+//                    → {"results":{name:{"status":N,"len":N,...}}, "closedAfterBadAddr":bool}
+//   chain-loop       a descriptor chain that loops → {"closed":bool}
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -32,7 +40,8 @@
 
 enum {
   GET_FEATURES = 1, SET_FEATURES = 2, SET_OWNER = 3, SET_MEM_TABLE = 5, SET_LOG_BASE = 6,
-  SET_VRING_NUM = 8, SET_VRING_ADDR = 9, SET_VRING_BASE = 10, GET_PROTOCOL_FEATURES = 15,
+  SET_VRING_NUM = 8, SET_VRING_ADDR = 9, SET_VRING_BASE = 10, SET_VRING_KICK = 12,
+  SET_VRING_CALL = 13, SET_VRING_ENABLE = 18, GET_PROTOCOL_FEATURES = 15,
   SET_PROTOCOL_FEATURES = 16, GET_QUEUE_NUM = 17, GET_CONFIG = 24, GET_INFLIGHT_FD = 31,
 };
 
@@ -240,6 +249,220 @@ static void scenario(const char *name) {
   printf("{\"scenario\":\"%s\",\"closed\":%s}\n", name, closed_by_peer() ? "true" : "false");
 }
 
+
+// ---- a hand-driven split virtqueue -------------------------------------------------------
+
+#define QSIZE 16
+#define MEM_SIZE (8u << 20)
+#define DESC_OFF 0x0000
+#define AVAIL_OFF 0x1000
+#define USED_OFF 0x2000
+#define BUF_OFF 0x10000
+
+struct vdesc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags, next;
+};
+
+static uint8_t *mem;  // guest memory: gpa 0 .. MEM_SIZE, also our own mapping
+static int kick_fd, call_fd;
+static uint16_t avail_idx, used_seen;
+
+static void vq_setup(void) {
+  int fd = memfd(MEM_SIZE);
+  mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (mem == MAP_FAILED) fail("mmap");
+  uint64_t f = get_u64(GET_FEATURES);
+  uint64_t ack = f & ((1ull << 32) | (1ull << 30));
+  send_simple(SET_FEATURES, &ack, 8);
+  uint64_t pf = get_u64(GET_PROTOCOL_FEATURES) & ((1ull << 0) | (1ull << 9));
+  send_simple(SET_PROTOCOL_FEATURES, &pf, 8);
+  send_simple(SET_OWNER, NULL, 0);
+  uint8_t p[40] = {0};
+  uint32_t n = 1;
+  memcpy(p, &n, 4);
+  struct region r = {0, MEM_SIZE, (uint64_t)(uintptr_t)mem, 0};
+  memcpy(p + 8, &r, 32);
+  send_msg(SET_MEM_TABLE, 1, sizeof p, p, sizeof p, &fd, 1);
+  close(fd);
+  uint32_t st[2] = {0, QSIZE};
+  send_simple(SET_VRING_NUM, st, 8);
+  st[1] = 0;
+  send_simple(SET_VRING_BASE, st, 8);
+  uint64_t base = (uint64_t)(uintptr_t)mem;
+  uint64_t a[5] = {0, base + DESC_OFF, base + USED_OFF, base + AVAIL_OFF, 0};
+  send_simple(SET_VRING_ADDR, a, 40);
+  kick_fd = eventfd(0, EFD_CLOEXEC);
+  call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  uint64_t idx = 0;
+  send_msg(SET_VRING_CALL, 1, 8, &idx, 8, &call_fd, 1);
+  send_msg(SET_VRING_KICK, 1, 8, &idx, 8, &kick_fd, 1);
+  uint32_t en[2] = {0, 1};
+  send_simple(SET_VRING_ENABLE, en, 8);
+}
+
+struct seg {
+  uint32_t off;  // into mem
+  uint32_t len;
+  bool write;
+};
+
+// Submits one chain and waits for it on the used ring. Returns used len, or -1 on timeout.
+static int vq_run(const struct seg *segs, int n) {
+  struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
+  for (int i = 0; i < n; i++) {
+    d[i].addr = segs[i].off;
+    d[i].len = segs[i].len;
+    d[i].flags = (i + 1 < n ? 1 : 0) | (segs[i].write ? 2 : 0);
+    d[i].next = i + 1 < n ? i + 1 : 0;
+  }
+  uint16_t *avail = (uint16_t *)(mem + AVAIL_OFF);
+  avail[2 + (avail_idx % QSIZE)] = 0;
+  __atomic_store_n(&avail[1], ++avail_idx, __ATOMIC_RELEASE);
+  eventfd_write(kick_fd, 1);
+  uint16_t *used_idx = (uint16_t *)(mem + USED_OFF + 2);
+  for (int waited = 0; waited < timeout_ms; waited += 10) {
+    if (__atomic_load_n(used_idx, __ATOMIC_ACQUIRE) != used_seen) {
+      uint32_t *elem = (uint32_t *)(mem + USED_OFF + 4 + 8 * (used_seen % QSIZE));
+      used_seen++;
+      eventfd_t v;
+      eventfd_read(call_fd, &v);
+      return (int)elem[1];
+    }
+    struct pollfd p = {call_fd, POLLIN, 0};
+    poll(&p, 1, 10);
+  }
+  return -1;
+}
+
+static void hdr_at(uint32_t off, uint32_t type, uint64_t sector) {
+  memcpy(mem + off, &type, 4);
+  memset(mem + off + 4, 0, 4);
+  memcpy(mem + off + 8, &sector, 8);
+}
+
+#define HDR BUF_OFF
+#define DATA (BUF_OFF + 0x1000)
+#define STATUS (BUF_OFF + 0x800)
+
+static void result(const char *name, int len, bool first, const char *extra) {
+  printf("%s\"%s\":{\"len\":%d,\"status\":%d%s}", first ? "" : ",", name, len, len > 0 ? mem[STATUS] : -1,
+         extra ? extra : "");
+}
+
+static void chains(void) {
+  vq_setup();
+  printf("{\"results\":{");
+  // GET_ID, standard layout
+  hdr_at(HDR, 8, 0);
+  memset(mem + DATA, 0xee, 20);
+  mem[STATUS] = 0xff;
+  struct seg getid[] = {{HDR, 16, false}, {DATA, 20, true}, {STATUS, 1, true}};
+  int len = vq_run(getid, 3);
+  char extra[128];
+  snprintf(extra, sizeof extra, ",\"id\":\"%.*s\",\"padded\":%s", 20, (char *)mem + DATA,
+           mem[DATA + 19] == 0 ? "true" : "false");
+  result("getId", len, true, extra);
+  // GET_ID with data and status in one descriptor
+  mem[DATA + 20] = 0xff;
+  struct seg getid1[] = {{HDR, 16, false}, {DATA, 21, true}};
+  len = vq_run(getid1, 2);
+  printf(",\"getIdOneDesc\":{\"len\":%d,\"status\":%d}", len, mem[DATA + 20]);
+  // OUT with the header split in three descriptors, data in two, then IN the same way
+  for (int i = 0; i < 8192; i++) mem[DATA + i] = (uint8_t)(i * 7 + 3);
+  uint8_t hdr[16];
+  uint32_t t_out = 1;
+  uint64_t sector = 8;
+  memcpy(hdr, &t_out, 4), memset(hdr + 4, 0, 4), memcpy(hdr + 8, &sector, 8);
+  memcpy(mem + HDR, hdr, 5), memcpy(mem + HDR + 0x100, hdr + 5, 6), memcpy(mem + HDR + 0x200, hdr + 11, 5);
+  mem[STATUS] = 0xff;
+  struct seg out[] = {{HDR, 5, false}, {HDR + 0x100, 6, false}, {HDR + 0x200, 5, false},
+                      {DATA, 3000, false}, {DATA + 3000, 8192 - 3000, false}, {STATUS, 1, true}};
+  len = vq_run(out, 6);
+  result("outSplitHeader", len, false, NULL);
+  uint32_t t_in = 0;
+  memcpy(hdr, &t_in, 4);
+  memcpy(mem + HDR, hdr, 5), memcpy(mem + HDR + 0x100, hdr + 5, 6), memcpy(mem + HDR + 0x200, hdr + 11, 5);
+  uint32_t back = DATA + 0x4000;
+  memset(mem + back, 0, 8192 + 1);
+  // read into two descriptors, the second holding the tail of the data and the status byte
+  struct seg in[] = {{HDR, 5, false}, {HDR + 0x100, 6, false}, {HDR + 0x200, 5, false},
+                     {back, 1000, true}, {back + 1000, 8192 - 1000 + 1, true}};
+  len = vq_run(in, 5);
+  printf(",\"inSplitHeader\":{\"len\":%d,\"status\":%d,\"same\":%s}", len, mem[back + 8192],
+         memcmp(mem + back, mem + DATA, 8192) == 0 ? "true" : "false");
+  // unknown type
+  hdr_at(HDR, 99, 0);
+  mem[STATUS] = 0xff;
+  struct seg unk[] = {{HDR, 16, false}, {STATUS, 1, true}};
+  result("unknownType", vq_run(unk, 2), false, NULL);
+  // header shorter than 16 bytes
+  hdr_at(HDR, 0, 0);
+  mem[STATUS] = 0xff;
+  struct seg shorth[] = {{HDR, 8, false}, {DATA, 512, true}, {STATUS, 1, true}};
+  result("shortHeader", vq_run(shorth, 3), false, NULL);
+  // IN with a device-readable data buffer (wrong direction)
+  hdr_at(HDR, 0, 0);
+  mem[STATUS] = 0xff;
+  struct seg wrongdir[] = {{HDR, 16, false}, {DATA, 512, false}, {STATUS, 1, true}};
+  result("wrongDirection", vq_run(wrongdir, 3), false, NULL);
+  // data length not a multiple of 512
+  hdr_at(HDR, 0, 0);
+  mem[STATUS] = 0xff;
+  struct seg odd[] = {{HDR, 16, false}, {DATA, 700, true}, {STATUS, 1, true}};
+  result("oddLength", vq_run(odd, 3), false, NULL);
+  // beyond the end of the device
+  hdr_at(HDR, 0, 1ull << 40);
+  mem[STATUS] = 0xff;
+  struct seg beyond[] = {{HDR, 16, false}, {DATA, 512, true}, {STATUS, 1, true}};
+  result("beyondEnd", vq_run(beyond, 3), false, NULL);
+  // DISCARD with a flag that is only valid for WRITE_ZEROES
+  hdr_at(HDR, 11, 0);
+  uint64_t seg_sector = 0;
+  uint32_t seg_n = 8, seg_flags = 1;
+  memcpy(mem + DATA, &seg_sector, 8), memcpy(mem + DATA + 8, &seg_n, 4), memcpy(mem + DATA + 12, &seg_flags, 4);
+  mem[STATUS] = 0xff;
+  struct seg dflags[] = {{HDR, 16, false}, {DATA, 16, false}, {STATUS, 1, true}};
+  result("discardBadFlags", vq_run(dflags, 3), false, NULL);
+  // no device-writable byte at all: nowhere to put a status; consumed with len 0
+  hdr_at(HDR, 4, 0);
+  struct seg nostatus[] = {{HDR, 16, false}};
+  printf(",\"noStatus\":{\"len\":%d}", vq_run(nostatus, 1));
+  // FLUSH still works after all that
+  hdr_at(HDR, 4, 0);
+  mem[STATUS] = 0xff;
+  struct seg flush[] = {{HDR, 16, false}, {STATUS, 1, true}};
+  result("flushAfter", vq_run(flush, 2), false, NULL);
+  printf("}");
+  // a descriptor pointing outside guest memory: libvhost-user refuses the chain
+  hdr_at(HDR, 0, 0);
+  struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
+  struct seg bad[] = {{HDR, 16, false}, {DATA, 512, true}, {STATUS, 1, true}};
+  (void)bad;
+  d[0] = (struct vdesc){HDR, 16, 1, 1};
+  d[1] = (struct vdesc){(uint64_t)MEM_SIZE * 4, 512, 1 | 2, 2};
+  d[2] = (struct vdesc){STATUS, 1, 2, 0};
+  uint16_t *avail = (uint16_t *)(mem + AVAIL_OFF);
+  avail[2 + (avail_idx % QSIZE)] = 0;
+  __atomic_store_n(&avail[1], ++avail_idx, __ATOMIC_RELEASE);
+  eventfd_write(kick_fd, 1);
+  printf(",\"closedAfterBadAddr\":%s}\n", closed_by_peer() ? "true" : "false");
+}
+
+static void chain_loop(void) {
+  vq_setup();
+  struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
+  hdr_at(HDR, 0, 0);
+  d[0] = (struct vdesc){HDR, 16, 1, 1};
+  d[1] = (struct vdesc){DATA, 512, 1 | 2, 0};  // back to the head: a loop
+  uint16_t *avail = (uint16_t *)(mem + AVAIL_OFF);
+  avail[2] = 0;
+  __atomic_store_n(&avail[1], ++avail_idx, __ATOMIC_RELEASE);
+  eventfd_write(kick_fd, 1);
+  printf("{\"closed\":%s}\n", closed_by_peer() ? "true" : "false");
+}
+
 static void probe(void) {
   uint64_t f = get_u64(GET_FEATURES);
   uint64_t pf = get_u64(GET_PROTOCOL_FEATURES);
@@ -276,6 +499,8 @@ int main(int argc, char **argv) {
   strncpy(a.sun_path, path, sizeof a.sun_path - 1);
   if (connect(sock, (struct sockaddr *)&a, sizeof a) < 0) fail("connect");
   if (!strcmp(argv[optind], "probe")) probe();
+  else if (!strcmp(argv[optind], "chains")) chains();
+  else if (!strcmp(argv[optind], "chain-loop")) chain_loop();
   else scenario(argv[optind]);
   close(sock);
   return 0;
