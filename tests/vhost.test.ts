@@ -47,6 +47,10 @@ test.serial('features and config space follow the device: RO, MQ, limits, protoc
   t.is(cfg.readUInt32LE(44), 8, 'discard_sector_alignment = granularity / 512');
   t.is(cfg.readUInt32LE(48), 16384, 'max_write_zeroes_sectors');
   t.is(cfg[56], 1, 'write_zeroes_may_unmap');
+  const after = Buffer.from(p.json.configAfterSet as string, 'hex');
+  t.is(after[32], cfg[32] ? 0 : 1, 'SET_CONFIG changed writeback');
+  t.is(after.readBigUInt64LE(0), 64n * 2048n, 'SET_CONFIG of capacity ignored');
+  t.true(p.json.inflightFd && p.json.inflightMmapSize > 0, 'GET_INFLIGHT_FD hands out a shared buffer');
 
   const ro = startDevice(t, optionsFromRsp(m, join(srv.dir, 'ro.sock'), { readOnly: true, discard: { maxSectors: 8192 }, writeZeroes: { maxSectors: 8192 } }));
   const q = await raw(['--path', ro.socket, 'probe']);

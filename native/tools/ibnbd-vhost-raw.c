@@ -232,11 +232,11 @@ static void scenario(const char *name) {
     memcpy(p, c, 12);
     send_simple(GET_CONFIG, p, 12 + 96);
   } else if (!strcmp(name, "inflight-bad-geometry")) {
-    uint8_t in[20] = {0};
+    uint8_t in[24] = {0};  // VhostUserInflight: 20 bytes of fields, sizeof 24
     uint16_t nq = 200, qs = 128;
     memcpy(in + 16, &nq, 2);
     memcpy(in + 18, &qs, 2);
-    send_simple(GET_INFLIGHT_FD, in, 20);
+    send_simple(GET_INFLIGHT_FD, in, 24);
   } else if (!strcmp(name, "set-log-base")) {
     int fd = memfd(4096);
     uint64_t l[2] = {1u << 30, 0};
@@ -478,7 +478,46 @@ static void probe(void) {
   printf("{\"features\":\"0x%" PRIx64 "\",\"protocolFeatures\":\"0x%" PRIx64 "\",\"queueNum\":%" PRIu64 ",\"config\":\"",
          f, pf, qn);
   for (int i = 0; i < 96; i++) printf("%02x", r[12 + i]);
-  printf("\"}\n");
+  printf("\"");
+  // SET_CONFIG: writeback (offset 32) is writable, capacity (offset 0) is not; then read back.
+  uint8_t sc[12 + 8] = {0};
+  uint32_t wce_hdr[3] = {32, 1, 0};
+  memcpy(sc, wce_hdr, 12);
+  sc[12] = r[12 + 32] ? 0 : 1;  // flip it
+  send_simple(25, sc, 12 + 1);
+  uint32_t cap_hdr[3] = {0, 8, 0};
+  memcpy(sc, cap_hdr, 12);
+  memset(sc + 12, 0x7f, 8);
+  send_simple(25, sc, 12 + 8);
+  if (send_simple(GET_CONFIG, p, sizeof p) < 0 || read_reply(GET_CONFIG, r + 0, sizeof r) != 12 + 96) fail("GET_CONFIG after SET_CONFIG");
+  printf(",\"configAfterSet\":\"");
+  for (int i = 0; i < 96; i++) printf("%02x", r[12 + i]);
+  printf("\"");
+  // GET_INFLIGHT_FD (INFLIGHT_SHMFD): a shared buffer for 1 queue of 128 descriptors
+  if (pf & (1ull << 12)) {
+    uint8_t in[24] = {0};
+    uint16_t nq = 1, qs = 128;
+    memcpy(in + 16, &nq, 2), memcpy(in + 18, &qs, 2);
+    send_simple(GET_INFLIGHT_FD, in, 24);
+    uint32_t hdr[3];
+    char control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {hdr, sizeof hdr};
+    struct msghdr mh = {0};
+    mh.msg_iov = &iov, mh.msg_iovlen = 1, mh.msg_control = control, mh.msg_controllen = sizeof control;
+    struct pollfd pl = {sock, POLLIN, 0};
+    int fd = -1;
+    uint8_t body[24] = {0};
+    if (poll(&pl, 1, timeout_ms) > 0 && recvmsg(sock, &mh, 0) == sizeof hdr) {
+      struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+      if (cm && cm->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+      if (hdr[2] == 24) read_full(body, 24);
+    }
+    uint64_t msize;
+    memcpy(&msize, body, 8);
+    printf(",\"inflightMmapSize\":%" PRIu64 ",\"inflightFd\":%s", msize, fd >= 0 ? "true" : "false");
+    if (fd >= 0) close(fd);
+  }
+  printf("}\n");
 }
 
 int main(int argc, char **argv) {
