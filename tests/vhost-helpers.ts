@@ -14,6 +14,7 @@ import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
 
 export const MiB = 1 << 20;
+export const IO_THREADS = 3;
 
 export function tempDir(t: ExecutionContext, prefix: string): string {
   const dir = mkdtempSync(join(tmpdir(), `ibnbd-${prefix}-`));
@@ -101,7 +102,9 @@ export interface Served {
 export function serveFile(t: ExecutionContext, size: number): Served {
   const dir = tempDir(t, 'vhost');
   const file = sparseFile(join(dir, 'disk.img'), size);
-  const opts = validateServerOptions({ listen: ['127.0.0.1:0'], devSearchPath: dir, control: join(dir, 'unused.sock') });
+  // 3 IO threads (server and client share the process pool): a device's queues and its home
+  // loop land on different threads, so the cross-thread paths are exercised.
+  const opts = validateServerOptions({ listen: ['127.0.0.1:0'], devSearchPath: dir, control: join(dir, 'unused.sock'), ioThreads: IO_THREADS });
   const running = startServer(opts, silentLogger);
   t.teardown(() => running.stop());
   const port = Number(running.bound[0]!.split(':').pop());

@@ -4,8 +4,10 @@
 // front-end (ibnbd-vhost-raw) for feature/config probing and malformed vhost-user messages.
 import test from 'ava';
 import { join } from 'node:path';
+import { loadNative } from '../src/backend/native.js';
 import { VhostBlk, validateVhostOptions } from '../src/backend/vhost.js';
 import {
+  IO_THREADS,
   MiB,
   blkio,
   expectedPattern,
@@ -100,6 +102,7 @@ test.serial('4 queues: every queue carries verified IO', async (t) => {
   const srv = serveFile(t, 128 * MiB);
   const m = await mapDevice(t, srv.port, 'disk.img');
   const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'mq.sock'), { queues: 4 }));
+  t.is(loadNative<{ ioThreadCount(): number }>().ioThreadCount(), IO_THREADS, 'queues spread over several IO threads');
   const r = await blkio(['--path', dev.socket, '--queues', '4', '--qd', '16', '--count', '200', '--seed', '21', '--min-size', '4096', '--max-size', String(256 * 1024), 'verify']);
   t.is(r.code, 0, JSON.stringify(r.json));
   t.is(r.json.read.mismatches, 0);

@@ -2,14 +2,18 @@
 //
 // Design
 // ------
-// * One home loop per device (an IoThreads loop, chosen round-robin at creation). Accepting,
-//   reading vhost-user messages, libvhost-user dispatch, kick eventfds, vu_queue_pop, the
-//   transport Submit, its completion and vu_queue_push all run there. libvhost-user keeps no
-//   locks, so a single owner thread is the simplest correct model; MQ queues of one device
-//   share its loop (their kicks are separate fds in the same epoll set), while different
-//   devices use different loops. Spreading one device's queues over several loops would need
-//   virtiofsd's rwlock scheme (PROTOCOL.md §4.5) plus one transport connection per loop; it is
-//   a possible later step, not needed for correctness.
+// * Threads. The device has a home loop H (an IoThreads loop, chosen round-robin per device):
+//   the listening socket, the front-end socket, vu_dispatch, teardown. Virtqueue q lives on
+//   IoThreads loop q (modulo the pool size, event_loop.h): its kick eventfd is watched there,
+//   and vu_queue_pop, the transport Submit, the completion and vu_queue_push/notify all run on
+//   that one thread, so a request never changes threads.
+// * Locking, virtiofsd's scheme (PROTOCOL.md §4.5). libvhost-user has no locks, so each
+//   connection has a writer-preferring rwlock: vu_dispatch and teardown run under the write
+//   side (they remap memory and rewrite rings), queue work under the read side. A queue is
+//   only ever touched by its own loop (or by H under the write lock), so no per-queue lock is
+//   needed. The read side is held for one event's work, never across a wait; the writer only
+//   Post()s to other loops, never waits for them, so no cycle can form. Re-entry (a Submit
+//   completing inline) is detected with a thread-local and does not re-lock.
 // * Guest memory pointers stay valid while the transport uses them: messages that unmap guest
 //   memory or stop rings (SET_MEM_TABLE, ADD/REM_MEM_REG, GET_VRING_BASE, RESET_OWNER,
 //   SET_INFLIGHT_FD) are held back until no request of the connection is in flight. Meanwhile
@@ -18,7 +22,7 @@
 //   completes, so late completions never touch unmapped memory.
 // * We read vhost-user messages ourselves (non-blocking, incrementally, fds collected), check
 //   them (vhost_msg_check.h) and only then hand them to vu_dispatch through the read_msg hook:
-//   a slow or hostile front-end can neither block the loop nor reach libvhost-user's unchecked
+//   a slow or hostile front-end can neither block a loop nor reach libvhost-user's unchecked
 //   paths. Any malformed message, broken ring or libvhost-user panic disconnects the front-end;
 //   the device keeps listening for the next one (QEMU reconnect=1).
 // * Requests are translated by blk_request.h; each IBNBD request is a transport ClientIo whose
@@ -26,6 +30,7 @@
 #include "vhost/vhost_blk_device.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/sockios.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -98,35 +103,88 @@ struct QueueCounters {
 struct Watch {
   vu_watch_cb cb;
   void* data;
+  int dup_fd;      // our own descriptor of the eventfd, registered on the queue's loop
+  EventLoop* loop;
+};
+
+// The rwlock of a connection (see the design notes). Writer-preferring so that dispatch is not
+// starved by busy queues; never taken recursively (ReadGuard checks the thread-local).
+class ConnLock {
+ public:
+  ConnLock() {
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&rw_, &a);
+    pthread_rwlockattr_destroy(&a);
+  }
+  ~ConnLock() { pthread_rwlock_destroy(&rw_); }
+  void ReadLock() { pthread_rwlock_rdlock(&rw_); }
+  void WriteLock() { pthread_rwlock_wrlock(&rw_); }
+  void Unlock() { pthread_rwlock_unlock(&rw_); }
+
+ private:
+  pthread_rwlock_t rw_;
 };
 
 struct Connection {
   VuDev dev;  // first: libvhost-user callbacks get &dev and we cast back
   VhostBlkDevice::Impl* impl = nullptr;
   std::shared_ptr<VhostBlkDevice> keep;  // the device outlives its connections' late completions
+  ConnLock lock;
+  // H only
   int sock = -1;
   bool sock_watched = false;
-  bool dead = false;
-  bool broken = false;           // stop touching the rings; teardown scheduled
-  bool teardown_posted = false;
-  bool draining = false;         // a held-back message waits for in-flight requests
-  // incremental message reader
+  bool teardown_done = false;
   VhostUserMsg rx;
   size_t rx_got = 0;
   VhostUserMsg held;             // the message waiting for the drain
   const VhostUserMsg* current = nullptr;  // handed to vu_dispatch via read_msg
-  std::unordered_map<int, Watch> watches;
-  std::unordered_set<Request*> requests;
+  // written under the write lock (broken also from panics under the read lock)
+  std::atomic<bool> dead{false};
+  std::atomic<bool> broken{false};       // stop touching the rings; teardown scheduled
+  std::atomic<bool> teardown_posted{false};
+  std::atomic<bool> draining{false};     // a held-back message waits for in-flight requests
+  std::atomic<uint64_t> inflight{0};     // requests popped and not yet finished
+  std::unordered_map<int, Watch> watches;              // by libvhost-user's fd; write lock
+  std::vector<std::unordered_set<Request*>> requests;  // per queue: its loop (read) or H (write)
 };
+
+// Read side for queue work; a no-op when this thread already holds it for the connection
+// (an inline completion inside Submit).
+thread_local Connection* tl_reading = nullptr;
+class ReadGuard {
+ public:
+  explicit ReadGuard(Connection* c) : c_(tl_reading == c ? nullptr : c) {
+    if (c_) c_->lock.ReadLock(), prev_ = tl_reading, tl_reading = c_;
+  }
+  ~ReadGuard() {
+    if (c_) tl_reading = prev_, c_->lock.Unlock();
+  }
+
+ private:
+  Connection* c_;
+  Connection* prev_ = nullptr;
+};
+
+class WriteGuard {
+ public:
+  explicit WriteGuard(Connection* c) : c_(c) { c_->lock.WriteLock(); }
+  ~WriteGuard() { c_->lock.Unlock(); }
+
+ private:
+  Connection* c_;
+};
+
+using ConnPtr = std::shared_ptr<Connection>;
 
 struct VhostBlkDevice::Impl {
   VhostBlkDevice* self;
   int listen_fd = -1;
   bool accepting = false;
-  Connection* conn = nullptr;                // the live front-end
-  std::unordered_set<Connection*> zombies;   // gone, waiting for transport completions
-  std::unordered_set<Connection*> all;       // every Connection not yet deleted
-  bool wce;
+  ConnPtr conn;                                   // the live front-end (H)
+  std::unordered_map<Connection*, ConnPtr> all;   // every connection not yet finalized (H)
+  std::atomic<bool> wce;
   std::unique_ptr<QueueCounters[]> counters;
   std::atomic<uint64_t> connections{0}, protocol_errors{0};
   VuDevIface iface{};
@@ -135,7 +193,8 @@ struct VhostBlkDevice::Impl {
     counters.reset(new QueueCounters[s->limits_.queues]);
   }
 
-  EventLoop& loop() { return *self->loop_; }
+  EventLoop& home() { return *self->loop_; }
+  static EventLoop& QueueLoop(int qidx) { return IoThreads::Get().loop(unsigned(qidx)); }
   const BlkLimits& limits() const { return self->limits_; }
 
   void Log(const std::string& what) {
@@ -144,15 +203,19 @@ struct VhostBlkDevice::Impl {
   void Emit(const std::string& type, const std::string& detail) {
     if (self->on_event_) self->on_event_(type, detail);
   }
+  ConnPtr Shared(Connection* c) {  // H only
+    auto it = all.find(c);
+    return it == all.end() ? nullptr : it->second;
+  }
 
-  // ---- accept ---------------------------------------------------------------------------
+  // ---- accept (H) -----------------------------------------------------------------------
 
   void SetAccepting(bool on) {
     if (listen_fd < 0 || on == accepting) return;
     if (on) {
-      loop().Add(listen_fd, EPOLLIN, [this](uint32_t) { OnAccept(); });
+      home().Add(listen_fd, EPOLLIN, [this](uint32_t) { OnAccept(); });
     } else {
-      loop().Remove(listen_fd);
+      home().Remove(listen_fd);
     }
     accepting = on;
   }
@@ -164,37 +227,37 @@ struct VhostBlkDevice::Impl {
       close(fd);
       return;
     }
-    auto* c = new Connection();
+    auto c = std::make_shared<Connection>();
     c->impl = this;
     c->keep = self->shared_from_this();
+    c->requests.resize(limits().queues);
     if (!vu_init(&c->dev, limits().queues, fd, &Impl::OnPanic, &Impl::ReadMsg, &Impl::SetWatch,
                  &Impl::RemoveWatch, &iface)) {
       close(fd);
-      delete c;
       return;
     }
     c->dev.inflight_info.fd = -1;  // vu_init leaves 0, which SET_INFLIGHT_FD would close()
     c->sock = fd;
-    all.insert(c);
+    all[c.get()] = c;
     wce = limits().writeback;  // a new driver starts from the device default
     conn = c;
     connections++;
     self->connected_ = true;
     SetAccepting(false);  // one front-end at a time; the next waits in the backlog
-    WatchSocket(c, true);
+    WatchSocket(c.get(), true);
     Emit("connected", "");
   }
 
   void WatchSocket(Connection* c, bool on) {
     if (on == c->sock_watched || c->sock < 0) return;
     if (on)
-      loop().Add(c->sock, EPOLLIN | EPOLLRDHUP, [this, c](uint32_t) { OnReadable(c); });
+      home().Add(c->sock, EPOLLIN | EPOLLRDHUP, [this, c](uint32_t) { OnReadable(c); });
     else
-      loop().Remove(c->sock);
+      home().Remove(c->sock);
     c->sock_watched = on;
   }
 
-  // ---- messages -------------------------------------------------------------------------
+  // ---- messages (H) ---------------------------------------------------------------------
 
   void OnReadable(Connection* c) {
     while (!c->dead && !c->broken && !c->draining) {
@@ -242,14 +305,14 @@ struct VhostBlkDevice::Impl {
         }
       }
       if (bad) {
-        if (n > 0) Violation(c, "more than 8 fds or truncated control data");
+        if (n > 0) Violation("more than 8 fds or truncated control data");
         CloseFds(&c->rx);
         c->rx_got = 0;
         return -1;
       }
       c->rx_got += size_t(n);
       if (c->rx_got == hdr && c->rx.size > sizeof(c->rx.payload)) {
-        Violation(c, "message payload of " + std::to_string(c->rx.size) + " bytes");
+        Violation("message payload of " + std::to_string(c->rx.size) + " bytes");
         CloseFds(&c->rx);
         c->rx_got = 0;
         return -1;
@@ -259,14 +322,15 @@ struct VhostBlkDevice::Impl {
 
   void HandleMessage(Connection* c, VhostUserMsg* m) {
     m->data = nullptr;
+    WriteGuard w(c);
     std::string why;
     if (!CheckVhostMsg(&c->dev, m, &why)) {
       CloseFds(m);
-      Violation(c, "request " + std::to_string(m->request) + ": " + why);
+      Violation("request " + std::to_string(m->request) + ": " + why);
       ScheduleTeardown(c, false, "");
       return;
     }
-    if (NeedsDrain(m->request) && !c->requests.empty()) {
+    if (NeedsDrain(m->request) && c->inflight > 0) {
       c->held = *m;
       c->draining = true;
       WatchSocket(c, false);
@@ -275,6 +339,7 @@ struct VhostBlkDevice::Impl {
     Dispatch(c, m);
   }
 
+  // Under the write lock.
   void Dispatch(Connection* c, VhostUserMsg* m) {
     c->current = m;
     bool ok = vu_dispatch(&c->dev);
@@ -285,21 +350,19 @@ struct VhostBlkDevice::Impl {
     }
     std::string why;
     if (!CheckRings(&c->dev, &why)) {
-      Violation(c, why);
+      Violation(why);
       ScheduleTeardown(c, false, "");
       return;
     }
-    if (m->request == VHOST_USER_SET_VRING_ENABLE || m->request == VHOST_USER_VRING_KICK)
-      for (int q = 0; q < limits().queues; q++) ProcessQueue(c, q);
+    if (m->request == VHOST_USER_SET_VRING_ENABLE) PostProcessAll(c);
     int outq = 0;
     if (ioctl(c->sock, SIOCOUTQ, &outq) == 0 && outq > kMaxPendingReplyBytes) {
-      Violation(c, "front-end does not read its replies");
+      Violation("front-end does not read its replies");
       ScheduleTeardown(c, false, "");
     }
   }
 
-  void Violation(Connection* c, const std::string& why) {
-    (void)c;
+  void Violation(const std::string& why) {
     protocol_errors++;
     Log("protocol error, disconnecting the front-end: " + why);
     Emit("error", "vhost-user protocol error: " + why);
@@ -316,42 +379,73 @@ struct VhostBlkDevice::Impl {
     return true;
   }
 
-  static void OnPanic(VuDev* d, const char* err) {
+  static void OnPanic(VuDev* d, const char* err) {  // H (dispatch) or a queue loop (pop)
     Connection* c = Conn(d);
     c->broken = true;
     c->impl->Log(std::string("libvhost-user: ") + (err ? err : "?"));
     c->impl->Emit("error", std::string("vhost-user: ") + (err ? err : "?"));
   }
 
+  // Called by libvhost-user inside dispatch (H, write lock) for kick eventfds; data is the
+  // queue index. The eventfd is dup()ed so the queue loop owns what it watches, whatever
+  // libvhost-user closes meanwhile.
   static void SetWatch(VuDev* d, int fd, int, vu_watch_cb cb, void* data) {
     Connection* c = Conn(d);
     auto it = c->watches.find(fd);
     if (it != c->watches.end()) {
-      it->second = {cb, data};
+      it->second.cb = cb;
+      it->second.data = data;
       return;
     }
-    c->watches[fd] = {cb, data};
-    Impl* impl = c->impl;
-    impl->loop().Add(fd, EPOLLIN, [impl, c, fd](uint32_t) { impl->OnWatch(c, fd); });
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (dup_fd < 0) {
+      c->broken = true;
+      return;
+    }
+    int qidx = int(reinterpret_cast<intptr_t>(data));
+    EventLoop* loop = &QueueLoop(qidx);
+    c->watches[fd] = {cb, data, dup_fd, loop};
+    ConnPtr sc = c->impl->Shared(c);
+    loop->Post([sc, fd, dup_fd, loop] {
+      loop->Add(dup_fd, EPOLLIN, [sc, fd, dup_fd](uint32_t) { OnKickFd(sc.get(), fd, dup_fd); });
+    });
   }
 
   static void RemoveWatch(VuDev* d, int fd) {
     Connection* c = Conn(d);
-    if (c->watches.erase(fd)) c->impl->loop().Remove(fd);
-  }
-
-  void OnWatch(Connection* c, int fd) {
-    if (c->dead || c->broken) return;
     auto it = c->watches.find(fd);
     if (it == c->watches.end()) return;
-    if (c->draining) {  // rings wait; the kick is picked up by the pass after the drain
+    Watch w = it->second;
+    c->watches.erase(it);
+    UnwatchLater(w);
+  }
+
+  static void UnwatchLater(const Watch& w) {
+    EventLoop* loop = w.loop;
+    int dup_fd = w.dup_fd;
+    loop->Post([loop, dup_fd] {
+      loop->Remove(dup_fd);
+      close(dup_fd);
+    });
+  }
+
+  // Queue loop: a kick. Static: after teardown the device may be gone, only c is alive.
+  static void OnKickFd(Connection* c, int fd, int dup_fd) {
+    ReadGuard r(c);
+    auto it = c->watches.find(fd);
+    if (c->dead || c->broken || it == c->watches.end() || it->second.dup_fd != dup_fd) {
       eventfd_t v;
-      eventfd_read(fd, &v);
+      eventfd_read(dup_fd, &v);  // stale watch: just consume (removal is posted)
+      return;
+    }
+    if (c->draining) {  // rings wait; the pass after the drain picks the requests up
+      eventfd_t v;
+      eventfd_read(dup_fd, &v);
       return;
     }
     Watch w = it->second;
-    w.cb(&c->dev, VU_WATCH_IN, w.data);
-    if (c->dev.broken) ScheduleTeardown(c, false, "");
+    w.cb(&c->dev, VU_WATCH_IN, w.data);  // vu_kick_cb: reads the eventfd, calls OnKick
+    if (c->dev.broken) c->impl->ScheduleTeardown(c, false, "");
   }
 
   static uint64_t GetFeatures(VuDev* d) { return BlkFeatures(Conn(d)->impl->limits()); }
@@ -393,22 +487,33 @@ struct VhostBlkDevice::Impl {
 
   static int SetConfig(VuDev*, const uint8_t*, uint32_t, uint32_t, uint32_t) { return 0; }
 
-  static void QueueStarted(VuDev* d, int qidx, bool started) {
+  static void QueueStarted(VuDev* d, int qidx, bool started) {  // H, write lock
     Connection* c = Conn(d);
     VuVirtq* vq = vu_get_queue(d, qidx);
     vu_set_queue_handler(d, vq, started ? &Impl::OnKick : nullptr);
     // Requests resubmitted from the inflight area, or queued before the first kick.
-    if (started) c->impl->loop().Post([impl = c->impl, c, keep = c->keep, qidx] {
-      if (impl->all.count(c) && !c->dead) impl->ProcessQueue(c, qidx);
-    });
+    if (started) c->impl->PostProcess(c, qidx);
   }
 
-  static void OnKick(VuDev* d, int qidx) {
+  static void OnKick(VuDev* d, int qidx) {  // queue loop, read lock held by OnKickFd
     Connection* c = Conn(d);
     c->impl->ProcessQueue(c, qidx);
   }
 
-  // ---- requests -------------------------------------------------------------------------
+  // ---- requests (queue loops, read lock) -----------------------------------------------
+
+  void PostProcess(Connection* c, int qidx) {  // H
+    ConnPtr sc = Shared(c);
+    if (!sc) return;
+    QueueLoop(qidx).Post([this, sc, keep = sc->keep, qidx] {
+      ReadGuard r(sc.get());
+      ProcessQueue(sc.get(), qidx);
+    });
+  }
+
+  void PostProcessAll(Connection* c) {
+    for (int q = 0; q < limits().queues; q++) PostProcess(c, q);
+  }
 
   void ProcessQueue(Connection* c, int qidx) {
     VuVirtq* vq = vu_get_queue(&c->dev, qidx);
@@ -430,7 +535,8 @@ struct VhostBlkDevice::Impl {
     Connection* c = r->conn;
     PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(), wce,
                 &r->plan);
-    c->requests.insert(r);
+    c->requests[r->qidx].insert(r);
+    c->inflight++;
     counters[r->qidx].inflight++;
     if (r->plan.local) {
       if (!r->plan.error.empty()) Log("request failed: " + r->plan.error);
@@ -468,13 +574,12 @@ struct VhostBlkDevice::Impl {
     ReleaseChunk(r, 0);
   }
 
+  // Transport completion: on the queue's loop, which submitted the request.
   static void ChunkDone(transport::ClientIo* io, int err) {
-    Chunk* ch = static_cast<Chunk*>(io->ctx);
-    ch->req->conn->impl->OnChunkDone(io, err);
-  }
-
-  void OnChunkDone(transport::ClientIo* io, int err) {
-    ReleaseChunk(static_cast<Chunk*>(io->ctx)->req, err);
+    Request* r = static_cast<Chunk*>(io->ctx)->req;
+    Connection* c = r->conn;
+    ReadGuard g(c);
+    c->impl->ReleaseChunk(r, err);
   }
 
   void ReleaseChunk(Request* r, int err) {
@@ -491,21 +596,18 @@ struct VhostBlkDevice::Impl {
   // Answers (unless already answered) and frees a request.
   void Finish(Request* r, uint8_t status) {
     Connection* c = r->conn;
-    QueueCounters& q = counters[r->qidx];
+    const int qidx = r->qidx;
     if (!r->answered && !c->dead) {
       Answer(c, r, status);
-      VuVirtq* vq = vu_get_queue(&c->dev, r->qidx);
-      vu_queue_notify(&c->dev, vq);
+      vu_queue_notify(&c->dev, vu_get_queue(&c->dev, qidx));
     }
-    q.inflight--;
-    c->requests.erase(r);
+    counters[qidx].inflight--;
+    c->requests[qidx].erase(r);
     r->~Request();
     std::free(r);
-    if (c->dead) return MaybeFinalize(c);
-    if (c->draining && c->requests.empty()) {
-      loop().Post([this, c, keep = c->keep] {
-        if (all.count(c)) ResumeAfterDrain(c);
-      });
+    if (--c->inflight == 0 && (c->dead || c->draining)) {
+      // the home loop finalizes a dead connection or resumes the held message
+      home().Post([this, sc = c->keep, c] { AfterDrain(c); });
     }
     if (c->dev.broken) ScheduleTeardown(c, false, "");
   }
@@ -528,64 +630,79 @@ struct VhostBlkDevice::Impl {
     if (!c->dev.broken) vu_queue_push(&c->dev, vu_get_queue(&c->dev, r->qidx), &r->elem, len);
   }
 
-  void ResumeAfterDrain(Connection* c) {
-    if (c->dead || !c->draining || !c->requests.empty()) return;
-    c->draining = false;
-    VhostUserMsg m = c->held;
-    Dispatch(c, &m);
-    if (c->dead || c->broken) return;
+  // ---- drain, teardown, finalize (H) ----------------------------------------------------
+
+  void AfterDrain(Connection* c) {
+    ConnPtr sc = Shared(c);
+    if (!sc) return;
+    if (c->dead) return MaybeFinalize(c);
+    {
+      WriteGuard w(c);
+      if (!c->draining || c->inflight) return;
+      c->draining = false;
+      VhostUserMsg m = c->held;
+      Dispatch(c, &m);
+      if (c->dead || c->broken) return;
+      PostProcessAll(c);
+    }
     WatchSocket(c, true);
-    for (int q = 0; q < limits().queues; q++) ProcessQueue(c, q);
     OnReadable(c);  // bytes may already wait in the socket
   }
 
-  // ---- teardown -------------------------------------------------------------------------
-
   void ScheduleTeardown(Connection* c, bool fail_inflight, const std::string& why) {
     c->broken = true;
-    if (c->teardown_posted || c->dead) return;
-    c->teardown_posted = true;
+    if (c->teardown_posted.exchange(true) || c->dead) return;
     if (!why.empty()) Log(why);
-    loop().Post([this, c, keep = c->keep, fail_inflight] {
-      if (all.count(c)) Teardown(c, fail_inflight);
+    home().Post([this, keep = c->keep, c, fail_inflight] {
+      if (Shared(c)) Teardown(c, fail_inflight);
     });
   }
 
   void Teardown(Connection* c, bool fail_inflight) {
-    if (c->dead) return;
-    if (fail_inflight && !c->dev.broken) {
-      for (Request* r : c->requests)
-        if (!r->answered) Answer(c, r, kBlkSIoErr);
-      for (int q = 0; q < limits().queues; q++) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+    if (c->teardown_done) return;
+    c->teardown_done = true;
+    {
+      WriteGuard w(c);
+      if (fail_inflight && !c->dev.broken) {
+        for (auto& set : c->requests)
+          for (Request* r : set)
+            if (!r->answered) Answer(c, r, kBlkSIoErr);
+        for (int q = 0; q < limits().queues; q++) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+      }
+      c->dead = true;
+      for (auto& w : c->watches) UnwatchLater(w.second);
+      c->watches.clear();
     }
-    c->dead = true;
     WatchSocket(c, false);
-    for (auto& w : c->watches) loop().Remove(w.first);
-    c->watches.clear();
     if (c->draining) CloseFds(&c->held);
     CloseFds(&c->rx);
     close(c->sock);
     c->sock = -1;
     c->dev.sock = -1;
-    if (conn == c) {
-      conn = nullptr;
+    if (conn.get() == c) {
+      conn.reset();
       self->connected_ = false;
       if (!self->closed_) SetAccepting(true);
     }
-    zombies.insert(c);
     Emit("disconnected", "");
     MaybeFinalize(c);
   }
 
   void MaybeFinalize(Connection* c) {
-    if (!c->dead || !c->requests.empty() || !zombies.count(c)) return;
-    zombies.erase(c);
+    ConnPtr sc = Shared(c);
+    if (!sc || !c->dead || !c->teardown_done || c->inflight) return;
+    std::shared_ptr<VhostBlkDevice> keep;
+    {
+      WriteGuard w(c);
+      vu_deinit(&c->dev);  // unmaps guest memory: nothing of ours points there any more
+      keep = std::move(c->keep);
+    }
     all.erase(c);
-    vu_deinit(&c->dev);  // unmaps guest memory: nothing of ours points there any more
-    auto keep = std::move(c->keep);
-    delete c;
-    // keep (the device) is released after the connection is gone
+    // Tasks still posted with the connection keep its memory; the device reference goes here
+    // (keep is destroyed before sc: nothing touches the device after this line).
   }
+
+  bool Drained() const { return all.empty(); }
 };
 
 VhostBlkDevice::VhostBlkDevice(BlkLimits limits, std::string socket_path,
@@ -651,9 +768,9 @@ int VhostBlkDevice::Start() {
 bool VhostBlkDevice::DisconnectFrontend() {
   bool was = false;
   loop_->RunSync([&] {
-    if (Connection* c = impl_->conn) {
+    if (ConnPtr c = impl_->conn) {
       was = true;
-      impl_->Teardown(c, true);
+      impl_->Teardown(c.get(), true);
     }
   });
   return was;
@@ -668,12 +785,12 @@ bool VhostBlkDevice::Close(int timeout_ms) {
         impl_->listen_fd = -1;
         unlink(socket_path_.c_str());
       }
-      if (Connection* c = impl_->conn) impl_->Teardown(c, true);
+      if (ConnPtr c = impl_->conn) impl_->Teardown(c.get(), true);
     });
   }
   for (int waited = 0;; waited += 10) {
     bool drained = false;
-    loop_->RunSync([&] { drained = impl_->zombies.empty(); });
+    loop_->RunSync([&] { drained = impl_->Drained(); });
     if (drained) return true;
     if (waited >= timeout_ms) return false;
     usleep(10000);

@@ -109,7 +109,6 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
       return m->payload.state.num <= 0xffff ? true : Bad(why, "ring base above 65535");
     case VHOST_USER_GET_VRING_BASE:
     case VHOST_USER_SET_VRING_ENABLE:
-    case VHOST_USER_VRING_KICK:
       return expect(kState, 0) && QueueIndexOk(dev, m->payload.state.index, why);
     case VHOST_USER_SET_VRING_ADDR: {
       if (!expect(kAddr, 0) || !QueueIndexOk(dev, m->payload.addr.index, why)) return false;
@@ -161,8 +160,9 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
       return RegionFdOk(m->fds[0], in.mmap_offset, in.mmap_size, why);
     }
     default:
-      // Migration logging, postcopy, IOTLB, back-end channel, net/crypto/gpu messages: not
-      // offered by this device, so a front-end sending them is broken.
+      // Migration logging, postcopy, IOTLB, back-end channel, in-band kicks (VRING_KICK needs
+      // INBAND_NOTIFICATIONS), net/crypto/gpu messages: not offered by this device, so a
+      // front-end sending them is broken.
       return Bad(why, "unsupported request " + std::to_string(m->request));
   }
 }
