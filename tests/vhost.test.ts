@@ -274,3 +274,25 @@ test.serial('descriptor chains of any layout, GET_ID, bad requests answered with
   const v = await blkio(['--path', dev.socket, '--count', '16', 'verify']);
   t.is(v.code, 0, 'the device serves the next front-end');
 });
+
+test.serial('a memory table change waits for the requests in flight (guest pointers stay valid)', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'dr.sock')));
+  let realDrains = 0;
+  for (let i = 0; i < 3; i++) {
+    const r = await raw(['--path', dev.socket, '--timeout-ms', '10000', 'drain']);
+    t.is(r.code, 0, r.stderr);
+    t.true(r.json.popped, 'the back-end popped the read before the new table was sent');
+    if (r.json.inFlightAtSend) realDrains++;
+    t.is(r.json.ack, 8, 'SET_MEM_TABLE acknowledged');
+    t.is(r.json.ackValue, 0);
+    t.is(r.json.usedAtAck, 1, 'the 4 MiB read was completed before the table was replaced');
+    t.is(r.json.status, 0);
+    t.is(r.json.usedLen, 4 * MiB + 1);
+    t.true(r.json.dataOverwritten);
+    t.deepEqual(r.json.flushAfter, { len: 1, status: 0 }, 'the ring works on the new table');
+  }
+  t.true(realDrains > 0, 'at least once the read was still in flight when SET_MEM_TABLE was sent');
+  t.true(dev.vhost.stats().splits >= 3, 'the read was split into several IBNBD requests');
+});

@@ -21,6 +21,8 @@
 //                    finally a descriptor outside guest memory.
 //                    → {"results":{name:{"status":N,"len":N,...}}, "closedAfterBadAddr":bool}
 //   chain-loop       a descriptor chain that loops → {"closed":bool}
+//   drain            SET_MEM_TABLE (NEED_REPLY) while a 4 MiB read is in flight
+//                    → {"ack":8,"usedAtAck":1,"status":0,...}
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -266,26 +269,34 @@ struct vdesc {
 };
 
 static uint8_t *mem;  // guest memory: gpa 0 .. MEM_SIZE, also our own mapping
+static int mem_fd = -1;
+static bool reply_ack;  // negotiate REPLY_ACK (the drain scenario waits for acks)
 static int kick_fd, call_fd;
 static uint16_t avail_idx, used_seen;
+
+static void send_memtable(int fd, uint32_t flags) {
+  uint8_t p[40] = {0};
+  uint32_t n = 1;
+  memcpy(p, &n, 4);
+  struct region r = {0, MEM_SIZE, (uint64_t)(uintptr_t)mem, 0};
+  memcpy(p + 8, &r, 32);
+  send_msg(SET_MEM_TABLE, flags, sizeof p, p, sizeof p, &fd, 1);
+}
 
 static void vq_setup(void) {
   int fd = memfd(MEM_SIZE);
   mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (mem == MAP_FAILED) fail("mmap");
   uint64_t f = get_u64(GET_FEATURES);
-  uint64_t ack = f & ((1ull << 32) | (1ull << 30));
+  // VERSION_1 and PROTOCOL_FEATURES; EVENT_IDX too in drain mode, to see when a request was
+  // popped (the back-end publishes avail_event as it pops).
+  uint64_t ack = f & ((1ull << 32) | (1ull << 30) | (reply_ack ? 1ull << 29 : 0));
   send_simple(SET_FEATURES, &ack, 8);
-  uint64_t pf = get_u64(GET_PROTOCOL_FEATURES) & ((1ull << 0) | (1ull << 9));
+  uint64_t pf = get_u64(GET_PROTOCOL_FEATURES) & ((1ull << 0) | (1ull << 9) | (reply_ack ? 1ull << 3 : 0));
   send_simple(SET_PROTOCOL_FEATURES, &pf, 8);
   send_simple(SET_OWNER, NULL, 0);
-  uint8_t p[40] = {0};
-  uint32_t n = 1;
-  memcpy(p, &n, 4);
-  struct region r = {0, MEM_SIZE, (uint64_t)(uintptr_t)mem, 0};
-  memcpy(p + 8, &r, 32);
-  send_msg(SET_MEM_TABLE, 1, sizeof p, p, sizeof p, &fd, 1);
-  close(fd);
+  send_memtable(fd, 1);
+  mem_fd = fd;
   uint32_t st[2] = {0, QSIZE};
   send_simple(SET_VRING_NUM, st, 8);
   st[1] = 0;
@@ -322,18 +333,21 @@ static int vq_run(const struct seg *segs, int n) {
   __atomic_store_n(&avail[1], ++avail_idx, __ATOMIC_RELEASE);
   eventfd_write(kick_fd, 1);
   uint16_t *used_idx = (uint16_t *)(mem + USED_OFF + 2);
-  for (int waited = 0; waited < timeout_ms; waited += 10) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    eventfd_t v;
+    eventfd_read(call_fd, &v);  // non-blocking: clear notifications, then check the ring
     if (__atomic_load_n(used_idx, __ATOMIC_ACQUIRE) != used_seen) {
       uint32_t *elem = (uint32_t *)(mem + USED_OFF + 4 + 8 * (used_seen % QSIZE));
       used_seen++;
-      eventfd_t v;
-      eventfd_read(call_fd, &v);
       return (int)elem[1];
     }
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= timeout_ms) return -1;
     struct pollfd p = {call_fd, POLLIN, 0};
     poll(&p, 1, 10);
   }
-  return -1;
 }
 
 static void hdr_at(uint32_t off, uint32_t type, uint64_t sector) {
@@ -450,6 +464,46 @@ static void chains(void) {
   printf(",\"closedAfterBadAddr\":%s}\n", closed_by_peer() ? "true" : "false");
 }
 
+// A 4 MiB read is in flight when a new memory table arrives (NEED_REPLY): the back-end must
+// finish the read before it remaps, so when the ack comes the request is already in the used
+// ring with its data.
+static void drain(void) {
+  reply_ack = true;
+  vq_setup();
+  hdr_at(HDR, 0, 0);
+  mem[STATUS] = 0xff;
+  const uint32_t big = 4u << 20;
+  uint32_t buf = 1u << 20;
+  memset(mem + buf, 0xa5, big);
+  struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
+  d[0] = (struct vdesc){HDR, 16, 1, 1};
+  d[1] = (struct vdesc){buf, big, 1 | 2, 2};
+  d[2] = (struct vdesc){STATUS, 1, 2, 0};
+  uint16_t *avail = (uint16_t *)(mem + AVAIL_OFF);
+  avail[2] = 0;
+  __atomic_store_n(&avail[1], ++avail_idx, __ATOMIC_RELEASE);
+  eventfd_write(kick_fd, 1);
+  // wait until the back-end popped the read (avail_event, after used->ring[QSIZE], moves to 1)
+  volatile uint16_t *avail_event = (uint16_t *)(mem + USED_OFF + 4 + 8 * QSIZE);
+  for (int i = 0; i < timeout_ms * 10 && *avail_event != 1; i++) usleep(100);
+  bool popped = *avail_event == 1;
+  bool in_flight_at_send = __atomic_load_n((uint16_t *)(mem + USED_OFF + 2), __ATOMIC_ACQUIRE) == 0;
+  send_memtable(mem_fd, 1 | 8);  // NEED_REPLY
+  uint64_t ack = 1;
+  int n = read_reply(SET_MEM_TABLE, &ack, sizeof ack);
+  uint16_t used = __atomic_load_n((uint16_t *)(mem + USED_OFF + 2), __ATOMIC_ACQUIRE);
+  uint32_t used_len = *(uint32_t *)(mem + USED_OFF + 4 + 4);
+  printf("{\"popped\":%s,\"inFlightAtSend\":%s,\"ack\":%d,\"ackValue\":%" PRIu64 ",\"usedAtAck\":%u,\"usedLen\":%u,\"status\":%d,\"dataOverwritten\":%s",
+         popped ? "true" : "false", in_flight_at_send ? "true" : "false", n, ack, used, used_len, mem[STATUS], mem[buf] != 0xa5 || mem[buf + big - 1] != 0xa5 ? "true" : "false");
+  // the queue keeps working on the new table
+  hdr_at(HDR, 4, 0);
+  mem[STATUS] = 0xff;
+  used_seen = used;
+  struct seg flush[] = {{HDR, 16, false}, {STATUS, 1, true}};
+  int len = vq_run(flush, 2);
+  printf(",\"flushAfter\":{\"len\":%d,\"status\":%d}}\n", len, mem[STATUS]);
+}
+
 static void chain_loop(void) {
   vq_setup();
   struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
@@ -540,6 +594,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[optind], "probe")) probe();
   else if (!strcmp(argv[optind], "chains")) chains();
   else if (!strcmp(argv[optind], "chain-loop")) chain_loop();
+  else if (!strcmp(argv[optind], "drain")) drain();
   else scenario(argv[optind]);
   close(sock);
   return 0;
