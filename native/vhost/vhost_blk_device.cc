@@ -43,6 +43,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <new>
 #include <unordered_map>
 #include <unordered_set>
@@ -199,6 +200,21 @@ struct VhostBlkDevice::Impl {
 
   void Log(const std::string& what) {
     std::fprintf(stderr, "ibnbd vhost-blk %s: %s\n", self->socket_path_.c_str(), what.c_str());
+  }
+
+  // Per-request failures come from the guest or the network, at any rate: at most
+  // kRequestLogBurst lines per second, then a count of what was left out.
+  static constexpr uint64_t kRequestLogBurst = 20;
+  std::atomic<int64_t> log_window{0};
+  std::atomic<uint64_t> log_in_window{0};
+  void LogRequest(const std::string& what) {
+    int64_t now = int64_t(std::time(nullptr));
+    int64_t win = log_window.load();
+    if (win != now && log_window.compare_exchange_strong(win, now)) {
+      uint64_t n = log_in_window.exchange(0);
+      if (n > kRequestLogBurst) Log(std::to_string(n - kRequestLogBurst) + " request failures not logged");
+    }
+    if (log_in_window++ < kRequestLogBurst) Log(what);
   }
   void Emit(const std::string& type, const std::string& detail) {
     if (self->on_event_) self->on_event_(type, detail);
@@ -539,7 +555,7 @@ struct VhostBlkDevice::Impl {
     c->inflight++;
     counters[r->qidx].inflight++;
     if (r->plan.local) {
-      if (!r->plan.error.empty()) Log("request failed: " + r->plan.error);
+      if (!r->plan.error.empty()) LogRequest("request failed: " + r->plan.error);
       return Finish(r, r->plan.local_status);
     }
     if (!self->session_->connected()) return Finish(r, kBlkSIoErr);
@@ -588,7 +604,7 @@ struct VhostBlkDevice::Impl {
     if (r->first_err) {
       char buf[96];
       std::snprintf(buf, sizeof buf, "IBNBD request failed: %s", std::strerror(-r->first_err));
-      Log(buf);
+      LogRequest(buf);
     }
     Finish(r, r->first_err ? kBlkSIoErr : kBlkSOk);
   }

@@ -121,6 +121,8 @@ export class VhostBlk {
     try {
       this.#native = new NativeVhostBlk(this.options, onEvent);
     } catch (e) {
+      // the session check throws a plain TypeError: that is a bad option, not an IO error
+      if (e instanceof TypeError) throw new IbnbdError('EINVAL', `session: ${e.message}`);
       throw toIbnbdError(e);
     }
   }
