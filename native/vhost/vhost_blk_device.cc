@@ -423,7 +423,9 @@ struct VhostBlkDevice::Impl {
     c->watches[fd] = {cb, data, dup_fd, loop};
     ConnPtr sc = c->impl->Shared(c);
     loop->Post([sc, fd, dup_fd, loop] {
-      loop->Add(dup_fd, EPOLLIN, [sc, fd, dup_fd](uint32_t) { OnKickFd(sc.get(), fd, dup_fd); });
+      int rc = loop->Add(dup_fd, EPOLLIN, [sc, fd, dup_fd](uint32_t) { OnKickFd(sc.get(), fd, dup_fd); });
+      // Cannot happen with a fresh descriptor; if it does the ring would silently stall, so say it.
+      if (rc != 0) std::fprintf(stderr, "ibnbd vhost-blk: cannot watch a kick eventfd: %s\n", std::strerror(-rc));
     });
   }
 
