@@ -2,7 +2,7 @@
 // OPEN per mapped device, CLOSE on unmap. They travel as transport requests like any IO: SESS_INFO
 // and OPEN as READs whose data buffer receives the response, CLOSE as a WRITE with no data.
 import { IbnbdError, errnoName } from '../backend/errors.js';
-import type { NativeClientSession } from '../backend/transport.js';
+import type { ClientSession as TransportSession } from '../backend/transport.js';
 import {
   decode,
   encode,
@@ -15,7 +15,7 @@ import {
 } from '../proto/ibnbd.js';
 
 /** Sends SESS_INFO and returns the negotiated protocol version (min of both sides). */
-export async function sessInfo(session: NativeClientSession): Promise<number> {
+export async function sessInfo(session: TransportSession): Promise<number> {
   const rsp = await session.request({
     dir: 'read',
     usr: encode({ type: 'SESS_INFO', ver: PROTO_VER_MAJOR }),
@@ -30,7 +30,7 @@ export async function sessInfo(session: NativeClientSession): Promise<number> {
 
 /** Opens devicePath on the server; ENOENT / EPERM / EINVAL come back as the server's errno. */
 export async function openDevice(
-  session: NativeClientSession,
+  session: TransportSession,
   devicePath: string,
   accessMode: AccessMode,
   ioMode: IoMode,
@@ -47,7 +47,7 @@ export async function openDevice(
   return d.msg;
 }
 
-export async function closeDevice(session: NativeClientSession, deviceId: number): Promise<void> {
+export async function closeDevice(session: TransportSession, deviceId: number): Promise<void> {
   const rsp = await session.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId }) });
   if (rsp.errno !== 0) throw serverError(rsp.errno, `CLOSE of device ${deviceId}`);
 }

@@ -6,7 +6,7 @@
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IbnbdError } from '../backend/errors.js';
-import { NativeVhostBlk, type VhostEvent } from '../backend/vhost.js';
+import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { deviceIdOf, type MapRequest } from '../proto/map-string.js';
 import { closeDevice, openDevice } from './admin.js';
 import { MappedDevice, type DeviceInfo } from './device.js';
@@ -110,14 +110,14 @@ export class IbnbdClient {
     const deviceId = deviceIdOf(req.devicePath);
     const socketPath = join(this.vhostDir, `${name}.sock`);
     const linkPath = join(this.devicesDir, linkNameFor(deviceId, session.sessname, this.devices));
-    let vhost: NativeVhostBlk | undefined;
+    let vhost: VhostBlk | undefined;
     try {
       await mkdir(this.vhostDir, { recursive: true, mode: 0o755 });
       await mkdir(this.devicesDir, { recursive: true, mode: 0o755 });
-      vhost = new NativeVhostBlk(
+      vhost = new VhostBlk(
         {
           socketPath,
-          session: session.native,
+          session: session.native.native as object,
           deviceId: open.deviceId,
           serial: deviceId,
           sizeBytes: Number(open.nsectors) * 512,
@@ -125,9 +125,10 @@ export class IbnbdClient {
           physicalBlockSize: open.physicalBlockSize || open.logicalBlockSize,
           readOnly: req.accessMode === 'ro',
           queues: req.queues,
-          discard: { maxSectors: open.maxDiscardSectors, granularity: open.discardGranularity },
-          writeZeroes: { maxSectors: open.maxWriteZeroesSectors },
-          secureErase: open.secureDiscard !== 0,
+          discard: open.maxDiscardSectors > 0 ? { maxSectors: open.maxDiscardSectors, granularity: open.discardGranularity } : null,
+          writeZeroes: open.maxWriteZeroesSectors > 0 ? { maxSectors: open.maxWriteZeroesSectors } : null,
+          // RNBD: secure erase shares the discard limits
+          secureErase: open.secureDiscard !== 0 && open.maxDiscardSectors > 0,
           writeback: open.cachePolicy.writeback,
           fua: open.cachePolicy.fua,
         },
@@ -196,5 +197,5 @@ function linkNameFor(deviceId: string, sessname: string, devices: Map<string, Ma
 }
 
 function describeEvent(ev: VhostEvent): string {
-  return typeof ev === 'object' && ev !== null && 'type' in ev ? JSON.stringify(ev) : String(ev);
+  return `front-end ${ev.type}${ev.detail ? `: ${ev.detail}` : ''}`;
 }

@@ -1,7 +1,7 @@
 // One mapped device: the server's OPEN_RSP, the vhost-user-blk socket serving it, and what
 // `ibnbd show` reports. IBNBD made /dev/ibnbd<N> and a devices/<device_id> link; we make
 // <run-dir>/vhost/ibnbd<N>.sock and <run-dir>/devices/<device_id> → that socket.
-import type { NativeVhostBlk } from '../backend/vhost.js';
+import type { VhostBlk } from '../backend/vhost.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import type { MapRequest } from '../proto/map-string.js';
 import type { ClientSession } from './session.js';
@@ -38,7 +38,7 @@ export class MappedDevice {
     readonly request: MapRequest,
     readonly session: ClientSession,
     readonly open: OpenRspMsg,
-    readonly vhost: NativeVhostBlk,
+    readonly vhost: VhostBlk,
   ) {}
 
   get state(): DeviceState {

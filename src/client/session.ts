@@ -2,7 +2,7 @@
 // the transport session (all its paths) and sends SESS_INFO once; later maps with the same
 // sessname share it; it is closed when its last device is unmapped.
 import { IbnbdError } from '../backend/errors.js';
-import { NativeClientSession, type LinkEventName } from '../backend/transport.js';
+import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
 import type { MapRequest, PathSpec } from '../proto/map-string.js';
 import { sessInfo } from './admin.js';
 
@@ -23,7 +23,7 @@ export class ClientSession {
     readonly sessname: string,
     readonly transport: MapRequest['transport'],
     readonly paths: PathSpec[],
-    readonly native: NativeClientSession,
+    readonly native: TransportSession,
   ) {}
 
   describePaths(): string[] {
@@ -74,7 +74,7 @@ export class ClientSessions {
       return existing;
     }
     let session: ClientSession | undefined;
-    const native = new NativeClientSession(
+    const native = new TransportSession(
       {
         transport: req.transport,
         sessname: req.sessname,
@@ -83,7 +83,7 @@ export class ClientSessions {
         heartbeatMs: this.opts.heartbeatMs,
         heartbeatMissedMax: this.opts.heartbeatMissedMax,
       },
-      (ev: LinkEventName) => {
+      (ev: LinkEvent) => {
         if (!session) return;
         const state: SessionState = ev === 'disconnected' ? 'closed' : 'open';
         if (session.state === state) return;
