@@ -5,6 +5,7 @@ import { IbnbdError } from '../backend/errors.js';
 import * as clientCommands from './commands/client.js';
 import * as libvirtCommands from './commands/libvirt.js';
 import * as mapCommands from './commands/map.js';
+import * as serverCommands from './commands/server.js';
 import { cliError, errorLine, exitCodeOf, helpTopic } from './util.js';
 
 interface CommandModule {
@@ -15,8 +16,8 @@ interface CommandModule {
 const COMMAND_MODULES: readonly CommandModule[] = [
   mapCommands, // map, unmap, list, show: talk to the client daemon
   libvirtCommands, // libvirt-xml: the <disk> element of a mapped device
-  clientCommands, // client: the client daemon
-  // serverCommands from './commands/server.js'  (ibnbd server ...)
+  clientCommands, // ibnbd client: the client daemon
+  serverCommands, // ibnbd server [opts] (the export daemon), server devices|sessions|force-close
 ];
 
 function packageVersion(): string {
