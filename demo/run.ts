@@ -14,7 +14,7 @@ import { projectRoot } from '../src/backend/native.js';
 import { startGuest, type GuestHandle } from '../tests/qemu/harness.js';
 
 const DISK_MIB = 256;
-const PATTERN_MIB = 16;
+const PATTERN_MIB = 32;
 const cli = join(projectRoot, 'bin', 'ibnbd.js');
 const children: ChildProcess[] = [];
 let guest: GuestHandle | undefined;
@@ -102,12 +102,17 @@ echo "guest: /dev/vda $(cat $d/size) sectors of 512 B = $(( $(cat $d/size) / 204
 echo "guest: logical block $(cat $d/queue/logical_block_size) B, physical $(cat $d/queue/physical_block_size) B, read-only $(cat $d/ro)"
 echo "guest: serial '$(cat $d/serial 2>/dev/null)', queues $(ls $d/mq | wc -l), discard max $(cat $d/queue/discard_max_bytes) B"
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=${PATTERN_MIB} 2>/dev/null
+# throughput from the guest's own clock (/proc/uptime, 10 ms resolution)
+rate() { awk -v a="$1" -v b="$2" -v m=${PATTERN_MIB} 'BEGIN { t = b - a; if (t <= 0) t = 0.01; printf "%.1f MiB/s (%d MiB in %.2f s)", m / t, m, t }'; }
+now() { cut -d' ' -f1 /proc/uptime; }
 echo "guest: writing ${PATTERN_MIB} MiB with O_DIRECT"
-dd if=/tmp/pattern of=/dev/vda bs=1M oflag=direct 2>&1 | tail -n1 | sed 's/^/guest: write: /'
+t0=$(now); dd if=/tmp/pattern of=/dev/vda bs=1M oflag=direct 2>/dev/null; t1=$(now)
+echo "guest: write throughput $(rate $t0 $t1)"
 sync
 echo 3 > /proc/sys/vm/drop_caches
 echo "guest: reading it back with O_DIRECT"
-dd if=/dev/vda of=/tmp/back bs=1M count=${PATTERN_MIB} iflag=direct 2>&1 | tail -n1 | sed 's/^/guest: read: /'
+t0=$(now); dd if=/dev/vda of=/tmp/back bs=1M count=${PATTERN_MIB} iflag=direct 2>/dev/null; t1=$(now)
+echo "guest: read throughput $(rate $t0 $t1)"
 cmp /tmp/pattern /tmp/back
 echo "guest: data verified, md5 $(md5sum /tmp/back | cut -d' ' -f1)"
 `;
