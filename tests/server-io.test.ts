@@ -81,6 +81,19 @@ for (const kind of ['file', 'loop'] as const) {
       t.true(rsp.logicalBlockSize >= 512 && rsp.physicalBlockSize >= rsp.logicalBlockSize);
       const id = rsp.deviceId;
 
+      // the descriptors really carry the io_mode: blockio one O_DIRECT descriptor; fileio a
+      // buffered reader and an O_DIRECT writer (ext4 and loop devices both have O_DIRECT)
+      const dev = [...running.server.sessions.values()][0]!.devices.get(id)!;
+      const direct = (fd: number) => (parseInt(/^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8) & 0o40000) !== 0;
+      if (ioMode === 'blockio') {
+        t.is(dev.fds.readFd, dev.fds.writeFd);
+        t.true(direct(dev.fds.readFd), 'blockio: O_DIRECT');
+      } else {
+        t.not(dev.fds.readFd, dev.fds.writeFd);
+        t.false(direct(dev.fds.readFd), 'fileio reads through the page cache');
+        t.true(direct(dev.fds.writeFd), 'fileio writes O_DIRECT');
+      }
+
       const tree = running.server.devices();
       t.is(tree.length, 1);
       t.is(tree[0]!.block_dev, blockDev);

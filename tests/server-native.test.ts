@@ -244,3 +244,28 @@ test('probeDevice on a file reports its size and probed punch-hole/zero-range su
   t.true(g.maxWriteZeroesSectors > 0, '/tmp supports zero-range');
   t.throws(() => probeDevice(-1), { code: 'EBADF' });
 });
+
+test('closeSession drops the client: session-down on the server, DISCONNECTED and ENOTCONN on the client', async (t) => {
+  const events: NativeServerEvent[] = [];
+  const server = new NativeServer({ transport: 'tcp', listen: [LO] }, (ev) => events.push(ev));
+  const port = server.start()[0]!.port;
+  t.teardown(() => server.stop());
+  const links: string[] = [];
+  const client = new ClientSession({ transport: 'tcp', sessname: 'closing', paths: [{ dst: { ...LO, port } }], reconnectDelayMs: 60_000 }, (e) => links.push(e));
+  t.teardown(() => client.close());
+  await client.connect(5000);
+  const wait = async (cond: () => boolean, what: string): Promise<void> => {
+    const end = Date.now() + 3000;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`no ${what}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  await wait(() => events.some((e) => e.type === 'session-up'), 'session-up');
+  server.closeSession(events[0]!.sessionId);
+  await wait(() => events.some((e) => e.type === 'session-down'), 'session-down');
+  await wait(() => links.includes('disconnected'), 'disconnected');
+  t.is(server.stats().sessions.length, 0);
+  t.is((await io(client, { dev: 1, op: 'READ', offset: 0, len: 512 })).errno, ENOTCONN);
+  t.throws(() => server.closeSession(events[0]!.sessionId), { code: 'ENOENT' });
+});

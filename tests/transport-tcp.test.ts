@@ -3,10 +3,15 @@
 // handshake that must cost only its own connection.
 import test from 'ava';
 import { connect as netConnect } from 'node:net';
-import { ClientSession, type LinkEvent } from '../src/backend/transport.js';
+import { ClientSession, configureIoThreads, ioThreadCount, type LinkEvent } from '../src/backend/transport.js';
 import { NativeServer, type NativeServerEvent } from '../src/backend/server-native.js';
 
 const LO = { kind: 'ip' as const, addr: '127.0.0.1', port: 0 };
+
+// Two IO threads: every path has a service and two IO connections, requests are spread over
+// both threads and the server answers across threads.
+configureIoThreads(2);
+
 
 interface Harness {
   server: NativeServer;
@@ -123,7 +128,7 @@ test('permits: more requests than the queue depth wait in FIFO order and all com
   t.deepEqual(order, [...Array(12).keys()], 'waiters served in FIFO order');
 });
 
-test('two paths: both carry requests; losing one keeps the session up', async (t) => {
+test('two paths: both connect, requests spread, one session on the server', async (t) => {
   const h = startServer(t);
   const links: LinkEvent[] = [];
   const c = client(t, h.port, { paths: [{ dst: { ...LO, port: h.port } }, { dst: { ...LO, port: h.port } }], mpPolicy: 'round-robin' }, (e) => links.push(e));
@@ -207,6 +212,13 @@ test('a malformed handshake closes only its own connection', async (t) => {
   t.is(r.errno, 0, 'the established session is untouched');
 });
 
+test('the IO thread pool has the configured size and cannot be resized once running', (t) => {
+  t.is(ioThreadCount(), 2);
+  t.notThrows(() => configureIoThreads(2));
+  t.throws(() => configureIoThreads(3), { code: 'EBUSY' });
+  t.throws(() => configureIoThreads(0), { code: 'EINVAL' });
+});
+
 test('rdma is known but not built yet; unknown transports are refused', (t) => {
   const e = t.throws(() => new ClientSession({ transport: 'rdma', sessname: 'x', paths: [{ dst: { ...LO, port: 1 } }] }));
   t.is((e as { code?: string }).code, 'ENODEV');
@@ -221,4 +233,117 @@ test('connect to a closed port fails with ECONNREFUSED', async (t) => {
   await h.server.stop();
   const c = client(t, port);
   await t.throwsAsync(() => c.connect(2000), { code: 'ECONNREFUSED' });
+});
+
+/** A TCP relay that can be cut, standing in for one network path. */
+async function relay(t: import('ava').ExecutionContext, port: number): Promise<{ port: number; cut: () => void }> {
+  const { createServer, connect } = await import('node:net');
+  const socks = new Set<import('node:net').Socket>();
+  const srv = createServer((a) => {
+    const b = connect(port, '127.0.0.1');
+    socks.add(a).add(b);
+    a.pipe(b).pipe(a);
+    const end = (): void => {
+      a.destroy();
+      b.destroy();
+    };
+    a.on('error', end).on('close', end);
+    b.on('error', end).on('close', end);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const cut = (): void => {
+    srv.close();
+    for (const s of socks) s.destroy();
+  };
+  t.teardown(cut);
+  return { port: (srv.address() as import('node:net').AddressInfo).port, cut };
+}
+
+test('failover: requests in flight on a path that dies are re-issued on the other path', async (t) => {
+  const h = startServer(t);
+  const held: Extract<NativeServerEvent, { type: 'request' }>[] = [];
+  h.answer = (ev) => {
+    held.push(ev);
+    return null;
+  };
+  const r1 = await relay(t, h.port);
+  const links: LinkEvent[] = [];
+  const c = client(t, h.port, { paths: [{ dst: { ...LO, port: r1.port } }, { dst: { ...LO, port: h.port } }], mpPolicy: 'round-robin', reconnectDelayMs: 60_000 }, (e) => links.push(e));
+  await c.connect(5000);
+  const ps = Array.from({ length: 8 }, (_, i) => c.request({ dir: 'read', usr: Buffer.from([9, 0, 0, 0, i]), readLen: 16 }));
+  await waitFor(() => held.length === 8, 2000, '8 requests held');
+  const viaRelay = c.paths()[0]!.inflight;
+  t.true(viaRelay > 0, 'round-robin used the relayed path');
+  r1.cut();
+  await waitFor(() => c.paths()[0]!.state !== 'connected', 2000, 'relayed path down');
+  // the re-issued copies arrive on the surviving path; answer everything the server holds now
+  await waitFor(() => held.length === 8 + viaRelay, 2000, 're-issued requests');
+  h.answer = (ev) => ({ errno: 0, data: Buffer.alloc(ev.dataLen, ev.usr[4]) });
+  for (const ev of held) {
+    try {
+      h.server.respond(ev.requestId, 0, Buffer.alloc(ev.dataLen, ev.usr[4]));
+    } catch {
+      /* its connection is gone: that copy's answer is discarded */
+    }
+  }
+  const rs = await Promise.all(ps);
+  rs.forEach((r, i) => {
+    t.is(r.errno, 0);
+    t.true(r.data!.every((b) => b === i));
+  });
+  t.false(links.includes('disconnected'), 'one path left: the session never went down');
+});
+
+test('reconnect: a restarted server brings the path back and RECONNECTED is raised', async (t) => {
+  const h = startServer(t);
+  const port = h.port;
+  const links: LinkEvent[] = [];
+  const c = client(t, port, { reconnectDelayMs: 100 }, (e) => links.push(e));
+  await c.connect(5000);
+  await h.server.stop();
+  await waitFor(() => links.includes('disconnected'), 3000, 'disconnected');
+  const h2 = new NativeServer({ transport: 'tcp', listen: [{ ...LO, port }] }, (ev) => {
+    if (ev.type === 'request') h2.respond(ev.requestId, 0);
+  });
+  h2.start();
+  t.teardown(() => h2.stop());
+  await waitFor(() => links.includes('reconnected'), 5000, 'reconnected');
+  t.true(c.paths()[0]!.reconnects >= 1);
+  t.is((await c.request({ dir: 'write', usr: Buffer.from([5, 0, 0, 0, 1, 0, 0, 0]) })).errno, 0);
+});
+
+test('server side: a client that handshakes and goes silent is dropped by heartbeat; a bad frame drops only its path', async (t) => {
+  const F = await import('../src/transport/tcp-frames.js');
+  const { randomBytes } = await import('node:crypto');
+  const h = startServer(t, { heartbeatMs: 50, heartbeatMissedMax: 2 });
+  const good = client(t, h.port);
+  await good.connect(5000);
+  const rawPath = async (sessname: string): Promise<import('node:net').Socket[]> => {
+    const su = randomBytes(16), pu = randomBytes(16);
+    const socks: import('node:net').Socket[] = [];
+    for (let i = 0; i < 2; i++) {
+      const s = netConnect(h.port, '127.0.0.1');
+      t.teardown(() => s.destroy());
+      await new Promise((r) => s.once('connect', r));
+      s.write(F.encodeHandshakeReq({ version: 1, connIndex: i, connCount: 2, queueDepth: 8, maxIoSize: 65536, sessionUuid: su, pathUuid: pu, sessname }));
+      const rsp = await new Promise<Buffer>((r) => s.once('data', r));
+      const d = F.decodeHandshakeRsp(rsp.subarray(0, 32));
+      t.true(d.ok && d.value.errno === 0 && d.value.queueDepth === 8);
+      socks.push(s);
+    }
+    return socks;
+  };
+  const closed = (s: import('node:net').Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
+  const silent = await rawPath('silent');
+  silent.forEach((s) => s.on('data', () => {})); // read, never answer heartbeats
+  await waitFor(() => h.events.some((e) => e.type === 'session-up' && e.sessname === 'silent'), 2000, 'silent session up');
+  const t0 = Date.now();
+  await Promise.race([Promise.all(silent.map(closed)), new Promise((_, rej) => setTimeout(() => rej(new Error('silent client kept')), 3000))]);
+  t.true(Date.now() - t0 < 1500);
+  await waitFor(() => h.events.filter((e) => e.type === 'session-down').length === 1, 2000, 'session-down');
+
+  const rude = await rawPath('rude');
+  rude[1]!.write(F.encodeFrameHeader({ kind: 'READ_REQ', usrLen: 4, id: 8, dataLen: 512, errno: 0, cookie: 0n })); // id ≥ queue depth
+  await Promise.race([Promise.all(rude.map(closed)), new Promise((_, rej) => setTimeout(() => rej(new Error('bad frame tolerated')), 3000))]);
+  t.is((await good.request({ dir: 'write', usr: Buffer.from([5, 0, 0, 0, 1, 0, 0, 0]) })).errno, 0, 'other sessions unaffected');
 });

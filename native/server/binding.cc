@@ -359,13 +359,10 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
   Napi::Value CloseSession(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto st = SessionOf(env, info[0]);
-    ServerSession* s = nullptr;
-    {
-      std::lock_guard<std::mutex> lk(handler_->mu_);
-      auto it = handler_->sessions_.find(st->session_id);
-      if (it != handler_->sessions_.end()) s = it->second.s;
-    }
-    if (s) s->Close();
+    // under the handler's lock: OnSessionDown (which ends the session object's life) waits
+    std::lock_guard<std::mutex> lk(handler_->mu_);
+    auto it = handler_->sessions_.find(st->session_id);
+    if (it != handler_->sessions_.end()) it->second.s->Close();
     return env.Undefined();
   }
 
