@@ -257,9 +257,9 @@ static int run_client(char *connect_spec, struct client_opts o) {
   double iops = (double)hist->count / seconds;
   uint32_t data = o.payload > o.resp ? o.payload : o.resp;
   printf("{\"ok\":true,\"tool\":\"ibnbd-tcp-probe\",\"qd\":%d,\"req_bytes\":%u,\"resp_bytes\":%u,\"runtime_s\":%.3f,"
-         "\"ios\":%" PRIu64 ",\"iops\":%.1f,\"mbps\":%.2f,"
+         "\"ios\":%" PRIu64 ",\"submitted\":%" PRIu64 ",\"iops\":%.1f,\"mbps\":%.2f,"
          "\"lat_us\":{\"mean\":%.2f,\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f},\"errors\":0,\"client_cpu_s\":%.3f}\n",
-         o.qd, HEADER_BYTES + o.payload, o.resp, seconds, hist->count, iops, iops * data / 1e6, lat_mean(hist) / 1e3,
+         o.qd, HEADER_BYTES + o.payload, o.resp, seconds, hist->count, sent, iops, iops * data / 1e6, lat_mean(hist) / 1e3,
          lat_percentile(hist, 0.5) / 1e3, lat_percentile(hist, 0.99) / 1e3, lat_percentile(hist, 0.999) / 1e3,
          (double)hist->max_ns / 1e3, cpu);
   return 0;
