@@ -57,7 +57,7 @@ export function chartSvg(report: Report, workloads: readonly Workload[], infos: 
   infos.forEach((info, k) => {
     const y = ly + k * 18;
     out.push(`<rect x="${left}" y="${y}" width="12" height="12" fill="${COLORS[info.id]}"/>`);
-    out.push(`<text x="${left + 18}" y="${y + 10}">${esc(`${info.id}: ${info.description}${info.unavailable ? ` — ${info.unavailable}` : ''}`)}</text>`);
+    out.push(`<text x="${left + 18}" y="${y + 10}">${esc(`${info.id}: ${info.name}${info.unavailable ? ` — ${info.unavailable}` : ''}`)}</text>`);
   });
   out.push('</svg>');
   return out.join('\n') + '\n';
