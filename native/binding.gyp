@@ -89,6 +89,23 @@
       "sources": ["tools/nodelay_shim.c"],
       "cflags": ["-std=gnu11", "-fPIC", "-Wall", "-Wextra", "-Werror"],
       "libraries": ["-ldl"]
+    },
+    {
+      # The libblkio vhost-user-blk client used by tests and benchmarks (native/tools/). C, so
+      # the addon's "every .cc" source list does not pick it up.
+      "target_name": "ibnbd-blkio",
+      "type": "executable",
+      "sources": ["tools/ibnbd-blkio.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-sign-compare", "-pthread"],
+      "ldflags": ["-pthread"],
+      "libraries": ["-lblkio"]
+    },
+    {
+      # A hand-written vhost-user front-end for malformed-message tests (native/tools/).
+      "target_name": "ibnbd-vhost-raw",
+      "type": "executable",
+      "sources": ["tools/ibnbd-vhost-raw.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-result"]
     }
   ]
 }
