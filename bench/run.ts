@@ -118,6 +118,7 @@ async function main(opts: BenchOptions): Promise<number> {
       try {
         await target.start(ctx);
         started.push(target);
+        ti.name = target.name;  // ours says which client it ran with
         log(`${id}: started (${target.daemons().map((d) => `${d.name} pid ${d.pid}`).join(', ')})`);
       } catch (e) {
         await target.stop().catch(() => undefined);

@@ -206,33 +206,41 @@ class TcpProbe implements Target {
  */
 class Ours extends VhostTarget {
   readonly id = 'a' as const;
-  readonly name = 'ours (ibnbd TCP)';
+  name = 'ours (ibnbd TCP)';
   readonly description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client';
 
   /** Why ours cannot run in this build, or undefined when it can. */
   static unavailableReason(root: string): string | undefined {
-    const cli = join(root, 'bin', 'ibnbd.js');
-    // an unknown sub-command's --help prints the top-level help and exits 0: look for the
-    // options the bench passes instead
-    for (const [cmd, needs] of [['server', ['--listen', '--dev-search-path', '--control']], ['client', ['--control', '--run-dir']]] as const) {
-      const r = spawnSync(process.execPath, [cli, cmd, '--help'], { encoding: 'utf8', timeout: 15000 });
-      const missing = needs.filter((n) => !r.stdout?.includes(n));
-      if (r.status !== 0 || missing.length) return `\`ibnbd ${cmd}\` (with ${needs.join(' ')}) is not in this build yet`;
-    }
-    return undefined;
+    return Ours.cliMissing(root, 'server', ['--listen', '--dev-search-path', '--control']);
+  }
+
+  // an unknown sub-command's --help prints the top-level help and exits 0: look for the options
+  // the bench passes instead
+  private static cliMissing(root: string, cmd: string, needs: string[]): string | undefined {
+    const r = spawnSync(process.execPath, [join(root, 'bin', 'ibnbd.js'), cmd, '--help'], { encoding: 'utf8', timeout: 15000 });
+    const missing = needs.filter((n) => !r.stdout?.includes(n));
+    return r.status !== 0 || missing.length ? `\`ibnbd ${cmd}\` (with ${needs.join(' ')}) is not in this build yet` : undefined;
   }
 
   async start(ctx: BenchContext): Promise<void> {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
     const port = await freePort();
     const serverControl = join(ctx.work, 'a-server.ctl');
-    const clientControl = join(ctx.work, 'a-client.ctl');
     const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
     const server = new Daemon('ibnbd server', process.execPath, [
       cli, 'server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', dirname(ctx.file), '--control', serverControl, ...threads,
     ], join(ctx.work, 'a-server.log'));
     this.procs = [server];
-    await waitFor('ibnbd server', START_TIMEOUT_MS, async () => (await tcpAccepts('127.0.0.1', port)()) && fileExists(serverControl)(), this.procs);
+    await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
+    const noClient = Ours.cliMissing(ctx.root, 'client', ['--control', '--run-dir']);
+    if (noClient) await this.startStandIn(ctx, port, noClient);
+    else await this.startClientDaemon(ctx, port, threads);
+    this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
+  }
+
+  private async startClientDaemon(ctx: BenchContext, port: number, threads: string[]): Promise<void> {
+    const cli = join(ctx.root, 'bin', 'ibnbd.js');
+    const clientControl = join(ctx.work, 'a-client.ctl');
     const client = new Daemon('ibnbd client', process.execPath, [
       cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), ...threads,
     ], join(ctx.work, 'a-client.log'));
@@ -248,6 +256,23 @@ class Ours extends VhostTarget {
     if (!socket) throw new Error(`ibnbd map: no socket in the reply ${map.stdout.trim()}`);
     this.socket = socket;
     await waitFor('vhost-user socket of ours', START_TIMEOUT_MS, fileExists(socket), this.procs);
+  }
+
+  /** The client daemon's native objects without its control plane (bench/ours-client-standin.ts). */
+  private async startStandIn(ctx: BenchContext, port: number, why: string): Promise<void> {
+    this.socket = join(ctx.work, 'a-vhost.sock');
+    const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
+    const standIn = new Daemon('ibnbd client stand-in', process.execPath, [
+      join(ctx.root, 'dist', 'bench', 'ours-client-standin.js'),
+      '--port', String(port), '--device', basename(ctx.file), '--socket', this.socket, ...threads,
+    ], join(ctx.work, 'a-client-standin.log'));
+    this.procs.push(standIn);
+    await waitFor('ours (client stand-in)', START_TIMEOUT_MS, fileExists(this.socket), this.procs);
+    this.name = 'ours (stand-in client)';
+    this.notes.push(
+      `client STAND-IN: ${why}, so the client side is bench/ours-client-standin.ts — the client daemon's own native ` +
+      'objects (NativeClientSession over TCP, SESS_INFO + OPEN io_mode=fileio, VhostBlk) without its control plane; the IO path is the real one',
+    );
   }
 }
 
