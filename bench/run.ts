@@ -48,14 +48,16 @@ function machine() {
 
 async function measure(target: Target, w: Workload, ctx: BenchContext, round: number): Promise<Sample> {
   const daemons = target.daemons();
-  const before = daemons.map((d) => cpuSeconds(d.pid));
+  // a daemon that died has no /proc entry: its run fails below instead of ending the bench
+  const cpu0 = (d: (typeof daemons)[number]) => { try { return cpuSeconds(d.pid); } catch { return NaN; } };
+  const before = daemons.map(cpu0);
   let r: ToolResult;
   try {
     r = await target.run(w, ctx);
   } catch (e) {
     r = { ok: false, error: (e as Error).message };
   }
-  const after = daemons.map((d) => (d.running ? cpuSeconds(d.pid) : NaN));
+  const after = daemons.map(cpu0);
   const cpu: Record<string, number> = {};
   daemons.forEach((d, i) => (cpu[d.name] = Number((after[i]! - before[i]!).toFixed(3))));
   const total = Object.values(cpu).reduce((a, b) => a + b, 0);
