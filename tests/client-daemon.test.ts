@@ -56,6 +56,8 @@ test.serial('the seed\'s map string maps a device served over vhost-user-blk; li
   t.is(shown.device.access_mode, 'rw');
   t.is(shown.device.io_mode, 'blockio');
   t.true(shown.device.stats.requests > 0);
+  t.is(shown.device.path_states.length, 1);
+  t.like(shown.device.path_states[0], { dst: s.path, state: 'connected', inflight: 0, reconnects: 0 });
 
   t.is((await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control])).code, 0);
   t.false(existsSync(device.socket), 'socket removed');

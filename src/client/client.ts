@@ -58,9 +58,18 @@ export class IbnbdClient {
     return [...this.devices.values()].sort((a, b) => a.index - b.index).map((d) => d.info());
   }
 
-  show(nameOrId: string): DeviceInfo & { stats: unknown } {
+  /** list's fields plus the vhost counters and each transport path (state, in-flight, reconnects). */
+  show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[] } {
     const dev = this.find(nameOrId);
-    return { ...dev.info(), stats: dev.vhost.stats() };
+    const pathStates = dev.session.native.paths().map((p) => ({
+      src: p.src,
+      dst: p.dst,
+      state: p.state,
+      inflight: p.inflight,
+      reconnects: p.reconnects,
+      heartbeat_rtt_us: Math.round(p.hbRttNs / 1000),
+    }));
+    return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates };
   }
 
   find(nameOrId: string): MappedDevice {
