@@ -75,7 +75,9 @@ function shellWord(s: string, what: string): string {
 
 /**
  * Shell functions (POSIX sh, prepend to a guest script). Every wait is bounded; each function
- * returns non-zero on failure so scripts can `|| exit`.
+ * returns non-zero on failure so scripts can `|| exit`. RNBD_SERVER_IP (this guest's eth0) and
+ * RNBD_PORT (1234, the kernel server's default) say where rnbd_map dials; a script may change them
+ * (e.g. to map from our userspace server on another port).
  *   rxe_up                     rdma link add rxe0 on eth0, wait for ACTIVE
  *   rnbd_server_load           insmod rtrs-core, rtrs-server, rnbd-server (search path, queue depth)
  *   rnbd_client_load           insmod rtrs-core, rtrs-client, rnbd-client
@@ -93,6 +95,7 @@ export function kernelRnbdPrelude(i: KernelRnbdScriptInput = {}): string {
   return `
 RNBD_KO=${GUEST_KO_DIR}
 RNBD_SERVER_IP=${GUEST_IP}
+RNBD_PORT=1234
 rxe_up() {
   rdma link add rxe0 type rxe netdev eth0 || return 1
   _i=0
@@ -121,7 +124,8 @@ rnbd_dev() {
 # /bin/echo, not the shell's builtin: dash reports every failed write as "I/O error", coreutils
 # and busybox print the errno the sysfs store returned (EPERM, EEXIST, ...)
 rnbd_map() {
-  /bin/echo "sessname=$1 path=ip:$RNBD_SERVER_IP device_path=$2 access_mode=\${3:-rw}" > /sys/class/rnbd-client/ctl/map_device || return 1
+  # dest_port before path: the kernel parses each path= with the port known at that point
+  /bin/echo "dest_port=$RNBD_PORT sessname=$1 path=ip:$RNBD_SERVER_IP device_path=$2 access_mode=\${3:-rw}" > /sys/class/rnbd-client/ctl/map_device || return 1
   rnbd_dev "$1" "$2"
 }
 rnbd_unmap() {
