@@ -85,6 +85,8 @@ function shellWord(s: string, what: string): string {
  *                              text on stderr ("Operation not permitted") and fails
  *   rnbd_dev SESS DEV          the /dev/rnbdN of an existing mapping
  *   rnbd_unmap /dev/rnbdN [normal|force]
+ *   rnbd_loop FILE             losetup a file as a backing device; prints /dev/loopN. Keep FILE in the
+ *                              guest's tmpfs, not on a 9p share: see README-rnbd.md
  *   rnbd_srv_sess DEV SESS     the server's sysfs folder of that session's open of DEV
  *   rnbd_srv_wait_gone DEV SESS  wait (5 s) until the server dropped it
  */
@@ -130,6 +132,9 @@ rnbd_map() {
 }
 rnbd_unmap() {
   /bin/echo "\${2:-normal}" > "/sys/block/\${1##*/}/rnbd/unmap_device"
+}
+rnbd_loop() {
+  losetup -f --show "$1"
 }
 rnbd_srv_sess() {
   echo "/sys/class/rnbd-server/ctl/devices/$(echo "$1" | tr / !)/sessions/$2"
