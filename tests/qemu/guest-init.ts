@@ -78,6 +78,9 @@ fi
 rc=$?
 sync
 echo "@@IBNBD-EXIT $rc@@"
+# poweroff -f does not wait for the UART: after a lot of console output the marker could still be
+# queued in the tty when the machine stops. Give the console a moment to drain.
+sleep 0.5
 poweroff -f
 sleep 60
 `;
