@@ -321,6 +321,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       dev->write_fd = -1;
     }
     if (!dev->read_only && dev->write_fd < 0) ThrowErrno(env, EINVAL, "writable mapping without a write descriptor");
+    dev->memory_backed = !dev->block_device && IsMemoryBacked(dev->read_fd);
     std::lock_guard<std::mutex> lk(st->mu);
     if (st->devices.count(id)) ThrowErrno(env, EEXIST, "device id already attached");
     st->devices[id] = dev;

@@ -19,6 +19,7 @@ struct Device {
   bool write_direct = false;
   bool read_only = true;
   bool block_device = false;
+  bool memory_backed = false;  // tmpfs/ramfs file: READ/WRITE copied inline (io_path.cc)
   uint64_t size_bytes = 0;
   uint32_t logical_block_size = 512;
 

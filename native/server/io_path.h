@@ -12,4 +12,7 @@ namespace ibnbd::server {
 // Must run on an IO thread.
 void ExecuteIo(transport::ServerIo* io, SessionDevices* devices);
 
+// A regular file on tmpfs/ramfs: READ/WRITE are copied on the IO thread instead of io_uring.
+bool IsMemoryBacked(int fd);
+
 }  // namespace ibnbd::server

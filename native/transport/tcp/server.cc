@@ -24,6 +24,7 @@
 #include <mutex>
 
 #include "common/event_loop.h"
+#include "transport/tcp/data_buffers.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
 #include "transport/tcp/tcp.h"
@@ -44,7 +45,8 @@ struct SrvReq {
   uint32_t id = 0;
   uint8_t usr[kMaxUsrLen];
   uint8_t* buf = nullptr;
-  ~SrvReq() { free(buf); }
+  uint32_t buf_len = 0;
+  ~SrvReq() { GiveDataBuffer(buf, buf_len); }
 };
 
 struct OutItem {
@@ -315,13 +317,15 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
       r->io.session = sess.get();
       r->io.loop = loop->index();
       if (h.data_len) {
-        size_t cap = (static_cast<size_t>(h.data_len) + 4095) & ~static_cast<size_t>(4095);
-        r->buf = static_cast<uint8_t*>(aligned_alloc(4096, cap));
+        // Recycled, not zeroed: a READ is answered with its buffer only on success, and both
+        // fillers (io_path: all data_len bytes or an error; the JS handler: zeroes, then
+        // copies) write every byte first.
+        r->buf = TakeDataBuffer(h.data_len);
+        r->buf_len = h.data_len;
         if (!r->buf) {
           delete r;
           return BadFrame("out of memory"), false;
         }
-        if (r->io.dir == Dir::kRead) memset(r->buf, 0, h.data_len);
       }
       r->io.data = r->buf;
       rx_pos += kFrameHeaderSize + h.usr_len;
