@@ -47,6 +47,20 @@ struct EventLoop::Impl {
   uint64_t next_id = 1;
   std::unordered_map<uint64_t, Entry> by_id;
   std::unordered_map<int, uint64_t> id_of_fd;
+  std::vector<BatchEndTask*> batch_end;
+
+  // Tasks may queue further tasks (a flush that completes requests inline): run until none.
+  void RunBatchEnd() {
+    while (!batch_end.empty()) {
+      std::vector<BatchEndTask*> now;
+      now.swap(batch_end);
+      for (BatchEndTask* t : now) {
+        if (!t) continue;  // cancelled
+        t->batch_end_queued_ = false;
+        t->RunBatchEnd();
+      }
+    }
+  }
 
   void Wake() {
     uint64_t one = 1;
@@ -96,9 +110,14 @@ struct EventLoop::Impl {
         Handler h = it->second.handler;
         h(events[i].events);
       }
-      if (wake) RunPosted();
+      RunBatchEnd();
+      if (wake) {
+        RunPosted();
+        RunBatchEnd();
+      }
       if (stopping.load(std::memory_order_acquire)) {
         RunPosted();
+        RunBatchEnd();
         break;
       }
     }
@@ -199,6 +218,20 @@ void EventLoop::RunSync(const std::function<void()>& fn) {
   });
   std::unique_lock<std::mutex> lk(m);
   cv.wait(lk, [&] { return done; });
+}
+
+void EventLoop::AtBatchEnd(BatchEndTask* t) {
+  if (!InLoop()) return t->RunBatchEnd();
+  if (t->batch_end_queued_) return;
+  t->batch_end_queued_ = true;
+  impl_->batch_end.push_back(t);
+}
+
+void EventLoop::CancelBatchEnd(BatchEndTask* t) {
+  if (!t->batch_end_queued_) return;
+  t->batch_end_queued_ = false;
+  for (BatchEndTask*& q : impl_->batch_end)
+    if (q == t) q = nullptr;
 }
 
 bool EventLoop::InLoop() const { return current_loop == this; }

@@ -9,6 +9,21 @@
 
 namespace ibnbd {
 
+// Work a loop runs once after the handlers of one epoll_wait batch (and the posted work)
+// have run: lets a connection send everything one batch queued with one system call, and a
+// virtqueue notify the driver once per batch instead of once per request.
+class BatchEndTask {
+ public:
+  virtual void RunBatchEnd() = 0;
+
+ protected:
+  ~BatchEndTask() = default;
+
+ private:
+  friend class EventLoop;
+  bool batch_end_queued_ = false;
+};
+
 class EventLoop {
  public:
   using Handler = std::function<void(uint32_t epoll_events)>;
@@ -31,6 +46,11 @@ class EventLoop {
   // already on the loop thread.
   void Post(std::function<void()> fn);
   void RunSync(const std::function<void()>& fn);
+
+  // Loop thread only. Queues t to run at the end of the current batch (once, however often it is
+  // queued); from outside the loop thread it runs t at once. Cancel before destroying a queued t.
+  void AtBatchEnd(BatchEndTask* t);
+  void CancelBatchEnd(BatchEndTask* t);
 
   bool InLoop() const;
   const std::string& name() const;

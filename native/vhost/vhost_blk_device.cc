@@ -149,6 +149,7 @@ struct Connection {
   std::atomic<uint64_t> inflight{0};     // requests popped and not yet finished
   std::unordered_map<int, Watch> watches;              // by libvhost-user's fd; write lock
   std::vector<std::unordered_set<Request*>> requests;  // per queue: its loop (read) or H (write)
+  std::weak_ptr<Connection> weak;  // lets a queue loop hold the connection until its batch end
 };
 
 // Read side for queue work; a no-op when this thread already holds it for the connection
@@ -178,6 +179,41 @@ class WriteGuard {
 };
 
 using ConnPtr = std::shared_ptr<Connection>;
+
+// Used-ring notifications of one queue loop, sent once at the end of its batch: the responses
+// one socket read brings are pushed one by one, and the driver is signalled (an eventfd write)
+// once, not once per request. Until then the requests still count as in flight on their
+// connection (Impl::Settle runs after the notify), so a held-back message that stops or remaps
+// the rings is dispatched only once every completion has been signalled.
+class PendingNotifies final : public BatchEndTask {
+ public:
+  struct Item {
+    ConnPtr conn;
+    int qidx;
+    uint64_t requests;
+  };
+  // false: not on a loop or the connection is being finalized; the caller notifies itself.
+  static bool Add(Connection* c, int qidx) {
+    EventLoop* loop = EventLoop::Current();
+    if (!loop) return false;
+    PendingNotifies& p = ThisThread();
+    for (Item& it : p.items_)
+      if (it.conn.get() == c && it.qidx == qidx) return it.requests++, true;
+    ConnPtr sc = c->weak.lock();
+    if (!sc) return false;
+    p.items_.push_back({std::move(sc), qidx, 1});
+    loop->AtBatchEnd(&p);
+    return true;
+  }
+  void RunBatchEnd() override;
+
+ private:
+  static PendingNotifies& ThisThread() {
+    thread_local PendingNotifies p;  // IO threads live as long as the process
+    return p;
+  }
+  std::vector<Item> items_;
+};
 
 struct VhostBlkDevice::Impl {
   VhostBlkDevice* self;
@@ -254,6 +290,7 @@ struct VhostBlkDevice::Impl {
     }
     c->dev.inflight_info.fd = -1;  // vu_init leaves 0, which SET_INFLIGHT_FD would close()
     c->sock = fd;
+    c->weak = c;
     all[c.get()] = c;
     wce = limits().writeback;  // a new driver starts from the device default
     conn = c;
@@ -615,15 +652,22 @@ struct VhostBlkDevice::Impl {
   void Finish(Request* r, uint8_t status) {
     Connection* c = r->conn;
     const int qidx = r->qidx;
+    bool deferred = false;
     if (!r->answered && !c->dead) {
       Answer(c, r, status);
-      vu_queue_notify(&c->dev, vu_get_queue(&c->dev, qidx));
+      deferred = PendingNotifies::Add(c, qidx);
+      if (!deferred) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, qidx));
     }
     counters[qidx].inflight--;
     c->requests[qidx].erase(r);
     r->~Request();
     std::free(r);
-    if (--c->inflight == 0 && (c->dead || c->draining)) {
+    if (!deferred) Settle(c, 1);
+  }
+
+  // Read lock held. Called after the used-ring notify of n finished requests.
+  void Settle(Connection* c, uint64_t n) {
+    if ((c->inflight -= n) == 0 && (c->dead || c->draining)) {
       // the home loop finalizes a dead connection or resumes the held message
       home().Post([this, sc = c->keep, c] { AfterDrain(c); });
     }
@@ -722,6 +766,18 @@ struct VhostBlkDevice::Impl {
 
   bool Drained() const { return all.empty(); }
 };
+
+void PendingNotifies::RunBatchEnd() {
+  std::vector<Item> now;
+  now.swap(items_);
+  for (Item& it : now) {
+    Connection* c = it.conn.get();
+    ReadGuard r(c);
+    VuVirtq* vq = vu_get_queue(&c->dev, it.qidx);
+    if (!c->dead && vu_queue_started(&c->dev, vq)) vu_queue_notify(&c->dev, vq);
+    c->impl->Settle(c, it.requests);
+  }
+}
 
 VhostBlkDevice::VhostBlkDevice(BlkLimits limits, std::string socket_path,
                                std::shared_ptr<transport::ClientSession> session, EventFn on_event)

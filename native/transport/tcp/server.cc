@@ -137,7 +137,7 @@ class TcpServer : public Server {
   bool stopped_ = false;
 };
 
-struct SrvConn : std::enable_shared_from_this<SrvConn> {
+struct SrvConn final : BatchEndTask, std::enable_shared_from_this<SrvConn> {
   TcpServer* srv;
   std::shared_ptr<SrvSession> sess;
   std::shared_ptr<SrvPath> path;
@@ -212,7 +212,13 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
     EncodeFrameHeader(h, it.hdr);
     it.req = req;
     out.push_back(it);
-    if (out.size() == 1) Flush();
+    // Sent at the end of this loop batch: every response the batch produced goes out with one
+    // sendmsg (while EPOLLOUT is armed, the socket is full and OnEvent flushes).
+    if (!closed && !want_out) loop->AtBatchEnd(this);
+  }
+
+  void RunBatchEnd() override {
+    if (!closed) Flush();
   }
 
   void Flush() {
@@ -400,6 +406,7 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
   void Close() {
     if (closed) return;
     closed = true;
+    loop->CancelBatchEnd(this);
     if (registered) loop->Remove(fd);
     if (tfd >= 0) {
       loop->Remove(tfd);
