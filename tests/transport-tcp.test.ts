@@ -113,7 +113,14 @@ test('permits: more requests than the queue depth wait in FIFO order and all com
   await c.connect(5000);
   t.is(c.queueDepth, 4);
   const done: number[] = [];
-  const ps = Array.from({ length: 12 }, (_, i) => c.request({ dir: 'write', usr: Buffer.from([9, 0, 0, 0, i]) }).then((r) => { done.push(i); return r; }));
+  // Requests are spread over the two IO threads, which take permits in whatever order they run:
+  // a gap between submissions makes the order they reach the transport the order of the calls
+  // (the property under test is the permit queue's FIFO, not cross-thread scheduling).
+  const ps: Promise<{ errno: number }>[] = [];
+  for (let i = 0; i < 12; i++) {
+    ps.push(c.request({ dir: 'write', usr: Buffer.from([9, 0, 0, 0, i]) }).then((r) => { done.push(i); return r; }));
+    await new Promise((r) => setTimeout(r, 25));
+  }
   await waitFor(() => held.length === 4, 2000, '4 requests at the server');
   await new Promise((r) => setTimeout(r, 100));
   t.is(held.length, 4, 'no more than queue depth in flight');

@@ -358,10 +358,12 @@ struct IoConn final : BatchEndTask {
   }
 
   void OnReadable() {
+    bool drained = false;  // a read returned less than asked: the socket is empty
     for (int rounds = 0; !dead; rounds++) {
       // Fair to other fds after 64 rounds, but never with a complete response or header
-      // already buffered: nothing would wake us for it (epoll only sees the socket).
-      if (rounds >= 64 && !CurReceived() && rx_have < kFrameHeaderSize) break;
+      // already buffered: nothing would wake us for it (epoll only sees the socket). Once the
+      // socket is empty, stop without the read that would only say EAGAIN.
+      if ((rounds >= 64 || drained) && !CurReceived() && rx_have < kFrameHeaderSize) break;
       if (cur != nullptr) {
         if (CurReceived()) {
           CompleteCur();
@@ -385,6 +387,9 @@ struct IoConn final : BatchEndTask {
         }
         path->hb_missed.store(0, std::memory_order_relaxed);
         size_t got = static_cast<size_t>(r);
+        size_t asked = 0;
+        for (size_t i = 0; i < n; i++) asked += seg[i].iov_len;
+        drained = got < asked;
         cur_off += static_cast<uint32_t>(std::min(got, left));
         if (got > left) rx_have += got - left;
         continue;
@@ -402,6 +407,7 @@ struct IoConn final : BatchEndTask {
         }
         path->hb_missed.store(0, std::memory_order_relaxed);
         rx_have += static_cast<size_t>(r);
+        drained = static_cast<size_t>(r) < want;
       }
       size_t pos = 0;
       while (rx_have - pos >= kFrameHeaderSize && !dead) {
