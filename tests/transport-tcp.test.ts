@@ -113,13 +113,16 @@ test('permits: more requests than the queue depth wait in FIFO order and all com
   await c.connect(5000);
   t.is(c.queueDepth, 4);
   const done: number[] = [];
-  // Requests are spread over the two IO threads, which take permits in whatever order they run:
-  // a gap between submissions makes the order they reach the transport the order of the calls
-  // (the property under test is the permit queue's FIFO, not cross-thread scheduling).
+  // Requests are spread over the two IO threads (and connections), which take permits and send
+  // in whatever order they run: each of the first 4 is awaited at the server before the next is
+  // made, and the waiters are made with a gap, so the order they reach the transport is the
+  // order of the calls (the property under test is the permit queue's FIFO, not cross-thread
+  // scheduling or the order the server's epoll reports two connections).
   const ps: Promise<{ errno: number }>[] = [];
   for (let i = 0; i < 12; i++) {
     ps.push(c.request({ dir: 'write', usr: Buffer.from([9, 0, 0, 0, i]) }).then((r) => { done.push(i); return r; }));
-    await new Promise((r) => setTimeout(r, 25));
+    if (i < 4) await waitFor(() => held.length === i + 1, 2000, `request ${i} at the server`);
+    else await new Promise((r) => setTimeout(r, 50));
   }
   await waitFor(() => held.length === 4, 2000, '4 requests at the server');
   await new Promise((r) => setTimeout(r, 100));
