@@ -8,7 +8,7 @@
 #pragma once
 #include <memory>
 
-#include "native/transport/transport.h"
+#include "transport/transport.h"
 
 namespace ibnbd::rdma {
 
