@@ -48,6 +48,7 @@ class EventLoop {
 class IoThreads {
  public:
   static void Configure(unsigned count);  // before the first Get(); default 1
+  static bool Started();                  // Get() already ran: Configure() has no effect now
   static IoThreads& Get();                // starts the loops on first use
   unsigned size() const;
   EventLoop& loop(unsigned i);            // i modulo size()

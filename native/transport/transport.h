@@ -77,6 +77,12 @@ class ClientSession {
     uint32_t queue_depth = kDefaultQueueDepth;
     uint32_t max_io_size = kDefaultMaxIoSize;
     std::string mp_policy = "min-inflight";  // "round-robin" | "min-inflight" | "min-latency"
+    // Path liveness (RTRS defaults); shorter values are for tests.
+    uint32_t heartbeat_interval_ms = kHeartbeatIntervalMs;
+    uint32_t heartbeat_missed_max = kHeartbeatMissedMax;
+    // A lost path is re-established after this delay (RNBD: 30 s), forever when -1.
+    uint32_t reconnect_delay_ms = 30000;
+    int32_t max_reconnect_attempts = -1;
     // Link events (first path up / last path down / back up); called on an IO thread.
     std::function<void(LinkEvent)> on_link_event;
   };
@@ -153,6 +159,9 @@ class ServerSession {
   virtual std::vector<PathInfo> Paths() const = 0;  // src = client address
   virtual uint64_t id() const = 0;                  // unique per server process
   void* upper = nullptr;                            // the IBNBD server layer's state
+
+  // The implementation behind Respond(): io->session->Complete(io, err).
+  virtual void Complete(ServerIo* io, int err) = 0;
 };
 
 class ServerHandler {
@@ -169,6 +178,8 @@ class Server {
     std::vector<Endpoint> listen;  // default: ip:0.0.0.0 and ip:[::] on kDefaultPort
     uint32_t queue_depth = kDefaultQueueDepth;
     uint32_t max_io_size = kDefaultMaxIoSize;
+    uint32_t heartbeat_interval_ms = kHeartbeatIntervalMs;
+    uint32_t heartbeat_missed_max = kHeartbeatMissedMax;
   };
   static std::unique_ptr<Server> Create(const std::string& transport, Options options,
                                         ServerHandler* handler, int* err);

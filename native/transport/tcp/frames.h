@@ -1,0 +1,74 @@
+// The TCP transport's wire format (docs/tcp-transport.md; the TS twin is
+// src/transport/tcp-frames.ts, both checked against tests/vectors/tcp-frames.json).
+// All integers little-endian. Encoders write into caller buffers; decoders validate what can be
+// validated without session state and return 0 or -EPROTO/-EINVAL.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace ibnbd::transport::tcp {
+
+constexpr uint32_t kMagic = 0x54434249;  // "IBCT" on the wire
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHandshakeReqSize = 64;  // followed by sessname_len bytes of sessname
+constexpr size_t kHandshakeRspSize = 32;
+constexpr size_t kFrameHeaderSize = 24;
+constexpr size_t kMaxSessnameLen = 256;
+constexpr uint16_t kMaxConnsPerPath = 1025;  // service + up to 1024 IO threads
+constexpr uint32_t kMaxQueueDepth = 65535;
+constexpr uint32_t kMinMaxIoSize = 4096;
+constexpr uint32_t kMaxMaxIoSize = 16 * 1024 * 1024;
+
+enum class FrameKind : uint8_t {
+  kReadReq = 1,   // client → server: usr follows; data_len = bytes wanted back
+  kWriteReq = 2,  // client → server: usr, then data_len bytes of data follow
+  kResponse = 3,  // server → client: err; data_len bytes follow (READ success only)
+  kHeartbeat = 4,     // either way, on the service connection; cookie = sender's clock
+  kHeartbeatAck = 5,  // answer, cookie echoed
+};
+
+struct HandshakeReq {
+  uint16_t version = kVersion;
+  uint16_t conn_index = 0;  // 0 = service connection, 1..conn_count-1 = IO connections
+  uint16_t conn_count = 0;
+  uint32_t queue_depth = 0;
+  uint32_t max_io_size = 0;
+  uint8_t session_uuid[16] = {};
+  uint8_t path_uuid[16] = {};
+  std::string sessname;
+};
+
+struct HandshakeRsp {
+  uint16_t version = kVersion;
+  int32_t err = 0;  // 0 or -errno: the reason the server refused the connection
+  uint32_t queue_depth = 0;
+  uint32_t max_io_size = 0;
+};
+
+struct FrameHeader {
+  FrameKind kind = FrameKind::kResponse;
+  uint16_t usr_len = 0;
+  uint32_t id = 0;
+  uint32_t data_len = 0;
+  int32_t err = 0;
+  uint64_t cookie = 0;
+};
+
+// Writes kHandshakeReqSize + sessname.size() bytes.
+size_t EncodeHandshakeReq(const HandshakeReq& req, uint8_t* out);
+// Decodes the fixed part; *sessname_len tells how many bytes of name follow. Checks magic,
+// version, reserved bytes zero, 1 ≤ sessname_len ≤ 256, conn_index < conn_count ≤ max,
+// queue depth 1..65535, max IO size in range.
+int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sessname_len);
+// The name: no NUL, '/', control characters, and not "." or "..".
+int ValidateSessname(const std::string& name);
+
+void EncodeHandshakeRsp(const HandshakeRsp& rsp, uint8_t* out);
+int DecodeHandshakeRsp(const uint8_t* in, HandshakeRsp* rsp);
+
+void EncodeFrameHeader(const FrameHeader& h, uint8_t* out);
+// Checks the kind and the reserved byte; limits that need session state are the caller's.
+int DecodeFrameHeader(const uint8_t* in, FrameHeader* h);
+
+}  // namespace ibnbd::transport::tcp

@@ -1,0 +1,164 @@
+#include "transport/tcp/net.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+namespace ibnbd::transport::tcp {
+
+int ToSockaddr(const Endpoint& ep, sockaddr_storage* ss, socklen_t* len) {
+  if (ep.kind == "gid") return -EAFNOSUPPORT;
+  if (ep.kind != "ip") return -EINVAL;
+  std::string a = ep.addr;
+  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  memset(ss, 0, sizeof(*ss));
+  auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
+  if (inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(ep.port);
+    *len = sizeof(sockaddr_in);
+    return 0;
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
+  if (inet_pton(AF_INET6, a.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(ep.port);
+    *len = sizeof(sockaddr_in6);
+    return 0;
+  }
+  return -EINVAL;
+}
+
+Endpoint EndpointOf(const sockaddr_storage& ss) {
+  Endpoint ep;
+  ep.kind = "ip";
+  char buf[INET6_ADDRSTRLEN] = "";
+  if (ss.ss_family == AF_INET) {
+    auto* v4 = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof(buf));
+    ep.port = ntohs(v4->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    auto* v6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof(buf));
+    ep.port = ntohs(v6->sin6_port);
+  }
+  ep.addr = buf;
+  return ep;
+}
+
+std::string FormatSockaddr(const sockaddr_storage& ss) {
+  Endpoint ep = EndpointOf(ss);
+  if (ss.ss_family == AF_INET6) return "ip:[" + ep.addr + "]:" + std::to_string(ep.port);
+  return "ip:" + ep.addr + ":" + std::to_string(ep.port);
+}
+
+int SetNoDelay(int fd) {
+  int one = 1;
+  return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0 ? 0 : -errno;
+}
+
+int SetNonBlocking(int fd, bool on) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  return fcntl(fd, F_SETFL, fl) == 0 ? 0 : -errno;
+}
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+namespace {
+// Waits for events on fd until the deadline: 0, or -ETIMEDOUT.
+int WaitFd(int fd, short events, uint64_t deadline_ns) {
+  for (;;) {
+    uint64_t now = NowNs();
+    if (now >= deadline_ns) return -ETIMEDOUT;
+    int ms = static_cast<int>((deadline_ns - now + 999999) / 1000000);
+    pollfd p{fd, events, 0};
+    int n = poll(&p, 1, ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    if (n > 0) return 0;
+  }
+}
+}  // namespace
+
+int ConnectBefore(int fd, const sockaddr_storage& ss, socklen_t len, uint64_t deadline_ns) {
+  int rc = SetNonBlocking(fd, true);
+  if (rc) return rc;
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&ss), len) == 0) return 0;
+  if (errno != EINPROGRESS) return -errno;
+  rc = WaitFd(fd, POLLOUT, deadline_ns);
+  if (rc) return rc;
+  int err = 0;
+  socklen_t el = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+  return err ? -err : 0;
+}
+
+int SendAllBefore(int fd, const void* buf, size_t len, uint64_t deadline_ns) {
+  auto* p = static_cast<const uint8_t*>(buf);
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      len -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) return -errno;
+    int rc = WaitFd(fd, POLLOUT, deadline_ns);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+int RecvAllBefore(int fd, void* buf, size_t len, uint64_t deadline_ns) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      len -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) return -ECONNRESET;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return -errno;
+    int rc = WaitFd(fd, POLLIN, deadline_ns);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+void RandomUuid(uint8_t out[16]) {
+  size_t got = 0;
+  while (got < 16) {
+    ssize_t n = getrandom(out + got, 16 - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  out[6] = (out[6] & 0x0f) | 0x40;  // version 4
+  out[8] = (out[8] & 0x3f) | 0x80;  // RFC 4122 variant
+}
+
+std::string UuidString(const uint8_t u[16]) {
+  char s[37];
+  snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+           u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+           u[14], u[15]);
+  return s;
+}
+
+}  // namespace ibnbd::transport::tcp

@@ -1,0 +1,313 @@
+// The seed's map_device grammar (IBNBD.txt, "map_device"), plus the extensions of ibnbd-vhost:
+//
+//   sessname=<name> path=<[src,]dst> [path=...] device_path=<path>
+//   [access_mode=ro|rw|migration] [io_mode=fileio|blockio]
+//   [transport=tcp|rdma] [queues=<1..16>] [mp_policy=round-robin|min-inflight|min-latency]
+//
+// The string is untrusted (it arrives on the control socket), so every rule is checked here and a
+// violation is an EINVAL whose message starts with the key at fault ("sessname: ..."), the way a
+// user fixes it. The same rules serve the CLI's flag form (mapRequestFromFields).
+import { isIP } from 'node:net';
+import { IbnbdError } from '../backend/errors.js';
+
+export type AccessMode = 'ro' | 'rw' | 'migration';
+export type IoMode = 'fileio' | 'blockio';
+export type Transport = 'tcp' | 'rdma';
+export type MpPolicy = 'round-robin' | 'min-inflight' | 'min-latency';
+
+export interface Endpoint {
+  kind: 'ip' | 'gid';
+  /** Textual address without brackets: IPv4, IPv6 (may carry a %zone) or a GID in IPv6 form. */
+  addr: string;
+  /** Destination: the RTRS port (default 1234). Source: always 0, the kernel picks the port. */
+  port: number;
+}
+
+export interface PathSpec {
+  src?: Endpoint;
+  dst: Endpoint;
+}
+
+export interface MapRequest {
+  sessname: string;
+  paths: PathSpec[];
+  devicePath: string;
+  accessMode: AccessMode;
+  ioMode: IoMode;
+  /** Extension: the wire under the session (TCP framing of ours, or RTRS over RDMA). */
+  transport: Transport;
+  /** Extension: number of vhost-user-blk virtqueues offered to the VM. */
+  queues: number;
+  /** Extension: RTRS multipath policy for sessions with several paths. */
+  mpPolicy: MpPolicy;
+}
+
+/** RTRS_PORT / IBTRS_PORT. */
+export const DEFAULT_PORT = 1234;
+/** The seed: "a string not bigger than 256 chars". */
+export const SESSNAME_MAX_BYTES = 256;
+/** NAME_MAX: size of the dev_name field of the OPEN message. */
+export const DEVICE_PATH_MAX_BYTES = 255;
+/** A sysfs store is at most one page; a longer map string is certainly not a map string. */
+export const MAP_STRING_MAX_BYTES = 4096;
+export const MAX_QUEUES = 16;
+/** No RTRS limit, but untrusted input must be bounded: more paths than this is a typo or an attack. */
+export const MAX_PATHS = 16;
+
+export const MAP_DEFAULTS = {
+  accessMode: 'rw',
+  ioMode: 'blockio',
+  transport: 'tcp',
+  queues: 1,
+  mpPolicy: 'min-inflight', // RTRS' own default (alloc_clt)
+} as const satisfies Partial<MapRequest>;
+
+const ACCESS_MODES: readonly AccessMode[] = ['ro', 'rw', 'migration'];
+const IO_MODES: readonly IoMode[] = ['fileio', 'blockio'];
+const TRANSPORTS: readonly Transport[] = ['tcp', 'rdma'];
+const MP_POLICIES: readonly MpPolicy[] = ['round-robin', 'min-inflight', 'min-latency'];
+
+const KNOWN_KEYS = [
+  'sessname', 'path', 'device_path', 'access_mode', 'io_mode', 'transport', 'queues', 'mp_policy',
+] as const;
+type MapKey = (typeof KNOWN_KEYS)[number];
+
+export const MAP_USAGE = `Usage: ibnbd map "sessname=<name of the ibtrs session> path=<[srcaddr,]dstaddr>
+[path=<[srcaddr,]dstaddr>] device_path=<full path on remote side>
+[access_mode=<ro|rw|migration>]
+[io_mode=<fileio|blockio>]
+[transport=<tcp|rdma>] [queues=<1..${MAX_QUEUES}>]
+[mp_policy=<round-robin|min-inflight|min-latency>]"
+
+addr ::= [ ip:<ipv4> | ip:<ipv6> | gid:<gid> ]
+
+Extensions of ibnbd-vhost (not in IBNBD):
+  path=<srcaddr@dstaddr>      same as <srcaddr,dstaddr>
+  ip:<ipv4>:<port>            destination port, default ${DEFAULT_PORT}
+  ip:[<ipv6>]:<port>          (an IPv6 address takes a port only in brackets)
+  gid:[<gid>]:<port>
+  transport=<tcp|rdma>        default tcp; gid: addresses need rdma
+  queues=<1..${MAX_QUEUES}>              vhost-user-blk queues offered to the VM, default 1
+  mp_policy=<...>             multipath policy, default min-inflight
+
+Defaults: access_mode=rw io_mode=blockio.
+sessname: at most ${SESSNAME_MAX_BYTES} bytes, no '/', not '.' or '..'.
+device_path: at most ${DEVICE_PATH_MAX_BYTES} bytes, relative to the server's dev_search_path.
+The device_id of a mapping is its device_path with every '/' replaced by '!'.
+`;
+
+function invalid(key: string, message: string): IbnbdError {
+  return new IbnbdError('EINVAL', `${key}: ${message}`);
+}
+
+function byteLength(s: string): number {
+  return Buffer.byteLength(s, 'utf8');
+}
+
+// Control characters (and NUL) have no business in a name and would corrupt logs and listings.
+const CONTROL_CHAR = /[\u0000-\u001f\u007f]/;
+const WHITESPACE = /\s/;
+
+/** The device_id rule of IBNBD.txt: every "/" of device_path becomes "!". */
+export function deviceIdOf(devicePath: string): string {
+  return devicePath.replaceAll('/', '!');
+}
+
+function checkSessname(v: string): string {
+  if (v === '') throw invalid('sessname', 'empty');
+  if (byteLength(v) > SESSNAME_MAX_BYTES) throw invalid('sessname', `longer than ${SESSNAME_MAX_BYTES} bytes`);
+  if (v.includes('\0')) throw invalid('sessname', 'contains a NUL byte');
+  if (v.includes('/')) throw invalid('sessname', "contains '/'");
+  if (v === '.' || v === '..') throw invalid('sessname', `'${v}' is not a session name`);
+  if (WHITESPACE.test(v) || CONTROL_CHAR.test(v)) throw invalid('sessname', 'contains whitespace or control characters');
+  return v;
+}
+
+function checkDevicePath(v: string): string {
+  if (v === '') throw invalid('device_path', 'empty');
+  if (byteLength(v) > DEVICE_PATH_MAX_BYTES) throw invalid('device_path', `longer than ${DEVICE_PATH_MAX_BYTES} bytes`);
+  if (v.includes('\0')) throw invalid('device_path', 'contains a NUL byte');
+  if (WHITESPACE.test(v) || CONTROL_CHAR.test(v)) throw invalid('device_path', 'contains whitespace or control characters');
+  return v;
+}
+
+function checkChoice<T extends string>(key: string, v: string, choices: readonly T[]): T {
+  if ((choices as readonly string[]).includes(v)) return v as T;
+  throw invalid(key, `'${v}' is not one of ${choices.join('|')}`);
+}
+
+function checkQueues(v: string): number {
+  if (!/^[0-9]{1,3}$/.test(v)) throw invalid('queues', `'${v}' is not a number of queues (1..${MAX_QUEUES})`);
+  const n = Number(v);
+  if (n < 1 || n > MAX_QUEUES) throw invalid('queues', `${n} is out of range 1..${MAX_QUEUES}`);
+  return n;
+}
+
+function checkPort(text: string): number {
+  if (!/^[0-9]{1,5}$/.test(text)) throw invalid('path', `bad port '${text}'`);
+  const port = Number(text);
+  if (port < 1 || port > 65535) throw invalid('path', `port ${port} is out of range 1..65535`);
+  return port;
+}
+
+// A GID is 128 bits written like an IPv6 address (full "fe80:0000:...:c0d5" or compressed
+// "fe80::2:c903:10:c0d5"), but never with a zone or an embedded dotted IPv4 part.
+function isGid(s: string): boolean {
+  return /^[0-9a-fA-F:]+$/.test(s) && isIP(s) === 6;
+}
+
+/** One address of a path: "ip:<v4>[:port]", "ip:<v6>", "ip:[<v6>][:port]", "gid:<gid>", "gid:[<gid>][:port]". */
+function parseEndpoint(text: string): { ep: Endpoint; explicitPort: boolean } {
+  const colon = text.indexOf(':');
+  const kind = text.slice(0, colon);
+  if (colon < 0 || (kind !== 'ip' && kind !== 'gid')) {
+    throw invalid('path', `address '${text}' must start with ip: or gid:`);
+  }
+  const rest = text.slice(colon + 1);
+  const valid = kind === 'ip' ? (a: string) => isIP(a) !== 0 : isGid;
+  let addr: string;
+  let port = DEFAULT_PORT;
+  let explicitPort = false;
+  if (rest.startsWith('[')) {
+    const close = rest.indexOf(']');
+    if (close < 0) throw invalid('path', `address '${text}' lacks the closing ']'`);
+    addr = rest.slice(1, close);
+    const after = rest.slice(close + 1);
+    if (kind === 'ip' && isIP(addr) !== 6) throw invalid('path', `'${addr}' in brackets is not an IPv6 address`);
+    if (after !== '') {
+      if (!after.startsWith(':')) throw invalid('path', `unexpected '${after}' after ']' in '${text}'`);
+      port = checkPort(after.slice(1));
+      explicitPort = true;
+    }
+  } else if (valid(rest)) {
+    addr = rest; // an unbracketed IPv6/GID: every colon belongs to the address
+  } else {
+    const last = rest.lastIndexOf(':');
+    addr = last < 0 ? rest : rest.slice(0, last);
+    if (kind !== 'ip' || last < 0 || isIP(addr) !== 4) throw invalid('path', `bad ${kind} address '${rest}'`);
+    port = checkPort(rest.slice(last + 1));
+    explicitPort = true;
+  }
+  if (!valid(addr)) throw invalid('path', `bad ${kind} address '${addr}'`);
+  return { ep: { kind, addr, port }, explicitPort };
+}
+
+function family(ep: Endpoint): string {
+  return ep.kind === 'gid' ? 'gid' : `ipv${isIP(ep.addr)}`;
+}
+
+function checkPath(v: string): PathSpec {
+  if (v === '') throw invalid('path', 'empty');
+  if (WHITESPACE.test(v) || CONTROL_CHAR.test(v)) throw invalid('path', 'contains whitespace or control characters');
+  const parts = v.split(/[,@]/);
+  if (parts.length > 2) throw invalid('path', `'${v}' has more than a source and a destination`);
+  const dst = parseEndpoint(parts[parts.length - 1]!).ep;
+  if (parts.length === 1) return { dst };
+  const src = parseEndpoint(parts[0]!);
+  // A fixed source port would let only one connection of the session bind; the kernel has none either.
+  if (src.explicitPort) throw invalid('path', `the source address '${parts[0]}' takes no port`);
+  src.ep.port = 0;
+  if (family(src.ep) !== family(dst)) {
+    throw invalid('path', `source '${parts[0]}' and destination '${parts[1]}' are not of the same address family`);
+  }
+  return { src: src.ep, dst };
+}
+
+function samePath(a: PathSpec, b: PathSpec): boolean {
+  const eq = (x?: Endpoint, y?: Endpoint) =>
+    x === y || (!!x && !!y && x.kind === y.kind && x.addr.toLowerCase() === y.addr.toLowerCase() && x.port === y.port);
+  return eq(a.src, b.src) && eq(a.dst, b.dst);
+}
+
+/**
+ * Builds a MapRequest from key/value pairs in the order given (the tokens of a map string, or the
+ * CLI's flags). Every key once, except path; sessname, path and device_path required.
+ */
+export function mapRequestFromFields(fields: Iterable<readonly [string, string]>): MapRequest {
+  const seen = new Set<MapKey>();
+  const paths: PathSpec[] = [];
+  const req: Partial<MapRequest> = {};
+  for (const [key, value] of fields) {
+    if (!(KNOWN_KEYS as readonly string[]).includes(key)) {
+      throw invalid(JSON.stringify(key).slice(1, -1).slice(0, 64), 'unknown key');
+    }
+    const k = key as MapKey;
+    if (k !== 'path') {
+      if (seen.has(k)) throw invalid(k, 'given more than once');
+      seen.add(k);
+    }
+    switch (k) {
+      case 'sessname': req.sessname = checkSessname(value); break;
+      case 'device_path': req.devicePath = checkDevicePath(value); break;
+      case 'access_mode': req.accessMode = checkChoice(k, value, ACCESS_MODES); break;
+      case 'io_mode': req.ioMode = checkChoice(k, value, IO_MODES); break;
+      case 'transport': req.transport = checkChoice(k, value, TRANSPORTS); break;
+      case 'mp_policy': req.mpPolicy = checkChoice(k, value, MP_POLICIES); break;
+      case 'queues': req.queues = checkQueues(value); break;
+      case 'path': {
+        const p = checkPath(value);
+        if (paths.some((q) => samePath(p, q))) throw invalid('path', `'${value}' is given twice`);
+        if (paths.length >= MAX_PATHS) throw invalid('path', `more than ${MAX_PATHS} paths`);
+        paths.push(p);
+        break;
+      }
+    }
+  }
+  if (req.sessname === undefined) throw invalid('sessname', 'missing');
+  if (paths.length === 0) throw invalid('path', 'missing');
+  if (req.devicePath === undefined) throw invalid('device_path', 'missing');
+  const out: MapRequest = {
+    sessname: req.sessname,
+    paths,
+    devicePath: req.devicePath,
+    accessMode: req.accessMode ?? MAP_DEFAULTS.accessMode,
+    ioMode: req.ioMode ?? MAP_DEFAULTS.ioMode,
+    transport: req.transport ?? MAP_DEFAULTS.transport,
+    queues: req.queues ?? MAP_DEFAULTS.queues,
+    mpPolicy: req.mpPolicy ?? MAP_DEFAULTS.mpPolicy,
+  };
+  // GIDs name InfiniBand ports: there is no TCP to them. Said explicitly rather than guessed.
+  if (out.transport === 'tcp' && paths.some((p) => p.dst.kind === 'gid')) {
+    throw invalid('path', 'gid: addresses need transport=rdma');
+  }
+  return out;
+}
+
+/** Parses a map string (whitespace-separated key=value tokens, any order, trailing newline allowed). */
+export function parseMapString(s: string): MapRequest {
+  if (typeof s !== 'string') throw new IbnbdError('EINVAL', 'map string: not a string');
+  if (byteLength(s) > MAP_STRING_MAX_BYTES) {
+    throw new IbnbdError('EINVAL', `map string: longer than ${MAP_STRING_MAX_BYTES} bytes`);
+  }
+  const tokens = s.split(/\s+/).filter((t) => t !== '');
+  const fields = tokens.map((t): [string, string] => {
+    const eq = t.indexOf('=');
+    if (eq <= 0) throw invalid(JSON.stringify(t).slice(1, -1).slice(0, 64), "not a key=value token");
+    return [t.slice(0, eq), t.slice(eq + 1)];
+  });
+  return mapRequestFromFields(fields);
+}
+
+function formatEndpoint(ep: Endpoint, withPort: boolean): string {
+  if (!withPort) return `${ep.kind}:${ep.addr}`;
+  return ep.kind === 'ip' && isIP(ep.addr) === 4 ? `ip:${ep.addr}:${ep.port}` : `${ep.kind}:[${ep.addr}]:${ep.port}`;
+}
+
+/**
+ * The canonical map string of a request: required keys first, the optional ones only when they
+ * differ from the defaults, so a request using no extension formats as a string the seed accepts.
+ */
+export function formatMapString(req: MapRequest): string {
+  const out = [`sessname=${req.sessname}`];
+  for (const p of req.paths) {
+    const dst = formatEndpoint(p.dst, p.dst.port !== DEFAULT_PORT);
+    out.push(`path=${p.src ? `${formatEndpoint(p.src, false)},` : ''}${dst}`);
+  }
+  out.push(`device_path=${req.devicePath}`);
+  if (req.accessMode !== MAP_DEFAULTS.accessMode) out.push(`access_mode=${req.accessMode}`);
+  if (req.ioMode !== MAP_DEFAULTS.ioMode) out.push(`io_mode=${req.ioMode}`);
+  if (req.transport !== MAP_DEFAULTS.transport) out.push(`transport=${req.transport}`);
+  if (req.queues !== MAP_DEFAULTS.queues) out.push(`queues=${req.queues}`);
+  if (req.mpPolicy !== MAP_DEFAULTS.mpPolicy) out.push(`mp_policy=${req.mpPolicy}`);
+  return out.join(' ');
+}

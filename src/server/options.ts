@@ -1,0 +1,93 @@
+// `ibnbd server` options: validated here, with an error that names the option and the value,
+// before anything native is created.
+import { isIP } from 'node:net';
+import { IbnbdError } from '../backend/errors.js';
+import { SESSNAME_TOKEN } from './device-path.js';
+
+export const DEFAULT_PORT = 1234;
+export const DEFAULT_DEV_SEARCH_PATH = '/';
+export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
+export const DEFAULT_QUEUE_DEPTH = 512;
+export const DEFAULT_MAX_IO_SIZE = 128 * 1024;
+export const DEFAULT_IO_THREADS = 1;
+
+export interface ListenAddr {
+  host: string;
+  port: number;
+}
+
+export interface ServerOptions {
+  listen: ListenAddr[];
+  devSearchPath: string;
+  control: string;
+  queueDepth: number;
+  maxIoSize: number;
+  ioThreads: number;
+}
+
+export interface RawServerOptions {
+  listen?: string[];
+  devSearchPath?: string;
+  control?: string;
+  queueDepth?: string | number;
+  maxIoSize?: string | number;
+  ioThreads?: string | number;
+}
+
+function invalid(option: string, value: unknown, why: string): IbnbdError {
+  return new IbnbdError('EINVAL', `--${option} ${JSON.stringify(value)}: ${why}`);
+}
+
+/** "ADDR:PORT", "[V6]:PORT", "ADDR" (port 1234) or "ip:ADDR[:PORT]". */
+export function parseListen(s: string): ListenAddr {
+  let rest = s.startsWith('ip:') ? s.slice(3) : s;
+  let host: string;
+  let portStr: string | undefined;
+  const v6 = /^\[([^\]]+)\](?::(.*))?$/.exec(rest);
+  if (v6) {
+    host = v6[1]!;
+    portStr = v6[2];
+  } else if (isIP(rest) === 6) {
+    host = rest;
+  } else {
+    const i = rest.lastIndexOf(':');
+    if (i >= 0) {
+      host = rest.slice(0, i);
+      portStr = rest.slice(i + 1);
+    } else host = rest;
+  }
+  rest = host;
+  if (isIP(host) === 0) throw invalid('listen', s, 'not an IPv4 or IPv6 address (ADDR:PORT or [V6]:PORT)');
+  let port = DEFAULT_PORT;
+  if (portStr !== undefined) {
+    if (!/^\d{1,5}$/.test(portStr) || Number(portStr) > 65535) throw invalid('listen', s, 'port must be 0..65535');
+    port = Number(portStr);
+  }
+  return { host, port };
+}
+
+function intOption(name: string, v: string | number | undefined, dflt: number, min: number, max: number): number {
+  if (v === undefined) return dflt;
+  const n = typeof v === 'number' ? v : /^\d+$/.test(v.trim()) ? Number(v.trim()) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw invalid(name, v, `must be an integer in ${min}..${max}`);
+  return n;
+}
+
+export function validateServerOptions(raw: RawServerOptions): ServerOptions {
+  const listen = (raw.listen && raw.listen.length > 0 ? raw.listen : ['0.0.0.0', '[::]']).map(parseListen);
+  const devSearchPath = raw.devSearchPath ?? DEFAULT_DEV_SEARCH_PATH;
+  if (!devSearchPath.startsWith('/')) throw invalid('dev-search-path', devSearchPath, 'must be an absolute path');
+  if (devSearchPath.includes('\0')) throw invalid('dev-search-path', devSearchPath, 'contains a NUL byte');
+  if (devSearchPath.split('/').includes('..')) throw invalid('dev-search-path', devSearchPath, 'has a ".." component');
+  if (Buffer.byteLength(devSearchPath.split(SESSNAME_TOKEN).join('x'.repeat(256))) >= 4096 - 256) {
+    throw invalid('dev-search-path', devSearchPath, 'too long');
+  }
+  const control = raw.control ?? DEFAULT_CONTROL_SOCKET;
+  if (control.length === 0 || control.includes('\0')) throw invalid('control', control, 'not a socket path');
+  if (Buffer.byteLength(control) > 107) throw invalid('control', control, 'longer than a unix socket path may be (107 bytes)');
+  const queueDepth = intOption('queue-depth', raw.queueDepth, DEFAULT_QUEUE_DEPTH, 1, 65535);
+  const maxIoSize = intOption('max-io-size', raw.maxIoSize, DEFAULT_MAX_IO_SIZE, 4096, 16 * 1024 * 1024);
+  if (maxIoSize % 4096 !== 0) throw invalid('max-io-size', raw.maxIoSize, 'must be a multiple of 4096');
+  const ioThreads = intOption('io-threads', raw.ioThreads, DEFAULT_IO_THREADS, 1, 64);
+  return { listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads };
+}

@@ -1,0 +1,155 @@
+// The export server: the native transport + IO path below, the IBNBD control path here.
+// Native code serves every IO by itself; the admin messages (SESS_INFO, OPEN, CLOSE) and session
+// life cycle come up as events, are answered here, and OPEN/CLOSE attach/detach devices to the
+// native IO path. Also builds the introspection tree.
+import { constants } from 'node:os';
+import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { handleAdmin, type AdminReply } from './admin.js';
+import { ExportTable, type ProbeDevice } from './exports.js';
+import {
+  devicesTree,
+  sessionsTree,
+  type DeviceEntry,
+  type SessionEntry,
+  type SessionPathEntry,
+} from './introspection.js';
+import { ExportSession, type AttachSpec, type DataPath } from './session.js';
+
+/** What the server needs from the native transport server (adapted in native-port.ts). */
+export interface NativePort {
+  /** errno: 0 or a positive errno number */
+  respond(requestId: number, errno: number, data?: Buffer): void;
+  attach(sessionId: string, deviceId: number, spec: AttachSpec): void;
+  detach(sessionId: string, deviceId: number): void;
+  inflight(sessionId: string, deviceId: number): number;
+  paths(sessionId: string): SessionPathEntry[];
+  closeSession?(sessionId: string): void;
+}
+
+export type ServerEvent =
+  | { type: 'session-up'; sessionId: string; sessname: string; paths?: SessionPathEntry[] }
+  | { type: 'session-down'; sessionId: string }
+  | { type: 'request'; sessionId: string; requestId: number; dir: 'read' | 'write'; usr: Buffer; dataLen: number };
+
+export interface Logger {
+  info(msg: string): void;
+  warn(msg: string): void;
+}
+
+export const silentLogger: Logger = { info: () => {}, warn: () => {} };
+
+export interface ExportServerOptions {
+  devSearchPath: string;
+  probe: ProbeDevice;
+  log?: Logger;
+}
+
+export class ExportServer {
+  readonly exports: ExportTable;
+  readonly sessions = new Map<string, ExportSession>();
+  readonly #log: Logger;
+  readonly #dataPath: DataPath;
+
+  constructor(
+    private readonly port: NativePort,
+    private readonly opts: ExportServerOptions,
+  ) {
+    this.exports = new ExportTable(opts.probe);
+    this.#log = opts.log ?? silentLogger;
+    this.#dataPath = {
+      attach: (sid, id, spec) => port.attach(sid, id, spec),
+      detach: (sid, id) => port.detach(sid, id),
+    };
+  }
+
+  /** Every native event goes through here; nothing thrown escapes (untrusted peers). */
+  handleEvent(ev: ServerEvent): void {
+    try {
+      switch (ev.type) {
+        case 'session-up':
+          this.#sessionUp(ev.sessionId, ev.sessname, ev.paths);
+          return;
+        case 'session-down':
+          this.#sessionDown(ev.sessionId);
+          return;
+        case 'request':
+          this.#request(ev);
+          return;
+      }
+    } catch (e) {
+      this.#log.warn(`event ${(ev as { type: string }).type}: ${toIbnbdError(e).toString()}`);
+    }
+  }
+
+  #sessionUp(sessionId: string, sessname: string, paths?: SessionPathEntry[]): void {
+    if (this.sessions.has(sessionId)) return;
+    const s = new ExportSession(sessionId, sessname, (paths ?? []).map((p) => p.src), {
+      exports: this.exports,
+      searchPath: this.opts.devSearchPath,
+      dataPath: this.#dataPath,
+    });
+    this.sessions.set(sessionId, s);
+    this.#log.info(`session ${sessname} (${sessionId}) up`);
+  }
+
+  #sessionDown(sessionId: string): void {
+    const s = this.sessions.get(sessionId);
+    if (!s) return;
+    this.sessions.delete(sessionId);
+    const n = s.devices.size;
+    s.closeAll();
+    this.#log.info(`session ${s.sessname} (${sessionId}) down, ${n} device(s) released`);
+  }
+
+  #request(ev: Extract<ServerEvent, { type: 'request' }>): void {
+    const s = this.sessions.get(ev.sessionId);
+    let reply: AdminReply;
+    if (!s) {
+      reply = { errno: constants.errno.ENOTCONN };
+    } else {
+      reply = handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log);
+    }
+    this.port.respond(ev.requestId, reply.errno, reply.data);
+  }
+
+  /** RNBD's sysfs force_close: one session's device goes away, its id stays reserved. */
+  forceClose(sessname: string, deviceName: string): { sessname: string; device_id: number } {
+    for (const s of this.sessions.values()) {
+      if (s.sessname !== sessname) continue;
+      for (const d of s.devices.values()) {
+        if (d.exp.name === deviceName) {
+          s.forceClose(d.deviceId);
+          this.#log.info(`force-closed ${deviceName} of session ${sessname} (device id ${d.deviceId})`);
+          return { sessname, device_id: d.deviceId };
+        }
+      }
+    }
+    throw new IbnbdError('ENOENT', `session ${sessname} has no device ${deviceName}`);
+  }
+
+  devices(): DeviceEntry[] {
+    return devicesTree(this.exports);
+  }
+
+  sessionList(): SessionEntry[] {
+    return sessionsTree(
+      this.sessions.values(),
+      (sid, id) => safe(() => this.port.inflight(sid, id), 0),
+      (s) => safe(() => this.port.paths(s.id), []),
+    );
+  }
+
+  /** Releases everything (server stop): every session's devices, then any export left. */
+  closeAll(): void {
+    for (const id of [...this.sessions.keys()]) this.#sessionDown(id);
+    this.exports.closeAll();
+  }
+}
+
+function safe<T>(fn: () => T, fallback: T): T {
+  try {
+    return fn();
+  } catch {
+    return fallback;
+  }
+}

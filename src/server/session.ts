@@ -1,0 +1,191 @@
+// One client session as the export server sees it (RNBD's srv_sess): the negotiated protocol
+// version and the devices it opened, each with a device id private to the session. Applies the
+// OPEN/CLOSE rules of PROTOCOL.md 1.10; the bytes are decoded and encoded elsewhere (admin.ts).
+import { IbnbdError } from '../backend/errors.js';
+import type { AccessMode } from './access.js';
+import type { DeviceGeometry, Export, ExportTable, FdSet, IoMode } from './exports.js';
+
+export const SERVER_PROTO_VER = 2;
+const MAX_DEVICE_ID = 0xffffffff;
+
+/** What the native data path needs to serve IO for one (session, device id). */
+export interface AttachSpec {
+  fds: FdSet;
+  readOnly: boolean;
+  blockDevice: boolean;
+  geometry: DeviceGeometry;
+}
+
+/** The IO side, implemented over the native server (server.ts); IO never passes through JS. */
+export interface DataPath {
+  attach(sessionId: string, deviceId: number, spec: AttachSpec): void;
+  /** Stops IO on the id; when it returns no IO uses the descriptors any more. */
+  detach(sessionId: string, deviceId: number): void;
+}
+
+export interface SessionContext {
+  exports: ExportTable;
+  /** dev_search_path, %SESSNAME% not yet expanded */
+  searchPath: string;
+  dataPath: DataPath;
+}
+
+export interface SessionDevice {
+  deviceId: number;
+  mappingPath: string;
+  mode: AccessMode;
+  ioMode: IoMode;
+  exp: Export;
+  fds: FdSet;
+  geometry: DeviceGeometry;
+  openedAt: Date;
+}
+
+export interface OpenRequest {
+  accessMode: AccessMode;
+  ioMode: IoMode;
+  devName: string;
+}
+
+export interface OpenResult {
+  deviceId: number;
+  geometry: DeviceGeometry;
+  ioMode: IoMode;
+  /** true when the same session re-opened the same dev_name (reconnect): nothing new was taken */
+  reused: boolean;
+}
+
+export class ExportSession {
+  /** open devices by device id */
+  readonly devices = new Map<number, SessionDevice>();
+  /** ids of force-closed devices, kept so a still-mapped client gets errors, not another device */
+  readonly reservedIds = new Set<number>();
+  readonly #byName = new Map<string, SessionDevice>();
+  /** negotiated protocol version, null before SESS_INFO */
+  ver: number | null = null;
+  #closed = false;
+
+  constructor(
+    readonly id: string,
+    readonly sessname: string,
+    public paths: string[],
+    private readonly ctx: SessionContext,
+  ) {}
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** SESS_INFO: ver = min(client, ours). */
+  sessInfo(clientVer: number): number {
+    this.ver = Math.min(clientVer, SERVER_PROTO_VER);
+    return this.ver;
+  }
+
+  open(req: OpenRequest): OpenResult {
+    if (this.#closed) throw new IbnbdError('ENOTCONN', 'session is closing');
+    const mode = req.accessMode;
+    const existing = this.#byName.get(req.devName);
+    if (existing) {
+      // The reconnect re-OPEN: same id, fresh geometry, no second permission check.
+      const geometry = this.#reprobe(existing);
+      return { deviceId: existing.deviceId, geometry, ioMode: existing.ioMode, reused: true };
+    }
+    const deviceId = this.#allocateId();
+    const opened = this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {
+      const holder = exp.holders.get(this.sessname);
+      if (holder) {
+        throw new IbnbdError(
+          'EEXIST',
+          `${exp.name} is already mapped by session ${this.sessname} as ${JSON.stringify(holder.mappingPath)}`,
+        );
+      }
+      return req.ioMode;
+    });
+    const ioMode = opened.ioMode;
+    const dev: SessionDevice = {
+      deviceId,
+      mappingPath: req.devName,
+      mode,
+      ioMode,
+      exp: opened.exp,
+      fds: opened.fds,
+      geometry: opened.geometry,
+      openedAt: new Date(),
+    };
+    try {
+      this.ctx.dataPath.attach(this.id, deviceId, {
+        fds: opened.fds,
+        readOnly: mode === 'ro',
+        blockDevice: opened.exp.blockDevice,
+        geometry: opened.geometry,
+      });
+    } catch (e) {
+      this.ctx.exports.close(opened.exp, opened.fds, mode);
+      throw e;
+    }
+    opened.exp.holders.set(this.sessname, {
+      sessionId: this.id,
+      sessname: this.sessname,
+      deviceId,
+      mappingPath: req.devName,
+      mode,
+      ioMode,
+    });
+    this.devices.set(deviceId, dev);
+    this.#byName.set(req.devName, dev);
+    return { deviceId, geometry: opened.geometry, ioMode, reused: false };
+  }
+
+  /** CLOSE: releases the device; an unknown id is ignored, a force-closed one is forgotten. */
+  close(deviceId: number): void {
+    if (this.reservedIds.delete(deviceId)) return;
+    const dev = this.devices.get(deviceId);
+    if (dev) this.#release(dev);
+  }
+
+  /** The server side's force_close: the device goes, its id stays reserved until the client CLOSEs. */
+  forceClose(deviceId: number): void {
+    const dev = this.devices.get(deviceId);
+    if (!dev) throw new IbnbdError('ENOENT', `session ${this.sessname} has no device ${deviceId}`);
+    this.#release(dev);
+    this.reservedIds.add(deviceId);
+  }
+
+  /** The session died or the server stops: every device is released. Idempotent. */
+  closeAll(): void {
+    this.#closed = true;
+    for (const dev of [...this.devices.values()]) this.#release(dev);
+    this.reservedIds.clear();
+  }
+
+  #release(dev: SessionDevice): void {
+    this.devices.delete(dev.deviceId);
+    this.#byName.delete(dev.mappingPath);
+    const holder = dev.exp.holders.get(this.sessname);
+    if (holder && holder.sessionId === this.id && holder.deviceId === dev.deviceId) dev.exp.holders.delete(this.sessname);
+    try {
+      this.ctx.dataPath.detach(this.id, dev.deviceId);
+    } finally {
+      this.ctx.exports.close(dev.exp, dev.fds, dev.mode);
+    }
+  }
+
+  #reprobe(dev: SessionDevice): DeviceGeometry {
+    try {
+      dev.geometry = this.ctx.exports.probe(dev.fds.readFd, dev.exp.blockDevice);
+      dev.exp.geometry = dev.geometry;
+    } catch {
+      /* keep the geometry of the first OPEN */
+    }
+    return dev.geometry;
+  }
+
+  /** Lowest id neither open nor reserved (RNBD: xa_alloc over 32 bits). */
+  #allocateId(): number {
+    for (let id = 0; id <= MAX_DEVICE_ID; id++) {
+      if (!this.devices.has(id) && !this.reservedIds.has(id)) return id;
+    }
+    throw new IbnbdError('ENOSPC', 'no free device id');
+  }
+}
