@@ -453,7 +453,7 @@ int RdmaClientSession::StartPathLoops(Path* p) {
   fcntl(p->ch->fd, F_SETFL, fl | O_NONBLOCK);
   p->hb_timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (p->hb_timer < 0) return -errno;
-  uint32_t ms = HeartbeatIntervalMs();
+  uint32_t ms = std::max<uint32_t>(opts_.heartbeat_interval_ms, 10);
   itimerspec its = {{ms / 1000, (ms % 1000) * 1000000L}, {ms / 1000, (ms % 1000) * 1000000L}};
   timerfd_settime(p->hb_timer, 0, &its, nullptr);
   int rc = 0;
@@ -829,7 +829,7 @@ void RdmaClientSession::OnHeartbeatTimer(Path* p) {
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
   // RTRS: more than 5 intervals without any receive = the peer is dead
-  if (p->hb_missed > static_cast<int>(transport::kHeartbeatMissedMax)) {
+  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) {
     FailPath(p, "heartbeat timeout");
     return;
   }

@@ -289,13 +289,5 @@ int WaitCmEvent(rdma_event_channel* ch, int timeout_ms, rdma_cm_event** ev) {
   return 0;
 }
 
-uint32_t HeartbeatIntervalMs() {
-  const char* s = getenv("IBNBD_RTRS_HB_INTERVAL_MS");
-  if (s) {
-    long v = strtol(s, nullptr, 10);
-    if (v >= 10 && v <= 60000) return static_cast<uint32_t>(v);
-  }
-  return transport::kHeartbeatIntervalMs;
-}
 
 }  // namespace ibnbd::rdma

@@ -110,7 +110,4 @@ class Conn {
 // Waits for the next cm event on ch (blocking fd) up to timeout_ms. 0 or -ETIMEDOUT / -errno.
 int WaitCmEvent(rdma_event_channel* ch, int timeout_ms, rdma_cm_event** ev);
 
-// Heartbeat interval: RTRS's 5000 ms, or IBNBD_RTRS_HB_INTERVAL_MS for tests.
-uint32_t HeartbeatIntervalMs();
-
 }  // namespace ibnbd::rdma

@@ -40,6 +40,7 @@ uint64_t NowNs() {
 
 class RdmaServer;
 struct SrvSession;
+void RespondOnLoop(ServerIo* io, int err);
 
 struct SrvPath {
   SrvSession* sess = nullptr;
@@ -92,6 +93,7 @@ struct SrvSession final : transport::ServerSession {
   std::string uuid() const override { return UuidString(paths_uuid); }
   std::vector<transport::PathInfo> Paths() const override;
   uint64_t id() const override { return sid; }
+  void Complete(ServerIo* io, int err) override { RespondOnLoop(io, err); }
 };
 
 class RdmaServer final : public transport::Server {
@@ -121,7 +123,7 @@ class RdmaServer final : public transport::Server {
   void OnIoReq(SrvPath* p, Conn* c, uint32_t payload);
   void OnHeartbeatTimer(SrvPath* p);
   static void SendImm(Conn* c, uint32_t imm);
-  static void RespondFn(ServerIo* io, int err);
+  friend void RespondOnLoop(ServerIo* io, int err);
   static void SendResponse(Slot* s, int err);
 
   Options opts_;
@@ -590,7 +592,7 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
   // heartbeats on the service connection's loop (this one)
   p->hb_timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (p->hb_timer >= 0) {
-    uint32_t ms = HeartbeatIntervalMs();
+    uint32_t ms = std::max<uint32_t>(opts_.heartbeat_interval_ms, 10);
     itimerspec its = {{ms / 1000, (ms % 1000) * 1000000L}, {ms / 1000, (ms % 1000) * 1000000L}};
     timerfd_settime(p->hb_timer, 0, &its, nullptr);
     c->loop()->Add(p->hb_timer, EPOLLIN, [this, p](uint32_t) { OnHeartbeatTimer(p); });
@@ -602,7 +604,7 @@ void RdmaServer::OnHeartbeatTimer(SrvPath* p) {
   uint64_t ticks;
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
-  if (p->hb_missed > static_cast<int>(transport::kHeartbeatMissedMax)) return RequestClose(p);
+  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) return RequestClose(p);
   if (p->hb_missed++ != 0) return;
   p->hb_sent_ns = NowNs();
   SendImm(p->conns[0].get(), wire::MakeImm(wire::kHbMsgImm, 0));
@@ -631,7 +633,6 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   slot.sg_cnt = 0;
   io.session = s;
   io.loop = c->loop()->index();
-  io.respond = &RespondFn;
   io.transport_private[0] = reinterpret_cast<uintptr_t>(&slot);
   io.transport_private[1] = buf_id;
   p->inflight++;
@@ -674,13 +675,13 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   handler_->OnRequest(&io);
 }
 
-void RdmaServer::RespondFn(ServerIo* io, int err) {
+void RespondOnLoop(ServerIo* io, int err) {
   Slot* s = reinterpret_cast<Slot*>(io->transport_private[0]);
   EventLoop& loop = IoThreads::Get().loop(io->loop);
   if (loop.InLoop()) {
-    SendResponse(s, err);
+    RdmaServer::SendResponse(s, err);
   } else {
-    loop.Post([s, err] { SendResponse(s, err); });
+    loop.Post([s, err] { RdmaServer::SendResponse(s, err); });
   }
 }
 

@@ -142,9 +142,7 @@ struct ServerIo {
   uint32_t data_len = 0;
   ServerSession* session = nullptr;
   unsigned loop = 0;  // IoThreads index of the thread that received it
-  // Set by the transport that received the request; Respond() calls it.
-  void (*respond)(ServerIo* io, int err) = nullptr;
-  uintptr_t transport_private[4] = {};  // the transport's bookkeeping
+  uintptr_t transport_private[4] = {};  // the transport's bookkeeping; handlers leave it alone
 };
 
 // Answer a request exactly once, from any thread (the transport hops to io->loop). err = 0 or
