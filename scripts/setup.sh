@@ -27,7 +27,7 @@ APT_PACKAGES=(
   liburing-dev
   qemu-system-x86 qemu-utils
   busybox-static cpio kmod e2fsprogs iproute2
-  libvirt-clients
+  libvirt-clients libxml2-utils
 )
 
 # ---------------------------------------------------------------------------------------------
