@@ -39,9 +39,9 @@ int CheckRdmaDevice() {
   int saved = errno;
   if (list) ibv_free_device_list(list);
   if (!list || n == 0) {
-    SetLastError(std::string("no RDMA device on this host (ibv_get_device_list found ") +
+    SetLastError(std::string("no RDMA device on this host (ibv_get_device_list: ") +
                  (list ? "0 devices" : strerror(saved)) +
-                 "); load a driver, e.g. rdma_rxe with `rdma link add rxe0 type rxe netdev <if>`");
+                 "); load a driver, e.g. soft-RoCE: `rdma link add rxe0 type rxe netdev <if>`");
     return -ENODEV;
   }
   return 0;
