@@ -37,3 +37,96 @@ export const sessInfo = (ver = 2): Buffer => encode({ type: 'SESS_INFO', ver });
 export const openMsg = (devName: string, accessMode: AccessMode = 'rw', ioMode: IoMode = 'blockio'): Buffer =>
   encode({ type: 'OPEN', accessMode, ioMode, devName });
 export const closeMsg = (deviceId: number): Buffer => encode({ type: 'CLOSE', deviceId });
+
+// ---- a test client on the native transport (NativeClientSession) ---------------------------
+
+import { loadNative } from '../src/backend/native.js';
+import { decode as decodeMsg, type IoOp, type OpenRspMsg } from '../src/proto/ibnbd.js';
+
+interface NativeClientSessionLike {
+  connect(timeoutMs?: number): Promise<void>;
+  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number }): Promise<{ errno: number; data?: Buffer }>;
+  close(): Promise<void>;
+  paths(): Array<{ src: string; dst: string; state: string }>;
+}
+
+/** An IBNBD client speaking through the real native transport. errno results are positive. */
+export class TestClient {
+  private constructor(
+    readonly sessname: string,
+    private readonly s: NativeClientSessionLike,
+  ) {}
+
+  static async connect(port: number, sessname: string, opts: { host?: string; maxIoSize?: number } = {}): Promise<TestClient> {
+    const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
+    const s = new NativeClientSession({
+      transport: 'tcp',
+      sessname,
+      paths: [{ dst: { kind: 'ip', addr: opts.host ?? '127.0.0.1', port } }],
+      queueDepth: 64,
+      maxIoSize: opts.maxIoSize ?? 128 * 1024,
+      reconnectDelayMs: 0,
+      maxReconnectAttempts: 0,
+    });
+    await s.connect(10_000);
+    return new TestClient(sessname, s);
+  }
+
+  close(): Promise<void> {
+    return this.s.close();
+  }
+
+  paths() {
+    return this.s.paths();
+  }
+
+  async raw(dir: 'read' | 'write', usr: Buffer, data?: Buffer, readLen?: number): Promise<{ errno: number; data?: Buffer }> {
+    const r = await this.s.request(
+      dir === 'read' ? { dir, usr, readLen: readLen ?? 0 } : data ? { dir, usr, data } : { dir, usr },
+    );
+    return r.data ? { errno: Math.abs(r.errno), data: r.data } : { errno: Math.abs(r.errno) };
+  }
+
+  async sessInfo(ver = 2): Promise<number> {
+    const r = await this.raw('read', sessInfo(ver), undefined, 36);
+    if (r.errno !== 0) throw new Error(`SESS_INFO errno ${r.errno}`);
+    const d = decodeMsg(r.data!);
+    if (!d.ok || d.msg.type !== 'SESS_INFO_RSP') throw new Error('bad SESS_INFO_RSP');
+    return d.msg.ver;
+  }
+
+  async open(name: string, mode: AccessMode = 'rw', io: IoMode = 'blockio'): Promise<{ errno: number; rsp?: OpenRspMsg }> {
+    const r = await this.raw('read', openMsg(name, mode, io), undefined, 56);
+    if (r.errno !== 0) return { errno: r.errno };
+    const d = decodeMsg(r.data!);
+    if (!d.ok || d.msg.type !== 'OPEN_RSP') throw new Error('bad OPEN_RSP');
+    return { errno: 0, rsp: d.msg };
+  }
+
+  async close_(deviceId: number): Promise<number> {
+    return (await this.raw('write', closeMsg(deviceId))).errno;
+  }
+
+  static io(deviceId: number, op: IoOp, offset: number, biSize: number, fua = false): Buffer {
+    return encode({ type: 'IO', deviceId, sector: BigInt(offset / 512), op, sync: false, fua, biSize, prio: 0 });
+  }
+
+  async write(deviceId: number, offset: number, data: Buffer, fua = false): Promise<number> {
+    return (await this.raw('write', TestClient.io(deviceId, 'WRITE', offset, data.length, fua), data)).errno;
+  }
+
+  async read(deviceId: number, offset: number, len: number): Promise<{ errno: number; data?: Buffer }> {
+    return this.raw('read', TestClient.io(deviceId, 'READ', offset, len), undefined, len);
+  }
+
+  async noData(deviceId: number, op: IoOp, offset: number, len: number): Promise<number> {
+    return (await this.raw('write', TestClient.io(deviceId, op, offset, len))).errno;
+  }
+}
+
+/** A deterministic pattern that differs per (seed, offset): a misplaced block never matches. */
+export function pattern(seed: number, offset: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  for (let i = 0; i < len; i += 4) b.writeUInt32LE(((seed * 0x9e3779b1) ^ (offset + i)) >>> 0, i);
+  return b;
+}

@@ -160,6 +160,8 @@ class ServerSession {
 
   // The implementation behind Respond(): io->session->Complete(io, err).
   virtual void Complete(ServerIo* io, int err) = 0;
+  // Closes every path of the session (OnSessionDown follows). Any thread.
+  virtual void Close() = 0;
 };
 
 class ServerHandler {

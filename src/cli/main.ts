@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IbnbdError } from '../backend/errors.js';
 import * as mapCommands from './commands/map.js';
+import * as serverCommands from './commands/server.js';
 import { cliError, errorLine, exitCodeOf, helpTopic } from './util.js';
 
 interface CommandModule {
@@ -12,8 +13,8 @@ interface CommandModule {
 // Each module adds its commands; the order here is the order in `ibnbd --help`.
 const COMMAND_MODULES: readonly CommandModule[] = [
   mapCommands, // map, unmap, list, show: talk to the client daemon
+  serverCommands, // ibnbd server [opts] (the export daemon), server devices|sessions|force-close
   // The daemons register here too (their helpers add these lines):
-  //   serverCommands from './commands/server.js'  (ibnbd server ...)
   //   clientCommands from './commands/client.js'  (ibnbd client ...)
 ];
 

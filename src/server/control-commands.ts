@@ -1,9 +1,8 @@
 // The server's control socket commands. Requests come from anyone who can reach the socket:
 // arguments are checked, errors are IbnbdErrors (the control layer sends them as {code,message}).
 import { IbnbdError } from '../backend/errors.js';
+import type { ControlHandler } from '../control/server.js';
 import type { ExportServer } from './server.js';
-
-export type ControlHandler = (args: Record<string, unknown>) => unknown;
 
 export function serverCommands(server: ExportServer): Record<string, ControlHandler> {
   return {

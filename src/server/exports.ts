@@ -186,7 +186,7 @@ export class ExportTable {
       }
       let geometry: DeviceGeometry;
       try {
-        geometry = this.probe(fds.readFd, blockDevice);
+        geometry = this.probe(probeFd(fds), blockDevice);
       } catch (e) {
         exp.releaseFds(fds);
         exp.access.release(mode);
@@ -215,6 +215,11 @@ export class ExportTable {
     for (const exp of this.#byKey.values()) exp.closeAll();
     this.#byKey.clear();
   }
+}
+
+/** The descriptor to probe: the writable one when there is one (see probe.ts). */
+export function probeFd(fds: FdSet): number {
+  return fds.writeFd >= 0 ? fds.writeFd : fds.readFd;
 }
 
 function identity(st: Stats): string {

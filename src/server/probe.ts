@@ -38,13 +38,33 @@ function native(): NativeProbe | null {
   return nativeProbe;
 }
 
+/**
+ * Probes through `fd`. Pass a writable descriptor when the mapping is writable: discard and
+ * write-zeroes of a file are found by a real fallocate, which a read-only descriptor cannot do
+ * (and a read-only mapping must not advertise them anyway).
+ */
 export function probe(fd: number, blockDevice: boolean): DeviceGeometry {
   const n = native();
-  const fallback = sysfsProbe(fd, blockDevice);
-  if (!n) return fallback;
+  if (!n) return sysfsProbe(fd, blockDevice);
   const g = n(fd);
-  // the native probe's fields win; any it does not report come from sysfs
-  return { ...fallback, ...Object.fromEntries(Object.entries(g).filter(([, v]) => v !== undefined)) } as DeviceGeometry;
+  const fallback = (): DeviceGeometry => sysfsProbe(fd, blockDevice);
+  let fb: DeviceGeometry | undefined;
+  const pick = <K extends keyof DeviceGeometry>(k: K): DeviceGeometry[K] =>
+    (g[k] !== undefined ? g[k] : (fb ??= fallback())[k]) as DeviceGeometry[K];
+  return {
+    sizeBytes: pick('sizeBytes'),
+    logicalBlockSize: pick('logicalBlockSize'),
+    physicalBlockSize: pick('physicalBlockSize'),
+    maxHwSectors: pick('maxHwSectors'),
+    maxDiscardSectors: pick('maxDiscardSectors'),
+    discardGranularity: pick('discardGranularity'),
+    discardAlignment: pick('discardAlignment'),
+    maxWriteZeroesSectors: pick('maxWriteZeroesSectors'),
+    secureDiscard: pick('secureDiscard'),
+    rotational: pick('rotational'),
+    writeCache: pick('writeCache'),
+    fua: pick('fua'),
+  };
 }
 
 export function sysfsProbe(fd: number, blockDevice: boolean): DeviceGeometry {

@@ -3,7 +3,7 @@
 // OPEN/CLOSE rules of PROTOCOL.md 1.10; the bytes are decoded and encoded elsewhere (admin.ts).
 import { IbnbdError } from '../backend/errors.js';
 import type { AccessMode } from './access.js';
-import type { DeviceGeometry, Export, ExportTable, FdSet, IoMode } from './exports.js';
+import { probeFd, type DeviceGeometry, type Export, type ExportTable, type FdSet, type IoMode } from './exports.js';
 
 export const SERVER_PROTO_VER = 2;
 const MAX_DEVICE_ID = 0xffffffff;
@@ -173,7 +173,7 @@ export class ExportSession {
 
   #reprobe(dev: SessionDevice): DeviceGeometry {
     try {
-      dev.geometry = this.ctx.exports.probe(dev.fds.readFd, dev.exp.blockDevice);
+      dev.geometry = this.ctx.exports.probe(probeFd(dev.fds), dev.exp.blockDevice);
       dev.exp.geometry = dev.geometry;
     } catch {
       /* keep the geometry of the first OPEN */

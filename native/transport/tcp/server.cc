@@ -85,6 +85,7 @@ struct SrvSession : ServerSession {
   uint64_t id() const override { return sid; }
   std::vector<PathInfo> Paths() const override;
   void Complete(ServerIo* io, int err) override;
+  void Close() override;
 };
 
 class TcpServer : public Server {
@@ -433,6 +434,15 @@ void SrvSession::Complete(ServerIo* io, int err) {
   } else {
     c->loop->Post([r, err] { r->conn->Respond(r, err); });
   }
+}
+
+void SrvSession::Close() {
+  std::vector<std::shared_ptr<SrvPath>> ps;
+  {
+    std::lock_guard<std::mutex> lk(srv->mu_);
+    ps = paths;
+  }
+  for (auto& p : ps) srv->KillPath(p, "session closed by the server");
 }
 
 // --------------------------------------------------------------------------------------------

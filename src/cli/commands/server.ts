@@ -1,0 +1,81 @@
+// `ibnbd server`: runs the export server daemon in the foreground, or asks a running one
+// (`ibnbd server devices|sessions|force-close`) through its control socket.
+import type { Command } from 'commander';
+import { DEFAULT_SERVER_SOCKET } from '../../control/paths.js';
+import type { ControlResult } from '../../control/protocol.js';
+import {
+  renderDevices,
+  renderSessions,
+  type DeviceEntry,
+  type SessionEntry,
+} from '../../server/introspection.js';
+import { addControlOptions, printResult, sendRequest, type ControlOptions } from '../util.js';
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+export function register(program: Command): void {
+  // `ibnbd server devices --control S`: --control belongs to `devices`, not to `server` (which
+  // has one too). Commander hands options after a subcommand's name to it only when every
+  // ancestor parses positionally; the program has no options of its own besides --help/--version.
+  program.enablePositionalOptions();
+  const server = program
+    .command('server')
+    .summary('run the export server, or ask it about its devices and sessions')
+    .description(
+      'Without a subcommand: run the export server in the foreground (logs to stderr; SIGTERM/SIGINT\n' +
+        'close every session and exit). See docs/server.md.',
+    )
+    .option('--listen <addr:port>', 'address to listen on (repeatable; default 0.0.0.0:1234 and [::]:1234)', collect, [])
+    .option('--dev-search-path <path>', 'directory device paths are relative to; %SESSNAME% = session name', '/')
+    .option('--control <sock>', 'control socket', DEFAULT_SERVER_SOCKET)
+    .option('--queue-depth <n>', 'requests in flight per session')
+    .option('--max-io-size <bytes>', 'largest IO in bytes')
+    .option('--io-threads <n>', 'IO threads')
+    // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
+    .enablePositionalOptions()
+    .action(async (o: Record<string, unknown>) => {
+      // loaded only here: the introspection commands do not need the native addon
+      const { runServerDaemon } = await import('../../server/daemon.js');
+      await runServerDaemon({
+        listen: o.listen as string[],
+        devSearchPath: o.devSearchPath as string,
+        control: o.control as string,
+        queueDepth: o.queueDepth as string | undefined,
+        maxIoSize: o.maxIoSize as string | undefined,
+        ioThreads: o.ioThreads as string | undefined,
+      });
+    });
+
+  addControlOptions(
+    server.command('devices').summary("the exported devices (the seed's devices/ tree)"),
+    DEFAULT_SERVER_SOCKET,
+  ).action(async (_o: unknown, cmd: Command) => {
+    const opts = cmd.opts() as ControlOptions;
+    const r = await sendRequest(opts, { cmd: 'devices' });
+    printResult(r, opts, (x: ControlResult) => renderDevices((x as { devices: DeviceEntry[] }).devices));
+  });
+
+  addControlOptions(
+    server.command('sessions').summary('the client sessions: paths, device ids, in-flight IO'),
+    DEFAULT_SERVER_SOCKET,
+  ).action(async (_o: unknown, cmd: Command) => {
+    const opts = cmd.opts() as ControlOptions;
+    const r = await sendRequest(opts, { cmd: 'sessions' });
+    printResult(r, opts, (x: ControlResult) => renderSessions((x as { sessions: SessionEntry[] }).sessions));
+  });
+
+  addControlOptions(
+    server
+      .command('force-close')
+      .summary("release one session's device (RNBD's force_close)")
+      .argument('<sessname>', 'session name')
+      .argument('<device>', 'device name as in `ibnbd server devices`'),
+    DEFAULT_SERVER_SOCKET,
+  ).action(async (sessname: string, device: string, _o: unknown, cmd: Command) => {
+    const opts = cmd.opts() as ControlOptions;
+    const r = await sendRequest(opts, { cmd: 'force-close', sessname, device });
+    printResult(r, opts);
+  });
+}

@@ -1,0 +1,86 @@
+// The export server daemon: validated options → native transport server → ExportServer →
+// control socket; runs in the foreground, logs to stderr, and on SIGTERM/SIGINT closes every
+// session (devices released, descriptors closed), removes the control socket and returns 0.
+import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { ControlServer } from '../control/server.js';
+import { serverCommands } from './control-commands.js';
+import { startNativeServer } from './native-port.js';
+import { validateServerOptions, type RawServerOptions, type ServerOptions } from './options.js';
+import { probe } from './probe.js';
+import { ExportServer, type Logger, type ServerEvent } from './server.js';
+
+export function stderrLogger(prefix = 'ibnbd-server'): Logger {
+  const line = (level: string, msg: string) =>
+    process.stderr.write(`${new Date().toISOString()} ${prefix} ${level}: ${msg}\n`);
+  return { info: (m) => line('info', m), warn: (m) => line('warn', m) };
+}
+
+export interface RunningServer {
+  server: ExportServer;
+  /** "ADDR:PORT" actually bound (port 0 → the ephemeral port) */
+  bound: string[];
+  /** closes every session (devices released) and the transport; idempotent */
+  stop(): Promise<void>;
+}
+
+/** The transport server and the IBNBD control path over it, without control socket or signals. */
+export function startServer(opts: ServerOptions, log: Logger): RunningServer {
+  let server: ExportServer | undefined;
+  const early: ServerEvent[] = [];
+  const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)));
+  server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log });
+  for (const ev of early.splice(0)) server.handleEvent(ev);
+  let stopping: Promise<void> | null = null;
+  const s = server;
+  return {
+    server: s,
+    bound: native.bound(),
+    stop: () =>
+      (stopping ??= (async () => {
+        try {
+          await native.stop(); // every session closed natively (their devices detached there)
+        } finally {
+          s.closeAll(); // released here too: access counts, descriptors, the tree
+        }
+      })()),
+  };
+}
+
+/**
+ * Runs until SIGTERM/SIGINT, then stops cleanly and resolves. Invalid options or a failed start
+ * (address in use, control socket taken...) throw an IbnbdError before anything keeps running.
+ */
+export async function runServerDaemon(raw: RawServerOptions, log: Logger = stderrLogger()): Promise<void> {
+  const opts = validateServerOptions(raw);
+  const running = startServer(opts, log);
+  const { server } = running;
+  const control = new ControlServer(opts.control, serverCommands(server), {
+    onUnexpectedError: (cmd, err) => log.warn(`control ${cmd}: ${String((err as Error)?.stack ?? err)}`),
+  });
+  try {
+    await control.listen();
+  } catch (e) {
+    await running.stop();
+    const err = toIbnbdError(e);
+    throw new IbnbdError(err.code, `control socket ${opts.control}: ${err.message}`);
+  }
+  log.info(
+    `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath}; control ${opts.control}; ` +
+      `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
+  );
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+      resolve(sig);
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+  log.info(`${signal}: stopping`);
+  await control.close();
+  const sessions = server.sessions.size;
+  await running.stop();
+  log.info(`stopped (${sessions} session(s) closed, ${server.exports.size} device(s) open)`);
+}

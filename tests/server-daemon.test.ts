@@ -1,0 +1,78 @@
+// The `ibnbd server` daemon as a child process: it listens, a client maps a file through the
+// real transport, `ibnbd server devices|sessions` show it through the control socket, and
+// SIGTERM ends it cleanly (exit 0, session closed, control socket removed).
+import test from 'ava';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TestClient, pattern, sparseFile, tempDir } from './server-helpers.js';
+
+const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
+
+function ibnbd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { timeout: 20_000, encoding: 'utf8' }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
+    });
+  });
+}
+
+test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async (t) => {
+  const dir = tempDir(t, 'srvd');
+  sparseFile(join(dir, 'disk.img'), 4 << 20);
+  const sock = join(dir, 'server.sock');
+  const child = spawn(
+    process.execPath,
+    [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock, '--io-threads', '2'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  t.teardown(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 20_000;
+  let port = 0;
+  while (Date.now() < deadline) {
+    const m = /listening on 127\.0\.0\.1:(\d+)/.exec(stderr);
+    if (m && existsSync(sock)) {
+      port = Number(m[1]);
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.true(port > 0, `daemon announced its port: ${stderr}`);
+
+  const c = await TestClient.connect(port, 'blya');
+  t.teardown(() => c.close());
+  t.is(await c.sessInfo(), 2);
+  const o = await c.open('/disk.img', 'rw', 'fileio');
+  t.is(o.errno, 0);
+  const data = pattern(3, 8192, 65536);
+  t.is(await c.write(o.rsp!.deviceId, 8192, data), 0);
+  t.true((await c.read(o.rsp!.deviceId, 8192, 65536)).data!.equals(data));
+
+  const name = `${dir.slice(1).replace(/\//g, '!')}!disk.img`;
+  const devs = await ibnbd(['server', 'devices', '--control', sock]);
+  t.is(devs.code, 0, devs.stderr);
+  t.is(
+    devs.stdout,
+    `devices/${name}/block_dev: ${join(dir, 'disk.img')}\n` +
+      `devices/${name}/sessions/blya/read_only: 0\n` +
+      `devices/${name}/sessions/blya/mapping_path: /disk.img\n`,
+  );
+  const sess = await ibnbd(['server', 'sessions', '--json', '--control', sock]);
+  const s = (JSON.parse(sess.stdout) as { sessions: Array<{ sessname: string; paths: Array<{ src: string }>; devices: Array<{ device_id: number; io_mode: string }> }> }).sessions;
+  t.is(s.length, 1);
+  t.is(s[0]!.sessname, 'blya');
+  t.regex(s[0]!.paths[0]!.src, /127\.0\.0\.1:\d+$/);
+  t.deepEqual(s[0]!.devices.map((d) => [d.device_id, d.io_mode]), [[o.rsp!.deviceId, 'fileio']]);
+
+  child.kill('SIGTERM');
+  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  t.is(code, 0, stderr);
+  t.regex(stderr, /SIGTERM: stopping/);
+  t.regex(stderr, /stopped \(1 session\(s\) closed, 0 device\(s\) open\)/);
+  t.false(existsSync(sock), 'control socket removed');
+  t.not((await c.read(o.rsp!.deviceId, 0, 4096)).errno, 0, 'the session is gone with the server');
+});

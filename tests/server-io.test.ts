@@ -1,0 +1,214 @@
+// The export server over the real native transport: a test client (NativeClientSession + the TS
+// codec) runs SESS_INFO → OPEN → IO → CLOSE against regular files and loop block devices in both
+// io_modes, checks the OPEN refusals with their errno, the access-mode matrix across two
+// sessions (with a session killed), and the introspection tree before and after CLOSE.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdirSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer, type RunningServer } from '../src/server/daemon.js';
+import { validateServerOptions } from '../src/server/options.js';
+import { silentLogger } from '../src/server/server.js';
+import { TestClient, loopDevice, pattern, sparseFile, tempDir } from './server-helpers.js';
+
+const E = constants.errno;
+const MiB = 1 << 20;
+
+function serve(t: import('ava').ExecutionContext, devSearchPath: string): { running: RunningServer; port: number } {
+  const opts = validateServerOptions({ listen: ['127.0.0.1:0'], devSearchPath, control: '/unused.sock' });
+  const running = startServer(opts, silentLogger);
+  t.teardown(() => running.stop());
+  const port = Number(running.bound[0]!.split(':').pop());
+  return { running, port };
+}
+
+async function client(t: import('ava').ExecutionContext, port: number, sessname: string): Promise<TestClient> {
+  const c = await TestClient.connect(port, sessname);
+  t.teardown(() => c.close());
+  return c;
+}
+
+/** Random writes 4 KiB…128 KiB at random offsets, mirrored in a shadow copy; then verified reads. */
+async function randomWritesVerified(t: import('ava').ExecutionContext, c: TestClient, id: number, size: number, seed: number) {
+  const shadow = Buffer.alloc(size);
+  let rnd = seed;
+  const next = () => (rnd = (Math.imul(rnd, 1103515245) + 12345) >>> 0);
+  for (let i = 0; i < 32; i++) {
+    const len = 4096 * (1 + (next() % 32));
+    const off = 4096 * (next() % ((size - len) / 4096 + 1));
+    const data = pattern(seed + i, off, len);
+    t.is(await c.write(id, off, data, i % 5 === 0), 0, `write ${len} at ${off}`);
+    data.copy(shadow, off);
+  }
+  for (let i = 0; i < 32; i++) {
+    const len = 4096 * (1 + (next() % 32));
+    const off = 4096 * (next() % ((size - len) / 4096 + 1));
+    const r = await c.read(id, off, len);
+    t.is(r.errno, 0);
+    t.true(r.data!.equals(shadow.subarray(off, off + len)), `read ${len} at ${off} matches`);
+  }
+  return shadow;
+}
+
+for (const kind of ['file', 'loop'] as const) {
+  for (const ioMode of ['blockio', 'fileio'] as const) {
+    test.serial(`${kind} ${ioMode}: SESS_INFO, OPEN, verified IO, FLUSH, DISCARD, WRITE_ZEROES, CLOSE, tree`, async (t) => {
+      const dir = tempDir(t, 'srvio');
+      const size = 8 * MiB;
+      const backing = sparseFile(join(dir, 'disk.img'), size);
+      let search: string;
+      let devName: string;
+      let blockDev: string;
+      if (kind === 'loop') {
+        const loop = loopDevice(t, backing);
+        search = '/';
+        devName = loop;
+        blockDev = loop;
+      } else {
+        search = dir;
+        devName = 'disk.img';
+        blockDev = backing;
+      }
+      const { running, port } = serve(t, search);
+      const c = await client(t, port, `io-${kind}-${ioMode}`);
+      t.is(await c.sessInfo(2), 2);
+      const o = await c.open(devName, 'rw', ioMode);
+      t.is(o.errno, 0);
+      const rsp = o.rsp!;
+      t.is(rsp.nsectors, BigInt(size / 512));
+      t.true(rsp.logicalBlockSize >= 512 && rsp.physicalBlockSize >= rsp.logicalBlockSize);
+      const id = rsp.deviceId;
+
+      const tree = running.server.devices();
+      t.is(tree.length, 1);
+      t.is(tree[0]!.block_dev, blockDev);
+      t.deepEqual(
+        tree[0]!.sessions.map((s) => [s.sessname, s.read_only, s.mapping_path, s.io_mode]),
+        [[c.sessname, 0, devName, ioMode]],
+      );
+      const sess = running.server.sessionList();
+      t.is(sess.length, 1);
+      t.is(sess[0]!.ver, 2);
+      t.regex(sess[0]!.paths[0]?.src ?? '', /127\.0\.0\.1:\d+$/, 'client address');
+      t.deepEqual(sess[0]!.devices.map((d) => [d.device_id, d.mapping_path, d.inflight]), [[id, devName, 0]]);
+
+      const shadow = await randomWritesVerified(t, c, id, size, kind === 'file' ? 7 : 11);
+      t.is(await c.noData(id, 'FLUSH', 0, 0), 0, 'FLUSH');
+
+      // WRITE_ZEROES and (on files) DISCARD read back zeroes
+      if (kind === 'file') t.true(rsp.maxWriteZeroesSectors > 0, 'ext4 file: zero range advertised');
+      if (rsp.maxWriteZeroesSectors > 0) {
+        t.is(await c.noData(id, 'WRITE_ZEROES', MiB, 64 * 1024), 0, 'WRITE_ZEROES');
+        shadow.fill(0, MiB, MiB + 64 * 1024);
+        const z = await c.read(id, MiB - 4096, 64 * 1024 + 8192);
+        t.true(z.data!.equals(shadow.subarray(MiB - 4096, MiB + 64 * 1024 + 4096)), 'zeroes exactly in range');
+      }
+      if (kind === 'file') {
+        t.true(rsp.maxDiscardSectors > 0, 'ext4 file: punch hole advertised');
+        t.is(await c.noData(id, 'DISCARD', 2 * MiB, 64 * 1024), 0, 'DISCARD');
+        shadow.fill(0, 2 * MiB, 2 * MiB + 64 * 1024);
+        const z = await c.read(id, 2 * MiB, 64 * 1024);
+        t.true(z.data!.every((b) => b === 0), 'discarded range reads zeroes');
+      }
+      // the backing object holds exactly what the client wrote
+      t.is(await c.noData(id, 'FLUSH', 0, 0), 0);
+      if (kind === 'file') t.true(readFileSync(backing).equals(shadow), 'file content equals the shadow copy');
+
+      // IO errors
+      t.not((await c.read(id, size, 4096)).errno, 0, 'read past the end refused');
+      t.not(await c.write(id, size - 4096, Buffer.alloc(8192)), 0, 'write crossing the end refused');
+      t.is((await c.read(id + 100, 0, 4096)).errno, E.ENOTCONN, 'IO on an unknown device id: ENOTCONN');
+
+      t.is(await c.close_(id), 0);
+      t.is(await c.close_(id), 0, 'second CLOSE: unknown id ignored');
+      t.deepEqual(running.server.devices(), [], 'entry gone after CLOSE');
+      t.deepEqual(running.server.sessionList()[0]!.devices, []);
+      t.is((await c.read(id, 0, 4096)).errno, E.ENOTCONN, 'IO after CLOSE');
+    });
+  }
+}
+
+test.serial('OPEN refusals over the wire, each with its errno', async (t) => {
+  const root = tempDir(t, 'srvio');
+  const search = join(root, 'exports');
+  mkdirSync(join(search, 'dev'), { recursive: true });
+  sparseFile(join(search, 'dev', 'ram0'), MiB);
+  sparseFile(join(search, 'disk'), MiB);
+  writeFileSync(join(root, 'secret'), 'secret');
+  symlinkSync(join(root, 'secret'), join(search, 'out'));
+  const { port } = serve(t, search);
+  const a = await client(t, port, 'ra');
+  const b = await client(t, port, 'rb');
+  await a.sessInfo();
+  t.is((await a.open('../secret')).errno, E.EINVAL);
+  t.is((await a.open('a/../../etc/passwd')).errno, E.EINVAL);
+  t.is((await a.open('out')).errno, E.EPERM, 'symlink out of the search path');
+  t.is((await a.open('missing')).errno, E.ENOENT);
+  t.is((await a.open('dev')).errno, E.EINVAL, 'a directory');
+  const ram = await a.open('/dev/ram0', 'ro');
+  t.is(ram.errno, 0, 'absolute device_path opens inside the search path');
+  t.is(ram.rsp!.nsectors, BigInt(MiB / 512));
+  const w = await a.open('disk', 'rw');
+  t.is(w.errno, 0);
+  t.is((await a.open('disk', 'rw')).rsp!.deviceId, w.rsp!.deviceId, 're-OPEN: same id');
+  t.is((await a.open('/disk', 'ro')).errno, E.EEXIST, 'same device under another name in one session');
+  t.is((await b.open('disk', 'rw')).errno, E.EPERM, 'second rw writer');
+  // RO open refuses writes
+  const r = await b.open('disk', 'ro');
+  t.is(r.errno, 0);
+  t.not(await b.write(r.rsp!.deviceId, 0, Buffer.alloc(4096)), 0, 'write on a ro open refused');
+  // malformed admin messages get an errno, the session keeps working
+  t.is((await a.raw('read', Buffer.from([0x09, 0, 0, 0]), undefined, 56)).errno, E.EPROTO);
+  t.is((await a.raw('read', Buffer.from([0x03, 0, 0, 0, 1, 2, 3, 4]), undefined, 56)).errno !== 0, true);
+  t.is(await a.sessInfo(1), 1);
+});
+
+const HOLDER = fileURLToPath(new URL('./server-holder.js', import.meta.url));
+
+test.serial('access-mode matrix across two sessions; a killed session releases its writer', async (t) => {
+  const dir = tempDir(t, 'srvio');
+  sparseFile(join(dir, 'disk'), MiB);
+  const { running, port } = serve(t, dir);
+  const a = await client(t, port, 'ma');
+  const b = await client(t, port, 'mb');
+  const cases: Array<['ro' | 'rw' | 'migration', 'ro' | 'rw' | 'migration', number]> = [
+    ['ro', 'ro', 0],
+    ['ro', 'rw', 0],
+    ['rw', 'ro', 0],
+    ['rw', 'rw', E.EPERM],
+    ['rw', 'migration', 0],
+    ['migration', 'rw', E.EPERM],
+    ['migration', 'migration', 0],
+  ];
+  for (const [m1, m2, want] of cases) {
+    const o1 = await a.open('disk', m1);
+    t.is(o1.errno, 0);
+    const o2 = await b.open('disk', m2);
+    t.is(o2.errno, want, `${m1} then ${m2}`);
+    t.is(await a.close_(o1.rsp!.deviceId), 0);
+    if (o2.errno === 0) t.is(await b.close_(o2.rsp!.deviceId), 0);
+  }
+  t.deepEqual(running.server.devices(), []);
+
+  // a session in another process opens rw and is killed (SIGKILL: no CLOSE, no goodbye)
+  const child = spawn(process.execPath, [HOLDER, String(port), 'killed', 'disk', 'rw'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('holder did not open in time')), 15_000);
+    child.stdout!.on('data', (d: Buffer) => {
+      clearTimeout(timer);
+      resolve(d.toString());
+    });
+  });
+  t.regex(line, /^opened 0/);
+  t.is((await a.open('disk', 'rw')).errno, E.EPERM, 'the holder writes');
+  t.deepEqual(running.server.devices()[0]!.sessions.map((s) => s.sessname), ['killed']);
+  child.kill('SIGKILL');
+  const deadline = Date.now() + 15_000;
+  while (running.server.devices().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(running.server.devices(), [], 'entry gone when the session died');
+  const again = await a.open('disk', 'rw');
+  t.is(again.errno, 0, 'writer released with the dead session');
+});
