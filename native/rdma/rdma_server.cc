@@ -94,6 +94,7 @@ struct SrvSession final : transport::ServerSession {
   std::vector<transport::PathInfo> Paths() const override;
   uint64_t id() const override { return sid; }
   void Complete(ServerIo* io, int err) override { RespondOnLoop(io, err); }
+  void Close() override;
 };
 
 class RdmaServer final : public transport::Server {
@@ -117,6 +118,7 @@ class RdmaServer final : public transport::Server {
   void ClosePathLocked(SrvPath* p);
   void NotifyDown();
   void RequestClose(SrvPath* p);
+  void CloseSession(SrvSession* s);
   void SweepZombies(bool force);
   void OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc);
   void OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len);
@@ -124,6 +126,7 @@ class RdmaServer final : public transport::Server {
   void OnHeartbeatTimer(SrvPath* p);
   static void SendImm(Conn* c, uint32_t imm);
   friend void RespondOnLoop(ServerIo* io, int err);
+  friend struct SrvSession;
   static void SendResponse(Slot* s, int err);
 
   Options opts_;
@@ -168,6 +171,22 @@ int RdmaServer::Start() {
   if (!ch_) return -errno;
   std::vector<transport::Endpoint> eps = opts_.listen;
   if (eps.empty()) eps.push_back({"ip", "::", transport::kDefaultPort});
+  // rdma_cm's [::] listener also takes IPv4 (as the kernel's rtrs-server relies on): an extra
+  // 0.0.0.0 on the same port would only collide with it, so it is reported, not bound.
+  auto is_any = [](const transport::Endpoint& e, const char* a) {
+    return e.kind == "ip" && (e.addr == a || e.addr == std::string("[") + a + "]");
+  };
+  std::vector<transport::Endpoint> covered;
+  for (auto it = eps.begin(); it != eps.end();) {
+    bool v6_same_port = false;
+    for (auto& o : eps) v6_same_port = v6_same_port || (is_any(o, "::") && o.port == it->port);
+    if (is_any(*it, "0.0.0.0") && v6_same_port) {
+      covered.push_back(*it);
+      it = eps.erase(it);
+    } else {
+      ++it;
+    }
+  }
   for (auto& ep : eps) {
     sockaddr_storage ss;
     socklen_t len;
@@ -184,6 +203,11 @@ int RdmaServer::Start() {
     transport::Endpoint b = ep;
     if (ep.kind == "ip") b.port = be16toh(rdma_get_src_port(id));
     bound_.push_back(b);
+  }
+  for (auto c : covered) {
+    for (auto& b : bound_)
+      if (b.addr == "::" || b.addr == "[::]") c.port = b.port;
+    bound_.push_back(c);
   }
   int fl = fcntl(ch_->fd, F_GETFL);
   fcntl(ch_->fd, F_SETFL, fl | O_NONBLOCK);
@@ -408,6 +432,18 @@ void RdmaServer::NotifyDown() {
   for (auto* s : down) handler_->OnSessionDown(s);
 }
 
+void RdmaServer::CloseSession(SrvSession* s) {
+  {
+    std::lock_guard lock(mu_);
+    for (auto* p : s->paths) close_requests_.push_back(p);
+  }
+  uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) < 0) {
+  }
+}
+
+void SrvSession::Close() { srv->CloseSession(this); }
+
 // Frees closed paths and dead sessions once no request of theirs is with the handler. The
 // loops are waited for (RunSync) without holding mu_: loop threads take mu_ themselves.
 void RdmaServer::SweepZombies(bool force) {
@@ -417,7 +453,8 @@ void RdmaServer::SweepZombies(bool force) {
     std::lock_guard lock(mu_);
     for (auto it = paths_.begin(); it != paths_.end();) {
       SrvPath* p = it->get();
-      if (p->state == PathState::kClosed && (force || p->inflight == 0)) {
+      bool queued = std::find(close_requests_.begin(), close_requests_.end(), p) != close_requests_.end();
+      if (p->state == PathState::kClosed && (force || (p->inflight == 0 && !queued))) {
         gone.push_back(std::move(*it));
         it = paths_.erase(it);
       } else {
@@ -472,6 +509,7 @@ void RdmaServer::Stop() {
   started_ = false;
   {
     std::lock_guard lock(mu_);
+    close_requests_.clear();
     std::vector<SrvPath*> all;
     for (auto& p : paths_) all.push_back(p.get());
     for (auto* p : all) ClosePathLocked(p);

@@ -104,7 +104,7 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
   try {
     native = new binding.NativeServer(
       {
-        transport: 'tcp',
+        transport: opts.transport ?? 'tcp',
         listen: opts.listen.map((l) => ({ kind: 'ip', addr: l.host, port: l.port })),
         queueDepth: opts.queueDepth,
         maxIoSize: opts.maxIoSize,
