@@ -166,6 +166,19 @@ if [ ! -f "$gk/.ok" ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 4b. The kernel's own RTRS/RNBD as peers of our RDMA transport (tests/rdma.test.ts, LAB.md §7):
+# Debian ships no rtrs/rnbd modules; tests build them out of tree (tests/rdma-kernel-modules.ts)
+# from linux-source against the guest kernel's headers, same upload so vermagic matches.
+kver="$(cat "$gk/kver")"
+for p in "linux-headers-$kver" "linux-source-$(echo "$kver" | cut -d. -f1,2)"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    log "installing $p"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
+  fi
+done
+
+# ---------------------------------------------------------------------------------------------
 # 5. Node dependencies (only when missing or when package.json changed).
 cd "$root"
 if [ -f package.json ]; then

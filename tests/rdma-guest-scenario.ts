@@ -1,7 +1,14 @@
-// Runs inside the soft-RoCE guest (tests/rdma.test.ts): the export server and a client, both
-// on transport 'rdma' (RTRS over rdma_rxe on eth0), through the JS bindings. Prints one line
-// "RDMA-RESULT <json>" with everything the test asserts; throws (exit 1) on the first surprise.
-import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync } from 'node:fs';
+// Runs inside the soft-RoCE guest (tests/rdma.test.ts), through the JS bindings, transport
+// 'rdma' (RTRS over rdma_rxe on eth0). Modes (argv[2]):
+//   loopback ADDR       our export server + our client: admin round trips, verified IO 4 KiB …
+//                       max IO at QD1/QD32 landing in the server's file, zero copy vs bounce,
+//                       heartbeats, then a frozen server process detected by missed heartbeats
+//   serve ADDR PORT DIR our export server only (for the kernel's rnbd-client), until SIGTERM
+//   kernel-server ADDR DEV  our client against the kernel's rtrs-server + rnbd-server
+// Each prints one line "RDMA-RESULT <json>" with what the test asserts.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync, readSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { loadNative } from '../src/backend/native.js';
 import { startServer } from '../src/server/daemon.js';
@@ -10,6 +17,7 @@ import { silentLogger } from '../src/server/server.js';
 import { decode, encode } from '../src/proto/ibnbd.js';
 
 interface Session {
+  readonly connected: boolean;
   connect(timeoutMs?: number): Promise<void>;
   request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number; buffer?: Buffer }): Promise<{ errno: number; data?: Buffer }>;
   registerMemory(b: Buffer): number;
@@ -21,108 +29,178 @@ interface Session {
   close(): Promise<void>;
 }
 
-const addr = process.argv[2] ?? '10.0.2.15';
+const mode = process.argv[2] ?? 'loopback';
+const addr = process.argv[3] ?? '10.0.2.15';
 const t0 = Date.now();
 const step = (s: string) => process.stderr.write(`[${Date.now() - t0} ms] ${s}\n`);
-
-const dir = mkdtempSync('/tmp/rdma-export-');
-const fileSize = 8 << 20;
-const fd = openSync(join(dir, 'disk.img'), 'w');
-ftruncateSync(fd, fileSize);
-closeSync(fd);
-
-const running = startServer(
-  validateServerOptions({ transport: 'rdma', listen: [`${addr}:0`], devSearchPath: dir, control: '/unused.sock', queueDepth: 64, ioThreads: 2 }),
-  silentLogger,
-);
-const port = Number(running.bound[0]!.split(':').pop());
-step(`server on ${running.bound.join(' ')}`);
-
-const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => Session }>();
-const s = new NativeClientSession({
-  transport: 'rdma',
-  sessname: 'rdmatest',
-  paths: [{ dst: { kind: 'ip', addr, port } }],
-  queueDepth: 64,
-  heartbeatMs: 300,
-});
-await s.connect(15_000);
-step(`connected qd ${s.queueDepth} max_io ${s.maxIoSize}`);
-
-const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
-
-// admin round trips: SESS_INFO and OPEN travel as RTRS READs, the answer RDMA-written back
-const si = await s.request({ dir: 'read', usr: encode({ type: 'SESS_INFO', ver: 2 }), readLen: 36 });
-const sid = decode(si.data!);
-result.sessInfo = { errno: si.errno, type: sid.ok ? sid.msg.type : 'bad', ver: sid.ok && sid.msg.type === 'SESS_INFO_RSP' ? sid.msg.ver : -1 };
-const op = await s.request({ dir: 'read', usr: encode({ type: 'OPEN', accessMode: 'rw', ioMode: 'fileio', devName: 'disk.img' }), readLen: 56 });
-const od = decode(op.data!);
-if (!od.ok || od.msg.type !== 'OPEN_RSP') throw new Error(`OPEN failed: errno ${op.errno}`);
-const deviceId = od.msg.deviceId;
-result.open = { errno: op.errno, nsectors: Number(od.msg.nsectors) };
-const bounceAfterAdmin = s.bounceCount;  // the admin answers land in unregistered buffers
-
-// zero copy: one registered region holds every IO buffer
-const maxIo = s.maxIoSize;
-const region = Buffer.alloc(2 * 32 * maxIo);
-const handle = s.registerMemory(region);
-const ioMsg = (opName: 'READ' | 'WRITE', offset: number, len: number) =>
+const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object, onLink?: (ev: string) => void) => Session }>();
+const ioMsg = (deviceId: number, opName: 'READ' | 'WRITE', offset: number, len: number) =>
   encode({ type: 'IO', deviceId, sector: BigInt(offset / 512), op: opName, sync: false, fua: false, biSize: len, prio: 0 });
 const fill = (b: Buffer, seed: number) => {
   for (let i = 0; i < b.length; i += 4) b.writeUInt32LE((Math.imul(i + 1, 2654435761) ^ seed) >>> 0, i);
 };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const runs: Array<Record<string, unknown>> = [];
-let seed = 1;
-for (const size of [4096, 65536, maxIo]) {
-  for (const qd of [1, 32]) {
-    const n = qd;
-    const span = size * n;
-    const base = (seed * 1048576) % (fileSize - span - 4096 + 1) & ~4095;
-    const wbufs = Array.from({ length: n }, (_, i) => region.subarray(i * size, (i + 1) * size));
-    const rbufs = Array.from({ length: n }, (_, i) => region.subarray((32 + i) * size, (33 + i) * size));
-    wbufs.forEach((b, i) => fill(b, seed * 1000 + i));
-    rbufs.forEach((b) => b.fill(0));
-    const started = Date.now();
-    const wr = await Promise.all(wbufs.map((b, i) => s.request({ dir: 'write', usr: ioMsg('WRITE', base + i * size, size), buffer: b })));
-    const rd = await Promise.all(rbufs.map((b, i) => s.request({ dir: 'read', usr: ioMsg('READ', base + i * size, size), buffer: b })));
-    const ms = Date.now() - started;
-    const file = readFileSync(join(dir, 'disk.img'));
-    let readBackOk = true;
-    let fileOk = true;
-    for (let i = 0; i < n; i++) {
-      if (!rbufs[i]!.equals(wbufs[i]!)) readBackOk = false;
-      if (!file.subarray(base + i * size, base + (i + 1) * size).equals(wbufs[i]!)) fileOk = false;
-    }
-    runs.push({ size, qd, writeErrnos: [...new Set(wr.map((r) => r.errno))], readErrnos: [...new Set(rd.map((r) => r.errno))], readBackOk, fileOk, ms });
-    step(`size ${size} qd ${qd}: ${ms} ms readBack ${readBackOk} file ${fileOk}`);
-    seed++;
-  }
+function exportServer(dir: string, port: number) {
+  return startServer(
+    validateServerOptions({ transport: 'rdma', listen: [`${addr}:${port}`], devSearchPath: dir, control: '/unused.sock', queueDepth: 64, ioThreads: 2 }),
+    silentLogger,
+  );
 }
-result.runs = runs;
-result.bounceRegistered = s.bounceCount - bounceAfterAdmin;
 
-// the fallback: data in unregistered memory goes through the bounce pool, and is counted
-const plain = Buffer.alloc(8192);
-fill(plain, 77);
-const before = s.bounceCount;
-const pw = await s.request({ dir: 'write', usr: ioMsg('WRITE', 0, 8192), data: plain });
-const pr = await s.request({ dir: 'read', usr: ioMsg('READ', 0, 8192), readLen: 8192 });
-result.bounce = { errnos: [pw.errno, pr.errno], readBackOk: pr.data?.equals(plain) ?? false, counted: s.bounceCount - before };
+async function adminOpen(s: Session, devName: string, result: Record<string, unknown>): Promise<number> {
+  // SESS_INFO and OPEN travel as RTRS READs: the answer is RDMA-written into our buffer
+  const si = await s.request({ dir: 'read', usr: encode({ type: 'SESS_INFO', ver: 2 }), readLen: 36 });
+  const sid = decode(si.data ?? Buffer.alloc(0));
+  result.sessInfo = { errno: si.errno, type: sid.ok ? sid.msg.type : 'bad', ver: sid.ok && sid.msg.type === 'SESS_INFO_RSP' ? sid.msg.ver : -1 };
+  const op = await s.request({ dir: 'read', usr: encode({ type: 'OPEN', accessMode: 'rw', ioMode: 'fileio', devName }), readLen: 56 });
+  const od = decode(op.data ?? Buffer.alloc(0));
+  if (!od.ok || od.msg.type !== 'OPEN_RSP') throw new Error(`OPEN failed: errno ${op.errno}`);
+  result.open = { errno: op.errno, nsectors: Number(od.msg.nsectors) };
+  return od.msg.deviceId;
+}
 
-// an errno from the server travels in the immediate: READ beyond the device end → EINVAL/EIO
-const past = await s.request({ dir: 'read', usr: ioMsg('READ', fileSize, 4096), readLen: 4096 });
-result.pastEndErrno = past.errno;
+/** WRITE then READ of patterns, sizes 4 KiB … max IO, QD1 and QD32, from one registered region. */
+async function patterns(s: Session, deviceId: number, devSize: number, backing: () => Buffer) {
+  const maxIo = s.maxIoSize;
+  const region = Buffer.alloc(2 * 32 * maxIo);
+  const handle = s.registerMemory(region);
+  const bounce0 = s.bounceCount;
+  const runs: Array<Record<string, unknown>> = [];
+  let seed = 1;
+  for (const size of [4096, 65536, maxIo]) {
+    for (const qd of [1, 32]) {
+      const span = size * qd;
+      const base = ((seed * 1048576) % (devSize - span + 1)) & ~4095;
+      const wbufs = Array.from({ length: qd }, (_, i) => region.subarray(i * size, (i + 1) * size));
+      const rbufs = Array.from({ length: qd }, (_, i) => region.subarray((32 + i) * size, (33 + i) * size));
+      wbufs.forEach((b, i) => fill(b, seed * 1000 + i));
+      rbufs.forEach((b) => b.fill(0));
+      const started = Date.now();
+      const wr = await Promise.all(wbufs.map((b, i) => s.request({ dir: 'write', usr: ioMsg(deviceId, 'WRITE', base + i * size, size), buffer: b })));
+      const rd = await Promise.all(rbufs.map((b, i) => s.request({ dir: 'read', usr: ioMsg(deviceId, 'READ', base + i * size, size), buffer: b })));
+      const ms = Date.now() - started;
+      const dev = backing();
+      let readBackOk = true;
+      let backingOk = true;
+      for (let i = 0; i < qd; i++) {
+        if (!rbufs[i]!.equals(wbufs[i]!)) readBackOk = false;
+        if (!dev.subarray(base + i * size, base + (i + 1) * size).equals(wbufs[i]!)) backingOk = false;
+      }
+      runs.push({ size, qd, writeErrnos: [...new Set(wr.map((r) => r.errno))], readErrnos: [...new Set(rd.map((r) => r.errno))], readBackOk, backingOk, ms });
+      step(`size ${size} qd ${qd}: ${ms} ms readBack ${readBackOk} backing ${backingOk}`);
+      seed++;
+    }
+  }
+  const bounceRegistered = s.bounceCount - bounce0;
+  s.unregisterMemory(handle);
+  return { runs, bounceRegistered };
+}
 
-// heartbeats: several intervals pass with no IO; the path stays up with a measured round trip
-await new Promise((r) => setTimeout(r, 2000));
-result.paths = s.paths();
-result.serverSessions = running.server ? 'present' : 'missing';
+async function loopback(): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync('/tmp/rdma-export-');
+  const fileSize = 8 << 20;
+  const fd = openSync(join(dir, 'disk.img'), 'w');
+  ftruncateSync(fd, fileSize);
+  closeSync(fd);
+  const running = exportServer(dir, 0);
+  const port = Number(running.bound[0]!.split(':').pop());
+  step(`server on ${running.bound.join(' ')}`);
+  const s = new NativeClientSession({ transport: 'rdma', sessname: 'rdmatest', paths: [{ dst: { kind: 'ip', addr, port } }], queueDepth: 64, heartbeatMs: 300 });
+  await s.connect(15_000);
+  step(`connected qd ${s.queueDepth} max_io ${s.maxIoSize}`);
+  const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
+  const deviceId = await adminOpen(s, 'disk.img', result);
+  Object.assign(result, await patterns(s, deviceId, fileSize, () => readFileSync(join(dir, 'disk.img'))));
 
-s.unregisterMemory(handle);
-await s.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId }) });
-await s.close();
-await running.stop();
-step('done');
-console.log(`RDMA-RESULT ${JSON.stringify(result)}`);
+  // the fallback: data in unregistered memory goes through the bounce pool, and is counted
+  const plain = Buffer.alloc(8192);
+  fill(plain, 77);
+  const before = s.bounceCount;
+  const pw = await s.request({ dir: 'write', usr: ioMsg(deviceId, 'WRITE', 0, 8192), data: plain });
+  const pr = await s.request({ dir: 'read', usr: ioMsg(deviceId, 'READ', 0, 8192), readLen: 8192 });
+  result.bounce = { errnos: [pw.errno, pr.errno], readBackOk: pr.data?.equals(plain) ?? false, counted: s.bounceCount - before };
+
+  // a server errno travels in the response immediate
+  const past = await s.request({ dir: 'read', usr: ioMsg(deviceId, 'READ', fileSize, 4096), readLen: 4096 });
+  result.pastEndErrno = past.errno;
+
+  // heartbeats: several intervals with no IO; the path stays up with a measured round trip
+  await sleep(2000);
+  result.paths = s.paths();
+  await s.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId }) });
+  await s.close();
+  await running.stop();
+
+  // dead peer: a server process that stops answering (SIGSTOP) is declared dead after the
+  // missed-heartbeat limit, and the client's link goes down
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve', addr, '0', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const childPort = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /SERVING (\d+)/.exec(out);
+        if (m) resolve(Number(m[1]));
+      });
+      child.on('exit', () => reject(new Error('serve child exited')));
+      setTimeout(() => reject(new Error('serve child did not start')), 30_000);
+    });
+    const events: string[] = [];
+    const h = new NativeClientSession(
+      { transport: 'rdma', sessname: 'hbtest', paths: [{ dst: { kind: 'ip', addr, port: childPort } }], queueDepth: 8, heartbeatMs: 200, heartbeatMissedMax: 3 },
+      (ev) => events.push(ev),
+    );
+    await h.connect(15_000);
+    await sleep(1000);
+    const rttBefore = h.paths()[0]!.hbRttNs;
+    child.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    while (h.connected && Date.now() - stoppedAt < 20_000) await sleep(50);
+    result.deadPeer = { rttBefore, connectedAfter: h.connected, detectMs: Date.now() - stoppedAt, events: [...events], state: h.paths()[0]!.state };
+    step(`dead peer detected after ${Date.now() - stoppedAt} ms`);
+    await h.close();
+  } finally {
+    child.kill('SIGKILL');
+  }
+  return result;
+}
+
+async function serve(): Promise<void> {
+  const port = Number(process.argv[4] ?? '1234');
+  const running = exportServer(process.argv[5]!, port);
+  console.log(`SERVING ${running.bound[0]!.split(':').pop()}`);
+  await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+  await running.stop();
+}
+
+async function kernelServer(): Promise<Record<string, unknown>> {
+  const dev = process.argv[4] ?? 'ram0';
+  const s = new NativeClientSession({ transport: 'rdma', sessname: 'usrclt', paths: [{ dst: { kind: 'ip', addr, port: 1234 } }], queueDepth: 64, heartbeatMs: 300 });
+  await s.connect(15_000);
+  const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
+  const deviceId = await adminOpen(s, dev, result);
+  const size = Number(result.open && (result.open as { nsectors: number }).nsectors) * 512;
+  const readDev = () => {
+    const b = Buffer.alloc(size);
+    const fd = openSync(`/dev/${dev}`, 'r');
+    readSync(fd, b, 0, size, 0);
+    closeSync(fd);
+    return b;
+  };
+  Object.assign(result, await patterns(s, deviceId, size, readDev));
+  await sleep(1500);
+  result.paths = s.paths();
+  await s.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId }) });
+  await s.close();
+  return result;
+}
+
+if (mode === 'serve') {
+  await serve();
+} else {
+  const result = mode === 'kernel-server' ? await kernelServer() : await loopback();
+  step('done');
+  console.log(`RDMA-RESULT ${JSON.stringify(result)}`);
+}
 process.exit(0);

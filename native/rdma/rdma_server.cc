@@ -589,7 +589,10 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
   bool first_up = false;
   {
     std::lock_guard lock(mu_);
-    bool bad = p->state != PathState::kConnecting || p->established != p->cid_num;
+    // every connection of the path accepted (its ESTABLISHED event may still be on its way to
+    // the cm thread: the client sends the info request as soon as its own side is up)
+    bool bad = p->state != PathState::kConnecting;
+    for (auto& pc : p->conns) bad = bad || !pc;
     bad = bad || name.empty() || name.find('/') != std::string::npos || name.find('.') != std::string::npos;
     for (auto& [k, other] : sessions_)
       if (other.get() != s && other->name == name) bad = true;  // the kernel's -EPERM
