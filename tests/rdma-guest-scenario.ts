@@ -6,8 +6,8 @@
 //   serve ADDR PORT DIR our export server only (for the kernel's rnbd-client), until SIGTERM
 //   kernel-server ADDR DEV  our client against the kernel's rtrs-server + rnbd-server
 // Each prints one line "RDMA-RESULT <json>" with what the test asserts.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync, readSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { loadNative } from '../src/backend/native.js';
@@ -181,13 +181,9 @@ async function kernelServer(): Promise<Record<string, unknown>> {
   const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
   const deviceId = await adminOpen(s, dev, result);
   const size = Number(result.open && (result.open as { nsectors: number }).nsectors) * 512;
-  const readDev = () => {
-    const b = Buffer.alloc(size);
-    const fd = openSync(`/dev/${dev}`, 'r');
-    readSync(fd, b, 0, size, 0);
-    closeSync(fd);
-    return b;
-  };
+  // O_DIRECT: rnbd-server writes bios straight to the device, under any page cache we'd read
+  const readDev = () =>
+    execFileSync('dd', [`if=/dev/${dev}`, 'bs=1M', 'iflag=direct', 'status=none'], { maxBuffer: size + 4096 });
   Object.assign(result, await patterns(s, deviceId, size, readDev));
   await sleep(1500);
   result.paths = s.paths();
