@@ -1,8 +1,8 @@
 // Runs inside the soft-RoCE guest (tests/rdma.test.ts), through the JS bindings, transport
 // 'rdma' (RTRS over rdma_rxe on eth0). Modes (argv[2]):
-//   loopback ADDR       our export server + our client: admin round trips, verified IO 4 KiB …
+//   loopback ADDR [ADDR2] our export server + our client: admin round trips, verified IO 4 KiB …
 //                       max IO at QD1/QD32 landing in the server's file, zero copy vs bounce,
-//                       heartbeats, then a frozen server process detected by missed heartbeats
+//                       heartbeats, two paths (ADDR2) with round-robin, then a frozen server process detected by missed heartbeats
 //   serve ADDR PORT DIR our export server only (for the kernel's rnbd-client), until SIGTERM
 //   kernel-server ADDR DEV  our client against the kernel's rtrs-server + rnbd-server
 // Each prints one line "RDMA-RESULT <json>" with what the test asserts.
@@ -41,9 +41,9 @@ const fill = (b: Buffer, seed: number) => {
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function exportServer(dir: string, port: number) {
+function exportServer(dir: string, port: number, host = addr) {
   return startServer(
-    validateServerOptions({ transport: 'rdma', listen: [`${addr}:${port}`], devSearchPath: dir, control: '/unused.sock', queueDepth: 64, ioThreads: 2 }),
+    validateServerOptions({ transport: 'rdma', listen: [`${host}:${port}`], devSearchPath: dir, control: '/unused.sock', queueDepth: 64, ioThreads: 2 }),
     silentLogger,
   );
 }
@@ -131,6 +131,27 @@ async function loopback(): Promise<Record<string, unknown>> {
   await s.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId }) });
   await s.close();
   await running.stop();
+
+  // multipath: a second address (dummy0 + rxe1, set up by the test) gives the session a second
+  // path to the same server; round-robin spreads the requests over both
+  const addr2 = process.argv[4];
+  if (addr2) {
+    const mp = exportServer(dir, 0, '[::]');
+    const mpPort = Number(mp.bound[0]!.split(':').pop());
+    const m = new NativeClientSession({
+      transport: 'rdma', sessname: 'mptest', mpPolicy: 'round-robin', queueDepth: 64, heartbeatMs: 300,
+      paths: [{ dst: { kind: 'ip', addr, port: mpPort } }, { dst: { kind: 'ip', addr: addr2, port: mpPort } }],
+    });
+    await m.connect(15_000);
+    const mres: Record<string, unknown> = {};
+    const mdev = await adminOpen(m, 'disk.img', mres);
+    const out = await patterns(m, mdev, fileSize, () => readFileSync(join(dir, 'disk.img')));
+    await sleep(1000);
+    result.multipath = { ...mres, ...out, paths: m.paths() };
+    await m.request({ dir: 'write', usr: encode({ type: 'CLOSE', deviceId: mdev }) });
+    await m.close();
+    await mp.stop();
+  }
 
   // dead peer: a server process that stops answering (SIGSTOP) is declared dead after the
   // missed-heartbeat limit, and the client's link goes down

@@ -14,7 +14,9 @@ import { kernelRnbdModules } from './rdma-kernel-modules.js';
 const scenario = fileURLToPath(new URL('./rdma-guest-scenario.js', import.meta.url));
 const node = process.execPath;
 const RXE = 'rdma link add rxe0 type rxe netdev eth0 || exit 20';
-const GUEST = { mode: 'hostroot' as const, netdev: true, cpus: 2, memMiB: 1024, modules: ['crc32_generic', 'rdma_rxe', 'rdma_ucm', 'ib_uverbs', 'brd'] };
+const GUEST = { mode: 'hostroot' as const, netdev: true, cpus: 2, memMiB: 1024, modules: ['crc32_generic', 'rdma_rxe', 'rdma_ucm', 'ib_uverbs', 'brd', 'dummy'] };
+// a second RDMA address in the same guest: a dummy netdev with its own rxe device
+const SECOND = `{ ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } && ip addr add 10.0.3.1/24 dev dummy0 && ip link set dummy0 up && rdma link add rxe1 type rxe netdev dummy0 || exit 30`;
 
 interface Run { size: number; qd: number; writeErrnos: number[]; readErrnos: number[]; readBackOk: boolean; backingOk: boolean }
 interface PathJs { state: string; hbRttNs: number; src: string; dst: string }
@@ -28,6 +30,7 @@ interface Result {
   bounce?: { errnos: number[]; readBackOk: boolean; counted: number };
   pastEndErrno?: number;
   paths: PathJs[];
+  multipath?: { sessInfo: { errno: number }; runs: Run[]; bounceRegistered: number; paths: PathJs[] };
   deadPeer?: { rttBefore: number; connectedAfter: boolean; detectMs: number; events: string[]; state: string };
 }
 
@@ -87,9 +90,9 @@ test('without an RDMA device, sessions and servers fail at once with ENODEV and 
   t.is(bad.code, 'EINVAL');
 });
 
-test.serial('soft-RoCE guest: our server and client over RTRS — admin, verified IO into the file, zero copy, heartbeats, dead peer', async (t) => {
+test.serial('soft-RoCE guest: our server and client over RTRS — admin, verified IO into the file, zero copy, heartbeats, two paths, dead peer', async (t) => {
   t.timeout(240_000);
-  const r = await runGuest({ ...GUEST, timeoutMs: 180_000, script: `${RXE}\ntimeout 150 ${node} ${scenario} loopback 10.0.2.15` });
+  const r = await runGuest({ ...GUEST, timeoutMs: 180_000, script: `${RXE}\n${SECOND}\ntimeout 150 ${node} ${scenario} loopback 10.0.2.15 10.0.3.1` });
   const res = parseResult(t, r);
   t.is(r.exitCode, 0);
   checkIo(t, res, 'ours↔ours');
@@ -98,6 +101,12 @@ test.serial('soft-RoCE guest: our server and client over RTRS — admin, verifie
   t.true(res.bounce!.readBackOk, 'unregistered memory round trip through the bounce pool');
   t.is(res.bounce!.counted, 2, 'each bounced request counted');
   t.true(res.pastEndErrno! < 0, 'the server errno arrives in the response immediate');
+  const mp = res.multipath!;
+  t.is(mp.sessInfo.errno, 0);
+  t.deepEqual(mp.paths.map((p) => [p.dst, p.state]), [['ip:10.0.2.15', 'connected'], ['ip:10.0.3.1', 'connected']], 'two paths up');
+  for (const r of mp.runs) t.true(r.readBackOk && r.backingOk && r.writeErrnos.join() === '0' && r.readErrnos.join() === '0', `multipath IO ${r.size} QD${r.qd}`);
+  t.is(mp.bounceRegistered, 0, 'zero copy on both paths (the region is registered per path)');
+  t.true(mp.paths.every((p) => p.hbRttNs > 0), 'heartbeats on each path');
   const d = res.deadPeer!;
   t.true(d.rttBefore > 0);
   t.false(d.connectedAfter, 'a frozen server is declared dead');
