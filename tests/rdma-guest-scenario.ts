@@ -154,10 +154,11 @@ async function loopback(): Promise<Record<string, unknown>> {
   }
 
   // dead peer: a server process that stops answering (SIGSTOP) is declared dead after the
-  // missed-heartbeat limit, and the client's link goes down
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve', addr, '0', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
-  try {
-    const childPort = await new Promise<number>((resolve, reject) => {
+  // missed-heartbeat limit and the link goes down; a new server on the same port brings the
+  // path back (RTRS reconnect) and requests work again
+  const startChild = async (port: number) => {
+    const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve', addr, String(port), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const bound = await new Promise<number>((resolve, reject) => {
       let out = '';
       child.stdout!.on('data', (d: Buffer) => {
         out += d.toString();
@@ -167,22 +168,48 @@ async function loopback(): Promise<Record<string, unknown>> {
       child.on('exit', () => reject(new Error('serve child exited')));
       setTimeout(() => reject(new Error('serve child did not start')), 30_000);
     });
+    return { child, bound };
+  };
+  const first = await startChild(0);
+  let second: Awaited<ReturnType<typeof startChild>> | undefined;
+  try {
     const events: string[] = [];
     const h = new NativeClientSession(
-      { transport: 'rdma', sessname: 'hbtest', paths: [{ dst: { kind: 'ip', addr, port: childPort } }], queueDepth: 8, heartbeatMs: 200, heartbeatMissedMax: 3 },
+      {
+        transport: 'rdma', sessname: 'hbtest', paths: [{ dst: { kind: 'ip', addr, port: first.bound } }], queueDepth: 8,
+        heartbeatMs: 200, heartbeatMissedMax: 3, reconnectDelayMs: 300, maxReconnectAttempts: -1,
+      },
       (ev) => events.push(ev),
     );
     await h.connect(15_000);
     await sleep(1000);
     const rttBefore = h.paths()[0]!.hbRttNs;
-    child.kill('SIGSTOP');
+    first.child.kill('SIGSTOP');
     const stoppedAt = Date.now();
-    while (h.connected && Date.now() - stoppedAt < 20_000) await sleep(50);
-    result.deadPeer = { rttBefore, connectedAfter: h.connected, detectMs: Date.now() - stoppedAt, events: [...events], state: h.paths()[0]!.state };
-    step(`dead peer detected after ${Date.now() - stoppedAt} ms`);
+    while ((h.connected || !events.includes('disconnected')) && Date.now() - stoppedAt < 20_000) await sleep(50);
+    const detectMs = Date.now() - stoppedAt;
+    step(`dead peer detected after ${detectMs} ms`);
+    const stateAfter = h.paths()[0]!.state;
+    const eventsAtDeath = [...events];
+    const failed = await h.request({ dir: 'read', usr: encode({ type: 'SESS_INFO', ver: 2 }), readLen: 36 });
+    first.child.kill('SIGKILL');
+    await new Promise((r) => first.child.once('exit', r));
+    second = await startChild(first.bound);
+    const restartedAt = Date.now();
+    while ((!h.connected || !events.includes('reconnected')) && Date.now() - restartedAt < 60_000) await sleep(100);
+    const reconnectMs = Date.now() - restartedAt;
+    step(`reconnected after ${reconnectMs} ms`);
+    const si = await h.request({ dir: 'read', usr: encode({ type: 'SESS_INFO', ver: 2 }), readLen: 36 });
+    const sid = decode(si.data ?? Buffer.alloc(0));
+    result.deadPeer = {
+      rttBefore, connectedAfter: false, detectMs, events: eventsAtDeath, state: stateAfter, requestWhileDown: failed.errno,
+      reconnected: h.connected, reconnectMs, eventsAfter: [...events], pathAfter: h.paths()[0],
+      sessInfoAfter: { errno: si.errno, type: sid.ok ? sid.msg.type : 'bad' },
+    };
     await h.close();
   } finally {
-    child.kill('SIGKILL');
+    first.child.kill('SIGKILL');
+    second?.child.kill('SIGKILL');
   }
   return result;
 }

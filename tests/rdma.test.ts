@@ -31,7 +31,10 @@ interface Result {
   pastEndErrno?: number;
   paths: PathJs[];
   multipath?: { sessInfo: { errno: number }; runs: Run[]; bounceRegistered: number; paths: PathJs[] };
-  deadPeer?: { rttBefore: number; connectedAfter: boolean; detectMs: number; events: string[]; state: string };
+  deadPeer?: {
+    rttBefore: number; connectedAfter: boolean; detectMs: number; events: string[]; state: string; requestWhileDown: number;
+    reconnected: boolean; reconnectMs: number; eventsAfter: string[]; pathAfter: PathJs & { reconnects: number }; sessInfoAfter: { errno: number; type: string };
+  };
 }
 
 function parseResult(t: import('ava').ExecutionContext, r: GuestResult): Result {
@@ -90,7 +93,7 @@ test('without an RDMA device, sessions and servers fail at once with ENODEV and 
   t.is(bad.code, 'EINVAL');
 });
 
-test.serial('soft-RoCE guest: our server and client over RTRS — admin, verified IO into the file, zero copy, heartbeats, two paths, dead peer', async (t) => {
+test.serial('soft-RoCE guest: our server and client over RTRS — admin, verified IO into the file, zero copy, heartbeats, two paths, dead peer and reconnect', async (t) => {
   t.timeout(240_000);
   const r = await runGuest({ ...GUEST, timeoutMs: 180_000, script: `${RXE}\n${SECOND}\ntimeout 150 ${node} ${scenario} loopback 10.0.2.15 10.0.3.1` });
   const res = parseResult(t, r);
@@ -109,10 +112,16 @@ test.serial('soft-RoCE guest: our server and client over RTRS — admin, verifie
   t.true(mp.paths.every((p) => p.hbRttNs > 0), 'heartbeats on each path');
   const d = res.deadPeer!;
   t.true(d.rttBefore > 0);
-  t.false(d.connectedAfter, 'a frozen server is declared dead');
-  t.is(d.state, 'closed');
+  t.is(d.state, 'reconnecting', 'a frozen server is declared dead; the path goes to reconnecting');
   t.deepEqual(d.events, ['connected', 'disconnected']);
   t.true(d.detectMs >= 600 && d.detectMs < 10_000, `missed heartbeats (200 ms × 3) detected in ${d.detectMs} ms`);
+  t.log(`dead peer detected in ${d.detectMs} ms, reconnected ${d.reconnectMs} ms after the new server started`);
+  t.true(d.requestWhileDown < 0, 'a request without a connected path fails');
+  t.true(d.reconnected, `back up ${d.reconnectMs} ms after a new server took the port`);
+  t.deepEqual(d.eventsAfter, ['connected', 'disconnected', 'reconnected']);
+  t.is(d.pathAfter.state, 'connected');
+  t.true(d.pathAfter.reconnects >= 1);
+  t.deepEqual(d.sessInfoAfter, { errno: 0, type: 'SESS_INFO_RSP' }, 'requests work on the re-established path');
 });
 
 test.serial("soft-RoCE guest: the kernel's RTRS/RNBD as peer — its rnbd-client maps our export, our client uses its rnbd-server", async (t) => {

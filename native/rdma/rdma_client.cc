@@ -13,7 +13,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
 #include <deque>
+#include <thread>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -63,7 +65,10 @@ struct Path {
   std::atomic<int> hb_missed{0};
   uint64_t hb_sent_ns = 0;
   int hb_timer = -1;
+  mutable std::mutex info_mu;  // src/dst, rewritten on reconnect
   std::string src, dst;
+  bool reconnect_wanted = false;  // under the session's reconnect_mu_
+  int reconnect_attempts = 0;
 };
 
 struct ConnRspOut {
@@ -120,6 +125,8 @@ class RdmaClientSession final : public transport::ClientSession,
   int ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int timeout_ms);
   int InfoExchange(Path* p, int timeout_ms);
   int StartPathLoops(Path* p);
+  void TeardownPath(Path* p);
+  void ReconnectThread();
   void StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop);
   int PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_id, bool* bounced);
   bool Resolve(Path* p, const ClientIo* io, std::vector<LocalSeg>* segs);
@@ -150,6 +157,12 @@ class RdmaClientSession final : public transport::ClientSession,
   std::map<uintptr_t, Region> regions_;  // by start address
   uint64_t next_handle_ = 1;
   std::atomic<uint64_t> bounce_count_{0};
+
+  // RTRS error recovery: a failed path is rebuilt after reconnect_delay_ms, up to
+  // max_reconnect_attempts times (-1 = forever, 0 = never), by this thread.
+  std::mutex reconnect_mu_;
+  std::condition_variable reconnect_cv_;
+  std::thread reconnect_thread_;
 };
 
 // ------------------------------------------------------------------------------------------
@@ -161,6 +174,7 @@ int RdmaClientSession::Connect(int timeout_ms) {
   if (opts_.paths.empty()) return -EINVAL;
   if (opts_.paths.size() > wire::kMaxPathsPerSession) return -EINVAL;
   int last = -ENOTCONN;
+  if (!paths_.empty()) return -EALREADY;
   for (size_t i = 0; i < opts_.paths.size(); i++) {
     auto p = std::make_unique<Path>();
     p->spec = opts_.paths[i];
@@ -178,6 +192,7 @@ int RdmaClientSession::Connect(int timeout_ms) {
       raw->state = PathState::kClosed;
     }
   }
+  reconnect_thread_ = std::thread([this] { ReconnectThread(); });
   return connected() ? 0 : last;
 }
 
@@ -392,7 +407,10 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
 int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
   p->ch = rdma_create_event_channel();
   if (!p->ch) return -errno;
-  p->dst = p->spec.dst.kind + ":" + p->spec.dst.addr;
+  {
+    std::lock_guard lock(p->info_mu);
+    p->dst = p->spec.dst.kind + ":" + p->spec.dst.addr;
+  }
   uint16_t cid_num = static_cast<uint16_t>(1 + IoThreads::Get().size());
   p->recon_cnt++;
   int rc = 0;
@@ -410,6 +428,7 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
     for (auto& [a, r] : regions_) {
       r.mrs[p->index] = ibv_reg_mr(p->conns[0]->pd(), reinterpret_cast<void*>(r.addr), r.len,
                                    IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+      if (!r.mrs[p->index]) rc = -ENOMEM;
     }
   }
   if (!rc) {
@@ -420,23 +439,89 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
     }
   }
   if (!rc) {
+    std::lock_guard lock(p->info_mu);
     p->src = FormatSockaddr(rdma_get_local_addr(p->conns[0]->id()));
-    rc = StartPathLoops(p);
   }
+  if (!rc) rc = StartPathLoops(p);
   if (rc) {
-    for (auto& c : p->conns) c->Detach();
-    p->conns.clear();
-    if (p->hb_timer >= 0) close(p->hb_timer);
-    p->hb_timer = -1;
-    rdma_destroy_event_channel(p->ch);
-    p->ch = nullptr;
+    TeardownPath(p);
     if (!*LastRdmaError()) SetLastError(std::string("path setup failed: ") + strerror(-rc));
     return rc;
   }
   bool first = !connected();
+  p->hb_missed = 0;
   p->state = PathState::kConnected;
-  if (first && opts_.on_link_event) opts_.on_link_event(transport::LinkEvent::kConnected);
+  if (first && opts_.on_link_event)
+    opts_.on_link_event(p->recon_cnt > 1 ? transport::LinkEvent::kReconnected : transport::LinkEvent::kConnected);
   return 0;
+}
+
+// Releases everything a path holds (not connected any more, no IO thread using it).
+void RdmaClientSession::TeardownPath(Path* p) {
+  if (!p->conns.empty() && p->ch) {
+    EventLoop* l0 = &IoThreads::Get().loop(0);
+    l0->RunSync([&] {
+      l0->Remove(p->ch->fd);
+      if (p->hb_timer >= 0) l0->Remove(p->hb_timer);
+    });
+  }
+  for (auto& c : p->conns) rdma_disconnect(c->id());
+  for (auto& c : p->conns) c->Detach();
+  {
+    std::unique_lock lock(mem_mu_);
+    for (auto& [a, r] : regions_) {
+      if (p->index < r.mrs.size() && r.mrs[p->index]) {
+        ibv_dereg_mr(r.mrs[p->index]);
+        r.mrs[p->index] = nullptr;
+      }
+    }
+  }
+  p->iu.Reset();
+  p->bounce.Reset();
+  p->info.Reset();
+  p->conns.clear();  // destroys QPs and cm ids; their PD goes with the last one
+  if (p->hb_timer >= 0) close(p->hb_timer);
+  p->hb_timer = -1;
+  if (p->ch) rdma_destroy_event_channel(p->ch);
+  p->ch = nullptr;
+}
+
+void RdmaClientSession::ReconnectThread() {
+  std::unique_lock lock(reconnect_mu_);
+  for (;;) {
+    reconnect_cv_.wait(lock, [&] {
+      if (closed_) return true;
+      for (auto& p : paths_)
+        if (p->reconnect_wanted) return true;
+      return false;
+    });
+    if (closed_) return;
+    // RTRS waits reconnect_delay before each attempt
+    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(opts_.reconnect_delay_ms), [&] { return closed_.load(); });
+    if (closed_) return;
+    for (auto& up : paths_) {
+      Path* p = up.get();
+      if (!p->reconnect_wanted || closed_) continue;
+      lock.unlock();
+      // every IO thread past any request that picked this path before it failed
+      IoThreads& pool = IoThreads::Get();
+      for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
+      TeardownPath(p);
+      p->state = PathState::kReconnecting;
+      int rc = ConnectPath(p, 5000);
+      lock.lock();
+      if (rc == 0) {
+        p->reconnect_wanted = false;
+        p->reconnect_attempts = 0;
+      } else {
+        p->state = PathState::kReconnecting;
+        if (opts_.max_reconnect_attempts >= 0 && ++p->reconnect_attempts >= opts_.max_reconnect_attempts) {
+          p->reconnect_wanted = false;  // given up: the path stays closed
+          p->state = PathState::kClosed;
+        }
+      }
+    }
+  }
 }
 
 int RdmaClientSession::StartPathLoops(Path* p) {
@@ -790,9 +875,18 @@ void RdmaClientSession::ReleasePermit(uint32_t buf_id) {
 void RdmaClientSession::FailPath(Path* p, const char* why) {
   PathState expected = PathState::kConnected;
   if (!p->state.compare_exchange_strong(expected, PathState::kClosed)) return;
-  SetLastError(std::string("path ") + p->dst + " failed: " + why);
+  {
+    std::lock_guard lock(p->info_mu);
+    SetLastError(std::string("path ") + p->dst + " failed: " + why);
+  }
   for (auto& c : p->conns) rdma_disconnect(c->id());
   if (!connected() && opts_.on_link_event) opts_.on_link_event(transport::LinkEvent::kDisconnected);
+  if (!closed_ && opts_.max_reconnect_attempts != 0) {
+    std::lock_guard lock(reconnect_mu_);
+    p->reconnect_wanted = true;
+    p->state = PathState::kReconnecting;
+    reconnect_cv_.notify_all();
+  }
   auto self = shared_from_this();
   IoThreads& pool = IoThreads::Get();
   for (unsigned i = 0; i < pool.size(); i++) {
@@ -855,8 +949,11 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
   std::vector<transport::PathInfo> out;
   for (auto& p : paths_) {
     transport::PathInfo i;
-    i.src = p->src;
-    i.dst = p->dst.empty() ? p->spec.dst.kind + ":" + p->spec.dst.addr : p->dst;
+    {
+      std::lock_guard lock(p->info_mu);
+      i.src = p->src;
+      i.dst = p->dst.empty() ? p->spec.dst.kind + ":" + p->spec.dst.addr : p->dst;
+    }
     i.state = p->state;
     i.inflight = p->inflight;
     i.reconnects = p->recon_cnt > 0 ? p->recon_cnt - 1 : 0;
@@ -868,18 +965,20 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
 
 void RdmaClientSession::Close() {
   if (closed_.exchange(true)) return;
+  {
+    std::lock_guard lock(reconnect_mu_);
+    reconnect_cv_.notify_all();
+  }
+  if (reconnect_thread_.joinable()) reconnect_thread_.join();
   for (auto& p : paths_) {
-    PathState prev = p->state.exchange(PathState::kClosed);
-    (void)prev;
+    p->state = PathState::kClosed;
     for (auto& c : p->conns) rdma_disconnect(c->id());
-    if (!p->conns.empty()) {
-      EventLoop* l0 = p->conns[0]->loop();
-      if (l0) {
-        l0->RunSync([&] {
-          l0->Remove(p->ch->fd);
-          if (p->hb_timer >= 0) l0->Remove(p->hb_timer);
-        });
-      }
+    if (!p->conns.empty() && p->ch) {
+      EventLoop* l0 = &IoThreads::Get().loop(0);
+      l0->RunSync([&] {
+        l0->Remove(p->ch->fd);
+        if (p->hb_timer >= 0) l0->Remove(p->hb_timer);
+      });
     }
     for (auto& c : p->conns) c->Detach();
   }
@@ -906,13 +1005,7 @@ void RdmaClientSession::Close() {
     }
     waiters_.clear();
   }
-  for (auto& p : paths_) {
-    if (p->hb_timer >= 0) close(p->hb_timer);
-    p->hb_timer = -1;
-    p->conns.clear();  // destroys QPs and cm ids
-    if (p->ch) rdma_destroy_event_channel(p->ch);
-    p->ch = nullptr;
-  }
+  for (auto& p : paths_) TeardownPath(p.get());
   std::unique_lock lock(mem_mu_);
   for (auto& [a, r] : regions_)
     for (auto*& mr : r.mrs)

@@ -140,12 +140,18 @@ std::shared_ptr<ibv_pd> PdFor(ibv_context* ctx) {
   return pd;
 }
 
-RegisteredBuffer::~RegisteredBuffer() {
+RegisteredBuffer::~RegisteredBuffer() { Reset(); }
+
+void RegisteredBuffer::Reset() {
   if (mr) ibv_dereg_mr(mr);
   if (data) munmap(data, len);
+  mr = nullptr;
+  data = nullptr;
+  len = 0;
 }
 
 int RegisteredBuffer::Allocate(ibv_pd* pd, size_t n, int access) {
+  Reset();
   len = (n + 4095) & ~size_t(4095);
   if (len == 0) len = 4096;
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -43,7 +43,8 @@ struct RegisteredBuffer {
   ~RegisteredBuffer();
   RegisteredBuffer(const RegisteredBuffer&) = delete;
   RegisteredBuffer& operator=(const RegisteredBuffer&) = delete;
-  int Allocate(ibv_pd* pd, size_t len, int access);
+  int Allocate(ibv_pd* pd, size_t len, int access);  // frees what it held before
+  void Reset();
   uint8_t* data = nullptr;
   size_t len = 0;
   ibv_mr* mr = nullptr;
