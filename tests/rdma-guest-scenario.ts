@@ -10,30 +10,18 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { loadNative } from '../src/backend/native.js';
+import { ClientSession } from '../src/backend/transport.js';
 import { startServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
 import { decode, encode } from '../src/proto/ibnbd.js';
 
-interface Session {
-  readonly connected: boolean;
-  connect(timeoutMs?: number): Promise<void>;
-  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number; buffer?: Buffer }): Promise<{ errno: number; data?: Buffer }>;
-  registerMemory(b: Buffer): number;
-  unregisterMemory(h: number): void;
-  readonly bounceCount: number;
-  readonly maxIoSize: number;
-  readonly queueDepth: number;
-  paths(): Array<{ src: string; dst: string; state: string; hbRttNs: number }>;
-  close(): Promise<void>;
-}
+type Session = ClientSession;
 
 const mode = process.argv[2] ?? 'loopback';
 const addr = process.argv[3] ?? '10.0.2.15';
 const t0 = Date.now();
 const step = (s: string) => process.stderr.write(`[${Date.now() - t0} ms] ${s}\n`);
-const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object, onLink?: (ev: string) => void) => Session }>();
 const ioMsg = (deviceId: number, opName: 'READ' | 'WRITE', offset: number, len: number) =>
   encode({ type: 'IO', deviceId, sector: BigInt(offset / 512), op: opName, sync: false, fua: false, biSize: len, prio: 0 });
 const fill = (b: Buffer, seed: number) => {
@@ -106,7 +94,7 @@ async function loopback(): Promise<Record<string, unknown>> {
   const running = exportServer(dir, 0);
   const port = Number(running.bound[0]!.split(':').pop());
   step(`server on ${running.bound.join(' ')}`);
-  const s = new NativeClientSession({ transport: 'rdma', sessname: 'rdmatest', paths: [{ dst: { kind: 'ip', addr, port } }], queueDepth: 64, heartbeatMs: 300 });
+  const s = new ClientSession({ transport: 'rdma', sessname: 'rdmatest', paths: [{ dst: { kind: 'ip', addr, port } }], queueDepth: 64, heartbeatMs: 300 });
   await s.connect(15_000);
   step(`connected qd ${s.queueDepth} max_io ${s.maxIoSize}`);
   const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
@@ -138,7 +126,7 @@ async function loopback(): Promise<Record<string, unknown>> {
   if (addr2) {
     const mp = exportServer(dir, 0, '[::]');
     const mpPort = Number(mp.bound[0]!.split(':').pop());
-    const m = new NativeClientSession({
+    const m = new ClientSession({
       transport: 'rdma', sessname: 'mptest', mpPolicy: 'round-robin', queueDepth: 64, heartbeatMs: 300,
       paths: [{ dst: { kind: 'ip', addr, port: mpPort } }, { dst: { kind: 'ip', addr: addr2, port: mpPort } }],
     });
@@ -174,7 +162,7 @@ async function loopback(): Promise<Record<string, unknown>> {
   let second: Awaited<ReturnType<typeof startChild>> | undefined;
   try {
     const events: string[] = [];
-    const h = new NativeClientSession(
+    const h = new ClientSession(
       {
         transport: 'rdma', sessname: 'hbtest', paths: [{ dst: { kind: 'ip', addr, port: first.bound } }], queueDepth: 8,
         heartbeatMs: 200, heartbeatMissedMax: 3, reconnectDelayMs: 300, maxReconnectAttempts: -1,
@@ -224,7 +212,7 @@ async function serve(): Promise<void> {
 
 async function kernelServer(): Promise<Record<string, unknown>> {
   const dev = process.argv[4] ?? 'ram0';
-  const s = new NativeClientSession({ transport: 'rdma', sessname: 'usrclt', paths: [{ dst: { kind: 'ip', addr, port: 1234 } }], queueDepth: 64, heartbeatMs: 300 });
+  const s = new ClientSession({ transport: 'rdma', sessname: 'usrclt', paths: [{ dst: { kind: 'ip', addr, port: 1234 } }], queueDepth: 64, heartbeatMs: 300 });
   await s.connect(15_000);
   const result: Record<string, unknown> = { queueDepth: s.queueDepth, maxIoSize: s.maxIoSize };
   const deviceId = await adminOpen(s, dev, result);

@@ -6,7 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { TestClient, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 
@@ -69,10 +69,41 @@ test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async
   t.deepEqual(s[0]!.devices.map((d) => [d.device_id, d.io_mode]), [[o.rsp!.deviceId, 'fileio']]);
 
   child.kill('SIGTERM');
-  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 15_000))]);
+  const code = await raceTimeout(exited, 15_000, 'timeout');
   t.is(code, 0, stderr);
   t.regex(stderr, /SIGTERM: stopping/);
   t.regex(stderr, /stopped \(1 session\(s\) closed, 0 device\(s\) open\)/);
   t.false(existsSync(sock), 'control socket removed');
   t.not((await c.read(o.rsp!.deviceId, 0, 4096)).errno, 0, 'the session is gone with the server');
+});
+
+test('daemon: SIGINT is a clean stop too; a taken control socket is refused before serving', async (t) => {
+  const dir = tempDir(t, 'srvd');
+  const sock = join(dir, 'server.sock');
+  const start = () => {
+    const child = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    t.teardown(() => child.kill('SIGKILL'));
+    const out = { stderr: '' };
+    child.stderr!.on('data', (d: Buffer) => (out.stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    return { child, out, exited };
+  };
+  const a = start();
+  const deadline = Date.now() + 20_000;
+  while (!/listening on/.test(a.out.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.regex(a.out.stderr, /listening on 127\.0\.0\.1:\d+/);
+
+  // a second daemon on the same control socket: refused (EADDRINUSE), exit status = errno
+  const b = start();
+  const bcode = await raceTimeout(b.exited, 15_000, 'timeout');
+  t.is(bcode, 98, b.out.stderr);
+  t.regex(b.out.stderr, /ibnbd: EADDRINUSE: control socket .*server\.sock: a daemon is already listening/);
+
+  a.child.kill('SIGINT');
+  const code = await raceTimeout(a.exited, 15_000, 'timeout');
+  t.is(code, 0, a.out.stderr);
+  t.regex(a.out.stderr, /SIGINT: stopping/);
+  t.false(existsSync(sock));
 });

@@ -130,3 +130,13 @@ export function pattern(seed: number, offset: number, len: number): Buffer {
   for (let i = 0; i < len; i += 4) b.writeUInt32LE(((seed * 0x9e3779b1) ^ (offset + i)) >>> 0, i);
   return b;
 }
+
+/** `p`, or `fallback` after `ms`; the timer never outlives the race (it would hold the worker). */
+export async function raceTimeout<T, F>(p: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<F>((r) => (timer = setTimeout(() => r(fallback), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -81,6 +81,19 @@ for (const kind of ['file', 'loop'] as const) {
       t.true(rsp.logicalBlockSize >= 512 && rsp.physicalBlockSize >= rsp.logicalBlockSize);
       const id = rsp.deviceId;
 
+      // the descriptors really carry the io_mode: blockio one O_DIRECT descriptor; fileio a
+      // buffered reader and an O_DIRECT writer (ext4 and loop devices both have O_DIRECT)
+      const dev = [...running.server.sessions.values()][0]!.devices.get(id)!;
+      const direct = (fd: number) => (parseInt(/^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8) & 0o40000) !== 0;
+      if (ioMode === 'blockio') {
+        t.is(dev.fds.readFd, dev.fds.writeFd);
+        t.true(direct(dev.fds.readFd), 'blockio: O_DIRECT');
+      } else {
+        t.not(dev.fds.readFd, dev.fds.writeFd);
+        t.false(direct(dev.fds.readFd), 'fileio reads through the page cache');
+        t.true(direct(dev.fds.writeFd), 'fileio writes O_DIRECT');
+      }
+
       const tree = running.server.devices();
       t.is(tree.length, 1);
       t.is(tree[0]!.block_dev, blockDev);
@@ -211,4 +224,23 @@ test.serial('access-mode matrix across two sessions; a killed session releases i
   t.deepEqual(running.server.devices(), [], 'entry gone when the session died');
   const again = await a.open('disk', 'rw');
   t.is(again.errno, 0, 'writer released with the dead session');
+});
+
+test.serial('force-close over the wire: IO on the id fails, CLOSE frees it, a re-OPEN gets a new id', async (t) => {
+  const dir = tempDir(t, 'srvio');
+  sparseFile(join(dir, 'disk'), MiB);
+  const { running, port } = serve(t, dir);
+  const c = await client(t, port, 'fc');
+  const o = await c.open('disk', 'rw');
+  t.is(await c.write(o.rsp!.deviceId, 0, Buffer.alloc(4096, 1)), 0);
+  const name = running.server.devices()[0]!.name;
+  t.deepEqual(running.server.forceClose('fc', name), { sessname: 'fc', device_id: 0 });
+  t.is((await c.read(0, 0, 4096)).errno, E.ENOTCONN, 'IO on a force-closed id');
+  t.deepEqual(running.server.devices(), []);
+  const again = await c.open('disk', 'rw');
+  t.is(again.errno, 0, 'the writer was released');
+  t.is(again.rsp!.deviceId, 1, 'the force-closed id stays reserved');
+  t.is(await c.close_(0), 0);
+  t.deepEqual(running.server.sessionList()[0]!.closed_ids, []);
+  t.is((await c.read(1, 0, 4096)).data![0], 1, 'the data written before is there');
 });

@@ -3,7 +3,9 @@
 // TS Message union (src/backend/proto-native.ts).
 //   proto.decode(buf)            → message object, or { error: 'EPROTO', field: 'hdr.type' }
 //   proto.encode(msg, version?)  → Buffer; throws an Error with .code = errno name
+//   proto.decodeAs(buf, type)    → decode() through the typed decoder (DecodeIo, ...) of `type`
 //   proto.peek(buf)              → type name, or { error, field } (header-only check)
+//   proto.frameSize(buf, ver)    → bytes of the message whose header starts buf, or { error, field }
 //   proto.sizes                  → the C++ size constants
 #include <napi.h>
 
@@ -195,6 +197,35 @@ Napi::Value JsDecode(const Napi::CallbackInfo& info) {
   return MsgToJs(env, m);
 }
 
+// The typed decoders are what the data path calls (the server: DecodeIo on each request).
+int DecodeAs(MsgType type, const uint8_t* buf, size_t len, Msg* m, const char** field) {
+  m->type = type;
+  switch (type) {
+    case MsgType::kSessInfo: return DecodeSessInfo(buf, len, false, &m->sess_info, field);
+    case MsgType::kSessInfoRsp: return DecodeSessInfo(buf, len, true, &m->sess_info, field);
+    case MsgType::kOpen: return DecodeOpen(buf, len, &m->open, field);
+    case MsgType::kOpenRsp: return DecodeOpenRsp(buf, len, &m->open_rsp, field);
+    case MsgType::kIo: return DecodeIo(buf, len, &m->io, field);
+    case MsgType::kClose: return DecodeClose(buf, len, &m->close, field);
+  }
+  return -EPROTO;
+}
+
+Napi::Value JsDecodeAs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsString())
+    Invalid(env, "args", "expected (Buffer, type name)");
+  auto buf = info[0].As<Napi::Uint8Array>();
+  Napi::Object wrap = Napi::Object::New(env);
+  wrap.Set("type", info[1]);
+  int type = Index(env, wrap, "type", kTypeNames);
+  if (type < 0) Invalid(env, "type", "unknown message type name");
+  Msg m;
+  const char* field = nullptr;
+  if (int err = DecodeAs(MsgType(type), buf.Data(), buf.ByteLength(), &m, &field)) return ErrorResult(env, err, field);
+  return MsgToJs(env, m);
+}
+
 Napi::Value JsPeek(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsTypedArray()) Invalid(env, "buf", "expected a Buffer");
@@ -225,10 +256,24 @@ Napi::Value JsEncode(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, out, size);
 }
 
+Napi::Value JsFrameSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
+    Invalid(env, "args", "expected (Buffer, version)");
+  auto buf = info[0].As<Napi::Uint8Array>();
+  size_t size = 0;
+  const char* field = nullptr;
+  uint8_t ver = uint8_t(info[1].As<Napi::Number>().Uint32Value());
+  if (int err = FrameSize(buf.Data(), buf.ByteLength(), ver, &size, &field)) return ErrorResult(env, err, field);
+  return Napi::Number::New(env, double(size));
+}
+
 void Init(Napi::Env env, Napi::Object exports) {
   Napi::Object proto = Napi::Object::New(env);
   proto.Set("decode", Napi::Function::New(env, JsDecode, "decode"));
   proto.Set("encode", Napi::Function::New(env, JsEncode, "encode"));
+  proto.Set("decodeAs", Napi::Function::New(env, JsDecodeAs, "decodeAs"));
+  proto.Set("frameSize", Napi::Function::New(env, JsFrameSize, "frameSize"));
   proto.Set("peek", Napi::Function::New(env, JsPeek, "peek"));
   Napi::Object sizes = Napi::Object::New(env);
   sizes.Set("hdr", kHdrSize);

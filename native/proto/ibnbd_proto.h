@@ -25,7 +25,10 @@
 //   Decode        int DecodeX(const uint8_t* buf, size_t len, XMsg* out, const char** field = nullptr)
 //                 int Decode(const uint8_t* buf, size_t len, Msg* out, const char** field = nullptr)
 //                 int PeekHdr(const uint8_t* buf, size_t len, MsgType* type, const char** field)
-//                 Total: 0, or -errno with *field (if given) set to the offending field's name.
+//                 int FrameSize(const uint8_t* buf, size_t len, uint8_t ver, size_t* size, field)
+//                   (a stream framing: PeekHdr, then the size of that message for version `ver`)
+//                 Total: 0, or -errno with *field (if given) set to the offending field's name;
+//                 on error *out is left as it was (Decode sets only out->type).
 //                 `len` must be the message's exact length (the framing knows it); IO accepts
 //                 32 bytes (v2) or 24 bytes (v1, prio = 0).
 //
@@ -418,6 +421,16 @@ inline int PeekHdr(const uint8_t* buf, size_t len, MsgType* type, const char** f
   if (!IsKnownMsgType(t)) return detail::Fail(field, "hdr.type", EPROTO);
   if (LoadLe16(buf + 2) != 0) return detail::Fail(field, "hdr.padding", EPROTO);
   *type = MsgType(t);
+  return 0;
+}
+
+// For a byte stream without lengths: how many bytes the message starting at buf occupies, once
+// its 4-byte header is there (IO: 32 bytes for ver >= 2, 24 for ver 1).
+inline int FrameSize(const uint8_t* buf, size_t len, uint8_t ver, size_t* size,
+                     const char** field = nullptr) {
+  MsgType type;
+  if (int err = PeekHdr(buf, len, &type, field)) return err;
+  *size = type == MsgType::kIo ? IoWireSize(ver) : MsgSize(type);
   return 0;
 }
 

@@ -191,9 +191,10 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     }
   }
 
+  // No tsfn_.Release() here: at environment teardown Node closes thread-safe functions itself
+  // and a release from a finalizer would touch a closed one. stop() releases it.
   ~NativeServer() override {
     if (server_) server_->Stop();
-    if (!released_) tsfn_.Release();
   }
 
  private:
@@ -360,13 +361,10 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
   Napi::Value CloseSession(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto st = SessionOf(env, info[0]);
-    ServerSession* s = nullptr;
-    {
-      std::lock_guard<std::mutex> lk(handler_->mu_);
-      auto it = handler_->sessions_.find(st->session_id);
-      if (it != handler_->sessions_.end()) s = it->second.s;
-    }
-    if (s) s->Close();
+    // under the handler's lock: OnSessionDown (which ends the session object's life) waits
+    std::lock_guard<std::mutex> lk(handler_->mu_);
+    auto it = handler_->sessions_.find(st->session_id);
+    if (it != handler_->sessions_.end()) it->second.s->Close();
     return env.Undefined();
   }
 
@@ -420,6 +418,8 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       void Execute() override { s_->Stop(); }
       void OnOK() override {
         self_->tsfn_.Unref(Env());
+        self_->tsfn_.Release();
+        self_->released_ = true;
         self_->Unref();
         d_.Resolve(Env().Undefined());
       }

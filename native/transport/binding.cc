@@ -153,8 +153,8 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
       // never block the JS thread in a finalizer on network teardown: close on a helper thread
       std::thread([s] { s->Close(); }).detach();
     }
-    if (has_link_) link_tsfn_.Release();
-    req_tsfn_.Release();
+    // thread-safe functions are released by close(); at environment teardown Node closes
+    // them itself and a release from a finalizer would touch a closed one
   }
 
   std::shared_ptr<ClientSession> session() const { return session_; }
@@ -265,9 +265,19 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     auto s = session_;
+    if (closed_) {
+      auto d = Napi::Promise::Deferred::New(info.Env());
+      d.Resolve(info.Env().Undefined());
+      return d.Promise();
+    }
     closed_ = true;
-    auto* w = new BlockingWork(info.Env(), [s] {
-      if (s) s->Close();
+    auto link = link_tsfn_;
+    auto req = req_tsfn_;
+    bool has_link = has_link_;
+    auto* w = new BlockingWork(info.Env(), [s, link, req, has_link]() mutable {
+      if (s) s->Close();  // every completion has been queued to req by now
+      if (has_link) link.Release();
+      req.Release();
       return 0;
     }, "close");
     Napi::Promise p = w->Promise();

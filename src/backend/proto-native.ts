@@ -21,8 +21,10 @@ type NativeError = { error: string; field: string };
 
 interface NativeProto {
   decode(buf: Uint8Array): Message | NativeError;
+  decodeAs(buf: Uint8Array, type: MsgTypeName): Message | NativeError;
   encode(msg: Message, version?: number): Buffer;
   peek(buf: Uint8Array): MsgTypeName | NativeError;
+  frameSize(buf: Uint8Array, version: number): number | NativeError;
   sizes: NativeProtoSizes;
 }
 
@@ -41,6 +43,12 @@ export function nativeDecode(buf: Uint8Array): DecodeResult {
   return 'error' in r ? { ok: false, error: toProtocolError(r) } : { ok: true, msg: r };
 }
 
+/** The C++ typed decoder of `type` (DecodeIo, DecodeOpen, ...), as the data path calls it. */
+export function nativeDecodeAs(buf: Uint8Array, type: MsgTypeName): DecodeResult {
+  const r = proto().decodeAs(buf, type);
+  return 'error' in r ? { ok: false, error: toProtocolError(r) } : { ok: true, msg: r };
+}
+
 /** encode() of the C++ codec: throws an IbnbdError whose .code is the errno name. */
 export function nativeEncode(msg: Message, options: { version?: number } = {}): Buffer {
   try {
@@ -53,6 +61,12 @@ export function nativeEncode(msg: Message, options: { version?: number } = {}): 
 export function nativePeek(buf: Uint8Array): { ok: true; type: MsgTypeName } | { ok: false; error: ProtocolError } {
   const r = proto().peek(buf);
   return typeof r === 'string' ? { ok: true, type: r } : { ok: false, error: toProtocolError(r) };
+}
+
+/** C++ FrameSize: the size of the message whose header starts `buf` (IO by `version`). */
+export function nativeFrameSize(buf: Uint8Array, version: number): { ok: true; size: number } | { ok: false; error: ProtocolError } {
+  const r = proto().frameSize(buf, version);
+  return typeof r === 'number' ? { ok: true, size: r } : { ok: false, error: toProtocolError(r) };
 }
 
 export function nativeProtoSizes(): NativeProtoSizes {

@@ -167,6 +167,7 @@ export function peekHeader(buf: Uint8Array): { ok: true; type: MsgTypeName } | {
 }
 
 function checkHeader(buf: Uint8Array): MsgTypeName | Reject {
+  if (!(buf instanceof Uint8Array)) return reject('EINVAL', 'length', 'not a byte buffer');
   if (buf.length < HDR_SIZE) return reject('EINVAL', 'length', `${buf.length} bytes, shorter than the 4-byte header`);
   const t = buf[0]! | (buf[1]! << 8);
   const type = MSG_TYPES[t];
@@ -188,6 +189,7 @@ function checkLength(type: MsgTypeName, len: number): Reject | undefined {
  * Never throws: any malformed input gives { ok: false, error } with the errno of docs/protocol.md.
  */
 export function decode(buf: Uint8Array): DecodeResult {
+  if (!(buf instanceof Uint8Array)) return { ok: false, error: new ProtocolError('EINVAL', 'length', 'not a byte buffer') };
   const type = checkHeader(buf);
   if (type instanceof Reject) return { ok: false, error: type.error };
   const bad = checkLength(type, buf.length);

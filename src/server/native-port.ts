@@ -2,49 +2,13 @@
 // server: started with the daemon's options, its events passed on as ServerEvents, and the
 // NativePort the ExportServer drives (respond, attach/detach, in-flight counts, paths).
 // The only file here that knows the binding's shape.
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
-import { loadNative } from '../backend/native.js';
+import { toIbnbdError } from '../backend/errors.js';
+import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
+import { configureIoThreads, type Endpoint, type PathInfo } from '../backend/transport.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerOptions } from './options.js';
 import type { NativePort, ServerEvent } from './server.js';
 import type { AttachSpec } from './session.js';
-
-interface Endpoint {
-  kind: string;
-  addr: string;
-  port: number;
-}
-
-interface PathInfo {
-  src: string;
-  dst: string;
-  state: string;
-  inflight: number;
-}
-
-interface NativeStats {
-  sessions: Array<{
-    sessionId: string;
-    sessname: string;
-    paths: PathInfo[];
-    devices: Array<{ deviceId: number; inflight: number }>;
-  }>;
-}
-
-interface NativeServerObject {
-  start(): Endpoint[];
-  respond(requestId: number, errno: number, data?: Buffer): void;
-  attachDevice(sessionId: string, deviceId: number, spec: object): void;
-  detachDevice(sessionId: string, deviceId: number): Promise<void>;
-  closeSession(sessionId: string): void;
-  stats(): NativeStats;
-  stop(): Promise<void>;
-}
-
-interface Binding {
-  NativeServer: new (options: object, onEvent: (ev: Record<string, unknown>) => void) => NativeServerObject;
-  configureIoThreads(n: number): void;
-}
 
 export interface NativeServerHandle {
   port: NativePort;
@@ -59,7 +23,7 @@ function formatEndpoint(e: Endpoint): string {
 
 function toPaths(paths: unknown): SessionPathEntry[] {
   if (!Array.isArray(paths)) return [];
-  return (paths as PathInfo[]).map((p) => ({
+  return (paths as Array<Pick<PathInfo, 'src' | 'dst' | 'state' | 'inflight'>>).map((p) => ({
     src: String(p.src),
     dst: String(p.dst),
     state: String(p.state),
@@ -68,11 +32,11 @@ function toPaths(paths: unknown): SessionPathEntry[] {
 }
 
 /** Native events → ServerEvents; anything malformed is dropped (it would be a native bug). */
-function toServerEvent(ev: Record<string, unknown>): ServerEvent | null {
+function toServerEvent(ev: NativeServerEvent): ServerEvent | null {
   const sessionId = String(ev.sessionId ?? '');
   switch (ev.type) {
     case 'session-up':
-      return { type: 'session-up', sessionId, sessname: String(ev.sessname ?? ''), paths: toPaths(ev.paths) };
+      return { type: 'session-up', sessionId, sessname: String(ev.sessname), paths: toPaths(ev.paths) };
     case 'session-down':
       return { type: 'session-down', sessionId };
     case 'request':
@@ -91,21 +55,13 @@ function toServerEvent(ev: Record<string, unknown>): ServerEvent | null {
 }
 
 export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent) => void): NativeServerHandle {
-  const binding = loadNative<Partial<Binding>>();
-  if (typeof binding.NativeServer !== 'function' || typeof binding.configureIoThreads !== 'function') {
-    throw new IbnbdError('ENOSYS', 'the native addon has no NativeServer (rebuild with `npm run build`)');
-  }
+  configureIoThreads(opts.ioThreads);
+  let native: NativeServer;
   try {
-    binding.configureIoThreads(opts.ioThreads);
-  } catch (e) {
-    throw toIbnbdError(e);
-  }
-  let native: NativeServerObject;
-  try {
-    native = new binding.NativeServer(
+    native = new NativeServer(
       {
         transport: opts.transport ?? 'tcp',
-        listen: opts.listen.map((l) => ({ kind: 'ip', addr: l.host, port: l.port })),
+        listen: opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port })),
         queueDepth: opts.queueDepth,
         maxIoSize: opts.maxIoSize,
       },
@@ -122,11 +78,11 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
     bound = native.start();
   } catch (e) {
     void native.stop();
-    throw toIbnbdError(e);
+    throw e;
   }
 
   // One stats() snapshot serves a whole introspection pass (inflight/paths of every session).
-  let snapshot: Map<string, NativeStats['sessions'][number]> | null = null;
+  let snapshot: Map<string, NativeServerStats['sessions'][number]> | null = null;
   const statsOf = (sessionId: string) => {
     if (!snapshot) {
       snapshot = new Map(native.stats().sessions.map((s) => [String(s.sessionId), s]));

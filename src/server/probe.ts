@@ -6,6 +6,7 @@
 // through the descriptor itself (ioctls, a real fallocate test).
 import { fstatSync, readFileSync, readlinkSync, statfsSync } from 'node:fs';
 import { loadNative } from '../backend/native.js';
+import { probeDevice } from '../backend/server-native.js';
 import { IbnbdError } from '../backend/errors.js';
 import type { DeviceGeometry } from './exports.js';
 
@@ -26,11 +27,11 @@ type NativeProbe = (fd: number) => Partial<DeviceGeometry> & { sizeBytes: number
 
 let nativeProbe: NativeProbe | null | undefined;
 
+/** probeDevice of the addon; null only when the addon predates it (then sysfs answers). */
 function native(): NativeProbe | null {
   if (nativeProbe === undefined) {
     try {
-      const p = loadNative<{ probeDevice?: NativeProbe }>().probeDevice;
-      nativeProbe = typeof p === 'function' ? p : null;
+      nativeProbe = typeof loadNative<{ probeDevice?: unknown }>().probeDevice === 'function' ? probeDevice : null;
     } catch {
       nativeProbe = null;
     }

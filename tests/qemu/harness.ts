@@ -158,7 +158,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
   const cleanupDir = () => rmSync(dir, { recursive: true, force: true });
 
   let initrd: string;
-  let server: Server;
+  let server: Server | undefined;
   const controlSocket = join(dir, 'ctl.sock');
   let control: Socket | undefined;
   const pending: string[] = [];
@@ -173,19 +173,22 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
       },
       join(dir, 'initrd.cpio.gz'),
     );
-    server = createServer((sock) => {
+    const srv = createServer((sock) => {
       control = sock;
       sock.on('error', () => {});
       for (const l of pending.splice(0)) sock.write(l);
     });
+    server = srv;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(controlSocket, () => resolve());
+      srv.once('error', reject);
+      srv.listen(controlSocket, () => resolve());
     });
   } catch (e) {
+    server?.close();
     cleanupDir();
     throw e;
   }
+  const controlServer = server!;
 
   const args = qemuArgs({
     kernel: kernel.vmlinuz,
@@ -239,9 +242,10 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
   };
   child.stdout!.setEncoding('utf8');
   child.stdout!.on('data', (chunk: string) => {
-    const parts = (partial + chunk.replace(ESCAPES, '')).split('\n');
+    // strip escapes per whole line: a sequence may be split across chunks
+    const parts = (partial + chunk).split('\n');
     partial = parts.pop()!;
-    for (const p of parts) onLine(p);
+    for (const p of parts) onLine(p.replace(ESCAPES, ''));
   });
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (c: string) => {
@@ -263,9 +267,9 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
       ended = true;
       clearTimeout(timer);
       live.delete(child);
-      if (partial) onLine(partial), (partial = '');
+      if (partial) onLine(partial.replace(ESCAPES, '')), (partial = '');
       control?.destroy();
-      server.close();
+      controlServer.close();
       cleanupDir();
       for (const w of markWaiters) w.reject(new IbnbdError('EIO', `guest ended before mark "${w.text}"`));
       const begin = lines.indexOf(MARK.begin);

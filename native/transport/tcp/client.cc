@@ -618,8 +618,9 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
     close_all();
     return rc;
   }
+  // Held until the connections are installed: Close() then either sees them or runs first.
+  std::unique_lock<std::mutex> close_lk(close_mu_);
   {
-    std::lock_guard<std::mutex> lk(close_mu_);
     if (closed_.load()) {
       close_all();
       return -ECONNABORTED;
@@ -677,6 +678,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
     return reg_rc ? reg_rc : -ECONNRESET;
   }
   PathUp(p);
+  close_lk.unlock();
   return 0;
 }
 
@@ -889,8 +891,11 @@ void TcpClientSession::Close() {
     unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
     IoThreads::Get().loop(loop).Post([io] { io->done(io, -ECONNABORTED); });
   }
+  // Twice: completions posted while the first pass ran (a Submit that raced with Close) are
+  // delivered before Close returns, so callers may free what done() uses right after.
   IoThreads& pool = IoThreads::Get();
-  for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
 }
 
 std::vector<PathInfo> TcpClientSession::Paths() const {

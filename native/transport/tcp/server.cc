@@ -661,17 +661,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
       }
     }
   }
-  if (err) {
-    if (sess && sess->paths.size() == 1 && sess->open_conns == 0) {
-      std::shared_ptr<SrvPath> only;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (!sess->paths.empty()) only = sess->paths[0];
-      }
-      (void)only;
-    }
-    return Reject(pend, err, why);
-  }
+  if (err) return Reject(pend, err, why);
   if (fire_up) handler_->OnSessionUp(sess.get());
   HandshakeRsp rsp;
   rsp.queue_depth = sess->qd;

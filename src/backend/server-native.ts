@@ -1,0 +1,137 @@
+// Typed view of the native export server (native/server/binding.cc) and probeDevice.
+// IO never passes through here: only admin requests, session events and device tables.
+import { IbnbdError, toIbnbdError } from './errors.js';
+import { loadNative } from './native.js';
+import { checkEndpoint, type Endpoint, type PathInfo } from './transport.js';
+
+export interface NativeServerOptions {
+  transport: 'tcp' | 'rdma';
+  listen: Endpoint[];
+  queueDepth?: number;
+  maxIoSize?: number;
+  heartbeatMs?: number;
+  heartbeatMissedMax?: number;
+}
+
+export type NativeServerEvent =
+  | { type: 'session-up'; sessionId: string; sessname: string; uuid: string; paths: PathInfo[] }
+  | { type: 'session-down'; sessionId: string }
+  | { type: 'request'; sessionId: string; requestId: number; dir: 'read' | 'write'; usr: Buffer; dataLen: number };
+
+/** Descriptors are dup()ed by the native side: the caller may close its own after attaching. */
+export type AttachDeviceSpec = {
+  readOnly: boolean;
+  sizeBytes: number;
+  logicalBlockSize: number;
+  blockDevice: boolean;
+} & (
+  | { fd: number; fdDirect?: number; direct: boolean }
+  | { readFd: number; writeFd: number; readDirect: boolean; writeDirect: boolean }
+);
+
+export interface NativeServerStats {
+  sessions: {
+    sessionId: string;
+    sessname: string;
+    uuid: string;
+    paths: PathInfo[];
+    devices: { deviceId: number; inflight: number; readOnly: boolean; sizeBytes: number }[];
+  }[];
+  pendingRequests: number;
+}
+
+export interface DeviceProbe {
+  sizeBytes: number;
+  logicalBlockSize: number;
+  physicalBlockSize: number;
+  maxHwSectors: number;
+  maxDiscardSectors: number;
+  discardGranularity: number;
+  discardAlignment: number;
+  maxWriteZeroesSectors: number;
+  secureDiscard: boolean;
+  rotational: boolean;
+  writeCache: boolean;
+  fua: boolean;
+  isBlockDevice: boolean;
+}
+
+interface NativeServerRaw {
+  start(): Endpoint[];
+  respond(requestId: number, errno: number, data?: Buffer): void;
+  attachDevice(sessionId: string, deviceId: number, spec: AttachDeviceSpec): void;
+  detachDevice(sessionId: string, deviceId: number): Promise<void>;
+  closeSession(sessionId: string): void;
+  stats(): NativeServerStats;
+  stop(): Promise<void>;
+}
+
+interface ServerExports {
+  NativeServer: new (opts: NativeServerOptions, onEvent: (ev: NativeServerEvent) => void) => NativeServerRaw;
+  probeDevice(fd: number): DeviceProbe;
+}
+
+const native = (): ServerExports => loadNative<ServerExports>();
+
+function wrap<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw toIbnbdError(e);
+  }
+}
+
+function checkInt(name: string, v: unknown, min: number, max: number): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
+  }
+}
+
+export class NativeServer {
+  readonly #raw: NativeServerRaw;
+
+  constructor(opts: NativeServerOptions, onEvent: (ev: NativeServerEvent) => void) {
+    if (opts.transport !== 'tcp' && opts.transport !== 'rdma') throw new IbnbdError('EINVAL', "transport must be 'tcp' or 'rdma'");
+    if (!Array.isArray(opts.listen)) throw new IbnbdError('EINVAL', 'listen must be an array of endpoints');
+    opts.listen.forEach((ep, i) => checkEndpoint(`listen[${i}]`, ep));
+    checkInt('queueDepth', opts.queueDepth, 1, 65535);
+    checkInt('maxIoSize', opts.maxIoSize, 4096, 16 << 20);
+    checkInt('heartbeatMs', opts.heartbeatMs, 1, 3_600_000);
+    checkInt('heartbeatMissedMax', opts.heartbeatMissedMax, 0, 1000);
+    if (typeof onEvent !== 'function') throw new IbnbdError('EINVAL', 'onEvent must be a function');
+    this.#raw = wrap(() => new (native().NativeServer)(opts, onEvent));
+  }
+
+  /** Listens; returns the bound endpoints (port 0 → the ephemeral port). */
+  start(): Endpoint[] {
+    return wrap(() => this.#raw.start());
+  }
+  /** Answers a forwarded request: errno 0 or an errno number (either sign); data for READs. */
+  respond(requestId: number, errno: number, data?: Buffer): void {
+    wrap(() => this.#raw.respond(requestId, errno, data));
+  }
+  attachDevice(sessionId: string, deviceId: number, spec: AttachDeviceSpec): void {
+    checkInt('deviceId', deviceId, 0, 0xffffffff);
+    checkInt('logicalBlockSize', spec.logicalBlockSize, 512, 65536);
+    if (typeof spec.sizeBytes !== 'number' || spec.sizeBytes < 0) throw new IbnbdError('EINVAL', 'sizeBytes must be a non-negative number');
+    wrap(() => this.#raw.attachDevice(sessionId, deviceId, spec));
+  }
+  /** Resolves once no IO is in flight on the device any more. */
+  detachDevice(sessionId: string, deviceId: number): Promise<void> {
+    return wrap(() => this.#raw.detachDevice(sessionId, deviceId));
+  }
+  closeSession(sessionId: string): void {
+    wrap(() => this.#raw.closeSession(sessionId));
+  }
+  stats(): NativeServerStats {
+    return this.#raw.stats();
+  }
+  stop(): Promise<void> {
+    return this.#raw.stop();
+  }
+}
+
+export function probeDevice(fd: number): DeviceProbe {
+  return wrap(() => native().probeDevice(fd));
+}

@@ -1,0 +1,225 @@
+// Typed view of the native transport client (native/transport/binding.cc): NativeClientSession
+// for JS admin requests and tests, and the IO thread pool size. Options are validated here with
+// precise errors before the thin C++ class sees them.
+import { IbnbdError, toIbnbdError } from './errors.js';
+import { loadNative } from './native.js';
+
+export type TransportKind = 'tcp' | 'rdma';
+export type MpPolicy = 'min-inflight' | 'round-robin' | 'min-latency';
+export type LinkEvent = 'connected' | 'disconnected' | 'reconnected';
+export type PathState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
+
+export interface Endpoint {
+  kind: 'ip' | 'gid';
+  addr: string;
+  port: number;
+}
+
+export interface PathSpec {
+  src?: Endpoint;
+  dst: Endpoint;
+}
+
+export interface ClientSessionOptions {
+  transport: TransportKind;
+  sessname: string;
+  paths: PathSpec[];
+  queueDepth?: number;
+  maxIoSize?: number;
+  mpPolicy?: MpPolicy;
+  heartbeatMs?: number;
+  heartbeatMissedMax?: number;
+  reconnectDelayMs?: number;
+  maxReconnectAttempts?: number;
+}
+
+export interface PathInfo {
+  src: string;
+  dst: string;
+  state: PathState;
+  inflight: number;
+  reconnects: number;
+  hbRttNs: number;
+}
+
+export interface RequestSpec {
+  dir: 'read' | 'write';
+  usr: Buffer;
+  data?: Buffer;
+  readLen?: number;
+  /** zero copy: this Buffer is the write source / read destination (readLen/data ignored); on
+   *  RDMA it goes to the wire without the bounce pool when it lies in registered memory */
+  buffer?: Buffer;
+}
+
+export interface RequestResult {
+  /** 0 or a negative errno */
+  errno: number;
+  data?: Buffer;
+}
+
+interface NativeClientSessionClass {
+  new (opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void): NativeClientSessionRaw;
+}
+
+interface NativeClientSessionRaw {
+  connect(timeoutMs: number): Promise<void>;
+  request(r: RequestSpec): Promise<RequestResult>;
+  paths(): PathInfo[];
+  close(): Promise<void>;
+  readonly queueDepth: number;
+  readonly maxIoSize: number;
+  readonly uuid: string;
+  readonly connected: boolean;
+  readonly bounceCount: number;
+  registerMemory(b: Buffer): number;
+  unregisterMemory(handle: number): void;
+}
+
+interface TransportExports {
+  NativeClientSession: NativeClientSessionClass;
+  configureIoThreads(n: number): void;
+  ioThreadCount(): number;
+}
+
+const native = (): TransportExports => loadNative<TransportExports>();
+
+const MAX_USR_LEN = 512;
+
+function checkInt(name: string, v: unknown, min: number, max: number): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
+  }
+}
+
+export function checkEndpoint(name: string, ep: unknown): asserts ep is Endpoint {
+  const e = ep as Endpoint;
+  if (!e || typeof e !== 'object') throw new IbnbdError('EINVAL', `${name} must be {kind, addr, port}`);
+  if (e.kind !== 'ip' && e.kind !== 'gid') throw new IbnbdError('EINVAL', `${name}.kind must be 'ip' or 'gid'`);
+  if (typeof e.addr !== 'string' || e.addr.length === 0) throw new IbnbdError('EINVAL', `${name}.addr must be a non-empty string`);
+  checkInt(`${name}.port`, e.port, 0, 65535);
+}
+
+export function validateClientOptions(o: ClientSessionOptions): void {
+  if (o.transport !== 'tcp' && o.transport !== 'rdma') throw new IbnbdError('EINVAL', "transport must be 'tcp' or 'rdma'");
+  if (typeof o.sessname !== 'string' || o.sessname.length === 0 || Buffer.byteLength(o.sessname) > 256) {
+    throw new IbnbdError('EINVAL', 'sessname must be 1..256 bytes');
+  }
+  if (/[\x00-\x1f\x7f/]/.test(o.sessname) || o.sessname === '.' || o.sessname === '..') {
+    throw new IbnbdError('EINVAL', "sessname must not contain '/' or control characters");
+  }
+  if (!Array.isArray(o.paths) || o.paths.length === 0 || o.paths.length > 128) {
+    throw new IbnbdError('EINVAL', 'paths must list 1..128 paths');
+  }
+  o.paths.forEach((p, i) => {
+    checkEndpoint(`paths[${i}].dst`, p?.dst);
+    if (p.src !== undefined) checkEndpoint(`paths[${i}].src`, p.src);
+  });
+  checkInt('queueDepth', o.queueDepth, 1, 65535);
+  checkInt('maxIoSize', o.maxIoSize, 4096, 16 << 20);
+  checkInt('heartbeatMs', o.heartbeatMs, 1, 3_600_000);
+  checkInt('heartbeatMissedMax', o.heartbeatMissedMax, 0, 1000);
+  checkInt('reconnectDelayMs', o.reconnectDelayMs, 0, 86_400_000);
+  checkInt('maxReconnectAttempts', o.maxReconnectAttempts, -1, 1 << 30);
+  if (o.mpPolicy !== undefined && !['min-inflight', 'round-robin', 'min-latency'].includes(o.mpPolicy)) {
+    throw new IbnbdError('EINVAL', "mpPolicy must be 'min-inflight', 'round-robin' or 'min-latency'");
+  }
+}
+
+/** An RTRS-shaped client session over the native transport. */
+export class ClientSession {
+  readonly #raw: NativeClientSessionRaw;
+
+  constructor(opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void) {
+    validateClientOptions(opts);
+    try {
+      this.#raw = new (native().NativeClientSession)(opts, onLinkEvent);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+
+  /** The native object, for native components that take a session (UnwrapClientSession). */
+  get native(): unknown {
+    return this.#raw;
+  }
+
+  async connect(timeoutMs = 30_000): Promise<void> {
+    checkInt('timeoutMs', timeoutMs, 1, 3_600_000);
+    try {
+      await this.#raw.connect(timeoutMs);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+
+  /** One request; resolves with the transport's or the server's errno (never rejects for those). */
+  request(r: RequestSpec): Promise<RequestResult> {
+    if (r.dir !== 'read' && r.dir !== 'write') throw new IbnbdError('EINVAL', "dir must be 'read' or 'write'");
+    if (!Buffer.isBuffer(r.usr) || r.usr.length > MAX_USR_LEN) throw new IbnbdError('EINVAL', `usr must be a Buffer of at most ${MAX_USR_LEN} bytes`);
+    if (r.dir === 'write' && r.data !== undefined && !Buffer.isBuffer(r.data)) throw new IbnbdError('EINVAL', 'data must be a Buffer');
+    if (r.dir === 'read') checkInt('readLen', r.readLen ?? 0, 0, 16 << 20);
+    if (r.buffer !== undefined && !Buffer.isBuffer(r.buffer)) throw new IbnbdError('EINVAL', 'buffer must be a Buffer');
+    try {
+      return this.#raw.request(r);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+
+  paths(): PathInfo[] {
+    return this.#raw.paths();
+  }
+  get queueDepth(): number {
+    return this.#raw.queueDepth;
+  }
+  get maxIoSize(): number {
+    return this.#raw.maxIoSize;
+  }
+  get uuid(): string {
+    return this.#raw.uuid;
+  }
+  get connected(): boolean {
+    return this.#raw.connected;
+  }
+  close(): Promise<void> {
+    return this.#raw.close();
+  }
+
+  /** Registers memory for zero copy (RDMA: an MR per path; TCP: nothing to do). Returns a handle. */
+  registerMemory(b: Buffer): number {
+    if (!Buffer.isBuffer(b) || b.length === 0) throw new IbnbdError('EINVAL', 'registerMemory needs a non-empty Buffer');
+    try {
+      return this.#raw.registerMemory(b);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Only once no request uses the memory any more. */
+  unregisterMemory(handle: number): void {
+    try {
+      this.#raw.unregisterMemory(handle);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Requests whose data went through the transport's bounce buffers (unregistered memory). */
+  get bounceCount(): number {
+    return this.#raw.bounceCount;
+  }
+}
+
+/** Size of the process-wide IO thread pool; before any session or server exists (else EBUSY). */
+export function configureIoThreads(n: number): void {
+  checkInt('ioThreads', n, 1, 1024);
+  try {
+    native().configureIoThreads(n);
+  } catch (e) {
+    throw toIbnbdError(e);
+  }
+}
+
+export function ioThreadCount(): number {
+  return native().ioThreadCount();
+}
