@@ -10,6 +10,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
+import { buildInfo } from '../src/backend/native.js';
 import { ClientSession } from '../src/backend/transport.js';
 import { startServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
@@ -233,6 +234,7 @@ if (mode === 'serve') {
 } else {
   const result = mode === 'kernel-server' ? await kernelServer() : await loopback();
   step('done');
+  result.sanitize = buildInfo().sanitize;  // which addon build ran in the guest
   console.log(`RDMA-RESULT ${JSON.stringify(result)}`);
 }
 process.exit(0);

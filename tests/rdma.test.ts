@@ -12,7 +12,11 @@ import { runGuest, type GuestResult } from './qemu/harness.js';
 import { kernelRnbdModules } from './rdma-kernel-modules.js';
 
 const scenario = fileURLToPath(new URL('./rdma-guest-scenario.js', import.meta.url));
-const node = process.execPath;
+// the guest runs the host's node on the same addon build: under the sanitizer job, with ASan too
+const sanitizerEnv = process.env.IBNBD_SANITIZE === '1'
+  ? `env IBNBD_SANITIZE=1 LD_PRELOAD=${process.env.LD_PRELOAD ?? ''} ASAN_OPTIONS=${process.env.ASAN_OPTIONS ?? 'detect_leaks=0'} `
+  : '';
+const node = `${sanitizerEnv}${process.execPath}`;
 const RXE = 'rdma link add rxe0 type rxe netdev eth0 || exit 20';
 const GUEST = { mode: 'hostroot' as const, netdev: true, cpus: 2, memMiB: 1024, modules: ['crc32_generic', 'rdma_rxe', 'rdma_ucm', 'ib_uverbs', 'brd', 'dummy'] };
 // a second RDMA address in the same guest: a dummy netdev with its own rxe device
@@ -21,6 +25,7 @@ const SECOND = `{ ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type
 interface Run { size: number; qd: number; writeErrnos: number[]; readErrnos: number[]; readBackOk: boolean; backingOk: boolean }
 interface PathJs { state: string; hbRttNs: number; src: string; dst: string }
 interface Result {
+  sanitize: boolean;
   queueDepth: number;
   maxIoSize: number;
   sessInfo: { errno: number; type: string; ver: number };
@@ -47,6 +52,7 @@ function parseResult(t: import('ava').ExecutionContext, r: GuestResult): Result 
 }
 
 function checkIo(t: import('ava').ExecutionContext, res: Result, what: string) {
+  t.is(res.sanitize, process.env.IBNBD_SANITIZE === '1', 'the guest ran the same addon build as this job');
   t.is(res.sessInfo.errno, 0, `${what}: SESS_INFO answered`);
   t.is(res.sessInfo.type, 'SESS_INFO_RSP');
   t.is(res.sessInfo.ver, 2);

@@ -192,6 +192,15 @@ int RdmaClientSession::Connect(int timeout_ms) {
       raw->state = PathState::kClosed;
     }
   }
+  if (connected() && opts_.max_reconnect_attempts != 0) {
+    // as RTRS: once the session is open, paths that could not connect keep trying
+    std::lock_guard lock(reconnect_mu_);
+    for (auto& p : paths_) {
+      if (p->state != PathState::kClosed) continue;
+      p->state = PathState::kReconnecting;
+      p->reconnect_wanted = true;
+    }
+  }
   reconnect_thread_ = std::thread([this] { ReconnectThread(); });
   return connected() ? 0 : last;
 }
