@@ -708,7 +708,7 @@ void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop) 
 int RdmaClientSession::PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_id, bool* bounced) {
   uint8_t* iu = p->iu.data + size_t(buf_id) * kIuSize;
   uint32_t lkey_iu = p->iu.mr->lkey;
-  std::vector<LocalSeg> segs;
+  thread_local std::vector<LocalSeg> segs;  // per IO thread: no allocation per request
   bool zero_copy = Resolve(p, io, &segs);
   uint8_t* bounce = p->bounce.data + size_t(buf_id) * max_io_;
   auto use_bounce = [&] {
