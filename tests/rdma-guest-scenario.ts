@@ -203,6 +203,60 @@ async function loopback(): Promise<Record<string, unknown>> {
   return result;
 }
 
+// failover: IO streams over two paths; the second path's link goes down underneath; requests in
+// flight on it are re-issued on the first path with the same buffer id and all complete
+async function failover(): Promise<Record<string, unknown>> {
+  const addr2 = process.argv[4]!;
+  const dir = mkdtempSync('/tmp/rdma-export-');
+  const fileSize = 8 << 20;
+  const fd = openSync(join(dir, 'disk.img'), 'w');
+  ftruncateSync(fd, fileSize);
+  closeSync(fd);
+  const srv = exportServer(dir, 0, '[::]');
+  const port = Number(srv.bound[0]!.split(':').pop());
+  const events: string[] = [];
+  const m = new ClientSession(
+    {
+      transport: 'rdma', sessname: 'fotest', mpPolicy: 'round-robin', queueDepth: 64, heartbeatMs: 200, heartbeatMissedMax: 3,
+      reconnectDelayMs: 60_000, paths: [{ dst: { kind: 'ip', addr, port } }, { dst: { kind: 'ip', addr: addr2, port } }],
+    },
+    (ev) => events.push(ev),
+  );
+  await m.connect(15_000);
+  const result: Record<string, unknown> = {};
+  const dev = await adminOpen(m, 'disk.img', result);
+  const size = 65536;
+  const region = Buffer.alloc(64 * size);
+  m.registerMemory(region);
+  let errs = 0;
+  let done = 0;
+  let down = false;
+  const started = Date.now();
+  const worker = async (w: number) => {
+    for (let k = 0; Date.now() - started < 8000; k++) {
+      const b = region.subarray(w * size, (w + 1) * size);
+      fill(b, w * 100000 + k);
+      const off = (w * size) % fileSize;
+      const wr = await m.request({ dir: 'write', usr: ioMsg(dev, 'WRITE', off, size), buffer: b });
+      const copy = Buffer.from(b);
+      const rb = region.subarray((32 + w) * size, (33 + w) * size);
+      const rd = await m.request({ dir: 'read', usr: ioMsg(dev, 'READ', off, size), buffer: rb });
+      if (wr.errno || rd.errno || !rb.equals(copy)) errs++;
+      done++;
+      if (!down && Date.now() - started > 2000) {
+        down = true;
+        execFileSync('ip', ['link', 'set', 'dummy0', 'down']);
+        step('dummy0 down');
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, (_, w) => worker(w)));
+  result.failover = { done, errs, paths: m.paths(), events };
+  await m.close();
+  await srv.stop();
+  return result;
+}
+
 async function serve(): Promise<void> {
   const port = Number(process.argv[4] ?? '1234');
   const running = exportServer(process.argv[5]!, port);
@@ -232,7 +286,7 @@ async function kernelServer(): Promise<Record<string, unknown>> {
 if (mode === 'serve') {
   await serve();
 } else {
-  const result = mode === 'kernel-server' ? await kernelServer() : await loopback();
+  const result = mode === 'kernel-server' ? await kernelServer() : mode === 'failover' ? await failover() : await loopback();
   step('done');
   result.sanitize = buildInfo().sanitize;  // which addon build ran in the guest
   console.log(`RDMA-RESULT ${JSON.stringify(result)}`);

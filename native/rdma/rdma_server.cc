@@ -42,8 +42,14 @@ class RdmaServer;
 struct SrvSession;
 void RespondOnLoop(ServerIo* io, int err);
 
+struct SrvPath;
+struct Slot;
+
 struct SrvPath {
   SrvSession* sess = nullptr;
+  // request state by buffer id, per path as in rtrs-srv (ops_ids): a request failed over to
+  // another path keeps its buffer id while the old path may still hold it
+  std::unique_ptr<Slot[]> slots;
   uint8_t sess_uuid[16];
   uint16_t cid_num = 0;
   std::vector<std::unique_ptr<Conn>> conns;  // by cid (empty slots until connected)
@@ -81,7 +87,6 @@ struct SrvSession final : transport::ServerSession {
   uint32_t qd = 0, chunk_size = 0, mem_bits = 0;
   uint8_t* chunks = nullptr;
   size_t chunks_len = 0;
-  std::unique_ptr<Slot[]> slots;
   std::vector<SrvPath*> paths;  // live paths (owned by the server)
   bool up = false;
   std::atomic<uint64_t> inflight{0};
@@ -307,7 +312,6 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
     void* m = mmap(nullptr, ns->chunks_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -ENOMEM;
     ns->chunks = static_cast<uint8_t*>(m);
-    ns->slots.reset(new Slot[ns->qd]);
     s = ns.get();
     sessions_[key] = std::move(ns);
   } else {
@@ -325,6 +329,7 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
     memcpy(np->sess_uuid, req.sess_uuid, 16);
     np->cid_num = cid_num;
     np->conns.resize(cid_num);
+    np->slots.reset(new Slot[s->qd]);
     np->src = FormatSockaddr(rdma_get_peer_addr(id));
     np->dst = FormatSockaddr(rdma_get_local_addr(id));
     p = np.get();
@@ -658,7 +663,7 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   uint32_t off = payload & ((1u << s->mem_bits) - 1);
   // the rtrs message must lie inside the chunk; anything else is a broken peer
   if (buf_id >= s->qd || off + sizeof(wire::MsgWrite) > s->chunk_size) return RequestClose(p);
-  Slot& slot = s->slots[buf_id];
+  Slot& slot = p->slots[buf_id];
   if (slot.busy.exchange(true)) return RequestClose(p);  // buffer reused before its response
   uint8_t* chunk = s->chunks + size_t(buf_id) * s->chunk_size;
   uint16_t type, usr_len;
