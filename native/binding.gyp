@@ -63,6 +63,49 @@
       "cflags_cc": ["-std=gnu++20", "-fexceptions", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers", "-pthread"],
       "ldflags": ["-Wl,-z,now", "-pthread"],
       "libraries": ["-libverbs", "-lrdmacm", "-luring"]
+    },
+    # Benchmark tools (C, outside the addon: the addon's source glob takes *.cc only).
+    # ibnbd-blkio-bench: libblkio load generator for any vhost-user-blk socket (ours and peers).
+    {
+      "target_name": "ibnbd-blkio-bench",
+      "type": "executable",
+      "sources": ["tools/blkio_bench.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread"],
+      "ldflags": ["-pthread"],
+      "libraries": ["-lblkio"]
+    },
+    # ibnbd-tcp-probe: raw TCP loopback round trip, the physical floor of our TCP hop.
+    {
+      "target_name": "ibnbd-tcp-probe",
+      "type": "executable",
+      "sources": ["tools/tcp_probe.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
+    },
+    # nodelay_shim.so: LD_PRELOAD'ed into qemu-nbd so its accepted sockets get TCP_NODELAY.
+    {
+      "target_name": "nodelay_shim",
+      "type": "shared_library",
+      "product_extension": "so",
+      "sources": ["tools/nodelay_shim.c"],
+      "cflags": ["-std=gnu11", "-fPIC", "-Wall", "-Wextra", "-Werror"],
+      "libraries": ["-ldl"]
+    },
+    {
+      # The libblkio vhost-user-blk client used by tests and benchmarks (native/tools/). C, so
+      # the addon's "every .cc" source list does not pick it up.
+      "target_name": "ibnbd-blkio",
+      "type": "executable",
+      "sources": ["tools/ibnbd-blkio.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-sign-compare", "-pthread"],
+      "ldflags": ["-pthread"],
+      "libraries": ["-lblkio"]
+    },
+    {
+      # A hand-written vhost-user front-end for malformed-message tests (native/tools/).
+      "target_name": "ibnbd-vhost-raw",
+      "type": "executable",
+      "sources": ["tools/ibnbd-vhost-raw.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-result"]
     }
   ]
 }

@@ -147,36 +147,72 @@ if ! dpkg-query -W -f='${Version}' libblkio-dev 2>/dev/null | grep -q "^$LIBBLKI
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 4. Guest kernel for tests/qemu: the linux-image-6.1.0-N-amd64 that linux-image-amd64 names.
+# 4. Guest kernel for tests/qemu: the linux-image-6.1.0-N-amd64 that linux-image-amd64 names, at
+#    an upload whose linux-headers-6.1.0-N-amd64 and linux-source-6.1 exist too (step 4b builds the
+#    kernel's rnbd/rtrs modules from them, and only the same upload gives matching vermagic/CRCs).
 gk="$cache/guest-kernel"
-if [ ! -f "$gk/.ok" ]; then
+has_version() { apt-cache madison "$1" 2>/dev/null | awk -v v="$2" '$3 == v { f = 1 } END { exit !f }'; }
+kernel_upload() {
+  # prints "linux-image-<kver> <version>"
+  local pkg ver v p
   pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
-  [ -n "$pkg" ] || { apt-get update -qq; pkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"; }
-  [ -n "$pkg" ] || { log "cannot resolve the guest kernel package"; exit 1; }
-  log "downloading guest kernel $pkg"
+  [ -n "$pkg" ] || return 1
+  ver="$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2; exit }')"
+  if has_version "linux-headers-${pkg#linux-image-}" "$ver" && has_version linux-source-6.1 "$ver"; then
+    echo "$pkg $ver"; return 0
+  fi
+  # the newest source upload that still has an image and headers of the same version
+  for v in $(apt-cache madison linux-source-6.1 | awk '{ print $3 }'); do
+    for p in $(apt-cache pkgnames linux-image-6.1.0- | grep -E '^linux-image-6\.1\.0-[0-9]+-amd64$' | sort -t- -k4,4nr); do
+      if has_version "$p" "$v" && has_version "linux-headers-${p#linux-image-}" "$v"; then echo "$p $v"; return 0; fi
+    done
+  done
+  return 1
+}
+image_version() {
+  # uploads before this step recorded it carry it only in the changelog ("Sign kernel from linux V")
+  [ -f "$gk/version" ] || zcat "$gk/root/usr/share/doc/linux-image-$(cat "$gk/kver")/changelog.gz" 2>/dev/null \
+    | awk 'NR == 1 { v = $2; gsub(/[()]/, "", v) } /Sign kernel from linux / { v = $NF } END { print v }' > "$gk/version"
+  cat "$gk/version"
+}
+fetch_guest_kernel() {
+  local pkg ver kver
+  read -r pkg ver < <(kernel_upload) || true
+  if [ -z "${pkg:-}" ]; then apt-get update -qq; read -r pkg ver < <(kernel_upload) || true; fi
+  [ -n "${pkg:-}" ] || { log "cannot resolve a guest kernel with headers and source of the same upload"; exit 1; }
+  log "downloading guest kernel $pkg=$ver"
   rm -rf "$gk.tmp" && mkdir -p "$gk.tmp/deb"
-  ( cd "$gk.tmp/deb" && apt-get -o APT::Sandbox::User=root download -qq "$pkg" )
+  ( cd "$gk.tmp/deb" && apt-get -o APT::Sandbox::User=root download -qq "$pkg=$ver" )
   dpkg-deb -x "$gk.tmp/deb"/*.deb "$gk.tmp/root"
   kver="${pkg#linux-image-}"
   /bin/busybox depmod -b "$gk.tmp/root" "$kver" 2>/dev/null || depmod -b "$gk.tmp/root" "$kver"
   echo "$kver" > "$gk.tmp/kver"
+  echo "$ver" > "$gk.tmp/version"
   rm -rf "$gk.tmp/deb"
   rm -rf "$gk" && mv "$gk.tmp" "$gk"
   echo "$pkg" > "$gk/.ok"
-fi
+}
+[ -f "$gk/.ok" ] || fetch_guest_kernel
 
-# ---------------------------------------------------------------------------------------------
-# 4b. The kernel's own RTRS/RNBD as peers of our RDMA transport (tests/rdma.test.ts, LAB.md §7):
-# Debian ships no rtrs/rnbd modules; tests build them out of tree (tests/rdma-kernel-modules.ts)
-# from linux-source against the guest kernel's headers, same upload so vermagic matches.
-kver="$(cat "$gk/kver")"
-for p in "linux-headers-$kver" "linux-source-$(echo "$kver" | cut -d. -f1,2)"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    log "installing $p"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
+# 4b. The kernel's own RNBD/RTRS modules for that guest kernel, the peer of the interop tests
+#     (scripts/build-kernel-rnbd.sh). Cached next to the kernel, never committed; the stamp names the
+#     upload and the recipe, so a second run builds nothing.
+rnbd_recipe="$(sha256sum "$here/build-kernel-rnbd.sh" | cut -c1-16)"
+rnbd_stamp() { echo "$(cat "$gk/kver") $(image_version) $rnbd_recipe"; }
+if [ ! -f "$gk/rnbd/.ok" ] || [ "$(cat "$gk/rnbd/.ok")" != "$(rnbd_stamp)" ]; then
+  kver="$(cat "$gk/kver")"; ver="$(image_version)"
+  if ! { has_version "linux-headers-$kver" "$ver" && has_version linux-source-6.1 "$ver"; }; then
+    apt-get update -qq
+    if ! { has_version "linux-headers-$kver" "$ver" && has_version linux-source-6.1 "$ver"; }; then
+      # the cached image's upload left the archive: move kernel, headers and source to one that exists
+      log "guest kernel $kver=$ver has no headers/source of the same upload any more; re-resolving"
+      fetch_guest_kernel
+      kver="$(cat "$gk/kver")"; ver="$(image_version)"
+    fi
   fi
-done
+  bash "$here/build-kernel-rnbd.sh" "$kver" "$ver" "$gk/rnbd"
+  rnbd_stamp > "$gk/rnbd/.ok"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. Node dependencies (only when missing or when package.json changed).

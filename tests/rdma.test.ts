@@ -9,7 +9,7 @@ import test from 'ava';
 import { fileURLToPath } from 'node:url';
 import { loadNative, linkProbe } from '../src/backend/native.js';
 import { runGuest, type GuestResult } from './qemu/harness.js';
-import { kernelRnbdModules } from './rdma-kernel-modules.js';
+import { kernelRnbdDir } from './qemu/rnbd-kernel.js';
 
 const scenario = fileURLToPath(new URL('./rdma-guest-scenario.js', import.meta.url));
 // the guest runs the host's node on the same addon build: under the sanitizer job, with ASan too
@@ -146,7 +146,7 @@ test.serial('soft-RoCE guest: two paths, one loses its link under IO; requests f
 
 test.serial("soft-RoCE guest: the kernel's RTRS/RNBD as peer — its rnbd-client maps our export, our client uses its rnbd-server", async (t) => {
   t.timeout(300_000);
-  const ko = kernelRnbdModules();
+  const ko = kernelRnbdDir();  // built by scripts/setup.sh step 4b
   const script = `${RXE}
 B=$(command -v busybox)
 K=/tmp/kmod

@@ -2,6 +2,8 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IbnbdError } from '../backend/errors.js';
+import * as clientCommands from './commands/client.js';
+import * as libvirtCommands from './commands/libvirt.js';
 import * as mapCommands from './commands/map.js';
 import * as serverCommands from './commands/server.js';
 import { cliError, errorLine, exitCodeOf, helpTopic } from './util.js';
@@ -13,9 +15,9 @@ interface CommandModule {
 // Each module adds its commands; the order here is the order in `ibnbd --help`.
 const COMMAND_MODULES: readonly CommandModule[] = [
   mapCommands, // map, unmap, list, show: talk to the client daemon
+  libvirtCommands, // libvirt-xml: the <disk> element of a mapped device
+  clientCommands, // ibnbd client: the client daemon
   serverCommands, // ibnbd server [opts] (the export daemon), server devices|sessions|force-close
-  // The daemons register here too (their helpers add these lines):
-  //   clientCommands from './commands/client.js'  (ibnbd client ...)
 ];
 
 function packageVersion(): string {

@@ -1,0 +1,104 @@
+// Command line of the bench runner. Every value is checked here, with a message naming the flag.
+import { WORKLOADS } from './workloads.js';
+
+export const TARGET_IDS = ['a', 'b', 'c', 'd', 'e'] as const;
+export type TargetId = (typeof TARGET_IDS)[number];
+
+export interface BenchOptions {
+  quick: boolean;
+  rdma: boolean;
+  rounds: number;
+  runtimeMs: number;
+  rampMs: number;
+  timeoutMs: number;
+  fileBytes: number;
+  fileDir: string;
+  outDir: string | undefined;
+  targets: TargetId[];
+  workloads: string[];
+  seed: number;
+  ioThreads: number | undefined;
+  keep: boolean;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+  --quick               smoke run: 1 round, 400 ms per run, 64 MiB file
+  --rounds N            interleaved rounds (default 3; medians are reported)
+  --runtime-ms T        measured time per run (default 3000)
+  --ramp-ms T           unmeasured warm-up per run (default 300)
+  --timeout-ms T        longest wait for any single completion (default 10000)
+  --size BYTES          data file size (default 1G; k/M/G suffixes)
+  --file-dir DIR        where the data file lives (default /dev/shm: tmpfs is page cache only)
+  --out DIR             results folder (default results/<timestamp>)
+  --targets a,b,c,d,e   which targets (default all)
+  --workloads ID,...    ${WORKLOADS.map((w) => w.id).join(',')}
+  --seed N              seed of the IO pattern (default 1)
+  --io-threads N        passed to our server and client daemons
+  --keep                keep the work folder (logs, sockets)
+  --rdma                RDMA transport (not implemented yet)`;
+
+function positive(flag: string, v: string | undefined, min = 1): number {
+  if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new Error(`${flag}: expected an integer >= ${min}, got ${v ?? 'nothing'}`);
+  return Number(v);
+}
+
+function size(flag: string, v: string | undefined): number {
+  const m = v === undefined ? null : /^(\d+)([kKmMgG]?)$/.exec(v);
+  if (!m) throw new Error(`${flag}: expected a size like 1G or 64M, got ${v ?? 'nothing'}`);
+  const shift = { '': 0, k: 10, m: 20, g: 30 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+  const n = Number(m[1]) * 2 ** shift;
+  if (n < 1 << 20 || n % 4096) throw new Error(`${flag}: at least 1M and a multiple of 4096`);
+  return n;
+}
+
+export function parseOptions(argv: string[]): BenchOptions {
+  const o: BenchOptions = {
+    quick: false, rdma: false, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
+    fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...TARGET_IDS],
+    workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, keep: false,
+  };
+  const explicit = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    const value = (): string | undefined => argv[++i];
+    explicit.add(flag);
+    switch (flag) {
+      case '--quick': o.quick = true; break;
+      case '--rdma': o.rdma = true; break;
+      case '--keep': o.keep = true; break;
+      case '--rounds': o.rounds = positive(flag, value()); break;
+      case '--runtime-ms': o.runtimeMs = positive(flag, value(), 50); break;
+      case '--ramp-ms': o.rampMs = positive(flag, value(), 0); break;
+      case '--timeout-ms': o.timeoutMs = positive(flag, value(), 100); break;
+      case '--size': o.fileBytes = size(flag, value()); break;
+      case '--file-dir': o.fileDir = value() ?? ''; if (!o.fileDir) throw new Error('--file-dir: expected a folder'); break;
+      case '--out': o.outDir = value(); if (!o.outDir) throw new Error('--out: expected a folder'); break;
+      case '--seed': o.seed = positive(flag, value(), 0); break;
+      case '--io-threads': o.ioThreads = positive(flag, value()); break;
+      case '--targets': {
+        const list = (value() ?? '').split(',').filter(Boolean);
+        const bad = list.filter((t) => !(TARGET_IDS as readonly string[]).includes(t));
+        if (!list.length || bad.length) throw new Error(`--targets: expected some of ${TARGET_IDS.join(',')}, got ${bad.join(',') || 'nothing'}`);
+        o.targets = TARGET_IDS.filter((t) => list.includes(t));
+        break;
+      }
+      case '--workloads': {
+        const list = (value() ?? '').split(',').filter(Boolean);
+        const known = WORKLOADS.map((w) => w.id);
+        const bad = list.filter((w) => !known.includes(w));
+        if (!list.length || bad.length) throw new Error(`--workloads: unknown ${bad.join(',') || '(empty list)'}; known: ${known.join(',')}`);
+        o.workloads = known.filter((w) => list.includes(w));
+        break;
+      }
+      case '--help': case '-h': throw new Error(USAGE);
+      default: throw new Error(`unknown option ${flag}\n${USAGE}`);
+    }
+  }
+  if (o.quick) {
+    if (!explicit.has('--rounds')) o.rounds = 1;
+    if (!explicit.has('--runtime-ms')) o.runtimeMs = 400;
+    if (!explicit.has('--ramp-ms')) o.rampMs = 100;
+    if (!explicit.has('--size')) o.fileBytes = 64 << 20;
+  }
+  return o;
+}

@@ -1,0 +1,299 @@
+// The five targets of the benchmark issue. Each starts its daemons once, serves every workload
+// through the same client program, and names the processes whose CPU time is charged to it.
+//   a  ours: ibnbd server + client over TCP loopback, the client's vhost-user-blk socket
+//   b  qemu-storage-daemon vhost-user-blk export of the file (iothread, aio=io_uring): the ceiling
+//   c  qsd NBD client -> qemu-nbd over TCP loopback, TCP_NODELAY forced on qemu-nbd's sockets
+//   d  qsd NBD client -> qemu-nbd over a unix socket
+//   e  raw TCP loopback probe (one thread a side, TCP_NODELAY): the floor of our TCP hop
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { BenchOptions, TargetId } from './options.js';
+import { Daemon, fileExists, freePort, runTool, tcpAccepts, waitFor, type ToolResult } from './procs.js';
+import { isReadLike, type Workload } from './workloads.js';
+
+export interface BenchContext {
+  opts: BenchOptions;
+  root: string;       // repository root
+  work: string;       // sockets and logs
+  file: string;       // the data file every target serves
+  tools: { blkio: string; probe: string; shim: string };
+}
+
+export interface Target {
+  readonly id: TargetId;
+  readonly name: string;
+  readonly description: string;
+  /** facts worth printing next to the figures (e.g. that the shim is really loaded) */
+  readonly notes: string[];
+  start(ctx: BenchContext): Promise<void>;
+  daemons(): Daemon[];
+  run(w: Workload, ctx: BenchContext): Promise<ToolResult>;
+  stop(): Promise<void>;
+}
+
+const START_TIMEOUT_MS = 20000;
+
+function toolTimeout(ctx: BenchContext): number {
+  return ctx.opts.rampMs + ctx.opts.runtimeMs + 3 * ctx.opts.timeoutMs + 10000;
+}
+
+function qsdExportArgs(socket: string): string[] {
+  return ['--export', `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${socket},writable=on,iothread=iot0`];
+}
+
+/** Targets the libblkio client drives through a vhost-user-blk socket. */
+abstract class VhostTarget implements Target {
+  abstract readonly id: TargetId;
+  abstract readonly name: string;
+  abstract readonly description: string;
+  readonly notes: string[] = [];
+  protected procs: Daemon[] = [];
+  protected socket = '';
+
+  abstract start(ctx: BenchContext): Promise<void>;
+
+  daemons(): Daemon[] {
+    return this.procs;
+  }
+
+  async run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
+    const o = ctx.opts;
+    const r = await runTool(ctx.tools.blkio, [
+      '--path', this.socket, '--rw', w.rw, '--bs', String(w.bs), '--qd', String(w.qd), '--queues', '1',
+      '--runtime-ms', String(o.runtimeMs), '--ramp-ms', String(o.rampMs), '--seed', String(o.seed),
+      '--timeout-ms', String(o.timeoutMs),
+    ], toolTimeout(ctx));
+    if (r.ok) r.submitted = Number(r.submitted_reads) + Number(r.submitted_writes);
+    return r;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.procs].reverse().map((d) => d.stop()));
+  }
+}
+
+class QsdLocal extends VhostTarget {
+  readonly id = 'b' as const;
+  readonly name = 'qsd vhost-user-blk';
+  readonly description = 'qemu-storage-daemon vhost-user-blk export of the file, iothread, aio=io_uring (local ceiling)';
+  async start(ctx: BenchContext): Promise<void> {
+    this.socket = join(ctx.work, 'b-vhost.sock');
+    const qsd = new Daemon('qsd(b)', 'qemu-storage-daemon', [
+      '--object', 'iothread,id=iot0',
+      '--blockdev', `driver=file,node-name=f0,filename=${ctx.file},aio=io_uring,locking=off`,
+      '--blockdev', 'driver=raw,node-name=d0,file=f0',
+      ...qsdExportArgs(this.socket),
+    ], join(ctx.work, 'b-qsd.log'));
+    this.procs = [qsd];
+    await waitFor('qsd (b)', START_TIMEOUT_MS, fileExists(this.socket), this.procs);
+  }
+}
+
+/** qemu-nbd serving the file, and qsd's NBD client re-exporting it as vhost-user-blk. */
+abstract class QsdOverNbd extends VhostTarget {
+  protected abstract nbdListenArgs(ctx: BenchContext): Promise<string[]>;
+  protected abstract nbdServerOption(): string;
+  protected abstract nbdReady(): () => boolean | Promise<boolean>;
+  protected nbdEnv(_ctx: BenchContext): NodeJS.ProcessEnv {
+    return process.env;
+  }
+
+  async start(ctx: BenchContext): Promise<void> {
+    this.socket = join(ctx.work, `${this.id}-vhost.sock`);
+    const listen = await this.nbdListenArgs(ctx);
+    const nbd = new Daemon(`qemu-nbd(${this.id})`, 'qemu-nbd', [
+      '--image-opts', `driver=raw,file.driver=file,file.filename=${ctx.file},file.locking=off,file.aio=io_uring`,
+      '--cache=writeback', '--persistent', '--shared=8', '--export-name=bench', ...listen,
+    ], join(ctx.work, `${this.id}-qemu-nbd.log`), this.nbdEnv(ctx));
+    this.procs = [nbd];
+    await waitFor(`qemu-nbd (${this.id})`, START_TIMEOUT_MS, this.nbdReady(), this.procs);
+    const qsd = new Daemon(`qsd(${this.id})`, 'qemu-storage-daemon', [
+      '--object', 'iothread,id=iot0',
+      '--blockdev', `driver=nbd,node-name=d0,${this.nbdServerOption()},export=bench`,
+      ...qsdExportArgs(this.socket),
+    ], join(ctx.work, `${this.id}-qsd.log`));
+    this.procs.push(qsd);
+    await waitFor(`qsd (${this.id})`, START_TIMEOUT_MS, fileExists(this.socket), this.procs);
+  }
+}
+
+class NbdTcp extends QsdOverNbd {
+  readonly id = 'c' as const;
+  readonly name = 'qsd→qemu-nbd TCP';
+  readonly description =
+    "qsd NBD client -> qemu-nbd over TCP loopback, TCP_NODELAY forced on qemu-nbd's accepted sockets by an LD_PRELOAD shim " +
+    '(its best TCP configuration: as shipped, qemu-nbd 7.2 leaves Nagle on and pipelined replies stall on delayed ACKs)';
+  private port = 0;
+  protected override async nbdListenArgs(): Promise<string[]> {
+    this.port = await freePort();
+    return ['--bind=127.0.0.1', `--port=${this.port}`];
+  }
+  protected override nbdServerOption(): string {
+    return `server.type=inet,server.host=127.0.0.1,server.port=${this.port}`;
+  }
+  protected override nbdReady() {
+    return tcpAccepts('127.0.0.1', this.port);
+  }
+  protected override nbdEnv(ctx: BenchContext): NodeJS.ProcessEnv {
+    return { ...process.env, LD_PRELOAD: ctx.tools.shim };
+  }
+  override async start(ctx: BenchContext): Promise<void> {
+    await super.start(ctx);
+    // the comparison is only fair if the shim really is in qemu-nbd: check its memory map
+    const maps = readFileSync(`/proc/${this.procs[0]!.pid}/maps`, 'utf8');
+    const loaded = maps.includes(basename(ctx.tools.shim));
+    if (!loaded) throw new Error(`TCP_NODELAY shim ${ctx.tools.shim} is not loaded in qemu-nbd`);
+    this.notes.push(`TCP_NODELAY shim loaded in qemu-nbd (pid ${this.procs[0]!.pid}): yes`);
+  }
+}
+
+class NbdUnix extends QsdOverNbd {
+  readonly id = 'd' as const;
+  readonly name = 'qsd→qemu-nbd unix';
+  readonly description = 'qsd NBD client -> qemu-nbd over a unix socket';
+  private path = '';
+  protected override async nbdListenArgs(ctx: BenchContext): Promise<string[]> {
+    this.path = join(ctx.work, 'd-nbd.sock');
+    return [`--socket=${this.path}`];
+  }
+  protected override nbdServerOption(): string {
+    return `server.type=unix,server.path=${this.path}`;
+  }
+  protected override nbdReady() {
+    return fileExists(this.path);
+  }
+}
+
+class TcpProbe implements Target {
+  readonly id = 'e' as const;
+  readonly name = 'raw TCP probe';
+  readonly description =
+    'raw TCP loopback probe, one thread a side, TCP_NODELAY: 32-byte request -> block-size reply for reads, ' +
+    '32-byte header + block -> 32-byte reply for writes (the physical floor of our TCP hop)';
+  readonly notes: string[] = [];
+  private server: Daemon | undefined;
+  private port = 0;
+
+  async start(ctx: BenchContext): Promise<void> {
+    this.port = await freePort();
+    this.server = new Daemon('tcp-probe server', ctx.tools.probe, ['server', '--listen', `127.0.0.1:${this.port}`], join(ctx.work, 'e-probe.log'));
+    await waitFor('tcp probe server', START_TIMEOUT_MS, tcpAccepts('127.0.0.1', this.port), [this.server]);
+  }
+
+  daemons(): Daemon[] {
+    return this.server ? [this.server] : [];
+  }
+
+  run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
+    const o = ctx.opts;
+    const shape = isReadLike(w.rw) ? ['--resp-bytes', String(w.bs)] : ['--req-payload', String(w.bs), '--resp-bytes', '32'];
+    return runTool(ctx.tools.probe, [
+      'client', '--connect', `127.0.0.1:${this.port}`, '--qd', String(w.qd), ...shape,
+      '--runtime-ms', String(o.runtimeMs), '--ramp-ms', String(o.rampMs), '--timeout-ms', String(o.timeoutMs),
+    ], toolTimeout(ctx));
+  }
+
+  async stop(): Promise<void> {
+    await this.server?.stop();
+  }
+}
+
+/**
+ * Ours: `ibnbd server` exporting the data file's folder, `ibnbd client` mapping it over TCP
+ * loopback with io_mode=fileio (reads through the page cache, as the peers do), then the same
+ * libblkio client on the vhost-user-blk socket the map reply names.
+ */
+class Ours extends VhostTarget {
+  readonly id = 'a' as const;
+  name = 'ours (ibnbd TCP)';
+  readonly description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client';
+
+  /** Why ours cannot run in this build, or undefined when it can. */
+  static unavailableReason(root: string): string | undefined {
+    return Ours.cliMissing(root, 'server', ['--listen', '--dev-search-path', '--control']);
+  }
+
+  // an unknown sub-command's --help prints the top-level help and exits 0: look for the options
+  // the bench passes instead
+  private static cliMissing(root: string, cmd: string, needs: string[]): string | undefined {
+    const r = spawnSync(process.execPath, [join(root, 'bin', 'ibnbd.js'), cmd, '--help'], { encoding: 'utf8', timeout: 15000 });
+    const missing = needs.filter((n) => !r.stdout?.includes(n));
+    return r.status !== 0 || missing.length ? `\`ibnbd ${cmd}\` (with ${needs.join(' ')}) is not in this build yet` : undefined;
+  }
+
+  async start(ctx: BenchContext): Promise<void> {
+    const cli = join(ctx.root, 'bin', 'ibnbd.js');
+    const port = await freePort();
+    const serverControl = join(ctx.work, 'a-server.ctl');
+    const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
+    const server = new Daemon('ibnbd server', process.execPath, [
+      cli, 'server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', dirname(ctx.file), '--control', serverControl, ...threads,
+    ], join(ctx.work, 'a-server.log'));
+    this.procs = [server];
+    await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
+    const noClient = Ours.cliMissing(ctx.root, 'client', ['--control', '--run-dir']);
+    if (noClient) await this.startStandIn(ctx, port, noClient);
+    else await this.startClientDaemon(ctx, port, threads);
+    this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
+  }
+
+  private async startClientDaemon(ctx: BenchContext, port: number, threads: string[]): Promise<void> {
+    const cli = join(ctx.root, 'bin', 'ibnbd.js');
+    const clientControl = join(ctx.work, 'a-client.ctl');
+    const client = new Daemon('ibnbd client', process.execPath, [
+      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), ...threads,
+    ], join(ctx.work, 'a-client.log'));
+    this.procs.push(client);
+    await waitFor('ibnbd client', START_TIMEOUT_MS, fileExists(clientControl), this.procs);
+    const map = spawnSync(process.execPath, [
+      cli, 'map', `sessname=bench path=ip:127.0.0.1:${port} device_path=${basename(ctx.file)} io_mode=fileio`,
+      '--control', clientControl, '--json',
+    ], { encoding: 'utf8', timeout: START_TIMEOUT_MS });
+    if (map.status !== 0) throw new Error(`ibnbd map failed: ${(map.stderr || map.stdout || String(map.error)).trim()}`);
+    const reply = JSON.parse(map.stdout) as { device?: { socket?: string }; socket?: string };
+    const socket = reply.device?.socket ?? reply.socket;
+    if (!socket) throw new Error(`ibnbd map: no socket in the reply ${map.stdout.trim()}`);
+    this.socket = socket;
+    await waitFor('vhost-user socket of ours', START_TIMEOUT_MS, fileExists(socket), this.procs);
+  }
+
+  /** The client daemon's native objects without its control plane (bench/ours-client-standin.ts). */
+  private async startStandIn(ctx: BenchContext, port: number, why: string): Promise<void> {
+    this.socket = join(ctx.work, 'a-vhost.sock');
+    const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
+    const standIn = new Daemon('ibnbd client stand-in', process.execPath, [
+      join(ctx.root, 'dist', 'bench', 'ours-client-standin.js'),
+      '--port', String(port), '--device', basename(ctx.file), '--socket', this.socket, ...threads,
+    ], join(ctx.work, 'a-client-standin.log'));
+    this.procs.push(standIn);
+    await waitFor('ours (client stand-in)', START_TIMEOUT_MS, fileExists(this.socket), this.procs);
+    this.name = 'ours (stand-in client)';
+    this.notes.push(
+      `client STAND-IN: ${why}, so the client side is bench/ours-client-standin.ts — the client daemon's own native ` +
+      'objects (NativeClientSession over TCP, SESS_INFO + OPEN io_mode=fileio, VhostBlk) without its control plane; the IO path is the real one',
+    );
+  }
+}
+
+export function makeTarget(id: TargetId): Target {
+  switch (id) {
+    case 'a': return new Ours();
+    case 'b': return new QsdLocal();
+    case 'c': return new NbdTcp();
+    case 'd': return new NbdUnix();
+    case 'e': return new TcpProbe();
+  }
+}
+
+export function oursUnavailableReason(root: string): string | undefined {
+  return Ours.unavailableReason(root);
+}
+
+/**
+ * Hook for `--rdma` (later): ours over RTRS on soft-RoCE (LAB.md §4) against the same peers,
+ * plus an RDMA floor (ib_send_lat/ib_write_bw from perftest) in place of target e.
+ */
+export function rdmaTargets(): never {
+  throw new Error('--rdma: the RDMA benchmark is not implemented yet (hook: rdmaTargets() in bench/targets.ts)');
+}

@@ -1,0 +1,26 @@
+// The workloads of `npm run bench` (from the benchmark issue): 4 KiB random read and write at
+// QD1 and QD32, 128 KiB sequential read and write at QD8. One queue each, fixed seed.
+export type Rw = 'randread' | 'randwrite' | 'read' | 'write' | 'randrw';
+
+export interface Workload {
+  id: string;
+  label: string;
+  rw: Rw;
+  bs: number;
+  qd: number;
+  /** the figure the chart and the summary lead with */
+  headline: 'iops' | 'mbps';
+}
+
+export const WORKLOADS: readonly Workload[] = [
+  { id: 'randread-4k-qd1', label: '4 KiB randread QD1', rw: 'randread', bs: 4096, qd: 1, headline: 'iops' },
+  { id: 'randread-4k-qd32', label: '4 KiB randread QD32', rw: 'randread', bs: 4096, qd: 32, headline: 'iops' },
+  { id: 'randwrite-4k-qd1', label: '4 KiB randwrite QD1', rw: 'randwrite', bs: 4096, qd: 1, headline: 'iops' },
+  { id: 'randwrite-4k-qd32', label: '4 KiB randwrite QD32', rw: 'randwrite', bs: 4096, qd: 32, headline: 'iops' },
+  { id: 'read-128k-qd8', label: '128 KiB seq read QD8', rw: 'read', bs: 131072, qd: 8, headline: 'mbps' },
+  { id: 'write-128k-qd8', label: '128 KiB seq write QD8', rw: 'write', bs: 131072, qd: 8, headline: 'mbps' },
+];
+
+export function isReadLike(rw: Rw): boolean {
+  return rw === 'randread' || rw === 'read';
+}

@@ -1,0 +1,80 @@
+// One vhost-user-blk back-end per mapped device: the listening unix socket, at most one
+// front-end connection at a time (libvhost-user VuDev), and the virtqueues, whose requests go
+// to the IBNBD server through the session's transport without entering JavaScript.
+//
+// Threading (the design choice, see also the top of vhost_blk_device.cc): every piece of a
+// device — accept, vhost-user message dispatch, kick handling, pop, transport submit,
+// completion, push — runs on ONE IoThreads loop, the device's home loop (devices are spread
+// over the pool round-robin). libvhost-user is not thread-safe, and with a single owner thread
+// no lock is needed anywhere on the per-IO path. The transport contract (submit and complete on
+// the same IO thread) is met because that loop is an IoThreads loop. The public methods below
+// may be called from any thread; they hop to the home loop.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transport/transport.h"
+#include "vhost/blk_limits.h"
+
+namespace ibnbd {
+class EventLoop;
+}
+
+namespace ibnbd::vhost {
+
+struct QueueStats {
+  uint64_t requests = 0;  // completed requests (any status)
+  uint64_t read_bytes = 0;
+  uint64_t write_bytes = 0;
+  uint64_t errors = 0;  // completed with IOERR or UNSUPP
+  uint64_t splits = 0;  // requests that needed more than one IBNBD data request
+  uint64_t inflight = 0;
+};
+
+struct DeviceStats {
+  std::vector<QueueStats> queues;
+  uint64_t connections = 0;     // front-ends accepted so far
+  uint64_t protocol_errors = 0;  // front-ends disconnected for a malformed message or ring
+};
+
+class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
+ public:
+  // type: "connected", "disconnected", "error"; detail: human-readable. Called on the home loop.
+  using EventFn = std::function<void(const std::string& type, const std::string& detail)>;
+
+  VhostBlkDevice(BlkLimits limits, std::string socket_path,
+                 std::shared_ptr<transport::ClientSession> session, EventFn on_event);
+  ~VhostBlkDevice();
+
+  // Creates the listening socket (mode 0600; a stale socket file is replaced, any other file
+  // is EEXIST, a live listener EADDRINUSE) and starts accepting. 0 or -errno.
+  int Start();
+  bool frontend_connected() const { return connected_.load(); }
+  // Disconnects the front-end, answering its in-flight requests with VIRTIO_BLK_S_IOERR.
+  // Returns true if one was connected. Blocking (hops to the home loop); not from that loop.
+  bool DisconnectFrontend();
+  // Stops listening (socket file removed), disconnects the front-end, then waits up to
+  // timeout_ms for requests still at the transport. Idempotent. true when fully drained.
+  bool Close(int timeout_ms);
+  DeviceStats Stats() const;
+  const BlkLimits& limits() const { return limits_; }
+
+  struct Impl;  // the loop-side state (vhost_blk_device.cc)
+
+ private:
+  BlkLimits limits_;
+  std::string socket_path_;
+  std::shared_ptr<transport::ClientSession> session_;
+  EventFn on_event_;
+  EventLoop* loop_;
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> closed_{false};
+  std::unique_ptr<Impl> impl_;
+  friend struct Impl;
+};
+
+}  // namespace ibnbd::vhost

@@ -1,0 +1,56 @@
+// `ibnbd libvirt-xml <device>`: the <disk type='vhostuser'> element for a mapped device, asked of the
+// client daemon (its socket path and queue count), for `virsh attach-device` or a domain's <devices>.
+import type { Command } from 'commander';
+import { IbnbdError } from '../../backend/errors.js';
+import { libvirtDiskXml, libvirtDomainXml, libvirtMemoryBackingXml } from '../../libvirt/xml.js';
+import { addControlOptions, checkDeviceArg, sendRequest, type ControlOptions } from '../util.js';
+
+interface LibvirtFlags extends ControlOptions {
+  target: string;
+  queues?: string;
+  domain?: string;
+}
+
+export function register(program: Command): void {
+  addControlOptions(
+    program
+      .command('libvirt-xml')
+      .summary('print the libvirt <disk> element of a mapped device')
+      .description(
+        "Print the <disk type='vhostuser'> element of a mapped device. The domain must back its memory " +
+          "with shared memfd (<memoryBacking>, printed as a note, or a whole domain with --domain NAME).",
+      )
+      .argument('<device>', 'the mapping name or device_id')
+      .option('--target <vdX>', 'guest device name', 'vda')
+      .option('--queues <n>', 'virtqueues (default: the mapping\'s)')
+      .option('--domain <name>', 'print a minimal whole domain with this disk instead'),
+  ).action(async (device: string, flags: LibvirtFlags) => {
+    const result = await sendRequest(flags, { cmd: 'show', device: checkDeviceArg(device) });
+    const dev = (result as { device?: { socket?: unknown; queues?: unknown } }).device;
+    if (!dev || typeof dev.socket !== 'string' || typeof dev.queues !== 'number') {
+      throw new IbnbdError('EPROTO', 'the daemon answered show without a socket and queue count');
+    }
+    let queues = dev.queues;
+    if (flags.queues !== undefined) {
+      if (!/^\d+$/.test(flags.queues)) throw new IbnbdError('EINVAL', `--queues: '${flags.queues}' is not a number`);
+      queues = Number(flags.queues);
+      if (queues < 1 || queues > dev.queues) {
+        throw new IbnbdError('EINVAL', `--queues: ${queues} is not within 1..${dev.queues} (the mapping's queue count)`);
+      }
+    }
+    const disk = { socketPath: dev.socket, target: flags.target, queues };
+    if (flags.domain !== undefined) {
+      process.stdout.write(libvirtDomainXml({ name: flags.domain, disks: [disk] }));
+      return;
+    }
+    const xml = libvirtDiskXml(disk);
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify({ disk: xml, memoryBacking: libvirtMemoryBackingXml() })}\n`);
+      return;
+    }
+    process.stdout.write(`${xml}\n`);
+    process.stderr.write(
+      `note: the domain needs shared guest memory for vhost-user:\n${libvirtMemoryBackingXml()}\n`,
+    );
+  });
+}
