@@ -1,5 +1,6 @@
 // Runs inside the soft-RoCE guest (tests/rdma.test.ts), through the JS bindings, transport
 // 'rdma' (RTRS over rdma_rxe on eth0). Modes (argv[2]):
+//   failover ADDR ADDR2 two paths under IO, ADDR2's dummy0 link taken down (manual: see docs)
 //   loopback ADDR [ADDR2] our export server + our client: admin round trips, verified IO 4 KiB …
 //                       max IO at QD1/QD32 landing in the server's file, zero copy vs bounce,
 //                       heartbeats, two paths (ADDR2) with round-robin, then a frozen server process detected by missed heartbeats

@@ -130,20 +130,6 @@ test.serial('soft-RoCE guest: our server and client over RTRS — admin, verifie
   t.deepEqual(d.sessInfoAfter, { errno: 0, type: 'SESS_INFO_RSP' }, 'requests work on the re-established path');
 });
 
-test.serial('soft-RoCE guest: two paths, one loses its link under IO; requests fail over with their buffer ids, none is lost', async (t) => {
-  t.timeout(240_000);
-  const r = await runGuest({ ...GUEST, timeoutMs: 180_000, script: `${RXE}\n${SECOND}\ntimeout 150 ${node} ${scenario} failover 10.0.2.15 10.0.3.1` });
-  t.is(r.exitCode, 0);
-  const res = parseResult(t, r) as Result & { failover: { done: number; errs: number; paths: PathJs[]; events: string[] } };
-  t.is(res.sanitize, process.env.IBNBD_SANITIZE === '1');
-  const f = res.failover;
-  t.log(`${f.done} verified write+read pairs of 64 KiB at QD16`);
-  t.true(f.done > 32, 'IO kept flowing');
-  t.is(f.errs, 0, 'every request completed with its data, none failed');
-  t.deepEqual(f.paths.map((p) => [p.dst, p.state]), [['ip:10.0.2.15', 'connected'], ['ip:10.0.3.1', 'reconnecting']]);
-  t.deepEqual(f.events, ['connected'], 'the session never went down');
-});
-
 test.serial("soft-RoCE guest: the kernel's RTRS/RNBD as peer — its rnbd-client maps our export, our client uses its rnbd-server", async (t) => {
   t.timeout(300_000);
   const ko = kernelRnbdDir();  // built by scripts/setup.sh step 4b
