@@ -16,6 +16,7 @@
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
 #include "server/io_path.h"
+#include "rdma/rdma_transport.h"
 #include "transport/options.h"
 #include "transport/transport.h"
 
@@ -185,7 +186,8 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     if (!server_) {
       tsfn_.Release();
       released_ = true;
-      ThrowErrno(env, err, "cannot create a " + transport + " server");
+      ThrowErrno(env, err, "cannot create a " + transport + " server" +
+                               (transport == "rdma" ? std::string(": ") + rdma::LastRdmaError() : ""));
     }
   }
 

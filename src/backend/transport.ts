@@ -47,6 +47,9 @@ export interface RequestSpec {
   usr: Buffer;
   data?: Buffer;
   readLen?: number;
+  /** zero copy: this Buffer is the write source / read destination (readLen/data ignored); on
+   *  RDMA it goes to the wire without the bounce pool when it lies in registered memory */
+  buffer?: Buffer;
 }
 
 export interface RequestResult {
@@ -68,6 +71,9 @@ interface NativeClientSessionRaw {
   readonly maxIoSize: number;
   readonly uuid: string;
   readonly connected: boolean;
+  readonly bounceCount: number;
+  registerMemory(b: Buffer): number;
+  unregisterMemory(handle: number): void;
 }
 
 interface TransportExports {
@@ -154,6 +160,7 @@ export class ClientSession {
     if (!Buffer.isBuffer(r.usr) || r.usr.length > MAX_USR_LEN) throw new IbnbdError('EINVAL', `usr must be a Buffer of at most ${MAX_USR_LEN} bytes`);
     if (r.dir === 'write' && r.data !== undefined && !Buffer.isBuffer(r.data)) throw new IbnbdError('EINVAL', 'data must be a Buffer');
     if (r.dir === 'read') checkInt('readLen', r.readLen ?? 0, 0, 16 << 20);
+    if (r.buffer !== undefined && !Buffer.isBuffer(r.buffer)) throw new IbnbdError('EINVAL', 'buffer must be a Buffer');
     try {
       return this.#raw.request(r);
     } catch (e) {
@@ -178,6 +185,28 @@ export class ClientSession {
   }
   close(): Promise<void> {
     return this.#raw.close();
+  }
+
+  /** Registers memory for zero copy (RDMA: an MR per path; TCP: nothing to do). Returns a handle. */
+  registerMemory(b: Buffer): number {
+    if (!Buffer.isBuffer(b) || b.length === 0) throw new IbnbdError('EINVAL', 'registerMemory needs a non-empty Buffer');
+    try {
+      return this.#raw.registerMemory(b);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Only once no request uses the memory any more. */
+  unregisterMemory(handle: number): void {
+    try {
+      this.#raw.unregisterMemory(handle);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Requests whose data went through the transport's bounce buffers (unregistered memory). */
+  get bounceCount(): number {
+    return this.#raw.bounceCount;
   }
 }
 

@@ -60,7 +60,7 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
   try {
     native = new NativeServer(
       {
-        transport: 'tcp',
+        transport: opts.transport ?? 'tcp',
         listen: opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port })),
         queueDepth: opts.queueDepth,
         maxIoSize: opts.maxIoSize,
