@@ -5,7 +5,7 @@
 // processes, libblkio (ibnbd-blkio) as the VM, bytes checked in the server's file.
 import test, { type ExecutionContext } from 'ava';
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from './daemons.js';
 import { blkio, expectedPattern, fileBytes, MiB, sparseFile, tempDir } from './vhost-helpers.js';
@@ -31,13 +31,13 @@ async function waitState(t: ExecutionContext, client: ClientDaemon, device: stri
   }
 }
 
-async function setup(t: ExecutionContext, files: string[]) {
+async function setup(t: ExecutionContext, files: string[], clientOpts = FAST) {
   const dir = tempDir(t, 'reconn');
   const exportsDir = join(dir, 'exports');
   await mkdir(exportsDir);
   for (const f of files) sparseFile(join(exportsDir, f), 32 * MiB);
   const server = await startServerDaemon(t, dir, exportsDir);
-  const client = await startClientDaemon(t, dir, FAST);
+  const client = await startClientDaemon(t, dir, clientOpts);
   const map = async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control])).device;
   /** A new server process on the same address and search path (the old one must be gone). */
   const restartServer = async () => {
@@ -110,10 +110,15 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
   await s.server.stop();
   await waitState(t, s.client, gone.name, 'closed', 10_000);
   await rm(join(s.exportsDir, 'gone.img'));
+  await truncate(join(s.exportsDir, 'kept.img'), 48 * MiB); // grown while the server was down
   const server2 = await s.restartServer();
 
   const keptOpen = await waitState(t, s.client, kept.name, 'open', 15_000);
   t.log(`kept.img re-opened as server device ${keptOpen.server_device_id} (was ${kept.server_device_id}; gone.img had ${gone.server_device_id})`);
+  t.is(keptOpen.size, 48 * MiB, 'the re-OPEN updated the capacity');
+  t.regex(s.client.log(), /ibnbd1: capacity changed from 33554432 to 50331648 bytes/);
+  const info = await blkio(['--path', kept.socket, 'info']);
+  t.is(info.json.capacity, 48 * MiB, 'a front-end sees the new capacity');
   const goneShown = await show(s.client, gone.name);
   t.is(goneShown.state, 'closed');
   t.regex(goneShown.state_reason, /re-OPEN after reconnect failed: .*no such device/);
@@ -138,6 +143,37 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
   const srv = (await ibnbd(['server', 'devices', '--control', server2.control])).stdout;
   t.regex(srv, /kept\.img/);
   t.notRegex(srv, /gone\.img/);
+});
+
+test.serial('re-OPEN refused with EPERM (another client took the device for writing) leaves the device closed with that reason', async (t) => {
+  // a long reconnect delay so the other client can map between two of our attempts
+  const s = await setup(t, ['shared.img'], ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '4000']);
+  const otherDir = join(s.dir, 'other');
+  await mkdir(otherDir);
+  const other = await startClientDaemon(t, otherDir, FAST);
+  const dev = await s.map(`sessname=ours path=${s.path} device_path=shared.img`);
+
+  await s.server.stop();
+  await waitState(t, s.client, dev.name, 'closed', 10_000);
+  // right after a failed attempt: the next one is ~4 s away
+  const end = Date.now() + 15_000;
+  while ((await show(s.client, dev.name)).path_states[0].reconnects < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  await s.restartServer();
+  const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs path=${s.path} device_path=shared.img`, '--control', other.control]);
+  t.is(theirs.device.state, 'open');
+
+  const end2 = Date.now() + 15_000;
+  let shown = await show(s.client, dev.name);
+  while (!/re-OPEN/.test(shown.state_reason) && Date.now() < end2) {
+    await new Promise((r) => setTimeout(r, 100));
+    shown = await show(s.client, dev.name);
+  }
+  t.is(shown.state, 'closed');
+  t.regex(shown.state_reason, /re-OPEN after reconnect failed: .*access mode conflict/);
+  const w = await blkio(['--path', dev.socket, '--timeout-ms', '8000', ...pattern(51, 0, 2, 4096), 'write']);
+  t.is(w.code, 1, 'IO on the closed device fails');
+  const un = await ibnbd(['unmap', dev.name, '--control', s.client.control]);
+  t.is(un.code, 0, un.stderr);
 });
 
 test('client daemon: reconnect options are validated', async (t) => {
