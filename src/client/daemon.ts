@@ -91,7 +91,12 @@ export class ClientDaemon {
   async start(): Promise<void> {
     configureIoThreads(this.opts.ioThreads);
     await this.control.listen();
-    this.log(`client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}`);
+    const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
+    this.log(
+      `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, ` +
+        `lost paths redialled every ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms ` +
+        (attempts < 0 ? 'forever' : `at most ${attempts} times`),
+    );
   }
 
   stop(): Promise<void> {
