@@ -79,8 +79,9 @@ export interface ServerDaemon extends Daemon {
   port: number;
 }
 
-export async function startServerDaemon(t: ExecutionContext, dir: string, searchPath: string, extra: string[] = []): Promise<ServerDaemon> {
-  const port = await freePort();
+/** port: a given one (a restart on the same address), else a free one. */
+export async function startServerDaemon(t: ExecutionContext, dir: string, searchPath: string, extra: string[] = [], port?: number): Promise<ServerDaemon> {
+  port ??= await freePort();
   const control = join(dir, `server-${port}.sock`);
   const d = await startDaemon(t, ['server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', searchPath, '--control', control, ...extra], control);
   return { ...d, port };

@@ -7,6 +7,8 @@
 //   disconnectFrontend() → Promise<boolean> in-flight requests answered with IOERR
 //   stats() → { queues: [...], connections, protocolErrors, ... totals }
 //   close() → Promise<boolean>              true when every transport request drained
+//   setServerDeviceId(id | null)            the id of a re-OPEN; null: not open, IO fails IOERR
+//   setSizeBytes(n)                         the size a re-OPEN reported
 #include <napi.h>
 
 #include <memory>
@@ -70,6 +72,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
          InstanceAccessor<&NativeVhostBlk::FrontendConnected>("frontendConnected"),
          InstanceMethod<&NativeVhostBlk::DisconnectFrontend>("disconnectFrontend"),
          InstanceMethod<&NativeVhostBlk::Stats>("stats"),
+         InstanceMethod<&NativeVhostBlk::SetServerDeviceId>("setServerDeviceId"),
+         InstanceMethod<&NativeVhostBlk::SetSizeBytes>("setSizeBytes"),
          InstanceMethod<&NativeVhostBlk::Close>("close")});
     exports.Set("NativeVhostBlk", f);
   }
@@ -179,6 +183,31 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
+  }
+
+  Napi::Value SetServerDeviceId(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    if (info[0].IsNull()) {
+      device_->SetServerDeviceId(std::nullopt);
+      return env.Undefined();
+    }
+    if (!info[0].IsNumber()) ThrowErrno(env, EINVAL, "deviceId must be a number or null");
+    double d = info[0].As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= UINT32_MAX) || d != double(uint64_t(d))) ThrowErrno(env, EINVAL, "deviceId out of range");
+    device_->SetServerDeviceId(uint32_t(d));
+    return env.Undefined();
+  }
+
+  Napi::Value SetSizeBytes(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    double d = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (!(d > 0 && d <= 9007199254740991.0) || d != double(uint64_t(d)) || uint64_t(d) % kSectorSize ||
+        uint64_t(d) % device_->limits().logical_block_size)
+      ThrowErrno(env, EINVAL, "sizeBytes must be a positive multiple of the logical block size");
+    device_->SetSizeBytes(uint64_t(d));
+    return env.Undefined();
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
