@@ -2,23 +2,11 @@
 // for JS admin requests and tests, and the IO thread pool size. Options are validated here with
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from './errors.js';
+import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
 import { loadNative } from './native.js';
 
-export type TransportKind = 'tcp' | 'rdma';
-export type MpPolicy = 'min-inflight' | 'round-robin' | 'min-latency';
 export type LinkEvent = 'connected' | 'disconnected' | 'reconnected';
 export type PathState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
-
-export interface Endpoint {
-  kind: 'ip' | 'gid';
-  addr: string;
-  port: number;
-}
-
-export interface PathSpec {
-  src?: Endpoint;
-  dst: Endpoint;
-}
 
 export interface ClientSessionOptions {
   transport: TransportKind;
