@@ -7,7 +7,8 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { controlRequest } from '../src/control/index.js';
 import { ibnbd, ibnbdJson, rssBytes, startClientDaemon, startServerDaemon } from './daemons.js';
-import { blkio, expectedPattern, fileBytes, MiB, sparseFile, tempDir } from './vhost-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { blkio, expectedPattern, fileBytes, MiB } from './vhost-helpers.js';
 
 async function setup(t: ExecutionContext, files: Record<string, number>, clientExtra: string[] = []) {
   const dir = tempDir(t, 'clientd');

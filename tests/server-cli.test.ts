@@ -10,7 +10,8 @@ import { ControlServer } from '../src/control/index.js';
 import { serverCommands } from '../src/server/control-commands.js';
 import { probe } from '../src/server/probe.js';
 import { ExportServer, type NativePort } from '../src/server/server.js';
-import { openMsg, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { openMsg } from './server-helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 

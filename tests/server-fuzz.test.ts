@@ -22,7 +22,8 @@ import {
   encodeHandshakeReq,
   type FrameKind,
 } from '../src/transport/tcp-frames.js';
-import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TestClient, pattern, raceTimeout } from './server-helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 const TARGET = 100_000;

@@ -2,23 +2,7 @@
 // teardown), and IBNBD admin message bytes.
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { encode, type AccessMode, type IoMode } from '../src/proto/ibnbd.js';
-
-export function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `ibnbd-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-export function sparseFile(path: string, size: number): string {
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
 
 /** A loop device over `file`, detached in teardown (registered before anything can fail). */
 export function loopDevice(t: ExecutionContext, file: string): string {

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
-import { TestClient, loopDevice, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TestClient, loopDevice, pattern } from './server-helpers.js';
 
 const E = constants.errno;
 const MiB = 1 << 20;

@@ -9,7 +9,8 @@ import { decode, type OpenRspMsg } from '../src/proto/ibnbd.js';
 import { ExportServer, type NativePort } from '../src/server/server.js';
 import type { AttachSpec } from '../src/server/session.js';
 import { probe } from '../src/server/probe.js';
-import { closeMsg, loopDevice, openMsg, sessInfo, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { closeMsg, loopDevice, openMsg, sessInfo } from './server-helpers.js';
 
 const E = constants.errno;
 

@@ -3,8 +3,7 @@
 // client (native/build/<cfg>/ibnbd-blkio) and the raw vhost-user front-end (ibnbd-vhost-raw).
 import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadNative, projectRoot, sanitizerBuild } from '../src/backend/native.js';
 import { VhostBlk, type VhostBlkOptions, type VhostEvent } from '../src/backend/vhost.js';
@@ -12,22 +11,10 @@ import { decode, encode, type OpenRspMsg } from '../src/proto/ibnbd.js';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
+import { sparseFile, tempDir } from './fixtures.js';
 
 export const MiB = 1 << 20;
 export const IO_THREADS = 3;
-
-export function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `ibnbd-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-export function sparseFile(path: string, size: number): string {
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
 
 export function tool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw'): string {
   return join(projectRoot, 'native', 'build', sanitizerBuild ? 'Debug' : 'Release', name);
