@@ -16,7 +16,9 @@ import { sparseFile, tempDir } from './fixtures.js';
 export const MiB = 1 << 20;
 export const IO_THREADS = 3;
 
-export function tool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw'): string {
+export type ToolName = 'ibnbd-blkio' | 'ibnbd-blkio-bench' | 'ibnbd-vhost-raw';
+
+export function tool(name: ToolName): string {
   return join(projectRoot, 'native', 'build', sanitizerBuild ? 'Debug' : 'Release', name);
 }
 
@@ -27,7 +29,7 @@ export interface ToolResult {
 }
 
 /** Runs a tool bounded in time; its stdout is one JSON object. */
-export function runTool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw', args: string[], timeoutMs = 60_000): Promise<ToolResult> {
+export function runTool(name: ToolName, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
   return new Promise((resolve) => {
     // The tools are never built with ASan: keep the sanitizer runtime out of their environment.
     const env = { ...process.env };
@@ -46,6 +48,8 @@ export function runTool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw', args: string[],
 }
 
 export const blkio = (args: string[], timeoutMs?: number) => runTool('ibnbd-blkio', args, timeoutMs);
+/** The load generator (native/tools/blkio_bench.c): keeps --qd requests in flight for --runtime-ms. */
+export const blkioBench = (args: string[], timeoutMs?: number) => runTool('ibnbd-blkio-bench', args, timeoutMs);
 export const raw = (args: string[], timeoutMs?: number) => runTool('ibnbd-vhost-raw', args, timeoutMs);
 
 /** The pattern ibnbd-blkio writes: 8-byte LE word at device offset o = splitmix64(seed ^ o). */
