@@ -2,6 +2,7 @@
 // teardown), and IBNBD admin message bytes.
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
+import { constants } from 'node:os';
 import { encode, type AccessMode, type IoMode } from '../src/proto/ibnbd.js';
 
 /** A loop device over `file`, detached in teardown (registered before anything can fail). */
@@ -16,6 +17,21 @@ export function loopDevice(t: ExecutionContext, file: string): string {
   });
   return dev;
 }
+
+/**
+ * The "RW only once" rule seen from two sessions on one device: the first session's mode, the
+ * second's, and the errno the second OPEN gets. Run over the wire (server-io) and on the
+ * ExportServer alone (server-policy).
+ */
+export const TWO_SESSION_ACCESS_MATRIX: ReadonlyArray<readonly [AccessMode, AccessMode, number]> = [
+  ['ro', 'ro', 0],
+  ['ro', 'rw', 0],
+  ['rw', 'ro', 0],
+  ['rw', 'rw', constants.errno.EPERM],
+  ['rw', 'migration', 0],
+  ['migration', 'rw', constants.errno.EPERM],
+  ['migration', 'migration', 0],
+];
 
 export const sessInfo = (ver = 2): Buffer => encode({ type: 'SESS_INFO', ver });
 export const openMsg = (devName: string, accessMode: AccessMode = 'rw', ioMode: IoMode = 'blockio'): Buffer =>
