@@ -1,5 +1,5 @@
 // The two daemons as a user runs them: `ibnbd server` and `ibnbd client` child processes driven by
-// the `ibnbd` CLI over their control sockets. Shared by the client-daemon tests and the VM tests.
+// the `ibnbd` CLI over their control sockets. Shared by the client-daemon, VM and server tests.
 import type { ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';

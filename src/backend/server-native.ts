@@ -3,7 +3,7 @@
 import { IbnbdError, toIbnbdError } from './errors.js';
 import { loadNative } from './native.js';
 import type { Endpoint, TransportKind } from '../transport/paths.js';
-import { checkEndpoint, type PathInfo } from './transport.js';
+import { checkEndpoint, checkInt, type PathInfo } from './transport.js';
 
 export interface NativeServerOptions {
   transport: TransportKind;
@@ -83,13 +83,6 @@ function wrap<T>(fn: () => T): T {
     return fn();
   } catch (e) {
     throw toIbnbdError(e);
-  }
-}
-
-function checkInt(name: string, v: unknown, min: number, max: number): void {
-  if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
   }
 }
 

@@ -68,7 +68,8 @@ const native = (): TransportExports => loadNative<TransportExports>();
 
 const MAX_USR_LEN = 512;
 
-function checkInt(name: string, v: unknown, min: number, max: number): void {
+/** An optional integer option: absent, or an integer in min..max (else EINVAL naming it). */
+export function checkInt(name: string, v: unknown, min: number, max: number): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
