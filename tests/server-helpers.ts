@@ -41,24 +41,18 @@ export const closeMsg = (deviceId: number): Buffer => encode({ type: 'CLOSE', de
 // ---- a test client on the native transport (NativeClientSession) ---------------------------
 
 import { loadNative } from '../src/backend/native.js';
+import type { NativeClientSessionClass, NativeClientSessionRaw } from '../src/backend/transport.js';
 import { decode as decodeMsg, type IoOp, type OpenRspMsg } from '../src/proto/ibnbd.js';
-
-interface NativeClientSessionLike {
-  connect(timeoutMs?: number): Promise<void>;
-  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number }): Promise<{ errno: number; data?: Buffer }>;
-  close(): Promise<void>;
-  paths(): Array<{ src: string; dst: string; state: string }>;
-}
 
 /** An IBNBD client speaking through the real native transport. errno results are positive. */
 export class TestClient {
   private constructor(
     readonly sessname: string,
-    private readonly s: NativeClientSessionLike,
+    private readonly s: NativeClientSessionRaw,
   ) {}
 
   static async connect(port: number, sessname: string, opts: { host?: string; maxIoSize?: number } = {}): Promise<TestClient> {
-    const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
+    const { NativeClientSession } = loadNative<{ NativeClientSession: NativeClientSessionClass }>();
     const s = new NativeClientSession({
       transport: 'tcp',
       sessname,

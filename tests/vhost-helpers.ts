@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadNative, projectRoot, sanitizerBuild } from '../src/backend/native.js';
+import type { NativeClientSessionClass, NativeClientSessionRaw } from '../src/backend/transport.js';
 import { VhostBlk, type VhostBlkOptions, type VhostEvent } from '../src/backend/vhost.js';
 import { decode, encode, type OpenRspMsg } from '../src/proto/ibnbd.js';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
@@ -74,14 +75,6 @@ export function fileBytes(path: string, offset: number, len: number): Buffer {
 
 // ---- server and session ---------------------------------------------------------------------
 
-interface NativeClientSessionLike {
-  connect(timeoutMs?: number): Promise<void>;
-  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number }): Promise<{ errno: number; data?: Buffer }>;
-  close(): Promise<void>;
-  readonly maxIoSize: number;
-  readonly connected: boolean;
-}
-
 export interface Served {
   running: RunningServer;
   port: number;
@@ -105,13 +98,13 @@ export function serveFile(t: ExecutionContext, size: number): Served {
 let sessionCounter = 0;
 
 export interface Mapped {
-  session: NativeClientSessionLike;
+  session: NativeClientSessionRaw;
   rsp: OpenRspMsg;
 }
 
 /** A client session (SESS_INFO, then OPEN of `name`): what the client daemon does on map. */
 export async function mapDevice(t: ExecutionContext, port: number, name: string, accessMode: 'ro' | 'rw' = 'rw', maxIoSize = 128 * 1024): Promise<Mapped> {
-  const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
+  const { NativeClientSession } = loadNative<{ NativeClientSession: NativeClientSessionClass }>();
   const session = new NativeClientSession({
     transport: 'tcp',
     sessname: `vhost-${process.pid}-${port}-${name}-${++sessionCounter}`,

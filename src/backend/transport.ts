@@ -43,11 +43,12 @@ export interface RequestResult {
   data?: Buffer;
 }
 
-interface NativeClientSessionClass {
+/** The addon's NativeClientSession as it is (tests drive it directly; ClientSession wraps it). */
+export interface NativeClientSessionClass {
   new (opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void): NativeClientSessionRaw;
 }
 
-interface NativeClientSessionRaw {
+export interface NativeClientSessionRaw {
   connect(timeoutMs: number): Promise<void>;
   request(r: RequestSpec): Promise<RequestResult>;
   paths(): PathInfo[];
