@@ -5,7 +5,8 @@
 // 'open' and re-opens the devices (client.ts).
 import { IbnbdError } from '../backend/errors.js';
 import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
-import type { MapRequest, PathSpec } from '../proto/map-string.js';
+import type { MapRequest } from '../proto/map-string.js';
+import type { PathSpec } from '../transport/paths.js';
 import { sessInfo } from './admin.js';
 
 export type SessionState = 'open' | 'closed';

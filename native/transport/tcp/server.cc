@@ -8,7 +8,6 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -168,13 +167,7 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
     }
     registered = true;
     if (index == 0) {
-      tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-      uint32_t ms = srv->opt().heartbeat_interval_ms;
-      itimerspec its{};
-      its.it_interval.tv_sec = ms / 1000;
-      its.it_interval.tv_nsec = (ms % 1000) * 1000000L;
-      its.it_value = its.it_interval;
-      timerfd_settime(tfd, 0, &its, nullptr);
+      tfd = PeriodicTimer(srv->opt().heartbeat_interval_ms);
       loop->Add(tfd, EPOLLIN, [self](uint32_t) { self->OnTick(); });
     }
   }
@@ -231,15 +224,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
           skip = 0;
         }
       }
-      msghdr mh{};
-      mh.msg_iov = iov;
-      mh.msg_iovlen = static_cast<size_t>(n);
-      ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
-        return Fail("send failed");
-      }
+      ssize_t w = SendvSome(fd, iov, static_cast<size_t>(n));
+      if (w == -EAGAIN) break;
+      if (w < 0) return Fail("send failed");
       size_t left = static_cast<size_t>(w);
       while (left > 0 && !out.empty()) {
         size_t rem = kFrameHeaderSize + out.front().data_len - head_off;
@@ -344,13 +331,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
   void OnReadable() {
     for (int rounds = 0; rounds < 64 && !closed; rounds++) {
       if (cur) {
-        ssize_t r = recv(fd, cur->buf + cur_off, cur->io.data_len - cur_off, MSG_DONTWAIT);
-        if (r == 0) return Fail("connection closed by client");
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) return;
-          return Fail("receive failed");
-        }
+        ssize_t r = RecvSome(fd, cur->buf + cur_off, cur->io.data_len - cur_off);
+        if (r == -EAGAIN) return;
+        if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
         path->hb_missed.store(0, std::memory_order_relaxed);
         cur_off += static_cast<uint32_t>(r);
         if (cur_off == cur->io.data_len) {
@@ -367,13 +350,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
         rx_have -= rx_pos;
         rx_pos = 0;
       }
-      ssize_t r = recv(fd, rx.data() + rx_have, rx.size() - rx_have, MSG_DONTWAIT);
-      if (r == 0) return Fail("connection closed by client");
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        return Fail("receive failed");
-      }
+      ssize_t r = RecvSome(fd, rx.data() + rx_have, rx.size() - rx_have);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
       path->hb_missed.store(0, std::memory_order_relaxed);
       rx_have += static_cast<size_t>(r);
       if (!ParseFrames()) return;
@@ -482,11 +461,7 @@ int TcpServer::Start() {
       int r = l0.Add(fd, EPOLLIN, [this, fd](uint32_t) { OnAccept(fd); });
       if (r) rc = r;
     }
-    sweep_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    itimerspec its{};
-    its.it_interval.tv_sec = 1;
-    its.it_value.tv_sec = 1;
-    timerfd_settime(sweep_fd_, 0, &its, nullptr);
+    sweep_fd_ = PeriodicTimer(1000);
     l0.Add(sweep_fd_, EPOLLIN, [this](uint32_t) { Sweep(); });
   });
   if (rc) {
@@ -566,12 +541,9 @@ void TcpServer::OnPendingReadable(int fd) {
   auto it = pending_.find(fd);
   if (it == pending_.end()) return;
   Pending* p = it->second.get();
-  ssize_t r = recv(fd, p->buf + p->have, p->need - p->have, MSG_DONTWAIT);
-  if (r == 0) return ClosePending(fd);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    return ClosePending(fd);
-  }
+  ssize_t r = RecvSome(fd, p->buf + p->have, p->need - p->have);
+  if (r == -EAGAIN) return;
+  if (r <= 0) return ClosePending(fd);
   p->have += static_cast<size_t>(r);
   if (p->have < p->need) return;
   HandshakeReq req;
