@@ -30,7 +30,7 @@ test('quick bench runs every peer on every workload and writes JSON, table and c
   const dir = mkdtempSync(join(tmpdir(), 'ibnbd-bench-smoke-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const out = join(dir, 'out');
-  const r = await runBench(['--quick', '--runtime-ms', '250', '--ramp-ms', '50', '--size', '16M', '--file-dir', dir, '--out', out], 100_000);
+  const r = await runBench(['--quick', '--runtime-ms', '600', '--ramp-ms', '100', '--size', '16M', '--file-dir', dir, '--out', out], 100_000);
   t.is(r.code, 0, r.stderr);
 
   const json = JSON.parse(readFileSync(join(out, 'bench.json'), 'utf8')) as {

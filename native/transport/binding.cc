@@ -7,12 +7,14 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <thread>
 #include <vector>
 
 #include "common/errors.h"
 #include "common/event_loop.h"
 #include "common/module.h"
+#include "rdma/rdma_transport.h"
 #include "transport/options.h"
 
 namespace ibnbd::transport {
@@ -61,6 +63,7 @@ struct JsRequest {
   ClientIo io;
   std::vector<uint8_t> usr;
   std::vector<uint8_t> data;
+  Napi::ObjectReference buffer;  // zero copy: the caller's Buffer is the data, kept alive
   iovec iov{};
   Napi::Promise::Deferred deferred;
   std::shared_ptr<ClientSession> session;  // alive until completion
@@ -79,6 +82,9 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
          InstanceMethod("request", &NativeClientSession::Request),
          InstanceMethod("paths", &NativeClientSession::Paths),
          InstanceMethod("close", &NativeClientSession::Close),
+         InstanceMethod("registerMemory", &NativeClientSession::RegisterMemory),
+         InstanceMethod("unregisterMemory", &NativeClientSession::UnregisterMemory),
+         InstanceAccessor("bounceCount", &NativeClientSession::BounceCount, nullptr),
          InstanceAccessor("queueDepth", &NativeClientSession::QueueDepth, nullptr),
          InstanceAccessor("maxIoSize", &NativeClientSession::MaxIoSize, nullptr),
          InstanceAccessor("uuid", &NativeClientSession::Uuid, nullptr),
@@ -135,7 +141,10 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     req_tsfn_.Unref(env);
     int err = 0;
     session_ = ClientSession::Create(transport, std::move(opt), &err);
-    if (!session_) ThrowErrno(env, err, "cannot create a " + transport + " client session");
+    if (!session_) {
+      std::string why = transport == "rdma" ? std::string(": ") + rdma::LastRdmaError() : "";
+      ThrowErrno(env, err, "cannot create a " + transport + " client session" + why);
+    }
   }
 
   ~NativeClientSession() override {
@@ -178,7 +187,19 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     if (ub.Length() > kMaxUsrLen) ThrowErrno(env, EINVAL, "usr longer than kMaxUsrLen");
     auto* r = new JsRequest(env);
     r->usr.assign(ub.Data(), ub.Data() + ub.Length());
-    if (dir == "write") {
+    Napi::Value zc = o.Get("buffer");
+    if (!zc.IsUndefined() && !zc.IsNull()) {
+      // zero copy: the Buffer itself is the write source / read destination (registered
+      // memory on RDMA goes to the wire without the bounce pool)
+      if (!zc.IsBuffer()) {
+        delete r;
+        ThrowErrno(env, EINVAL, "buffer must be a Buffer");
+      }
+      auto zb = zc.As<Napi::Buffer<uint8_t>>();
+      r->buffer = Napi::Persistent(zc.As<Napi::Object>());
+      r->iov.iov_base = zb.Data();
+      r->iov.iov_len = zb.Length();
+    } else if (dir == "write") {
       Napi::Value d = o.Get("data");
       if (!d.IsUndefined() && !d.IsNull()) {
         if (!d.IsBuffer()) {
@@ -195,11 +216,13 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     r->io.dir = dir == "read" ? Dir::kRead : Dir::kWrite;
     r->io.usr = r->usr.data();
     r->io.usr_len = static_cast<uint16_t>(r->usr.size());
-    r->iov.iov_base = r->data.data();
-    r->iov.iov_len = r->data.size();
+    if (r->buffer.IsEmpty()) {
+      r->iov.iov_base = r->data.data();
+      r->iov.iov_len = r->data.size();
+    }
     r->io.iov = &r->iov;
-    r->io.iov_cnt = r->data.empty() ? 0 : 1;
-    r->io.data_len = static_cast<uint32_t>(r->data.size());
+    r->io.iov_cnt = r->iov.iov_len == 0 ? 0 : 1;
+    r->io.data_len = static_cast<uint32_t>(r->iov.iov_len);
     r->io.ctx = r;
     r->session = s;
     r->tsfn = req_tsfn_;
@@ -220,8 +243,12 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
   static void Settle(Napi::Env env, JsRequest* r) {
     Napi::Object res = Napi::Object::New(env);
     res.Set("errno", r->err);
-    if (r->io.dir == Dir::kRead && r->err == 0)
-      res.Set("data", Napi::Buffer<uint8_t>::Copy(env, r->data.data(), r->data.size()));
+    if (r->io.dir == Dir::kRead && r->err == 0) {
+      if (!r->buffer.IsEmpty())
+        res.Set("data", r->buffer.Value());
+      else
+        res.Set("data", Napi::Buffer<uint8_t>::Copy(env, r->data.data(), r->data.size()));
+    }
     r->deferred.Resolve(res);
     if (--r->ref->count == 0) r->tsfn.Unref(env);
     delete r;
@@ -258,6 +285,37 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     return p;
   }
 
+  // registerMemory(buffer) → handle: requests whose `buffer` lies inside it travel zero-copy on
+  // RDMA; TCP accepts and ignores it. The Buffer stays referenced until unregisterMemory.
+  Napi::Value RegisterMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto s = Live(env);
+    if (info.Length() < 1 || !info[0].IsBuffer()) ThrowErrno(env, EINVAL, "a Buffer is required");
+    auto b = info[0].As<Napi::Buffer<uint8_t>>();
+    if (b.Length() == 0) ThrowErrno(env, EINVAL, "empty Buffer");
+    uint64_t handle = 0;
+    int rc = s->RegisterMemory(b.Data(), b.Length(), &handle);
+    if (rc) ThrowErrno(env, -rc, "cannot register memory");
+    uint64_t key = ++next_region_;
+    regions_[key] = {handle, Napi::Persistent(info[0].As<Napi::Object>())};
+    return Napi::Number::New(env, static_cast<double>(key));
+  }
+
+  Napi::Value UnregisterMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) ThrowErrno(env, EINVAL, "a handle is required");
+    uint64_t key = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    auto it = regions_.find(key);
+    if (it == regions_.end()) ThrowErrno(env, ENOENT, "no such registered memory");
+    if (session_) session_->UnregisterMemory(it->second.handle);
+    regions_.erase(it);
+    return env.Undefined();
+  }
+
+  Napi::Value BounceCount(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), session_ ? static_cast<double>(session_->bounce_count()) : 0);
+  }
+
   Napi::Value QueueDepth(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), session_ ? session_->queue_depth() : 0);
   }
@@ -271,6 +329,12 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     return Napi::Boolean::New(info.Env(), session_ && session_->connected());
   }
 
+  struct RegisteredRegion {
+    uint64_t handle;
+    Napi::ObjectReference buffer;
+  };
+  std::map<uint64_t, RegisteredRegion> regions_;
+  uint64_t next_region_ = 0;
   std::shared_ptr<ClientSession> session_;
   Napi::ThreadSafeFunction link_tsfn_;
   Napi::ThreadSafeFunction req_tsfn_;

@@ -1,9 +1,9 @@
-// Transport selection by name. "rdma" is built in native/rdma/ by another change; until it
-// registers itself here the name is known but the device is not.
+// Transport selection by name: "tcp" (transport/tcp/) or "rdma" (RTRS, rdma/).
 #include "transport/transport.h"
 
 #include <cerrno>
 
+#include "rdma/rdma_transport.h"
 #include "transport/tcp/tcp.h"
 
 namespace ibnbd::transport {
@@ -11,14 +11,16 @@ namespace ibnbd::transport {
 std::shared_ptr<ClientSession> ClientSession::Create(const std::string& transport,
                                                      Options options, int* err) {
   if (transport == "tcp") return tcp::CreateClientSession(std::move(options), err);
-  *err = transport == "rdma" ? -ENODEV : -EPROTONOSUPPORT;
+  if (transport == "rdma") return rdma::CreateRdmaClientSession(std::move(options), err);
+  *err = -EPROTONOSUPPORT;
   return nullptr;
 }
 
 std::unique_ptr<Server> Server::Create(const std::string& transport, Options options,
                                        ServerHandler* handler, int* err) {
   if (transport == "tcp") return tcp::CreateServer(std::move(options), handler, err);
-  *err = transport == "rdma" ? -ENODEV : -EPROTONOSUPPORT;
+  if (transport == "rdma") return rdma::CreateRdmaServer(std::move(options), handler, err);
+  *err = -EPROTONOSUPPORT;
   return nullptr;
 }
 

@@ -107,6 +107,20 @@ class ClientSession {
   virtual std::vector<PathInfo> Paths() const = 0;
   virtual std::string uuid() const = 0;
 
+  // Zero copy for transports that need registered memory (RDMA). The vhost layer registers each
+  // guest memory region once (before or after Connect); a request whose data lies inside
+  // registered regions goes to the wire straight from/to guest memory, any other through the
+  // transport's registered bounce buffers, counted by bounce_count(). Unregister a region only
+  // when no request uses it any more. TCP needs none of this: the defaults do nothing.
+  virtual int RegisterMemory(void* addr, size_t len, uint64_t* handle) {
+    (void)addr;
+    (void)len;
+    *handle = 0;
+    return 0;
+  }
+  virtual void UnregisterMemory(uint64_t handle) { (void)handle; }
+  virtual uint64_t bounce_count() const { return 0; }
+
   // Closes every path; in-flight requests complete with -ECONNABORTED. Blocking, not from an
   // IO thread. Idempotent.
   virtual void Close() = 0;
@@ -128,6 +142,7 @@ struct ServerIo {
   uint32_t data_len = 0;
   ServerSession* session = nullptr;
   unsigned loop = 0;  // IoThreads index of the thread that received it
+  uintptr_t transport_private[4] = {};  // the transport's bookkeeping; handlers leave it alone
 };
 
 // Answer a request exactly once, from any thread (the transport hops to io->loop). err = 0 or
@@ -170,7 +185,9 @@ class Server {
                                         ServerHandler* handler, int* err);
   virtual ~Server() = default;
   virtual int Start() = 0;  // 0 or -errno (EADDRINUSE, ...)
-  virtual void Stop() = 0;  // closes every session (OnSessionDown for each), joins
+  // Closes every session and returns once every OnSessionDown call has returned: no handler
+  // call is running or will come afterwards.
+  virtual void Stop() = 0;
   virtual std::vector<Endpoint> Bound() const = 0;  // actual ports (listen port 0 → ephemeral)
 };
 

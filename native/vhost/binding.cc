@@ -7,6 +7,8 @@
 //   disconnectFrontend() → Promise<boolean> in-flight requests answered with IOERR
 //   stats() → { queues: [...], connections, protocolErrors, ... totals }
 //   close() → Promise<boolean>              true when every transport request drained
+//   setServerDeviceId(id | null)            the id of a re-OPEN; null: not open, IO fails IOERR
+//   setSizeBytes(n)                         the size a re-OPEN reported
 #include <napi.h>
 
 #include <memory>
@@ -70,6 +72,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
          InstanceAccessor<&NativeVhostBlk::FrontendConnected>("frontendConnected"),
          InstanceMethod<&NativeVhostBlk::DisconnectFrontend>("disconnectFrontend"),
          InstanceMethod<&NativeVhostBlk::Stats>("stats"),
+         InstanceMethod<&NativeVhostBlk::SetServerDeviceId>("setServerDeviceId"),
+         InstanceMethod<&NativeVhostBlk::SetSizeBytes>("setSizeBytes"),
          InstanceMethod<&NativeVhostBlk::Close>("close")});
     exports.Set("NativeVhostBlk", f);
   }
@@ -181,14 +185,39 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     return p;
   }
 
+  Napi::Value SetServerDeviceId(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    if (info[0].IsNull()) {
+      device_->SetServerDeviceId(std::nullopt);
+      return env.Undefined();
+    }
+    if (!info[0].IsNumber()) ThrowErrno(env, EINVAL, "deviceId must be a number or null");
+    double d = info[0].As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= UINT32_MAX) || d != double(uint64_t(d))) ThrowErrno(env, EINVAL, "deviceId out of range");
+    device_->SetServerDeviceId(uint32_t(d));
+    return env.Undefined();
+  }
+
+  Napi::Value SetSizeBytes(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    double d = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (!(d > 0 && d <= 9007199254740991.0) || d != double(uint64_t(d)) || uint64_t(d) % kSectorSize ||
+        uint64_t(d) % device_->limits().logical_block_size)
+      ThrowErrno(env, EINVAL, "sizeBytes must be a positive multiple of the logical block size");
+    device_->SetSizeBytes(uint64_t(d));
+    return env.Undefined();
+  }
+
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!device_) ThrowErrno(env, EBADF, "closed");
     DeviceStats s = device_->Stats();
     Napi::Array queues = Napi::Array::New(env, s.queues.size());
     QueueStats total;
-    for (size_t i = 0; i < s.queues.size(); i++) {
-      const QueueStats& q = s.queues[i];
+    // one queue's counters and the device's totals have the same shape in JS
+    auto counters = [&env](const QueueStats& q) {
       Napi::Object o = Napi::Object::New(env);
       o.Set("requests", double(q.requests));
       o.Set("readBytes", double(q.read_bytes));
@@ -196,18 +225,16 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       o.Set("errors", double(q.errors));
       o.Set("splits", double(q.splits));
       o.Set("inflight", double(q.inflight));
-      queues[i] = o;
+      return o;
+    };
+    for (size_t i = 0; i < s.queues.size(); i++) {
+      const QueueStats& q = s.queues[i];
+      queues[i] = counters(q);
       total.requests += q.requests, total.read_bytes += q.read_bytes,
           total.write_bytes += q.write_bytes, total.errors += q.errors, total.splits += q.splits,
           total.inflight += q.inflight;
     }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("requests", double(total.requests));
-    o.Set("readBytes", double(total.read_bytes));
-    o.Set("writeBytes", double(total.write_bytes));
-    o.Set("errors", double(total.errors));
-    o.Set("splits", double(total.splits));
-    o.Set("inflight", double(total.inflight));
+    Napi::Object o = counters(total);
     o.Set("connections", double(s.connections));
     o.Set("protocolErrors", double(s.protocol_errors));
     o.Set("queues", queues);

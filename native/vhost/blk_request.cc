@@ -83,6 +83,11 @@ void Fail(RequestPlan* p, uint8_t status, std::string why) {
 
 void PlanRequest(const iovec* out, unsigned out_num, const iovec* in, unsigned in_num,
                  const BlkLimits& l, bool wce, RequestPlan* p) {
+  PlanRequest(out, out_num, in, in_num, l, l.capacity_sectors(), wce, p);
+}
+
+void PlanRequest(const iovec* out, unsigned out_num, const iovec* in, unsigned in_num,
+                 const BlkLimits& l, uint64_t cap, bool wce, RequestPlan* p) {
   *p = RequestPlan{};
   const uint64_t out_bytes = StreamBytes(out, out_num);
   const uint64_t in_bytes = StreamBytes(in, in_num);
@@ -102,7 +107,6 @@ void PlanRequest(const iovec* out, unsigned out_num, const iovec* in, unsigned i
   p->type = hdr.type;
   const uint64_t payload_out = out_bytes - sizeof hdr;  // after the header
   const uint64_t payload_in = in_bytes - 1;             // before the status byte
-  const uint64_t cap = l.capacity_sectors();
 
   switch (hdr.type) {
     case kBlkTIn:

@@ -68,5 +68,8 @@ constexpr uint64_t kMaxRequestBytes = 64ull << 20;
 
 void PlanRequest(const iovec* out, unsigned out_num, const iovec* in, unsigned in_num,
                  const BlkLimits& limits, bool wce, RequestPlan* plan);
+// The same with the device's current capacity (a re-OPEN after reconnect may change it).
+void PlanRequest(const iovec* out, unsigned out_num, const iovec* in, unsigned in_num,
+                 const BlkLimits& limits, uint64_t capacity_sectors, bool wce, RequestPlan* plan);
 
 }  // namespace ibnbd::vhost

@@ -534,7 +534,9 @@ struct VhostBlkDevice::Impl {
 
   static int GetConfig(VuDev* d, uint8_t* config, uint32_t len) {
     Impl* impl = Conn(d)->impl;
-    BlkConfig cfg = BlkConfigSpace(impl->limits(), impl->wce);
+    BlkLimits live = impl->limits();  // the capacity a re-OPEN reported, if it changed
+    live.size_bytes = impl->self->capacity_sectors() << kSectorShift;
+    BlkConfig cfg = BlkConfigSpace(live, impl->wce);
     if (len > sizeof cfg) return -1;
     std::memcpy(config, &cfg, len);
     return 0;
@@ -588,8 +590,8 @@ struct VhostBlkDevice::Impl {
 
   void StartRequest(Request* r) {
     Connection* c = r->conn;
-    PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(), wce,
-                &r->plan);
+    PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(),
+                self->capacity_sectors(), wce, &r->plan);
     c->requests[r->qidx].insert(r);
     c->inflight++;
     counters[r->qidx].inflight++;
@@ -598,6 +600,9 @@ struct VhostBlkDevice::Impl {
       return Finish(r, r->plan.local_status);
     }
     if (!self->session_->connected()) return Finish(r, kBlkSIoErr);
+    // read once: every chunk of a request goes to the same server device
+    const uint64_t server_device = self->server_device_.load(std::memory_order_acquire);
+    if (server_device == kNoServerDevice) return Finish(r, kBlkSIoErr);
     const size_t n = r->plan.ios.size();
     r->chunks.resize(n);
     if (n > 1 && r->plan.data_bytes) counters[r->qidx].splits++;
@@ -607,7 +612,7 @@ struct VhostBlkDevice::Impl {
       Chunk& ch = r->chunks[i];
       ch.req = r;
       proto::IoMsg m{};
-      m.device_id = limits().device_id;
+      m.device_id = uint32_t(server_device);
       m.sector = p.sector;
       m.op = proto::IoOp(p.op);
       m.flags = p.flags;
@@ -786,6 +791,8 @@ VhostBlkDevice::VhostBlkDevice(BlkLimits limits, std::string socket_path,
       session_(std::move(session)),
       on_event_(std::move(on_event)),
       loop_(&IoThreads::Get().loop(g_next_loop++)),
+      server_device_(limits_.device_id),
+      capacity_sectors_(limits_.capacity_sectors()),
       impl_(std::make_unique<Impl>(this)) {
   VuDevIface& i = impl_->iface;
   i.get_features = &Impl::GetFeatures;
@@ -800,6 +807,10 @@ VhostBlkDevice::~VhostBlkDevice() {
   // Only reached when no connection holds a reference: nothing left on the loop but the
   // listening socket, which Close() removed (or never existed).
   if (impl_->listen_fd >= 0) close(impl_->listen_fd);
+}
+
+void VhostBlkDevice::SetServerDeviceId(std::optional<uint32_t> id) {
+  server_device_.store(id ? uint64_t(*id) : kNoServerDevice, std::memory_order_release);
 }
 
 int VhostBlkDevice::Start() {

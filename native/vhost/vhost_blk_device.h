@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,15 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   DeviceStats Stats() const;
   const BlkLimits& limits() const { return limits_; }
 
+  // After a session reconnect the server knows the device under a new id (re-OPEN). Requests
+  // started after the call carry the new id; those already encoded keep theirs. nullopt: the
+  // device is not open on the server (disconnected, or the re-OPEN failed): requests are
+  // answered VIRTIO_BLK_S_IOERR without reaching the transport. Any thread.
+  void SetServerDeviceId(std::optional<uint32_t> id);
+  // A re-OPEN reported another size: bounds checks and GET_CONFIG use it from now on. Any thread.
+  void SetSizeBytes(uint64_t size_bytes) { capacity_sectors_.store(size_bytes >> kSectorShift); }
+  uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
+
   struct Impl;  // the loop-side state (vhost_blk_device.cc)
 
  private:
@@ -73,6 +83,11 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   EventLoop* loop_;
   std::atomic<bool> connected_{false};
   std::atomic<bool> closed_{false};
+  // Live values a re-OPEN may change (limits_ holds those of the first OPEN). One atomic load
+  // per request each; kNoServerDevice = not open on the server.
+  static constexpr uint64_t kNoServerDevice = UINT64_MAX;
+  std::atomic<uint64_t> server_device_;
+  std::atomic<uint64_t> capacity_sectors_;
   std::unique_ptr<Impl> impl_;
   friend struct Impl;
 };

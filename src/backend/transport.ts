@@ -2,23 +2,11 @@
 // for JS admin requests and tests, and the IO thread pool size. Options are validated here with
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from './errors.js';
+import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
 import { loadNative } from './native.js';
 
-export type TransportKind = 'tcp' | 'rdma';
-export type MpPolicy = 'min-inflight' | 'round-robin' | 'min-latency';
 export type LinkEvent = 'connected' | 'disconnected' | 'reconnected';
 export type PathState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
-
-export interface Endpoint {
-  kind: 'ip' | 'gid';
-  addr: string;
-  port: number;
-}
-
-export interface PathSpec {
-  src?: Endpoint;
-  dst: Endpoint;
-}
 
 export interface ClientSessionOptions {
   transport: TransportKind;
@@ -47,6 +35,9 @@ export interface RequestSpec {
   usr: Buffer;
   data?: Buffer;
   readLen?: number;
+  /** zero copy: this Buffer is the write source / read destination (readLen/data ignored); on
+   *  RDMA it goes to the wire without the bounce pool when it lies in registered memory */
+  buffer?: Buffer;
 }
 
 export interface RequestResult {
@@ -55,11 +46,12 @@ export interface RequestResult {
   data?: Buffer;
 }
 
-interface NativeClientSessionClass {
+/** The addon's NativeClientSession as it is (tests drive it directly; ClientSession wraps it). */
+export interface NativeClientSessionClass {
   new (opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void): NativeClientSessionRaw;
 }
 
-interface NativeClientSessionRaw {
+export interface NativeClientSessionRaw {
   connect(timeoutMs: number): Promise<void>;
   request(r: RequestSpec): Promise<RequestResult>;
   paths(): PathInfo[];
@@ -68,6 +60,9 @@ interface NativeClientSessionRaw {
   readonly maxIoSize: number;
   readonly uuid: string;
   readonly connected: boolean;
+  readonly bounceCount: number;
+  registerMemory(b: Buffer): number;
+  unregisterMemory(handle: number): void;
 }
 
 interface TransportExports {
@@ -80,7 +75,8 @@ const native = (): TransportExports => loadNative<TransportExports>();
 
 const MAX_USR_LEN = 512;
 
-function checkInt(name: string, v: unknown, min: number, max: number): void {
+/** An optional integer option: absent, or an integer in min..max (else EINVAL naming it). */
+export function checkInt(name: string, v: unknown, min: number, max: number): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
@@ -154,6 +150,7 @@ export class ClientSession {
     if (!Buffer.isBuffer(r.usr) || r.usr.length > MAX_USR_LEN) throw new IbnbdError('EINVAL', `usr must be a Buffer of at most ${MAX_USR_LEN} bytes`);
     if (r.dir === 'write' && r.data !== undefined && !Buffer.isBuffer(r.data)) throw new IbnbdError('EINVAL', 'data must be a Buffer');
     if (r.dir === 'read') checkInt('readLen', r.readLen ?? 0, 0, 16 << 20);
+    if (r.buffer !== undefined && !Buffer.isBuffer(r.buffer)) throw new IbnbdError('EINVAL', 'buffer must be a Buffer');
     try {
       return this.#raw.request(r);
     } catch (e) {
@@ -178,6 +175,28 @@ export class ClientSession {
   }
   close(): Promise<void> {
     return this.#raw.close();
+  }
+
+  /** Registers memory for zero copy (RDMA: an MR per path; TCP: nothing to do). Returns a handle. */
+  registerMemory(b: Buffer): number {
+    if (!Buffer.isBuffer(b) || b.length === 0) throw new IbnbdError('EINVAL', 'registerMemory needs a non-empty Buffer');
+    try {
+      return this.#raw.registerMemory(b);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Only once no request uses the memory any more. */
+  unregisterMemory(handle: number): void {
+    try {
+      this.#raw.unregisterMemory(handle);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+  /** Requests whose data went through the transport's bounce buffers (unregistered memory). */
+  get bounceCount(): number {
+    return this.#raw.bounceCount;
   }
 }
 

@@ -56,6 +56,8 @@ interface NativeVhostBlkInstance {
   readonly frontendConnected: boolean;
   disconnectFrontend(): Promise<boolean>;
   stats(): VhostStats;
+  setServerDeviceId(id: number | null): void;
+  setSizeBytes(bytes: number): void;
   close(): Promise<boolean>;
 }
 
@@ -147,6 +149,33 @@ export class VhostBlk {
 
   stats(): VhostStats {
     return this.#native.stats();
+  }
+
+  /**
+   * The server's id of the device after a re-OPEN (session reconnect): requests started from
+   * now on carry it, those in flight keep theirs. null: the device is not open on the server;
+   * its requests are answered VIRTIO_BLK_S_IOERR without reaching the transport.
+   */
+  setServerDeviceId(id: number | null): void {
+    if (id !== null && !isU32(id)) invalid(`deviceId must be an integer 0..4294967295 or null, got ${String(id)}`);
+    try {
+      this.#native.setServerDeviceId(id);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+
+  /** The size a re-OPEN reported: bounds checks and the config space use it from now on. */
+  setSizeBytes(bytes: number): void {
+    const lbs = this.options.logicalBlockSize ?? 512;
+    if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {
+      invalid(`sizeBytes must be a positive multiple of ${lbs}, got ${String(bytes)}`);
+    }
+    try {
+      this.#native.setSizeBytes(bytes);
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
   }
 
   /** Stops listening, disconnects the front-end; true when the transport drained. */

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { IbnbdError } from '../backend/errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { deviceIdOf, type MapRequest } from '../proto/map-string.js';
-import { closeDevice, openDevice } from './admin.js';
+import { closeDevice, openDevice, sessInfo } from './admin.js';
 import { MappedDevice, type DeviceInfo } from './device.js';
 import { NameAllocator } from './names.js';
 import { SerialQueue } from './serialize.js';
@@ -34,6 +34,8 @@ export class IbnbdClient {
         connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
         heartbeatMs: opts.heartbeatMs,
         heartbeatMissedMax: opts.heartbeatMissedMax,
+        reconnectDelayMs: opts.reconnectDelayMs,
+        maxReconnectAttempts: opts.maxReconnectAttempts,
       },
     );
   }
@@ -181,7 +183,7 @@ export class IbnbdClient {
     this.names.release(dev.index);
     await rm(dev.socketPath, { force: true });
     await rm(dev.linkPath, { force: true });
-    if (dev.session.state === 'open') {
+    if (dev.state === 'open' && dev.session.state === 'open') {
       await closeDevice(dev.session.native, dev.open.deviceId).catch((e) =>
         this.log(`CLOSE of ${dev.name} on the server failed: ${String(e)}`),
       );
@@ -189,14 +191,90 @@ export class IbnbdClient {
     await this.sessions.releaseIfUnused(dev.session);
   }
 
-  private onSessionState(session: ClientSession, state: SessionState): void {
-    const names = [...session.devices].join(', ') || 'no devices';
-    this.log(
-      state === 'closed'
-        ? `session ${session.sessname}: every path lost, devices closed (${names}); their IO fails with EIO`
-        : `session ${session.sessname}: connected again (${names})`,
-    );
+  private sessionDevices(session: ClientSession): MappedDevice[] {
+    return [...session.devices]
+      .map((n) => this.devices.get(n))
+      .filter((d): d is MappedDevice => d !== undefined)
+      .sort((a, b) => a.index - b.index);
   }
+
+  // RNBD's client: on DISCONNECTED every device goes MAPPED_DISCONNECTED; on RECONNECTED it sends
+  // SESS_INFO and re-OPENs each device (PROTOCOL.md §1.10). The server may be a new process that
+  // knows none of our device ids, or hands out the old ids to other devices: a device's IO is
+  // cut off here, synchronously, before any re-OPEN of this session can be sent.
+  private onSessionState(session: ClientSession, state: SessionState): void {
+    const devs = this.sessionDevices(session);
+    const names = devs.map((d) => d.name).join(', ') || 'no devices';
+    if (state === 'closed') {
+      for (const dev of devs) dev.markClosed('session disconnected: every path to the server is lost; reconnecting');
+      this.log(`session ${session.sessname}: every path lost, devices closed (${names}); their IO fails with IOERR`);
+      return;
+    }
+    this.log(`session ${session.sessname}: connected again; re-opening ${names}`);
+    const epoch = session.linkEpoch;
+    // serialized with map/unmap: the set of devices and their names cannot change under it
+    void this.serial
+      .run(() => this.reopenLocked(session, epoch))
+      .catch((e) => this.log(`session ${session.sessname}: re-open failed: ${String(e)}`));
+  }
+
+  private async reopenLocked(session: ClientSession, epoch: number): Promise<void> {
+    // a later disconnect (or the session's close) voids this pass; the next reconnect redoes it
+    const stale = () => session.linkEpoch !== epoch || this.sessions.get(session.sessname) !== session;
+    if (stale()) return;
+    const devs = this.sessionDevices(session);
+    try {
+      session.protocolVersion = await sessInfo(session.native);
+    } catch (e) {
+      if (stale()) return;
+      const why = `SESS_INFO after reconnect failed: ${errorText(e)}`;
+      for (const dev of devs) dev.markClosed(why);
+      this.log(`session ${session.sessname}: ${why}; devices stay closed until the next reconnect`);
+      return;
+    }
+    for (const dev of devs) {
+      if (stale()) return;
+      if (this.devices.get(dev.name) !== dev) continue;
+      let open;
+      try {
+        open = await openDevice(session.native, dev.request.devicePath, dev.request.accessMode, dev.request.ioMode);
+      } catch (e) {
+        if (stale()) return;
+        dev.markClosed(`re-OPEN after reconnect failed: ${errorText(e)}`);
+        this.log(`${dev.name}: ${dev.stateReason}; it stays closed (IO fails) until the next reconnect or unmap`);
+        continue;
+      }
+      if (stale()) return; // answered by a connection that is gone again: nothing to rely on
+      if (open.logicalBlockSize !== dev.open.logicalBlockSize) {
+        // the guest formatted against the old block size: serving it would corrupt its view
+        await closeDevice(session.native, open.deviceId).catch(() => undefined);
+        dev.markClosed(
+          `re-OPEN after reconnect: logical block size changed from ${dev.open.logicalBlockSize} to ${open.logicalBlockSize}`,
+        );
+        this.log(`${dev.name}: ${dev.stateReason}; it stays closed`);
+        continue;
+      }
+      const newSize = Number(open.nsectors) * 512;
+      if (newSize !== dev.sizeBytes) {
+        try {
+          dev.vhost.setSizeBytes(newSize);
+        } catch (e) {
+          await closeDevice(session.native, open.deviceId).catch(() => undefined);
+          dev.markClosed(`re-OPEN after reconnect: unusable size ${newSize}: ${errorText(e)}`);
+          this.log(`${dev.name}: ${dev.stateReason}`);
+          continue;
+        }
+        this.log(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
+      }
+      dev.vhost.setServerDeviceId(open.deviceId);
+      dev.markReopened(open);
+      this.log(`${dev.name}: re-opened ${dev.request.devicePath} as server device ${open.deviceId}`);
+    }
+  }
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 /** devices/<device_id>; a second session mapping the same path gets "<device_id>@<sessname>". */

@@ -15,12 +15,18 @@ export interface ClientDaemonOptions {
   ioThreads: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
+  /** Delay before a lost path is dialled again; RNBD: 30 s. */
+  reconnectDelayMs?: number;
+  /** Attempts per lost path, -1 = forever (RNBD). */
+  maxReconnectAttempts?: number;
 }
 
 export const CLIENT_DEFAULTS = {
   control: '/run/ibnbd/client.sock',
   runDir: '/run/ibnbd',
   ioThreads: 1,
+  reconnectDelayMs: 30_000,
+  maxReconnectAttempts: -1,
 } as const;
 
 export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDaemonOptions {
@@ -35,7 +41,23 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   for (const [k, v] of [['heartbeat-ms', o.heartbeatMs], ['heartbeat-missed-max', o.heartbeatMissedMax]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new IbnbdError('EINVAL', `--${k}: ${v} is not a positive integer`);
   }
-  return { control, runDir, ioThreads, heartbeatMs: o.heartbeatMs, heartbeatMissedMax: o.heartbeatMissedMax };
+  const reconnectDelayMs = o.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs;
+  if (!Number.isInteger(reconnectDelayMs) || reconnectDelayMs < 0 || reconnectDelayMs > 86_400_000) {
+    throw new IbnbdError('EINVAL', `--reconnect-delay-ms: ${reconnectDelayMs} is not an integer from 0 to 86400000`);
+  }
+  const maxReconnectAttempts = o.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
+  if (!Number.isInteger(maxReconnectAttempts) || maxReconnectAttempts < -1 || maxReconnectAttempts > 1 << 30) {
+    throw new IbnbdError('EINVAL', `--max-reconnect-attempts: ${maxReconnectAttempts} is not -1 (forever) or an integer from 0 to ${1 << 30}`);
+  }
+  return {
+    control,
+    runDir,
+    ioThreads,
+    heartbeatMs: o.heartbeatMs,
+    heartbeatMissedMax: o.heartbeatMissedMax,
+    reconnectDelayMs,
+    maxReconnectAttempts,
+  };
 }
 
 function stringArg(args: Record<string, unknown>, key: string): string {
@@ -55,6 +77,8 @@ export class ClientDaemon {
       log,
       heartbeatMs: opts.heartbeatMs,
       heartbeatMissedMax: opts.heartbeatMissedMax,
+      reconnectDelayMs: opts.reconnectDelayMs,
+      maxReconnectAttempts: opts.maxReconnectAttempts,
     });
     this.control = new ControlServer(opts.control, {
       map: async (args) => ({ device: await this.client.map(parseMapString(stringArg(args, 'map'))) }),
@@ -67,7 +91,12 @@ export class ClientDaemon {
   async start(): Promise<void> {
     configureIoThreads(this.opts.ioThreads);
     await this.control.listen();
-    this.log(`client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}`);
+    const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
+    this.log(
+      `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, ` +
+        `lost paths redialled every ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms ` +
+        (attempts < 0 ? 'forever' : `at most ${attempts} times`),
+    );
   }
 
   stop(): Promise<void> {

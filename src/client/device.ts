@@ -1,6 +1,7 @@
 // One mapped device: the server's OPEN_RSP, the vhost-user-blk socket serving it, and what
 // `ibnbd show` reports. IBNBD made /dev/ibnbd<N> and a devices/<device_id> link; we make
 // <run-dir>/vhost/ibnbd<N>.sock and <run-dir>/devices/<device_id> → that socket.
+// State (RNBD's MAPPED / MAPPED_DISCONNECTED): open, or closed with the reason why.
 import type { VhostBlk } from '../backend/vhost.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import type { MapRequest } from '../proto/map-string.js';
@@ -13,6 +14,8 @@ export interface DeviceInfo {
   device_id: string;
   socket: string;
   state: DeviceState;
+  /** Why the device is closed ('' while open): path loss, a failed re-OPEN, ... */
+  state_reason: string;
   session: string;
   mapping_path: string;
   access_mode: MapRequest['accessMode'];
@@ -29,6 +32,9 @@ export interface DeviceInfo {
 }
 
 export class MappedDevice {
+  #state: DeviceState = 'open';
+  #reason = '';
+
   constructor(
     readonly index: number,
     readonly name: string,
@@ -37,12 +43,42 @@ export class MappedDevice {
     readonly linkPath: string,
     readonly request: MapRequest,
     readonly session: ClientSession,
-    readonly open: OpenRspMsg,
+    /** The last successful OPEN_RSP (the map's, then each re-OPEN's). */
+    public open: OpenRspMsg,
     readonly vhost: VhostBlk,
   ) {}
 
+  /** open: the server knows the device under open.deviceId and the vhost IO path uses it. */
   get state(): DeviceState {
-    return this.session.state;
+    return this.#state;
+  }
+
+  get stateReason(): string {
+    if (this.#state === 'closed' && this.session.state === 'closed') {
+      const paths = this.session.native.paths();
+      if (paths.length > 0 && paths.every((p) => p.state === 'closed')) {
+        return 'session disconnected and every path gave up reconnecting (--max-reconnect-attempts): unmap the device';
+      }
+    }
+    return this.#reason;
+  }
+
+  /** Not open on the server any more: its IO is answered IOERR until a re-OPEN succeeds. */
+  markClosed(reason: string): void {
+    try {
+      this.vhost.setServerDeviceId(null);
+    } catch {
+      // EBADF: the vhost device is already closed (an unmap in progress); no IO can come
+    }
+    this.#state = 'closed';
+    this.#reason = reason;
+  }
+
+  /** A re-OPEN succeeded (the vhost device already carries the new id). */
+  markReopened(open: OpenRspMsg): void {
+    this.open = open;
+    this.#state = 'open';
+    this.#reason = '';
   }
 
   get sizeBytes(): number {
@@ -55,6 +91,7 @@ export class MappedDevice {
       device_id: this.deviceId,
       socket: this.socketPath,
       state: this.state,
+      state_reason: this.stateReason,
       session: this.session.sessname,
       mapping_path: this.request.devicePath,
       access_mode: this.request.accessMode,

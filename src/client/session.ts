@@ -1,9 +1,12 @@
 // Client sessions, found or created by sessname as IBNBD does: the first map to a server creates
 // the transport session (all its paths) and sends SESS_INFO once; later maps with the same
-// sessname share it; it is closed when its last device is unmapped.
+// sessname share it; it is closed when its last device is unmapped. When every path is lost the
+// transport dials again (reconnectDelayMs, maxReconnectAttempts); the observer hears 'closed' and
+// 'open' and re-opens the devices (client.ts).
 import { IbnbdError } from '../backend/errors.js';
 import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
-import type { MapRequest, PathSpec } from '../proto/map-string.js';
+import type { MapRequest } from '../proto/map-string.js';
+import type { PathSpec } from '../transport/paths.js';
 import { sessInfo } from './admin.js';
 
 export type SessionState = 'open' | 'closed';
@@ -15,6 +18,8 @@ export interface SessionObserver {
 
 export class ClientSession {
   state: SessionState = 'open';
+  /** Counts link state changes: work started under one epoch is void once it moved on. */
+  linkEpoch = 0;
   protocolVersion = 0;
   /** Names of the mapped devices using this session. */
   readonly devices = new Set<string>();
@@ -40,6 +45,10 @@ export interface SessionOptions {
   connectTimeoutMs: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
+  /** Delay before a lost path is dialled again (RNBD: 30 s). */
+  reconnectDelayMs?: number;
+  /** Attempts per lost path before it is given up; -1 = forever (RNBD's default). */
+  maxReconnectAttempts?: number;
 }
 
 export class ClientSessions {
@@ -82,12 +91,17 @@ export class ClientSessions {
         mpPolicy: req.mpPolicy,
         heartbeatMs: this.opts.heartbeatMs,
         heartbeatMissedMax: this.opts.heartbeatMissedMax,
+        reconnectDelayMs: this.opts.reconnectDelayMs,
+        maxReconnectAttempts: this.opts.maxReconnectAttempts,
       },
+      // Link events arrive in the order the transport raised them (one IO thread posts them),
+      // so 'disconnected' is always handled before the 'reconnected' that follows it.
       (ev: LinkEvent) => {
         if (!session) return;
         const state: SessionState = ev === 'disconnected' ? 'closed' : 'open';
         if (session.state === state) return;
         session.state = state;
+        session.linkEpoch++;
         this.observer.onSessionState(session, state);
       },
     );

@@ -4,7 +4,8 @@
 // The only file here that knows the binding's shape.
 import { toIbnbdError } from '../backend/errors.js';
 import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
-import { configureIoThreads, type Endpoint, type PathInfo } from '../backend/transport.js';
+import { configureIoThreads, type PathInfo } from '../backend/transport.js';
+import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerOptions } from './options.js';
 import type { NativePort, ServerEvent } from './server.js';
@@ -60,7 +61,7 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
   try {
     native = new NativeServer(
       {
-        transport: 'tcp',
+        transport: opts.transport ?? 'tcp',
         listen: opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port })),
         queueDepth: opts.queueDepth,
         maxIoSize: opts.maxIoSize,

@@ -16,7 +16,11 @@ export interface ListenAddr {
   port: number;
 }
 
+export type ServerTransport = 'tcp' | 'rdma';
+
 export interface ServerOptions {
+  /** tcp (our framing) or rdma (RTRS on the wire, docs/rdma-transport.md) */
+  transport?: ServerTransport;
   listen: ListenAddr[];
   devSearchPath: string;
   control: string;
@@ -26,6 +30,7 @@ export interface ServerOptions {
 }
 
 export interface RawServerOptions {
+  transport?: string;
   listen?: string[];
   devSearchPath?: string;
   control?: string;
@@ -89,5 +94,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const maxIoSize = intOption('max-io-size', raw.maxIoSize, DEFAULT_MAX_IO_SIZE, 4096, 16 * 1024 * 1024);
   if (maxIoSize % 4096 !== 0) throw invalid('max-io-size', raw.maxIoSize, 'must be a multiple of 4096');
   const ioThreads = intOption('io-threads', raw.ioThreads, DEFAULT_IO_THREADS, 1, 64);
-  return { listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads };
+  const transport = raw.transport ?? 'tcp';
+  if (transport !== 'tcp' && transport !== 'rdma') throw invalid('transport', transport, 'must be tcp or rdma');
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads };
 }

@@ -9,7 +9,6 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -275,13 +274,9 @@ struct IoConn final : BatchEndTask {
           if (io->iov_cnt > 64) break;  // do not put anything after a possibly truncated frame
         }
       }
-      msghdr mh{};
-      mh.msg_iov = iov;
-      mh.msg_iovlen = n;
-      ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t w = SendvSome(fd, iov, n);
+      if (w == -EAGAIN) break;
       if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
         Fail("send failed");
         return;
       }
@@ -378,13 +373,9 @@ struct IoConn final : BatchEndTask {
         // system call per READ response instead of two, and the data still lands in place.
         if (sliced == left && rx_have < kFrameHeaderSize)
           seg[n++] = {rx + rx_have, kFrameHeaderSize - rx_have};
-        ssize_t r = readv(fd, seg, static_cast<int>(n));
-        if (r == 0) return Fail("connection closed by server");
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) return;
-          return Fail("receive failed");
-        }
+        ssize_t r = ReadvSome(fd, seg, n);
+        if (r == -EAGAIN) return;
+        if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
         path->hb_missed.store(0, std::memory_order_relaxed);
         size_t got = static_cast<size_t>(r);
         size_t asked = 0;
@@ -398,13 +389,9 @@ struct IoConn final : BatchEndTask {
       // the caller's buffers; otherwise batch many response headers per syscall.
       if (rx_have < kFrameHeaderSize) {  // else a header came with the previous data
         size_t want = reads_pending ? kFrameHeaderSize - rx_have : sizeof(rx) - rx_have;
-        ssize_t r = recv(fd, rx + rx_have, want, MSG_DONTWAIT);
-        if (r == 0) return Fail("connection closed by server");
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) return;
-          return Fail("receive failed");
-        }
+        ssize_t r = RecvSome(fd, rx + rx_have, want);
+        if (r == -EAGAIN) return;
+        if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
         path->hb_missed.store(0, std::memory_order_relaxed);
         rx_have += static_cast<size_t>(r);
         drained = static_cast<size_t>(r) < want;
@@ -468,13 +455,8 @@ struct ServiceConn {
   bool dead = false;
 
   int Register(uint32_t interval_ms) {
-    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    tfd = PeriodicTimer(interval_ms);
     if (tfd < 0) return -errno;
-    itimerspec its{};
-    its.it_interval.tv_sec = interval_ms / 1000;
-    its.it_interval.tv_nsec = (interval_ms % 1000) * 1000000L;
-    its.it_value = its.it_interval;
-    timerfd_settime(tfd, 0, &its, nullptr);
     int rc = loop->Add(fd, EPOLLIN, [this](uint32_t ev) { OnEvent(ev); });
     if (rc) return rc;
     return loop->Add(tfd, EPOLLIN, [this](uint32_t) { OnTick(); });
@@ -497,10 +479,10 @@ struct ServiceConn {
 
   void Flush() {
     while (!out.empty() && !dead) {
-      ssize_t w = send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      iovec v{out.data(), out.size()};
+      ssize_t w = SendvSome(fd, &v, 1);
       if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN) Fail("send failed");
+        if (w != -EAGAIN) Fail("send failed");
         break;
       }
       out.erase(0, static_cast<size_t>(w));
@@ -524,13 +506,9 @@ struct ServiceConn {
     if (ev & EPOLLOUT) Flush();
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
     for (;;) {
-      ssize_t r = recv(fd, rx + rx_have, sizeof(rx) - rx_have, MSG_DONTWAIT);
-      if (r == 0) return Fail("connection closed by server");
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        return Fail("receive failed");
-      }
+      ssize_t r = RecvSome(fd, rx + rx_have, sizeof(rx) - rx_have);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
       rx_have += static_cast<size_t>(r);
       size_t pos = 0;
       for (; rx_have - pos >= kFrameHeaderSize; pos += kFrameHeaderSize) {

@@ -4,6 +4,14 @@ import type { Command } from 'commander';
 import { IbnbdError } from '../../backend/errors.js';
 import { CLIENT_DEFAULTS, runClientDaemon } from '../../client/daemon.js';
 
+/** -1 or a non-negative integer (-1: forever). */
+function attemptsInt(flag: string) {
+  return (v: string): number => {
+    if (!/^(-1|\d+)$/.test(v)) throw new IbnbdError('EINVAL', `${flag}: '${v}' is not -1 (forever) or a non-negative integer`);
+    return Number(v);
+  };
+}
+
 function positiveInt(flag: string) {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new IbnbdError('EINVAL', `${flag}: '${v}' is not a positive integer`);
@@ -21,7 +29,27 @@ export function register(program: Command): void {
     .option('--io-threads <n>', 'native IO threads (virtqueues and transport connections)', positiveInt('--io-threads'), CLIENT_DEFAULTS.ioThreads)
     .option('--heartbeat-ms <ms>', 'transport heartbeat interval (default 5000)', positiveInt('--heartbeat-ms'))
     .option('--heartbeat-missed-max <n>', 'missed heartbeats before a path is dead (default 5)', positiveInt('--heartbeat-missed-max'))
-    .action(async (o: { control: string; runDir: string; ioThreads: number; heartbeatMs?: number; heartbeatMissedMax?: number }) => {
+    .option(
+      '--reconnect-delay-ms <ms>',
+      'after every path to a server is lost: wait this long before each reconnect attempt, then SESS_INFO and re-OPEN the devices',
+      positiveInt('--reconnect-delay-ms'),
+      CLIENT_DEFAULTS.reconnectDelayMs,
+    )
+    .option(
+      '--max-reconnect-attempts <n>',
+      'reconnect attempts per lost path before giving up, -1 = forever',
+      attemptsInt('--max-reconnect-attempts'),
+      CLIENT_DEFAULTS.maxReconnectAttempts,
+    )
+    .action(async (o: {
+      control: string;
+      runDir: string;
+      ioThreads: number;
+      heartbeatMs?: number;
+      heartbeatMissedMax?: number;
+      reconnectDelayMs: number;
+      maxReconnectAttempts: number;
+    }) => {
       process.exitCode = await runClientDaemon(o);
     });
 }

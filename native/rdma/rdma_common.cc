@@ -1,0 +1,299 @@
+#include "rdma/rdma_common.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <rdma/rdma_cma.h>
+#include <infiniband/ib.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "rdma/rdma_transport.h"
+
+namespace ibnbd::rdma {
+
+namespace {
+thread_local std::string last_error;
+}
+
+void SetLastError(const std::string& msg) {
+  last_error = msg;
+  if (getenv("IBNBD_RDMA_DEBUG")) fprintf(stderr, "ibnbd rdma: %s\n", msg.c_str());
+}
+
+const char* LastRdmaError() { return last_error.c_str(); }
+
+int CheckRdmaDevice() {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  int saved = errno;
+  if (list) ibv_free_device_list(list);
+  if (!list || n == 0) {
+    SetLastError(std::string("no RDMA device on this host (ibv_get_device_list: ") +
+                 (list ? "0 devices" : strerror(saved)) +
+                 "); load a driver, e.g. soft-RoCE: `rdma link add rxe0 type rxe netdev <if>`");
+    return -ENODEV;
+  }
+  return 0;
+}
+
+rdma_port_space PortSpaceFor(const transport::Endpoint& ep) {
+  return ep.kind == "gid" ? RDMA_PS_IB : RDMA_PS_TCP;
+}
+
+int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t* len) {
+  memset(ss, 0, sizeof(*ss));
+  std::string a = ep.addr;
+  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  if (ep.kind == "ip") {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
+    if (inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
+      v4->sin_family = AF_INET;
+      v4->sin_port = htons(ep.port);
+      *len = sizeof(*v4);
+      return 0;
+    }
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
+    std::string host = a;
+    auto pct = a.find('%');
+    if (pct != std::string::npos) {
+      host = a.substr(0, pct);
+      v6->sin6_scope_id = if_nametoindex(a.substr(pct + 1).c_str());
+      if (!v6->sin6_scope_id) return -EINVAL;
+    }
+    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+      v6->sin6_family = AF_INET6;
+      v6->sin6_port = htons(ep.port);
+      *len = sizeof(*v6);
+      return 0;
+    }
+    return -EINVAL;
+  }
+  if (ep.kind == "gid") {
+    static_assert(sizeof(sockaddr_ib) <= sizeof(sockaddr_storage));
+    auto* ib = reinterpret_cast<sockaddr_ib*>(ss);
+    in6_addr gid;
+    if (inet_pton(AF_INET6, a.c_str(), &gid) != 1) return -EINVAL;
+    ib->sib_family = AF_IB;
+    memcpy(&ib->sib_addr, &gid, sizeof(gid));
+    ib->sib_pkey = htobe16(0xffff);
+    ib->sib_sid = htobe64(RDMA_IB_PS_IB | ep.port);
+    ib->sib_sid_mask = htobe64(RDMA_IB_IP_PS_MASK | RDMA_IB_IP_PORT_MASK);
+    *len = sizeof(*ib);
+    return 0;
+  }
+  return -EINVAL;
+}
+
+std::string FormatSockaddr(const sockaddr* sa) {
+  char buf[INET6_ADDRSTRLEN] = "";
+  if (!sa) return "";
+  switch (sa->sa_family) {
+    case AF_INET:
+      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof(buf));
+      return std::string("ip:") + buf;
+    case AF_INET6:
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof(buf));
+      return std::string("ip:") + buf;
+    case AF_IB:
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_ib*>(sa)->sib_addr, buf, sizeof(buf));
+      return std::string("gid:") + buf;
+  }
+  return "";
+}
+
+void RandomUuid(uint8_t out[16]) {
+  if (getrandom(out, 16, 0) != 16) {
+    for (int i = 0; i < 16; i++) out[i] = static_cast<uint8_t>(random());
+  }
+  out[6] = (out[6] & 0x0f) | 0x40;  // version 4
+  out[8] = (out[8] & 0x3f) | 0x80;
+}
+
+std::string UuidString(const uint8_t u[16]) {
+  char s[37];
+  snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+           u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+           u[14], u[15]);
+  return s;
+}
+
+std::shared_ptr<ibv_pd> PdFor(ibv_context* ctx) {
+  static std::mutex mu;
+  static std::map<ibv_context*, std::weak_ptr<ibv_pd>> pds;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto pd = pds[ctx].lock()) return pd;
+  ibv_pd* raw = ibv_alloc_pd(ctx);
+  if (!raw) return nullptr;
+  std::shared_ptr<ibv_pd> pd(raw, [](ibv_pd* p) { ibv_dealloc_pd(p); });
+  pds[ctx] = pd;
+  return pd;
+}
+
+RegisteredBuffer::~RegisteredBuffer() { Reset(); }
+
+void RegisteredBuffer::Reset() {
+  if (mr) ibv_dereg_mr(mr);
+  if (data) munmap(data, len);
+  mr = nullptr;
+  data = nullptr;
+  len = 0;
+}
+
+int RegisteredBuffer::Allocate(ibv_pd* pd, size_t n, int access) {
+  Reset();
+  len = (n + 4095) & ~size_t(4095);
+  if (len == 0) len = 4096;
+  void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    data = nullptr;
+    return -errno;
+  }
+  data = static_cast<uint8_t*>(p);
+  mr = ibv_reg_mr(pd, data, len, access);
+  if (!mr) return errno ? -errno : -ENOMEM;
+  return 0;
+}
+
+Conn::~Conn() {
+  if (id_ && id_->qp) rdma_destroy_qp(id_);
+  if (cq_) {
+    if (unacked_events_) ibv_ack_cq_events(cq_, unacked_events_);
+    ibv_destroy_cq(cq_);
+  }
+  if (channel_) ibv_destroy_comp_channel(channel_);
+  if (id_) rdma_destroy_id(id_);
+}
+
+int Conn::Setup(std::shared_ptr<ibv_pd> pd, const Config& cfg) {
+  pd_ = std::move(pd);
+  cfg_ = cfg;
+  ibv_device_attr attr;
+  if (ibv_query_device(id_->verbs, &attr)) return -errno;
+  cfg_.max_send_sge = std::min<uint32_t>(cfg_.max_send_sge, attr.max_sge);
+  cfg_.send_depth = std::min<uint32_t>(cfg_.send_depth, attr.max_qp_wr);
+  cfg_.recv_depth = std::min<uint32_t>(cfg_.recv_depth, attr.max_qp_wr);
+  channel_ = ibv_create_comp_channel(id_->verbs);
+  if (!channel_) return -errno;
+  int cqe = std::min<int>(cfg_.send_depth + cfg_.recv_depth, attr.max_cqe);
+  cq_ = ibv_create_cq(id_->verbs, cqe, this, channel_, 0);
+  if (!cq_) return -errno;
+  if (ibv_req_notify_cq(cq_, 0)) return -errno;
+  ibv_qp_init_attr qa = {};
+  qa.send_cq = cq_;
+  qa.recv_cq = cq_;
+  qa.qp_type = IBV_QPT_RC;
+  qa.cap.max_send_wr = cfg_.send_depth;
+  qa.cap.max_recv_wr = cfg_.recv_depth;
+  qa.cap.max_send_sge = cfg_.max_send_sge;
+  qa.cap.max_recv_sge = 1;
+  if (rdma_create_qp(id_, pd_.get(), &qa)) return -errno;
+  if (cfg_.recv_slots == 0 || cfg_.recv_slots > cfg_.recv_depth) cfg_.recv_slots = cfg_.recv_depth;
+  int rc = recv_.Allocate(pd_.get(), size_t(cfg_.recv_slots) * cfg_.recv_buf_size,
+                          IBV_ACCESS_LOCAL_WRITE);
+  if (rc) return rc;
+  return cfg_.defer_recvs ? 0 : PostAllRecvs();
+}
+
+int Conn::PostAllRecvs() {
+  for (uint32_t i = 0; i < cfg_.recv_slots; i++) {
+    if (int rc = PostRecv(i)) return rc;
+  }
+  return 0;
+}
+
+int Conn::PostRecv(uint32_t slot) {
+  ibv_sge sge = {reinterpret_cast<uintptr_t>(recv_.data) + size_t(slot) * cfg_.recv_buf_size,
+                 cfg_.recv_buf_size, recv_.mr->lkey};
+  ibv_recv_wr wr = {}, *bad = nullptr;
+  wr.wr_id = WrId(kWrRecv, slot);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  int rc = ibv_post_recv(id_->qp, &wr, &bad);
+  return rc ? -rc : 0;
+}
+
+int Conn::PostRecvWr(ibv_recv_wr* wr) {
+  ibv_recv_wr* bad = nullptr;
+  int rc = ibv_post_recv(id_->qp, wr, &bad);
+  return rc ? -rc : 0;
+}
+
+int Conn::PostSend(ibv_send_wr* wr) {
+  ibv_send_wr* bad = nullptr;
+  int rc = ibv_post_send(id_->qp, wr, &bad);
+  return rc ? -rc : 0;
+}
+
+int Conn::Attach(EventLoop* loop, std::function<void(const ibv_wc&)> on_wc) {
+  on_wc_ = std::move(on_wc);
+  loop_ = loop;
+  int fl = fcntl(channel_->fd, F_GETFL);
+  fcntl(channel_->fd, F_SETFL, fl | O_NONBLOCK);
+  int rc = 0;
+  loop->RunSync([&] {
+    rc = loop->Add(channel_->fd, EPOLLIN, [this](uint32_t) { OnChannelReadable(); });
+    // completions that arrived before the fd was watched
+    if (rc == 0) OnChannelReadable();
+  });
+  return rc;
+}
+
+void Conn::Detach() {
+  if (!loop_) return;
+  EventLoop* loop = loop_;
+  loop->RunSync([&] { loop->Remove(channel_->fd); });
+  loop_ = nullptr;
+}
+
+void Conn::OnChannelReadable() {
+  ibv_cq* ev_cq = nullptr;
+  void* ev_ctx = nullptr;
+  while (ibv_get_cq_event(channel_, &ev_cq, &ev_ctx) == 0) {
+    if (++unacked_events_ >= 64) {
+      ibv_ack_cq_events(cq_, unacked_events_);
+      unacked_events_ = 0;
+    }
+  }
+  // Re-arm first, then drain: a completion arriving in between raises a new event.
+  ibv_req_notify_cq(cq_, 0);
+  ibv_wc wcs[32];
+  for (;;) {
+    int n = ibv_poll_cq(cq_, 32, wcs);
+    if (n <= 0) break;
+    for (int i = 0; i < n; i++) on_wc_(wcs[i]);
+    if (!loop_) break;  // the handler detached us
+  }
+}
+
+int Conn::WaitOne(ibv_wc* wc, int timeout_ms) {
+  for (int waited = 0;; waited += 1) {
+    int n = ibv_poll_cq(cq_, 1, wc);
+    if (n < 0) return -EIO;
+    if (n == 1) return 0;
+    if (waited >= timeout_ms) return -ETIMEDOUT;
+    usleep(1000);
+  }
+}
+
+int WaitCmEvent(rdma_event_channel* ch, int timeout_ms, rdma_cm_event** ev) {
+  pollfd p = {ch->fd, POLLIN, 0};
+  int rc = poll(&p, 1, timeout_ms);
+  if (rc == 0) return -ETIMEDOUT;
+  if (rc < 0) return -errno;
+  if (rdma_get_cm_event(ch, ev)) return errno == EAGAIN ? -ETIMEDOUT : -errno;
+  return 0;
+}
+
+
+}  // namespace ibnbd::rdma

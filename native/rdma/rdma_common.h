@@ -1,0 +1,114 @@
+// What the RDMA client and server share: address parsing (ip:/gid:), the "is there an RDMA
+// device" check, one protection domain per device, and Conn — one RC QP with its CQ, completion
+// channel (watched by an EventLoop, so no core spins) and registered receive buffers.
+#pragma once
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "transport/transport.h"
+
+namespace ibnbd::rdma {
+
+// Records the reason for the last failure on this thread (LastRdmaError()) and logs it.
+void SetLastError(const std::string& msg);
+
+// 0 when at least one verbs device exists, else -ENODEV with the reason recorded.
+int CheckRdmaDevice();
+
+// Fills *ss from an endpoint: ip:<v4>, ip:<v6> (brackets allowed) → AF_INET/AF_INET6 with the
+// port; gid:<gid> → AF_IB with service id RDMA_IB_IP_PS_IB|port (what the kernel listens on).
+// 0 or -EINVAL.
+int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t* len);
+std::string FormatSockaddr(const sockaddr* sa);
+rdma_port_space PortSpaceFor(const transport::Endpoint& ep);
+
+void RandomUuid(uint8_t out[16]);
+std::string UuidString(const uint8_t u[16]);
+
+// One PD per verbs context, shared by every connection on that device.
+std::shared_ptr<ibv_pd> PdFor(ibv_context* ctx);
+
+// A registered buffer (page-aligned, zeroed).
+struct RegisteredBuffer {
+  RegisteredBuffer() = default;
+  ~RegisteredBuffer();
+  RegisteredBuffer(const RegisteredBuffer&) = delete;
+  RegisteredBuffer& operator=(const RegisteredBuffer&) = delete;
+  int Allocate(ibv_pd* pd, size_t len, int access);  // frees what it held before
+  void Reset();
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  ibv_mr* mr = nullptr;
+};
+
+// Work request ids: the kind in the top byte, a value below.
+enum WrKind : uint64_t { kWrRecv = 1, kWrReq = 2, kWrRsp = 3, kWrHb = 4, kWrInfo = 5 };
+inline uint64_t WrId(WrKind k, uint64_t v) { return static_cast<uint64_t>(k) << 56 | v; }
+inline WrKind WrKindOf(uint64_t id) { return static_cast<WrKind>(id >> 56); }
+inline uint64_t WrValue(uint64_t id) { return id & ((1ull << 56) - 1); }
+
+class Conn {
+ public:
+  struct Config {
+    uint32_t send_depth = 64;
+    uint32_t recv_depth = 64;
+    uint32_t recv_buf_size = 64;  // bytes per posted receive
+    uint32_t max_send_sge = 1;
+    uint32_t recv_slots = 0;   // receives with a buffer here (0 = recv_depth); the rest of the
+                               // queue is for the caller's own (e.g. the info response)
+    bool defer_recvs = false;  // post them later with PostAllRecvs()
+  };
+  explicit Conn(rdma_cm_id* id) : id_(id) {}
+  ~Conn();  // destroys QP, CQ, channel, id; Detach() first
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  // Creates CQ + QP on id's device with pd, posts every receive. 0 or -errno.
+  int Setup(std::shared_ptr<ibv_pd> pd, const Config& cfg);
+  // Watches the completion channel on loop; on_wc runs there for every completion.
+  int Attach(EventLoop* loop, std::function<void(const ibv_wc&)> on_wc);
+  void Detach();  // from any thread; returns once the loop no longer calls on_wc
+  // Polls synchronously (before Attach): waits up to timeout_ms for one completion.
+  int WaitOne(ibv_wc* wc, int timeout_ms);
+
+  int PostRecv(uint32_t slot);
+  int PostAllRecvs();
+  int PostRecvWr(ibv_recv_wr* wr);
+  const uint8_t* RecvBuf(uint32_t slot) const { return recv_.data + size_t(slot) * cfg_.recv_buf_size; }
+  int PostSend(ibv_send_wr* wr);  // 0 or -errno
+
+  rdma_cm_id* id() const { return id_; }
+  ibv_qp* qp() const { return id_->qp; }
+  ibv_pd* pd() const { return pd_.get(); }
+  EventLoop* loop() const { return loop_; }
+  uint32_t max_send_sge() const { return cfg_.max_send_sge; }
+  std::atomic<bool> dead{false};
+  uint16_t cid = 0;
+  void* owner = nullptr;
+
+ private:
+  void OnChannelReadable();
+  rdma_cm_id* id_;
+  std::shared_ptr<ibv_pd> pd_;
+  Config cfg_;
+  ibv_comp_channel* channel_ = nullptr;
+  ibv_cq* cq_ = nullptr;
+  RegisteredBuffer recv_;
+  EventLoop* loop_ = nullptr;
+  std::function<void(const ibv_wc&)> on_wc_;
+  unsigned unacked_events_ = 0;
+};
+
+// Waits for the next cm event on ch (blocking fd) up to timeout_ms. 0 or -ETIMEDOUT / -errno.
+int WaitCmEvent(rdma_event_channel* ch, int timeout_ms, rdma_cm_event** ev);
+
+}  // namespace ibnbd::rdma
