@@ -21,10 +21,10 @@ test('the Quick Start example: "sessname=blya path=ip:10.50.100.66 device_path=/
     devicePath: '/dev/ram0',
     accessMode: 'rw',
     ioMode: 'blockio',
-    transport: 'tcp',
     queues: 1,
     mpPolicy: 'min-inflight',
   });
+  t.false('transport' in req, 'no transport given: the client daemon decides at map time');
 });
 
 test('"path=ip:10.0.0.66": the single addr is the destination', (t) => {

@@ -2,7 +2,7 @@
 // for JS admin requests and tests, and the IO thread pool size. Options are validated here with
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from './errors.js';
-import { loadNative } from './native.js';
+import { linkProbe, loadNative } from './native.js';
 
 export type TransportKind = 'tcp' | 'rdma';
 export type MpPolicy = 'min-inflight' | 'round-robin' | 'min-latency';
@@ -130,6 +130,8 @@ export function validateClientOptions(o: ClientSessionOptions): void {
 /** An RTRS-shaped client session over the native transport. */
 export class ClientSession {
   readonly #raw: NativeClientSessionRaw;
+  /** Requests sent from a JS copy (data/readLen, not buffer): on RDMA each one bounces. */
+  #copied = 0;
 
   constructor(opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void) {
     validateClientOptions(opts);
@@ -161,6 +163,7 @@ export class ClientSession {
     if (r.dir === 'write' && r.data !== undefined && !Buffer.isBuffer(r.data)) throw new IbnbdError('EINVAL', 'data must be a Buffer');
     if (r.dir === 'read') checkInt('readLen', r.readLen ?? 0, 0, 16 << 20);
     if (r.buffer !== undefined && !Buffer.isBuffer(r.buffer)) throw new IbnbdError('EINVAL', 'buffer must be a Buffer');
+    if (r.buffer === undefined && ((r.dir === 'write' && (r.data?.length ?? 0) > 0) || (r.dir === 'read' && (r.readLen ?? 0) > 0))) this.#copied++;
     try {
       return this.#raw.request(r);
     } catch (e) {
@@ -208,6 +211,12 @@ export class ClientSession {
   get bounceCount(): number {
     return this.#raw.bounceCount;
   }
+  /** Requests this JS side sent from copies (admin messages: SESS_INFO, OPEN…). On RDMA each
+   *  of them bounces once, so bounceCount − copiedRequests = the data requests (guest IO) that
+   *  were not zero copy. */
+  get copiedRequests(): number {
+    return this.#copied;
+  }
 }
 
 /** Size of the process-wide IO thread pool; before any session or server exists (else EBUSY). */
@@ -222,4 +231,9 @@ export function configureIoThreads(n: number): void {
 
 export function ioThreadCount(): number {
   return native().ioThreadCount();
+}
+
+/** Whether this host has an RDMA device (ibv_get_device_list): the daemons' transport default. */
+export function hostHasRdma(): boolean {
+  return linkProbe().ibvDevices > 0;
 }

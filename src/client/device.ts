@@ -4,7 +4,7 @@
 // State (RNBD's MAPPED / MAPPED_DISCONNECTED): open, or closed with the reason why.
 import type { VhostBlk } from '../backend/vhost.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
-import type { MapRequest } from '../proto/map-string.js';
+import type { MapRequest, Transport } from '../proto/map-string.js';
 import type { ClientSession } from './session.js';
 
 export type DeviceState = 'open' | 'closed';
@@ -20,7 +20,7 @@ export interface DeviceInfo {
   mapping_path: string;
   access_mode: MapRequest['accessMode'];
   io_mode: MapRequest['ioMode'];
-  transport: MapRequest['transport'];
+  transport: Transport;
   size: number;
   logical_block_size: number;
   physical_block_size: number;
@@ -96,7 +96,7 @@ export class MappedDevice {
       mapping_path: this.request.devicePath,
       access_mode: this.request.accessMode,
       io_mode: this.request.ioMode,
-      transport: this.request.transport,
+      transport: this.session.transport,
       size: this.sizeBytes,
       logical_block_size: this.open.logicalBlockSize,
       physical_block_size: this.open.physicalBlockSize,
