@@ -205,3 +205,80 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   t.is(rcJson(out, 'CLT_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV_EXIT').rc, 0);
 });
+
+// Two RDMA paths through the daemons: eth0 (rxe0) and a dummy netdev with its own rxe device
+// (rxe1, loopback inside rxe). The second path's address goes away under QD16 IO: the path is
+// declared dead (heartbeats), its requests fail over, IO goes on without an error; the address
+// comes back and the path reconnects.
+function multipathScript(node: string): string {
+  const IB = `timeout 120 ${node} ${cliPath}`;
+  const BLK = `timeout 150 ${tool('ibnbd-blkio')} --timeout-ms 120000`;
+  return `${kernelRnbdPrelude()}
+set -u
+T0=$(date +%s)
+step() { echo "STEP $(( $(date +%s) - T0 ))s $*"; }
+rxe_up || exit 20
+{ ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } && ip addr add 10.0.3.1/24 dev dummy0 && ip link set dummy0 up && rdma link add rxe1 type rxe netdev dummy0 || exit 30
+mkdir -p /tmp/exp /tmp/run && truncate -s 128M /tmp/exp/disk.img
+${node} ${cliPath} server --listen [::]:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
+SRV=$!
+${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --heartbeat-ms 300 --heartbeat-missed-max 3 --reconnect-delay-ms 1000 2> /tmp/clt.log &
+CLT=$!
+i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log; exit 23; }; sleep 0.1; done
+${IB} map "sessname=mp path=ip:10.0.2.15:${PORT} path=ip:10.0.3.1:${PORT} device_path=disk.img mp_policy=round-robin" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_MP $? $(tr -d '\\n' < /tmp/m.json)"
+echo "SHOW_MP1 $(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')"
+step mapped
+${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 16 --count 2000 --seed 7 --min-size 4096 --max-size 65536 --span ${128 * MiB} verify > /tmp/mp.json 2>&1 &
+B=$!
+sleep 2
+ip addr del 10.0.3.1/24 dev dummy0; echo "ADDR_DEL $?"
+step address removed
+sleep 4
+echo "SHOW_MP2 $(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')"
+ip addr add 10.0.3.1/24 dev dummy0; echo "ADDR_ADD $?"
+step address back
+wait $B; echo "VERIFY_MP $? $(tr -d '\\n' < /tmp/mp.json)"
+step io done
+i=0; while :; do
+  S=$(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')
+  [ $(echo "$S" | grep -o '"state":"connected"' | wc -l) -ge 2 ] && break
+  i=$((i+1)); [ $i -gt 10 ] && break; sleep 2
+done
+echo "SHOW_MP3 $S"
+step done
+echo "CLTLOG $(tail -c 1500 /tmp/clt.log | tr '\\n' '|')"
+kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $?"
+exit 0`;
+}
+
+test.serial('soft-RoCE guest: two RDMA paths through the daemons; one path\'s address goes away mid-IO and comes back, IO goes on without errors', async (t) => {
+  t.timeout(600_000);
+  const node = `${sanitizerEnv}${process.execPath}`;
+  const r = await runGuest({
+    ...kernelRnbdGuestOptions({ modules: ['dummy'] }),
+    cpus: 2,
+    memMiB: 1024,
+    timeoutMs: 540_000,
+    script: multipathScript(node),
+    onSerialLine: process.env.IBNBD_GUEST_LOG ? (l) => appendFileSync(process.env.IBNBD_GUEST_LOG!, `${l}\n`) : undefined,
+  });
+  t.log(r.output.split('\n').filter((l) => l.startsWith('STEP') || l.startsWith('VERIFY')).join('\n'));
+  if (r.exitCode !== 0) t.log(r.output.slice(-6000));
+  t.is(r.exitCode, 0);
+  const out = r.output;
+  t.is(rcJson(out, 'MAP_MP').rc, 0);
+  const states = (key: string) => (JSON.parse(line(out, key)).device.path_states as Array<{ dst: string; state: string }>).map((p) => `${p.dst} ${p.state}`);
+  t.deepEqual(states('SHOW_MP1'), [`ip:10.0.2.15:${PORT} connected`, `ip:10.0.3.1:${PORT} connected`], 'two paths up');
+  const second = states('SHOW_MP2')[1]!;
+  t.notRegex(second, / connected$/, `the path without its address is not connected: ${second}`);
+  t.is(states('SHOW_MP2')[0], `ip:10.0.2.15:${PORT} connected`);
+  const v = rcJson(out, 'VERIFY_MP');
+  t.is(v.rc, 0, `IO across the path loss: ${JSON.stringify(v.json)}`);
+  t.is(v.json.write?.errors, 0);
+  t.is(v.json.read?.mismatches, 0);
+  t.is(v.json.write?.requests + v.json.read?.requests, 4000);
+  t.deepEqual(states('SHOW_MP3'), [`ip:10.0.2.15:${PORT} connected`, `ip:10.0.3.1:${PORT} connected`], 'the path is back');
+  t.is(JSON.parse(line(out, 'SHOW_MP3')).device.bounce_count, 0, 'zero copy on both paths');
+  t.is(rcJson(out, 'CLT_EXIT').rc, 0);
+  t.is(rcJson(out, 'SRV_EXIT').rc, 0);
+});
