@@ -3,7 +3,7 @@
 // CPU time of a process from /proc/<pid>/stat.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 
 const live = new Set<ChildProcess>();
 process.on('exit', () => {
@@ -63,18 +63,6 @@ export function tcpAccepts(host: string, port: number) {
       s.once('connect', () => done(true));
       s.once('error', () => done(false));
     });
-}
-
-/** A loopback port free right now (bound to 0 and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;

@@ -9,7 +9,8 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BenchOptions, TargetId } from './options.js';
-import { Daemon, fileExists, freePort, runTool, tcpAccepts, waitFor, type ToolResult } from './procs.js';
+import { freePort } from '../tests/fixtures.js';
+import { Daemon, fileExists, runTool, tcpAccepts, waitFor, type ToolResult } from './procs.js';
 import { isReadLike, type Workload } from './workloads.js';
 
 export interface BenchContext {
@@ -206,12 +207,13 @@ class TcpProbe implements Target {
  */
 class Ours extends VhostTarget {
   readonly id = 'a' as const;
-  name = 'ours (ibnbd TCP)';
+  readonly name = 'ours (ibnbd TCP)';
   readonly description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client';
 
   /** Why ours cannot run in this build, or undefined when it can. */
   static unavailableReason(root: string): string | undefined {
-    return Ours.cliMissing(root, 'server', ['--listen', '--dev-search-path', '--control']);
+    return Ours.cliMissing(root, 'server', ['--listen', '--dev-search-path', '--control']) ??
+      Ours.cliMissing(root, 'client', ['--control', '--run-dir']);
   }
 
   // an unknown sub-command's --help prints the top-level help and exits 0: look for the options
@@ -232,9 +234,7 @@ class Ours extends VhostTarget {
     ], join(ctx.work, 'a-server.log'));
     this.procs = [server];
     await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
-    const noClient = Ours.cliMissing(ctx.root, 'client', ['--control', '--run-dir']);
-    if (noClient) await this.startStandIn(ctx, port, noClient);
-    else await this.startClientDaemon(ctx, port, threads);
+    await this.startClientDaemon(ctx, port, threads);
     this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
   }
 
@@ -256,23 +256,6 @@ class Ours extends VhostTarget {
     if (!socket) throw new Error(`ibnbd map: no socket in the reply ${map.stdout.trim()}`);
     this.socket = socket;
     await waitFor('vhost-user socket of ours', START_TIMEOUT_MS, fileExists(socket), this.procs);
-  }
-
-  /** The client daemon's native objects without its control plane (bench/ours-client-standin.ts). */
-  private async startStandIn(ctx: BenchContext, port: number, why: string): Promise<void> {
-    this.socket = join(ctx.work, 'a-vhost.sock');
-    const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
-    const standIn = new Daemon('ibnbd client stand-in', process.execPath, [
-      join(ctx.root, 'dist', 'bench', 'ours-client-standin.js'),
-      '--port', String(port), '--device', basename(ctx.file), '--socket', this.socket, ...threads,
-    ], join(ctx.work, 'a-client-standin.log'));
-    this.procs.push(standIn);
-    await waitFor('ours (client stand-in)', START_TIMEOUT_MS, fileExists(this.socket), this.procs);
-    this.name = 'ours (stand-in client)';
-    this.notes.push(
-      `client STAND-IN: ${why}, so the client side is bench/ours-client-standin.ts — the client daemon's own native ` +
-      'objects (NativeClientSession over TCP, SESS_INFO + OPEN io_mode=fileio, VhostBlk) without its control plane; the IO path is the real one',
-    );
   }
 }
 

@@ -7,10 +7,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, openSync, readSync, closeSync, rmSync, ftruncateSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../src/backend/native.js';
+import { freePort } from '../tests/fixtures.js';
 import { startGuest, type GuestHandle } from '../tests/qemu/harness.js';
 
 const DISK_MIB = 256;
@@ -25,17 +25,6 @@ function step(text: string): void {
 }
 function info(text: string): void {
   process.stdout.write(`    ${text}\n`);
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function daemon(name: string, args: string[]): ChildProcess {

@@ -8,7 +8,8 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { controlRequest } from '../src/control/index.js';
 import { ibnbd, ibnbdJson, rssBytes, startClientDaemon, startServerDaemon } from './daemons.js';
-import { blkio, expectedPattern, fileBytes, MiB, sparseFile, tempDir } from './vhost-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { blkio, blkioBench, expectedPattern, fileBytes, MiB } from './vhost-helpers.js';
 
 async function setup(t: ExecutionContext, files: Record<string, number>, clientExtra: string[] = []) {
   const dir = tempDir(t, 'clientd');
@@ -113,7 +114,7 @@ test.serial('map errors: EINVAL, ENOENT, EEXIST, EPERM through the CLI with exit
 test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO and the daemon stays healthy', async (t) => {
   const s = await setup(t, { 'busy.img': 64 * MiB, 'other.img': 16 * MiB });
   const { device } = await s.mapJson(`sessname=b path=${s.path} device_path=busy.img`);
-  const bench = blkio(['--path', device.socket, '--timeout-ms', '5000', 'bench', '--rw', 'randwrite', '--qd', '32', '--runtime-ms', '20000'], 60_000);
+  const bench = blkioBench(['--path', device.socket, '--timeout-ms', '5000', '--rw', 'randwrite', '--qd', '32', '--runtime-ms', '20000'], 60_000);
   const end = Date.now() + 10_000;
   while (!(await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.frontend_connected) {
     if (Date.now() > end) t.fail('libblkio never connected');

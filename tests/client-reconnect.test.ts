@@ -8,7 +8,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from './daemons.js';
-import { blkio, expectedPattern, fileBytes, MiB, sparseFile, tempDir } from './vhost-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { blkio, expectedPattern, fileBytes, MiB } from './vhost-helpers.js';
 
 // short enough that a restart is seen and healed in about a second
 const FAST = ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '300'];

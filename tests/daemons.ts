@@ -1,11 +1,11 @@
 // The two daemons as a user runs them: `ibnbd server` and `ibnbd client` child processes driven by
-// the `ibnbd` CLI over their control sockets. Shared by the client-daemon tests and the VM tests.
+// the `ibnbd` CLI over their control sockets. Shared by the client-daemon, VM and server tests.
 import type { ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { projectRoot } from '../src/backend/native.js';
+import { freePort } from './fixtures.js';
 
 export const cliPath = join(projectRoot, 'bin', 'ibnbd.js');
 
@@ -30,17 +30,6 @@ export async function ibnbdJson<T = Record<string, any>>(args: string[], timeout
   const r = await ibnbd([...args, '--json'], timeoutMs);
   if (r.code !== 0) throw new Error(`ibnbd ${args.join(' ')} → ${r.code}: ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as T;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export interface Daemon {

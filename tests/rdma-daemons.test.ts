@@ -17,7 +17,8 @@ import { hostHasRdma } from '../src/backend/transport.js';
 import { cliPath, ibnbd, ibnbdJson, startClientDaemon, startServerDaemon } from './daemons.js';
 import { runGuest } from './qemu/harness.js';
 import { kernelRnbdGuestOptions, kernelRnbdPrelude } from './qemu/rnbd-kernel.js';
-import { expectedPattern, MiB, sparseFile, tempDir, tool } from './vhost-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { expectedPattern, MiB, tool } from './vhost-helpers.js';
 
 const sanitizerEnv = process.env.IBNBD_SANITIZE === '1'
   ? `env IBNBD_SANITIZE=1 LD_PRELOAD=${process.env.LD_PRELOAD ?? ''} ASAN_OPTIONS=${process.env.ASAN_OPTIONS ?? 'detect_leaks=0'} `

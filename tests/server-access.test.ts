@@ -1,6 +1,7 @@
 // The access-mode counter alone (the two-session matrix over the network is in server-io.test.ts).
 import test from 'ava';
-import { WriterCount, accessModeFromWire, type AccessMode } from '../src/server/access.js';
+import { WriterCount, accessModeFromWire } from '../src/server/access.js';
+import type { AccessMode } from '../src/proto/ibnbd.js';
 
 function tryAcquire(c: WriterCount, m: AccessMode): string {
   try {

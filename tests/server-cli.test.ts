@@ -3,24 +3,14 @@
 // files; only the native transport is replaced by a recorder here (the daemon with the real
 // transport: server-daemon.test.ts).
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ControlServer } from '../src/control/index.js';
 import { serverCommands } from '../src/server/control-commands.js';
 import { probe } from '../src/server/probe.js';
 import { ExportServer, type NativePort } from '../src/server/server.js';
-import { openMsg, sparseFile, tempDir } from './server-helpers.js';
-
-const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
-
-function ibnbd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 20_000, encoding: 'utf8' }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
-    });
-  });
-}
+import { ibnbd } from './daemons.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { openMsg } from './server-helpers.js';
 
 const port: NativePort = {
   respond: () => {},

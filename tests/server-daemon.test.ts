@@ -2,21 +2,12 @@
 // real transport, `ibnbd server devices|sessions` show it through the control socket, and
 // SIGTERM ends it cleanly (exit 0, session closed, control socket removed).
 import test from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
-
-const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
-
-function ibnbd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 20_000, encoding: 'utf8' }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
-    });
-  });
-}
+import { cliPath, ibnbd } from './daemons.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TestClient, pattern, raceTimeout } from './server-helpers.js';
 
 test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async (t) => {
   const dir = tempDir(t, 'srvd');
@@ -24,7 +15,7 @@ test('daemon: serve, introspect through the CLI, exit cleanly on SIGTERM', async
   const sock = join(dir, 'server.sock');
   const child = spawn(
     process.execPath,
-    [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock, '--io-threads', '2'],
+    [cliPath, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock, '--io-threads', '2'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   t.teardown(() => child.kill('SIGKILL'));
@@ -81,7 +72,7 @@ test('daemon: SIGINT is a clean stop too; a taken control socket is refused befo
   const dir = tempDir(t, 'srvd');
   const sock = join(dir, 'server.sock');
   const start = () => {
-    const child = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock], {
+    const child = spawn(process.execPath, [cliPath, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', dir, '--control', sock], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     t.teardown(() => child.kill('SIGKILL'));

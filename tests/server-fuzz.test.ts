@@ -6,12 +6,11 @@
 // the daemon is alive and consistent, the good device holds exactly what its client wrote, files
 // outside the fuzzers' namespace are untouched, and SIGTERM still ends it cleanly.
 import test from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { encode, type Message } from '../src/proto/ibnbd.js';
 import {
   FRAME_HEADER_SIZE,
@@ -22,9 +21,10 @@ import {
   encodeHandshakeReq,
   type FrameKind,
 } from '../src/transport/tcp-frames.js';
-import { TestClient, pattern, raceTimeout, sparseFile, tempDir } from './server-helpers.js';
+import { cliPath, ibnbd } from './daemons.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TestClient, pattern, raceTimeout } from './server-helpers.js';
 
-const BIN = fileURLToPath(new URL('../../bin/ibnbd.js', import.meta.url));
 const TARGET = 100_000;
 const BUDGET_MS = 55_000; // 100k usually takes 8-15 s here; the rest is slack for a loaded machine
 const MiB = 1 << 20;
@@ -224,14 +224,6 @@ function readExactly(s: net.Socket, n: number, timeoutMs = 5000): Promise<Buffer
   });
 }
 
-function ibnbd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 20_000, encoding: 'utf8' }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
-    });
-  });
-}
-
 test('fuzzing a running server: it keeps serving a well-behaved session', async (t) => {
   t.timeout(120_000);
   t.log(`seed ${SEED0}`);
@@ -249,7 +241,7 @@ test('fuzzing a running server: it keeps serving a well-behaved session', async 
 
   const child = spawn(
     process.execPath,
-    [BIN, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', join(search, '%SESSNAME%'), '--control', sock, '--queue-depth', '32', '--io-threads', '2'],
+    [cliPath, 'server', '--listen', '127.0.0.1:0', '--dev-search-path', join(search, '%SESSNAME%'), '--control', sock, '--queue-depth', '32', '--io-threads', '2'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   t.teardown(() => child.kill('SIGKILL'));

@@ -2,23 +2,8 @@
 // teardown), and IBNBD admin message bytes.
 import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { constants } from 'node:os';
 import { encode, type AccessMode, type IoMode } from '../src/proto/ibnbd.js';
-
-export function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `ibnbd-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-export function sparseFile(path: string, size: number): string {
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
 
 /** A loop device over `file`, detached in teardown (registered before anything can fail). */
 export function loopDevice(t: ExecutionContext, file: string): string {
@@ -33,6 +18,21 @@ export function loopDevice(t: ExecutionContext, file: string): string {
   return dev;
 }
 
+/**
+ * The "RW only once" rule seen from two sessions on one device: the first session's mode, the
+ * second's, and the errno the second OPEN gets. Run over the wire (server-io) and on the
+ * ExportServer alone (server-policy).
+ */
+export const TWO_SESSION_ACCESS_MATRIX: ReadonlyArray<readonly [AccessMode, AccessMode, number]> = [
+  ['ro', 'ro', 0],
+  ['ro', 'rw', 0],
+  ['rw', 'ro', 0],
+  ['rw', 'rw', constants.errno.EPERM],
+  ['rw', 'migration', 0],
+  ['migration', 'rw', constants.errno.EPERM],
+  ['migration', 'migration', 0],
+];
+
 export const sessInfo = (ver = 2): Buffer => encode({ type: 'SESS_INFO', ver });
 export const openMsg = (devName: string, accessMode: AccessMode = 'rw', ioMode: IoMode = 'blockio'): Buffer =>
   encode({ type: 'OPEN', accessMode, ioMode, devName });
@@ -41,24 +41,18 @@ export const closeMsg = (deviceId: number): Buffer => encode({ type: 'CLOSE', de
 // ---- a test client on the native transport (NativeClientSession) ---------------------------
 
 import { loadNative } from '../src/backend/native.js';
+import type { NativeClientSessionClass, NativeClientSessionRaw } from '../src/backend/transport.js';
 import { decode as decodeMsg, type IoOp, type OpenRspMsg } from '../src/proto/ibnbd.js';
-
-interface NativeClientSessionLike {
-  connect(timeoutMs?: number): Promise<void>;
-  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number }): Promise<{ errno: number; data?: Buffer }>;
-  close(): Promise<void>;
-  paths(): Array<{ src: string; dst: string; state: string }>;
-}
 
 /** An IBNBD client speaking through the real native transport. errno results are positive. */
 export class TestClient {
   private constructor(
     readonly sessname: string,
-    private readonly s: NativeClientSessionLike,
+    private readonly s: NativeClientSessionRaw,
   ) {}
 
   static async connect(port: number, sessname: string, opts: { host?: string; maxIoSize?: number } = {}): Promise<TestClient> {
-    const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
+    const { NativeClientSession } = loadNative<{ NativeClientSession: NativeClientSessionClass }>();
     const s = new NativeClientSession({
       transport: 'tcp',
       sessname,

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
-import { TestClient, loopDevice, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TWO_SESSION_ACCESS_MATRIX, TestClient, loopDevice, pattern } from './server-helpers.js';
 
 const E = constants.errno;
 const MiB = 1 << 20;
@@ -186,16 +187,7 @@ test.serial('access-mode matrix across two sessions; a killed session releases i
   const { running, port } = serve(t, dir);
   const a = await client(t, port, 'ma');
   const b = await client(t, port, 'mb');
-  const cases: Array<['ro' | 'rw' | 'migration', 'ro' | 'rw' | 'migration', number]> = [
-    ['ro', 'ro', 0],
-    ['ro', 'rw', 0],
-    ['rw', 'ro', 0],
-    ['rw', 'rw', E.EPERM],
-    ['rw', 'migration', 0],
-    ['migration', 'rw', E.EPERM],
-    ['migration', 'migration', 0],
-  ];
-  for (const [m1, m2, want] of cases) {
+  for (const [m1, m2, want] of TWO_SESSION_ACCESS_MATRIX) {
     const o1 = await a.open('disk', m1);
     t.is(o1.errno, 0);
     const o2 = await b.open('disk', m2);

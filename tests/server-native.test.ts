@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { encode, type IoOp } from '../src/proto/ibnbd.js';
 import { ClientSession } from '../src/backend/transport.js';
 import { NativeServer, probeDevice, type AttachDeviceSpec, type NativeServerEvent } from '../src/backend/server-native.js';
-import { loopDevice, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { loopDevice } from './server-helpers.js';
 
 const LO = { kind: 'ip' as const, addr: '127.0.0.1', port: 0 };
 const EPERM = -1, EIO = -5, EINVAL = -22, ENOTCONN = -107, EOPNOTSUPP = -95;

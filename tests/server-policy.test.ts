@@ -9,7 +9,8 @@ import { decode, type OpenRspMsg } from '../src/proto/ibnbd.js';
 import { ExportServer, type NativePort } from '../src/server/server.js';
 import type { AttachSpec } from '../src/server/session.js';
 import { probe } from '../src/server/probe.js';
-import { closeMsg, loopDevice, openMsg, sessInfo, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TWO_SESSION_ACCESS_MATRIX, closeMsg, loopDevice, openMsg, sessInfo } from './server-helpers.js';
 
 const E = constants.errno;
 
@@ -78,19 +79,10 @@ test('access-mode matrix across two sessions, release on CLOSE and on session de
   const r = rig(dir);
   r.up('a', 'sa');
   r.up('b', 'sb');
-  const cases: Array<[string, string, number]> = [
-    ['ro', 'ro', 0],
-    ['ro', 'rw', 0],
-    ['rw', 'ro', 0],
-    ['rw', 'rw', E.EPERM],
-    ['rw', 'migration', 0],
-    ['migration', 'rw', E.EPERM],
-    ['migration', 'migration', 0],
-  ];
-  for (const [m1, m2, want] of cases) {
-    const o1 = r.open('a', 'disk', m1 as 'rw');
+  for (const [m1, m2, want] of TWO_SESSION_ACCESS_MATRIX) {
+    const o1 = r.open('a', 'disk', m1);
     t.is(o1.errno, 0);
-    const o2 = r.open('b', 'disk', m2 as 'rw');
+    const o2 = r.open('b', 'disk', m2);
     t.is(o2.errno, want, `${m1} then ${m2}`);
     t.is(r.close('a', o1.rsp!.deviceId), 0);
     if (o2.errno === 0) t.is(r.close('b', o2.rsp!.deviceId), 0);

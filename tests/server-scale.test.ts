@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { startServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
-import { TestClient, pattern, sparseFile, tempDir } from './server-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { TestClient, pattern } from './server-helpers.js';
 
 const SESSIONS = 64;
 

@@ -3,33 +3,23 @@
 // client (native/build/<cfg>/ibnbd-blkio) and the raw vhost-user front-end (ibnbd-vhost-raw).
 import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadNative, projectRoot, sanitizerBuild } from '../src/backend/native.js';
+import type { NativeClientSessionClass, NativeClientSessionRaw } from '../src/backend/transport.js';
 import { VhostBlk, type VhostBlkOptions, type VhostEvent } from '../src/backend/vhost.js';
 import { decode, encode, type OpenRspMsg } from '../src/proto/ibnbd.js';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
+import { sparseFile, tempDir } from './fixtures.js';
 
 export const MiB = 1 << 20;
 export const IO_THREADS = 3;
 
-export function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `ibnbd-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+export type ToolName = 'ibnbd-blkio' | 'ibnbd-blkio-bench' | 'ibnbd-vhost-raw';
 
-export function sparseFile(path: string, size: number): string {
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
-
-export function tool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw'): string {
+export function tool(name: ToolName): string {
   return join(projectRoot, 'native', 'build', sanitizerBuild ? 'Debug' : 'Release', name);
 }
 
@@ -40,7 +30,7 @@ export interface ToolResult {
 }
 
 /** Runs a tool bounded in time; its stdout is one JSON object. */
-export function runTool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw', args: string[], timeoutMs = 60_000): Promise<ToolResult> {
+export function runTool(name: ToolName, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
   return new Promise((resolve) => {
     // The tools are never built with ASan: keep the sanitizer runtime out of their environment.
     const env = { ...process.env };
@@ -59,6 +49,8 @@ export function runTool(name: 'ibnbd-blkio' | 'ibnbd-vhost-raw', args: string[],
 }
 
 export const blkio = (args: string[], timeoutMs?: number) => runTool('ibnbd-blkio', args, timeoutMs);
+/** The load generator (native/tools/blkio_bench.c): keeps --qd requests in flight for --runtime-ms. */
+export const blkioBench = (args: string[], timeoutMs?: number) => runTool('ibnbd-blkio-bench', args, timeoutMs);
 export const raw = (args: string[], timeoutMs?: number) => runTool('ibnbd-vhost-raw', args, timeoutMs);
 
 /** The pattern ibnbd-blkio writes: 8-byte LE word at device offset o = splitmix64(seed ^ o). */
@@ -83,14 +75,6 @@ export function fileBytes(path: string, offset: number, len: number): Buffer {
 
 // ---- server and session ---------------------------------------------------------------------
 
-interface NativeClientSessionLike {
-  connect(timeoutMs?: number): Promise<void>;
-  request(r: { dir: 'read' | 'write'; usr: Buffer; data?: Buffer; readLen?: number }): Promise<{ errno: number; data?: Buffer }>;
-  close(): Promise<void>;
-  readonly maxIoSize: number;
-  readonly connected: boolean;
-}
-
 export interface Served {
   running: RunningServer;
   port: number;
@@ -114,13 +98,13 @@ export function serveFile(t: ExecutionContext, size: number): Served {
 let sessionCounter = 0;
 
 export interface Mapped {
-  session: NativeClientSessionLike;
+  session: NativeClientSessionRaw;
   rsp: OpenRspMsg;
 }
 
 /** A client session (SESS_INFO, then OPEN of `name`): what the client daemon does on map. */
 export async function mapDevice(t: ExecutionContext, port: number, name: string, accessMode: 'ro' | 'rw' = 'rw', maxIoSize = 128 * 1024): Promise<Mapped> {
-  const { NativeClientSession } = loadNative<{ NativeClientSession: new (o: object) => NativeClientSessionLike }>();
+  const { NativeClientSession } = loadNative<{ NativeClientSession: NativeClientSessionClass }>();
   const session = new NativeClientSession({
     transport: 'tcp',
     sessname: `vhost-${process.pid}-${port}-${name}-${++sessionCounter}`,

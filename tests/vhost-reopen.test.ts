@@ -5,7 +5,8 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { decode, encode } from '../src/proto/ibnbd.js';
-import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, sparseFile, startDevice } from './vhost-helpers.js';
+import { sparseFile } from './fixtures.js';
+import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice } from './vhost-helpers.js';
 
 const pattern = (seed: number, offset: number, count: number, size: number) => [
   '--seed', String(seed), '--count', String(count), '--sequential', '--min-size', String(size), '--max-size', String(size), '--offset', String(offset),

@@ -10,6 +10,7 @@ import {
   IO_THREADS,
   MiB,
   blkio,
+  blkioBench,
   expectedPattern,
   fileBytes,
   mapDevice,
@@ -199,7 +200,7 @@ test.serial('disconnectFrontend: front-end dropped, the socket accepts the next 
   const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'x.sock')));
   t.false(dev.vhost.frontendConnected);
   t.false(await dev.vhost.disconnectFrontend(), 'nothing to disconnect');
-  const bench = blkio(['--path', dev.socket, '--timeout-ms', '3000', 'bench', '--rw', 'randwrite', '--qd', '16', '--runtime-ms', '20000'], 60_000);
+  const bench = blkioBench(['--path', dev.socket, '--timeout-ms', '3000', '--rw', 'randwrite', '--qd', '16', '--runtime-ms', '20000'], 60_000);
   t.true(await waitFor(() => dev.vhost.frontendConnected && dev.vhost.stats().requests > 100), 'bench running');
   t.true(await dev.vhost.disconnectFrontend());
   t.false(dev.vhost.frontendConnected);

@@ -5,7 +5,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from './daemons.js';
 import { startGuest, runGuest } from './qemu/harness.js';
-import { fileBytes, MiB, sparseFile, tempDir } from './vhost-helpers.js';
+import { sparseFile, tempDir } from './fixtures.js';
+import { fileBytes, MiB } from './vhost-helpers.js';
 
 const DISK = 64 * MiB;
 

@@ -37,9 +37,33 @@ struct Event {
   uint32_t data_len = 0;
 };
 
+// The JS event function as seen from IO threads. stop() releases the thread-safe function once
+// the transport has stopped; whatever still reports after that (a device drained late, a
+// session that went down after a timed-out stop) is dropped here instead of calling a
+// finalized function, which aborts the process inside libuv.
+class EventSink {
+ public:
+  explicit EventSink(Napi::ThreadSafeFunction tsfn) : tsfn_(tsfn) {}
+  template <typename T, typename Callback>
+  bool Call(T* data, Callback cb) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return !closed_ && tsfn_.NonBlockingCall(data, cb) == napi_ok;
+  }
+  // On the JS thread, right before the release: no call gets through afterwards.
+  void Close() {
+    std::lock_guard<std::mutex> lk(mu_);
+    closed_ = true;
+  }
+
+ private:
+  std::mutex mu_;
+  bool closed_ = false;
+  Napi::ThreadSafeFunction tsfn_;
+};
+
 class Handler : public transport::ServerHandler {
  public:
-  explicit Handler(Napi::ThreadSafeFunction tsfn) : tsfn_(tsfn) {}
+  explicit Handler(std::shared_ptr<EventSink> sink) : sink_(std::move(sink)) {}
 
   void OnSessionUp(ServerSession* s) override {
     auto st = std::make_shared<SessionDevices>();
@@ -98,7 +122,7 @@ class Handler : public transport::ServerHandler {
   }
 
   void Emit(Event* ev) {
-    napi_status st = tsfn_.NonBlockingCall(ev, [](Napi::Env env, Napi::Function cb, Event* e) {
+    bool sent = sink_->Call(ev, [](Napi::Env env, Napi::Function cb, Event* e) {
       Napi::Object o = Napi::Object::New(env);
       o.Set("type", e->type);
       o.Set("sessionId", e->session_id);
@@ -122,7 +146,7 @@ class Handler : public transport::ServerHandler {
         fprintf(stderr, "ibnbd: NativeServer onEvent threw: %s\n", err.Message().c_str());
       }
     });
-    if (st != napi_ok) delete ev;
+    if (!sent) delete ev;
   }
 
   ServerIo* TakePending(uint64_t id) {
@@ -142,7 +166,7 @@ class Handler : public transport::ServerHandler {
   std::map<uint64_t, Sess> sessions_;
   std::map<uint64_t, ServerIo*> pending_;
   uint64_t next_request_ = 1;
-  Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<EventSink> sink_;
 };
 
 class NativeServer : public Napi::ObjectWrap<NativeServer> {
@@ -180,10 +204,12 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
         transport::U32Field(o, "heartbeatMissedMax", transport::kHeartbeatMissedMax, 0, 1000);
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ibnbd-server", 0, 1);
     tsfn_.Unref(env);
-    handler_ = std::make_unique<Handler>(tsfn_);
+    sink_ = std::make_shared<EventSink>(tsfn_);
+    handler_ = std::make_unique<Handler>(sink_);
     int err = 0;
     server_ = transport::Server::Create(transport, std::move(opt), handler_.get(), &err);
     if (!server_) {
+      sink_->Close();
       tsfn_.Release();
       released_ = true;
       ThrowErrno(env, err, "cannot create a " + transport + " server" +
@@ -344,14 +370,15 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     }
     auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
     Napi::Promise p = deferred->Promise();
-    auto tsfn = tsfn_;
+    auto sink = sink_;
     tsfn_.Ref(env);  // until the drain is reported
     auto* pending = new std::shared_ptr<Napi::Promise::Deferred>(deferred);
-    dev->Detach([tsfn, pending]() mutable {
-      tsfn.NonBlockingCall(pending, [](Napi::Env env, Napi::Function, std::shared_ptr<Napi::Promise::Deferred>* d) {
+    dev->Detach([sink, pending]() mutable {
+      bool sent = sink->Call(pending, [](Napi::Env env, Napi::Function, std::shared_ptr<Napi::Promise::Deferred>* d) {
         (*d)->Resolve(env.Undefined());
         delete d;
       });
+      if (!sent) delete pending;  // stopped meanwhile: the promise is never settled
     });
     dev.reset();
     if (!started_ || stopped_) tsfn_.Unref(env);
@@ -418,6 +445,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       void Execute() override { s_->Stop(); }
       void OnOK() override {
         self_->tsfn_.Unref(Env());
+        self_->sink_->Close();
         self_->tsfn_.Release();
         self_->released_ = true;
         self_->Unref();
@@ -437,6 +465,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
   std::unique_ptr<Handler> handler_;
   std::unique_ptr<transport::Server> server_;
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<EventSink> sink_;
   bool released_ = false;
   bool started_ = false;
   bool stopped_ = false;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "latency_histogram.h"
+#include "tools_common.h"
 
 enum rw_kind { RW_RANDREAD, RW_RANDWRITE, RW_READ, RW_WRITE, RW_RANDRW };
 static const char *const rw_names[] = {"randread", "randwrite", "read", "write", "randrw"};
@@ -60,19 +61,6 @@ struct worker {
 
 static struct blkio *b;
 static uint64_t t_measure_start, t_measure_end;  // CLOCK_MONOTONIC ns
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t x = (*state += 0x9e3779b97f4a7c15ull);
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 static void json_string(FILE *f, const char *s) {
   fputc('"', f);
@@ -107,7 +95,7 @@ static bool slot_is_read(struct worker *w) {
   switch (opt.rw) {
     case RW_RANDREAD: case RW_READ: return true;
     case RW_RANDWRITE: case RW_WRITE: return false;
-    case RW_RANDRW: return (int)(splitmix64(&w->rng) % 100) < opt.rwmix_read;
+    case RW_RANDRW: return (int)(splitmix64_next(&w->rng) % 100) < opt.rwmix_read;
   }
   return true;
 }
@@ -119,7 +107,7 @@ static uint64_t next_offset(struct worker *w) {
     w->cursor = (w->cursor + 1) % blocks;
     return w->span_start + off * opt.bs;
   }
-  return w->span_start + (splitmix64(&w->rng) % blocks) * opt.bs;
+  return w->span_start + (splitmix64_next(&w->rng) % blocks) * opt.bs;
 }
 
 static void submit(struct worker *w, int slot) {
@@ -262,7 +250,7 @@ int main(int argc, char **argv) {
   // written data is not all zeroes, so no back-end can take a zero-detection shortcut
   uint64_t fill = opt.seed ^ 0x5bd1e995u;
   for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
-    uint64_t v = splitmix64(&fill);
+    uint64_t v = splitmix64_next(&fill);
     memcpy((char *)region.addr + i, &v, 8);
   }
 

@@ -1,7 +1,8 @@
-// ibnbd-blkio: a vhost-user-blk client on libblkio (driver virtio-blk-vhost-user) for tests and
-// benchmarks without a VM. IO buffers come from blkio_alloc_mem_region + blkio_map_mem_region
-// (fd-backed, as the driver requires). Every wait has a timeout: a dead back-end makes the tool
-// fail with exit code 2 instead of hanging.
+// ibnbd-blkio: a vhost-user-blk client on libblkio (driver virtio-blk-vhost-user) for correctness
+// tests without a VM (load is ibnbd-blkio-bench's job, native/tools/blkio_bench.c). IO buffers
+// come from blkio_alloc_mem_region + blkio_map_mem_region (fd-backed, as the driver requires).
+// Every wait has a timeout: a dead back-end makes the tool fail with exit code 2 instead of
+// hanging.
 //
 //   ibnbd-blkio --path SOCK [--queues N] [--read-only] [--timeout-ms T] MODE [mode options]
 //   MODE
@@ -11,8 +12,6 @@
 //                               --min-size --max-size --offset --span --sequential
 //     flush
 //     discard | write-zeroes    --offset --len [--no-unmap]
-//     bench                     --rw randread|randwrite|read|write --bs --qd --runtime-ms
-//                               --seed --offset --span
 // Output: one JSON object on stdout. Exit 0 ok, 1 IO errors or mismatches, 2 setup/timeout.
 //
 // The pattern: the 8-byte little-endian word at device byte offset o (o multiple of 8) is
@@ -30,16 +29,18 @@
 #include <string.h>
 #include <time.h>
 
+#include "tools_common.h"
+
 struct opts {
-  const char *path, *mode, *rw;
-  int queues, qd, timeout_ms, runtime_ms;
+  const char *path, *mode;
+  int queues, qd, timeout_ms;
   bool read_only, sequential, no_unmap;
-  uint64_t seed, count, min_size, max_size, offset, span, len, bs;
+  uint64_t seed, count, min_size, max_size, offset, span, len;
 };
 
 static struct opts o = {
-    .queues = 1, .qd = 1, .timeout_ms = 10000, .runtime_ms = 2000, .seed = 1, .count = 64,
-    .min_size = 512, .max_size = 65536, .span = 0, .bs = 4096, .rw = "randread"};
+    .queues = 1, .qd = 1, .timeout_ms = 10000, .seed = 1, .count = 64,
+    .min_size = 512, .max_size = 65536, .span = 0};
 
 static struct blkio *b;
 static struct blkio_mem_region region;
@@ -51,24 +52,11 @@ static void die(int code, const char *what, int err) {
   exit(code);
 }
 
-static uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 static void fill_pattern(uint8_t *buf, uint64_t off, uint64_t len) {
   for (uint64_t i = 0; i < len; i += 8) {
     uint64_t w = splitmix64(o.seed ^ (off + i));
     memcpy(buf + i, &w, 8);
   }
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
 // ---- pattern IO -------------------------------------------------------------------------
@@ -87,15 +75,12 @@ struct qstate {
   uint64_t done, errors, mismatches, bytes;
   uint64_t first_mismatch;
   char first_error[160];
-  uint64_t *lat;  // bench
-  uint64_t nlat, cap_lat;
   int timed_out;
 };
 
 struct slot {
-  uint64_t idx;  // index into ios, or bench offset
+  uint64_t idx;  // index into ios
   uint64_t len;
-  uint64_t start_ns;
   uint8_t *buf;
 };
 
@@ -179,73 +164,6 @@ static void *run_pattern(void *arg) {
   return NULL;
 }
 
-// ---- bench ------------------------------------------------------------------------------
-
-static uint64_t bench_end_ns;
-
-static uint64_t next_offset(uint64_t *rng, uint64_t *seq) {
-  uint64_t blocks = o.span / o.bs;
-  uint64_t blk;
-  if (o.rw[0] == 'r' && o.rw[1] == 'a') {
-    *rng = splitmix64(*rng);
-    blk = *rng % blocks;
-  } else {
-    blk = (*seq)++ % blocks;
-  }
-  return o.offset + blk * o.bs;
-}
-
-static void *run_bench(void *arg) {
-  struct qstate *st = arg;
-  bool write = strstr(o.rw, "write") != NULL;
-  struct slot *slots = calloc(o.qd, sizeof *slots);
-  struct blkio_completion *c = calloc(o.qd, sizeof *c);
-  uint64_t rng = o.seed * 7919 + st->qi, seq = (uint64_t)st->qi * 1000003;
-  int inflight = 0;
-  for (int s = 0; s < o.qd; s++) {
-    slots[s].buf = slot_buf(st->qi, s);
-    if (write) fill_pattern(slots[s].buf, 0, o.bs);
-  }
-  for (int s = 0; s < o.qd; s++) {
-    slots[s].idx = next_offset(&rng, &seq);
-    slots[s].start_ns = now_ns();
-    if (write) blkioq_write(st->q, slots[s].idx, slots[s].buf, o.bs, &slots[s], 0);
-    else blkioq_read(st->q, slots[s].idx, slots[s].buf, o.bs, &slots[s], 0);
-    inflight++;
-  }
-  while (inflight > 0) {
-    int n;
-    if (!wait_some(st, c, 1, o.qd, &n)) break;
-    uint64_t t = now_ns();
-    for (int k = 0; k < n; k++) {
-      struct slot *sl = c[k].user_data;
-      st->done++;
-      if (c[k].ret != 0) note_error(st, &c[k]);
-      else st->bytes += o.bs;
-      if (st->nlat == st->cap_lat) {
-        st->cap_lat = st->cap_lat ? st->cap_lat * 2 : 65536;
-        st->lat = realloc(st->lat, st->cap_lat * sizeof *st->lat);
-      }
-      st->lat[st->nlat++] = t - sl->start_ns;
-      inflight--;
-      if (t < bench_end_ns) {
-        sl->idx = next_offset(&rng, &seq);
-        sl->start_ns = now_ns();
-        if (write) blkioq_write(st->q, sl->idx, sl->buf, o.bs, sl, 0);
-        else blkioq_read(st->q, sl->idx, sl->buf, o.bs, sl, 0);
-        inflight++;
-      }
-    }
-  }
-  free(slots), free(c);
-  return NULL;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 // ---- setup ------------------------------------------------------------------------------
 
 static void setup(uint64_t buf_bytes) {
@@ -277,7 +195,7 @@ static struct qstate *queues_state(void) {
 }
 
 static void run_threads(struct qstate *st, void *(*fn)(void *)) {
-  pthread_t *t = calloc(o.queues, sizeof *t);
+  pthread_t *t = calloc((unsigned)o.queues, sizeof *t);
   for (int i = 0; i < o.queues; i++) pthread_create(&t[i], NULL, fn, &st[i]);
   for (int i = 0; i < o.queues; i++) pthread_join(t[i], NULL);
   free(t);
@@ -380,8 +298,7 @@ int main(int argc, char **argv) {
       {"timeout-ms", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'}, {"qd", 1, 0, 'd'},
       {"min-size", 1, 0, 'm'}, {"max-size", 1, 0, 'M'}, {"offset", 1, 0, 'o'},
       {"span", 1, 0, 'S'}, {"sequential", 0, 0, 'Q'}, {"len", 1, 0, 'l'},
-      {"no-unmap", 0, 0, 'U'}, {"rw", 1, 0, 'w'}, {"bs", 1, 0, 'b'},
-      {"runtime-ms", 1, 0, 'r'}, {0, 0, 0, 0}};
+      {"no-unmap", 0, 0, 'U'}, {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (c) {
@@ -399,14 +316,11 @@ int main(int argc, char **argv) {
       case 'Q': o.sequential = true; break;
       case 'l': o.len = strtoull(optarg, 0, 0); break;
       case 'U': o.no_unmap = true; break;
-      case 'w': o.rw = optarg; break;
-      case 'b': o.bs = strtoull(optarg, 0, 0); break;
-      case 'r': o.runtime_ms = atoi(optarg); break;
       default: fprintf(stderr, "unknown option\n"); return 2;
     }
   }
   if (!o.path || optind != argc - 1 || o.queues < 1 || o.qd < 1 || o.timeout_ms < 1) {
-    fprintf(stderr, "usage: ibnbd-blkio --path SOCK [options] info|verify|write|check|flush|discard|write-zeroes|bench\n");
+    fprintf(stderr, "usage: ibnbd-blkio --path SOCK [options] info|verify|write|check|flush|discard|write-zeroes\n");
     return 2;
   }
   o.mode = argv[optind];
@@ -436,38 +350,6 @@ int main(int argc, char **argv) {
   } else if (!strcmp(o.mode, "flush") || !strcmp(o.mode, "discard") || !strcmp(o.mode, "write-zeroes")) {
     setup(0);
     rc = one_op(o.mode);
-  } else if (!strcmp(o.mode, "bench")) {
-    slot_bytes = (o.bs + 4095) / 4096 * 4096;
-    setup(slot_bytes * o.qd * o.queues);
-    if (!o.span) o.span = capacity - o.offset;
-    if (o.bs == 0 || o.bs % 512 || o.span < o.bs) {
-      fprintf(stderr, "bad --bs / --span\n");
-      return 2;
-    }
-    struct qstate *st = queues_state();
-    uint64_t t0 = now_ns();
-    bench_end_ns = t0 + (uint64_t)o.runtime_ms * 1000000ull;
-    run_threads(st, run_bench);
-    uint64_t t1 = now_ns();
-    uint64_t done = 0, errors = 0, bytes = 0, nlat = 0;
-    int timed_out = 0;
-    for (int i = 0; i < o.queues; i++) {
-      done += st[i].done, errors += st[i].errors, bytes += st[i].bytes, nlat += st[i].nlat;
-      if (st[i].timed_out) timed_out = st[i].timed_out;
-    }
-    uint64_t *lat = malloc((nlat ? nlat : 1) * sizeof *lat), k = 0, sum = 0;
-    for (int i = 0; i < o.queues; i++)
-      for (uint64_t j = 0; j < st[i].nlat; j++) lat[k++] = st[i].lat[j], sum += st[i].lat[j];
-    qsort(lat, nlat, sizeof *lat, cmp_u64);
-#define PCT(p) (nlat ? lat[(uint64_t)((nlat - 1) * (p))] / 1000.0 : 0.0)
-    double secs = (t1 - t0) / 1e9;
-    printf("{\"ok\":%s,\"rw\":\"%s\",\"bs\":%" PRIu64 ",\"qd\":%d,\"queues\":%d,\"seconds\":%.3f,"
-           "\"ios\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"iops\":%.1f,\"mbps\":%.2f,"
-           "\"latUs\":{\"mean\":%.2f,\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f}}\n",
-           errors || timed_out ? "false" : "true", o.rw, o.bs, o.qd, o.queues, secs, done, errors,
-           done / secs, bytes / secs / 1e6, nlat ? sum / 1000.0 / nlat : 0.0, PCT(0.5), PCT(0.99),
-           PCT(0.999));
-    rc = timed_out ? 2 : errors ? 1 : 0;
   } else {
     fprintf(stderr, "unknown mode %s\n", o.mode);
     return 2;

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "latency_histogram.h"
+#include "tools_common.h"
 
 #define HEADER_BYTES 32
 #define MAX_MESSAGE (2u << 20)      // payload and reply cap: 2 MiB
@@ -62,11 +63,6 @@ static void on_watchdog(int sig) {
   _exit(2);
 }
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void split_host_port(char *spec, char **host, char **port) {
   char *colon = strrchr(spec, ':');

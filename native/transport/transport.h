@@ -185,7 +185,9 @@ class Server {
                                         ServerHandler* handler, int* err);
   virtual ~Server() = default;
   virtual int Start() = 0;  // 0 or -errno (EADDRINUSE, ...)
-  virtual void Stop() = 0;  // closes every session (OnSessionDown for each), joins
+  // Closes every session and returns once every OnSessionDown call has returned: no handler
+  // call is running or will come afterwards.
+  virtual void Stop() = 0;
   virtual std::vector<Endpoint> Bound() const = 0;  // actual ports (listen port 0 → ephemeral)
 };
 

@@ -216,8 +216,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     DeviceStats s = device_->Stats();
     Napi::Array queues = Napi::Array::New(env, s.queues.size());
     QueueStats total;
-    for (size_t i = 0; i < s.queues.size(); i++) {
-      const QueueStats& q = s.queues[i];
+    // one queue's counters and the device's totals have the same shape in JS
+    auto counters = [&env](const QueueStats& q) {
       Napi::Object o = Napi::Object::New(env);
       o.Set("requests", double(q.requests));
       o.Set("readBytes", double(q.read_bytes));
@@ -225,18 +225,16 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       o.Set("errors", double(q.errors));
       o.Set("splits", double(q.splits));
       o.Set("inflight", double(q.inflight));
-      queues[i] = o;
+      return o;
+    };
+    for (size_t i = 0; i < s.queues.size(); i++) {
+      const QueueStats& q = s.queues[i];
+      queues[i] = counters(q);
       total.requests += q.requests, total.read_bytes += q.read_bytes,
           total.write_bytes += q.write_bytes, total.errors += q.errors, total.splits += q.splits,
           total.inflight += q.inflight;
     }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("requests", double(total.requests));
-    o.Set("readBytes", double(total.read_bytes));
-    o.Set("writeBytes", double(total.write_bytes));
-    o.Set("errors", double(total.errors));
-    o.Set("splits", double(total.splits));
-    o.Set("inflight", double(total.inflight));
+    Napi::Object o = counters(total);
     o.Set("connections", double(s.connections));
     o.Set("protocolErrors", double(s.protocol_errors));
     o.Set("queues", queues);

@@ -2,10 +2,11 @@
 // IO never passes through here: only admin requests, session events and device tables.
 import { IbnbdError, toIbnbdError } from './errors.js';
 import { loadNative } from './native.js';
-import { checkEndpoint, type Endpoint, type PathInfo } from './transport.js';
+import type { Endpoint, TransportKind } from '../transport/paths.js';
+import { checkEndpoint, checkInt, type PathInfo } from './transport.js';
 
 export interface NativeServerOptions {
-  transport: 'tcp' | 'rdma';
+  transport: TransportKind;
   listen: Endpoint[];
   queueDepth?: number;
   maxIoSize?: number;
@@ -40,7 +41,8 @@ export interface NativeServerStats {
   pendingRequests: number;
 }
 
-export interface DeviceProbe {
+/** Geometry of an open device, as the native probe reports it; feeds OPEN_RSP. */
+export interface DeviceGeometry {
   sizeBytes: number;
   logicalBlockSize: number;
   physicalBlockSize: number;
@@ -53,6 +55,9 @@ export interface DeviceProbe {
   rotational: boolean;
   writeCache: boolean;
   fua: boolean;
+}
+
+export interface DeviceProbe extends DeviceGeometry {
   isBlockDevice: boolean;
 }
 
@@ -78,13 +83,6 @@ function wrap<T>(fn: () => T): T {
     return fn();
   } catch (e) {
     throw toIbnbdError(e);
-  }
-}
-
-function checkInt(name: string, v: unknown, min: number, max: number): void {
-  if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);
   }
 }
 

@@ -2,23 +2,11 @@
 // for JS admin requests and tests, and the IO thread pool size. Options are validated here with
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from './errors.js';
+import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
 import { linkProbe, loadNative } from './native.js';
 
-export type TransportKind = 'tcp' | 'rdma';
-export type MpPolicy = 'min-inflight' | 'round-robin' | 'min-latency';
 export type LinkEvent = 'connected' | 'disconnected' | 'reconnected';
 export type PathState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
-
-export interface Endpoint {
-  kind: 'ip' | 'gid';
-  addr: string;
-  port: number;
-}
-
-export interface PathSpec {
-  src?: Endpoint;
-  dst: Endpoint;
-}
 
 export interface ClientSessionOptions {
   transport: TransportKind;
@@ -58,11 +46,12 @@ export interface RequestResult {
   data?: Buffer;
 }
 
-interface NativeClientSessionClass {
+/** The addon's NativeClientSession as it is (tests drive it directly; ClientSession wraps it). */
+export interface NativeClientSessionClass {
   new (opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void): NativeClientSessionRaw;
 }
 
-interface NativeClientSessionRaw {
+export interface NativeClientSessionRaw {
   connect(timeoutMs: number): Promise<void>;
   request(r: RequestSpec): Promise<RequestResult>;
   paths(): PathInfo[];
@@ -86,7 +75,8 @@ const native = (): TransportExports => loadNative<TransportExports>();
 
 const MAX_USR_LEN = 512;
 
-function checkInt(name: string, v: unknown, min: number, max: number): void {
+/** An optional integer option: absent, or an integer in min..max (else EINVAL naming it). */
+export function checkInt(name: string, v: unknown, min: number, max: number): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new IbnbdError('EINVAL', `${name} must be an integer in ${min}..${max}`);

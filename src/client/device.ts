@@ -4,7 +4,8 @@
 // State (RNBD's MAPPED / MAPPED_DISCONNECTED): open, or closed with the reason why.
 import type { VhostBlk } from '../backend/vhost.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
-import type { MapRequest, Transport } from '../proto/map-string.js';
+import type { MapRequest } from '../proto/map-string.js';
+import type { TransportKind as Transport } from '../transport/paths.js';
 import type { ClientSession } from './session.js';
 
 export type DeviceState = 'open' | 'closed';

@@ -5,7 +5,8 @@
 // 'open' and re-opens the devices (client.ts).
 import { IbnbdError, toIbnbdError } from '../backend/errors.js';
 import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
-import type { MapRequest, PathSpec, Transport } from '../proto/map-string.js';
+import type { MapRequest } from '../proto/map-string.js';
+import type { PathSpec, TransportKind as Transport } from '../transport/paths.js';
 import { sessInfo } from './admin.js';
 
 export type SessionState = 'open' | 'closed';

@@ -77,6 +77,7 @@ export class ControlServer {
     const queue: LineEvent[] = [];
     let busy = false;
     let peerEnded = false;
+    let discarding = false;
 
     const pump = async (): Promise<void> => {
       if (busy) return;
@@ -86,10 +87,15 @@ export class ControlServer {
         const ev = queue.shift()!;
         if ('overflow' in ev) {
           const err = new IbnbdError('EINVAL', `request: line longer than ${this.maxLineBytes} bytes`);
-          // finish the reply, then drop the connection even if the peer keeps its side open
-          sock.end(`${encodeErrorReply(err)}\n`, () => sock.destroy());
+          // Reply, then close. Closing a socket with unread input makes the kernel send RST, which can
+          // destroy the reply before the peer reads it: drain (and ignore) the rest of the peer's
+          // input until it closes its side, or a second at most.
+          discarding = true;
           queue.length = 0;
-          return; // stays busy: nothing more is read from this peer
+          sock.end(`${encodeErrorReply(err)}\n`);
+          sock.resume();
+          setTimeout(() => sock.destroy(), 1000).unref();
+          return; // stays busy: nothing more is answered for this peer
         }
         const reply = await this.answer(ev.line);
         if (reply !== undefined && !sock.destroyed && !sock.write(`${reply}\n`)) await drained(sock);
@@ -101,10 +107,12 @@ export class ControlServer {
     };
 
     sock.on('data', (chunk: Buffer) => {
+      if (discarding) return;
       queue.push(...splitter.push(chunk));
       void pump();
     });
     sock.on('end', () => {
+      if (discarding) return void sock.destroy();
       // A request cut off by the end of the stream gets no reply: the peer gave up on it.
       peerEnded = true;
       void pump();

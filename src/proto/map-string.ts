@@ -9,24 +9,8 @@
 // user fixes it. The same rules serve the CLI's flag form (mapRequestFromFields).
 import { isIP } from 'node:net';
 import { IbnbdError } from '../backend/errors.js';
-
-export type AccessMode = 'ro' | 'rw' | 'migration';
-export type IoMode = 'fileio' | 'blockio';
-export type Transport = 'tcp' | 'rdma';
-export type MpPolicy = 'round-robin' | 'min-inflight' | 'min-latency';
-
-export interface Endpoint {
-  kind: 'ip' | 'gid';
-  /** Textual address without brackets: IPv4, IPv6 (may carry a %zone) or a GID in IPv6 form. */
-  addr: string;
-  /** Destination: the RTRS port (default 1234). Source: always 0, the kernel picks the port. */
-  port: number;
-}
-
-export interface PathSpec {
-  src?: Endpoint;
-  dst: Endpoint;
-}
+import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
+import { ACCESS_MODES, IO_MODES, type AccessMode, type IoMode } from './ibnbd.js';
 
 export interface MapRequest {
   sessname: string;
@@ -36,7 +20,7 @@ export interface MapRequest {
   ioMode: IoMode;
   /** Extension: the wire under the session (TCP framing of ours, or RTRS over RDMA). Absent:
    *  the client daemon decides at map time (rdma when its host has an RDMA device, else tcp). */
-  transport?: Transport;
+  transport?: TransportKind;
   /** Extension: number of vhost-user-blk virtqueues offered to the VM. */
   queues: number;
   /** Extension: RTRS multipath policy for sessions with several paths. */
@@ -62,9 +46,7 @@ export const MAP_DEFAULTS = {
   mpPolicy: 'min-inflight', // RTRS' own default (alloc_clt)
 } as const satisfies Partial<MapRequest>;
 
-const ACCESS_MODES: readonly AccessMode[] = ['ro', 'rw', 'migration'];
-const IO_MODES: readonly IoMode[] = ['fileio', 'blockio'];
-const TRANSPORTS: readonly Transport[] = ['tcp', 'rdma'];
+const TRANSPORTS: readonly TransportKind[] = ['tcp', 'rdma'];
 const MP_POLICIES: readonly MpPolicy[] = ['round-robin', 'min-inflight', 'min-latency'];
 
 const KNOWN_KEYS = [

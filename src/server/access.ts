@@ -2,14 +2,11 @@
 // across all sessions. ro never counts; rw needs no writer; migration needs fewer than two, so a VM
 // can be live-migrated: the source holds rw and the destination opens with migration.
 import { IbnbdError } from '../backend/errors.js';
+import { ACCESS_MODES, type AccessMode } from '../proto/ibnbd.js';
 
-export type AccessMode = 'ro' | 'rw' | 'migration';
-
-/** Wire values of rnbd_access_mode. */
-export const ACCESS_MODE_BY_WIRE: readonly AccessMode[] = ['ro', 'rw', 'migration'];
-
+/** ACCESS_MODES is indexed by the wire value of rnbd_access_mode. */
 export function accessModeFromWire(v: number): AccessMode {
-  const m = ACCESS_MODE_BY_WIRE[v];
+  const m = ACCESS_MODES[v];
   if (m === undefined) throw new IbnbdError('EINVAL', `unknown access_mode ${v}`);
   return m;
 }

@@ -12,7 +12,7 @@ import {
   encode,
   type OpenRspMsg,
 } from '../proto/ibnbd.js';
-import type { DeviceGeometry } from './exports.js';
+import type { DeviceGeometry } from '../backend/server-native.js';
 import type { Logger } from './server.js';
 import type { ExportSession } from './session.js';
 

@@ -7,26 +7,10 @@
 import { closeSync, constants as fsc, fstatSync, openSync, statSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { basename } from 'node:path';
 import { IbnbdError } from '../backend/errors.js';
-import { WriterCount, type AccessMode } from './access.js';
+import type { DeviceGeometry } from '../backend/server-native.js';
+import type { AccessMode, IoMode } from '../proto/ibnbd.js';
+import { WriterCount } from './access.js';
 import { isInside, resolveDevicePath } from './device-path.js';
-
-export type IoMode = 'blockio' | 'fileio';
-
-/** Geometry of an open device, as the native probe reports it; feeds OPEN_RSP. */
-export interface DeviceGeometry {
-  sizeBytes: number;
-  logicalBlockSize: number;
-  physicalBlockSize: number;
-  maxHwSectors: number;
-  maxDiscardSectors: number;
-  discardGranularity: number;
-  discardAlignment: number;
-  maxWriteZeroesSectors: number;
-  secureDiscard: boolean;
-  rotational: boolean;
-  writeCache: boolean;
-  fua: boolean;
-}
 
 export type ProbeDevice = (fd: number, blockDevice: boolean) => DeviceGeometry;
 

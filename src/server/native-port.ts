@@ -4,7 +4,8 @@
 // The only file here that knows the binding's shape.
 import { toIbnbdError } from '../backend/errors.js';
 import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
-import { configureIoThreads, hostHasRdma, type Endpoint, type PathInfo } from '../backend/transport.js';
+import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/transport.js';
+import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerOptions } from './options.js';
 import type { NativePort, ServerEvent } from './server.js';

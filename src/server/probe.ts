@@ -6,9 +6,8 @@
 // through the descriptor itself (ioctls, a real fallocate test).
 import { fstatSync, readFileSync, readlinkSync, statfsSync } from 'node:fs';
 import { loadNative } from '../backend/native.js';
-import { probeDevice } from '../backend/server-native.js';
+import { probeDevice, type DeviceGeometry } from '../backend/server-native.js';
 import { IbnbdError } from '../backend/errors.js';
-import type { DeviceGeometry } from './exports.js';
 
 const SECTOR = 512;
 /** Discard / write-zeroes on a file need no data transfer: 1 GiB per request. */

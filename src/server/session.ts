@@ -2,8 +2,9 @@
 // version and the devices it opened, each with a device id private to the session. Applies the
 // OPEN/CLOSE rules of PROTOCOL.md 1.10; the bytes are decoded and encoded elsewhere (admin.ts).
 import { IbnbdError } from '../backend/errors.js';
-import type { AccessMode } from './access.js';
-import { probeFd, type DeviceGeometry, type Export, type ExportTable, type FdSet, type IoMode } from './exports.js';
+import type { DeviceGeometry } from '../backend/server-native.js';
+import type { AccessMode, IoMode } from '../proto/ibnbd.js';
+import { probeFd, type Export, type ExportTable, type FdSet } from './exports.js';
 
 export const SERVER_PROTO_VER = 2;
 const MAX_DEVICE_ID = 0xffffffff;

@@ -9,7 +9,6 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -269,13 +268,9 @@ struct IoConn {
           if (io->iov_cnt > 64) break;  // do not put anything after a possibly truncated frame
         }
       }
-      msghdr mh{};
-      mh.msg_iov = iov;
-      mh.msg_iovlen = n;
-      ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t w = SendvSome(fd, iov, n);
+      if (w == -EAGAIN) break;
       if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
         Fail("send failed");
         return;
       }
@@ -355,13 +350,9 @@ struct IoConn {
         }
         iovec seg[64];
         size_t n = SliceIov(cur->iov, cur->iov_cnt, cur_off, cur->data_len - cur_off, seg, 64);
-        ssize_t r = readv(fd, seg, static_cast<int>(n));
-        if (r == 0) return Fail("connection closed by server");
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) return;
-          return Fail("receive failed");
-        }
+        ssize_t r = ReadvSome(fd, seg, n);
+        if (r == -EAGAIN) return;
+        if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
         path->hb_missed.store(0, std::memory_order_relaxed);
         cur_off += static_cast<uint32_t>(r);
         continue;
@@ -369,13 +360,9 @@ struct IoConn {
       // While a READ may bring data, read one header at a time so the data lands directly in
       // the caller's buffers; otherwise batch many response headers per syscall.
       size_t want = reads_pending ? kFrameHeaderSize - rx_have : sizeof(rx) - rx_have;
-      ssize_t r = recv(fd, rx + rx_have, want, MSG_DONTWAIT);
-      if (r == 0) return Fail("connection closed by server");
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        return Fail("receive failed");
-      }
+      ssize_t r = RecvSome(fd, rx + rx_have, want);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
       path->hb_missed.store(0, std::memory_order_relaxed);
       rx_have += static_cast<size_t>(r);
       size_t pos = 0;
@@ -436,13 +423,8 @@ struct ServiceConn {
   bool dead = false;
 
   int Register(uint32_t interval_ms) {
-    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    tfd = PeriodicTimer(interval_ms);
     if (tfd < 0) return -errno;
-    itimerspec its{};
-    its.it_interval.tv_sec = interval_ms / 1000;
-    its.it_interval.tv_nsec = (interval_ms % 1000) * 1000000L;
-    its.it_value = its.it_interval;
-    timerfd_settime(tfd, 0, &its, nullptr);
     int rc = loop->Add(fd, EPOLLIN, [this](uint32_t ev) { OnEvent(ev); });
     if (rc) return rc;
     return loop->Add(tfd, EPOLLIN, [this](uint32_t) { OnTick(); });
@@ -465,10 +447,10 @@ struct ServiceConn {
 
   void Flush() {
     while (!out.empty() && !dead) {
-      ssize_t w = send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      iovec v{out.data(), out.size()};
+      ssize_t w = SendvSome(fd, &v, 1);
       if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN) Fail("send failed");
+        if (w != -EAGAIN) Fail("send failed");
         break;
       }
       out.erase(0, static_cast<size_t>(w));
@@ -492,13 +474,9 @@ struct ServiceConn {
     if (ev & EPOLLOUT) Flush();
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
     for (;;) {
-      ssize_t r = recv(fd, rx + rx_have, sizeof(rx) - rx_have, MSG_DONTWAIT);
-      if (r == 0) return Fail("connection closed by server");
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        return Fail("receive failed");
-      }
+      ssize_t r = RecvSome(fd, rx + rx_have, sizeof(rx) - rx_have);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
       rx_have += static_cast<size_t>(r);
       size_t pos = 0;
       for (; rx_have - pos >= kFrameHeaderSize; pos += kFrameHeaderSize) {

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/random.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -141,6 +142,44 @@ int RecvAllBefore(int fd, void* buf, size_t len, uint64_t deadline_ns) {
     if (rc) return rc;
   }
   return 0;
+}
+
+ssize_t RecvSome(int fd, void* buf, size_t len) {
+  for (;;) {
+    ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+ssize_t ReadvSome(int fd, const iovec* iov, size_t cnt) {
+  for (;;) {
+    ssize_t n = readv(fd, iov, static_cast<int>(cnt));
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+ssize_t SendvSome(int fd, const iovec* iov, size_t cnt) {
+  msghdr mh{};
+  mh.msg_iov = const_cast<iovec*>(iov);
+  mh.msg_iovlen = cnt;
+  for (;;) {
+    ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+int PeriodicTimer(uint32_t interval_ms) {
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (fd < 0) return -1;
+  itimerspec its{};
+  its.it_interval.tv_sec = interval_ms / 1000;
+  its.it_interval.tv_nsec = (interval_ms % 1000) * 1000000L;
+  its.it_value = its.it_interval;
+  timerfd_settime(fd, 0, &its, nullptr);
+  return fd;
 }
 
 void RandomUuid(uint8_t out[16]) {

@@ -8,7 +8,6 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "common/event_loop.h"
 #include "transport/tcp/frames.h"
@@ -79,6 +79,10 @@ struct SrvSession : ServerSession {
   int open_conns = 0;
   bool up = false;
   bool down_pending = false;
+  // OnSessionUp is called outside the mutex; a down that comes meanwhile is reported by the
+  // thread that reported up, once up has returned (never down before up, never both at once).
+  bool up_reporting = false;
+  bool down_after_up = false;
 
   const std::string& sessname() const override { return name; }
   std::string uuid() const override { return UuidString(uuid_bytes); }
@@ -101,6 +105,7 @@ class TcpServer : public Server {
 
   void KillPath(const std::shared_ptr<SrvPath>& p, const char* why);
   void ConnClosed(SrvSession* s);
+  void ReportDown(SrvSession* s);
   const Options& opt() const { return opt_; }
   ServerHandler* handler() const { return handler_; }
   mutable std::mutex mu_;
@@ -129,7 +134,10 @@ class TcpServer : public Server {
   std::map<int, std::unique_ptr<Pending>> pending_;  // loop 0 only
   std::map<std::string, std::shared_ptr<SrvSession>> sessions_;  // by uuid bytes; mu_
   std::condition_variable cv_;
-  int live_sessions_ = 0;  // mu_: created and not yet reported down
+  // mu_: sessions created and whose OnSessionDown has not yet *returned*. Stop() waits for 0,
+  // so once it returns no handler call is running or will come: the upper layer may free what
+  // its callbacks use (the IBNBD server releases its thread-safe function right after).
+  int live_sessions_ = 0;
   uint64_t next_sid_ = 1;
   bool started_ = false;
   bool stopped_ = false;
@@ -168,13 +176,7 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
     }
     registered = true;
     if (index == 0) {
-      tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-      uint32_t ms = srv->opt().heartbeat_interval_ms;
-      itimerspec its{};
-      its.it_interval.tv_sec = ms / 1000;
-      its.it_interval.tv_nsec = (ms % 1000) * 1000000L;
-      its.it_value = its.it_interval;
-      timerfd_settime(tfd, 0, &its, nullptr);
+      tfd = PeriodicTimer(srv->opt().heartbeat_interval_ms);
       loop->Add(tfd, EPOLLIN, [self](uint32_t) { self->OnTick(); });
     }
   }
@@ -231,15 +233,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
           skip = 0;
         }
       }
-      msghdr mh{};
-      mh.msg_iov = iov;
-      mh.msg_iovlen = static_cast<size_t>(n);
-      ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
-        return Fail("send failed");
-      }
+      ssize_t w = SendvSome(fd, iov, static_cast<size_t>(n));
+      if (w == -EAGAIN) break;
+      if (w < 0) return Fail("send failed");
       size_t left = static_cast<size_t>(w);
       while (left > 0 && !out.empty()) {
         size_t rem = kFrameHeaderSize + out.front().data_len - head_off;
@@ -344,13 +340,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
   void OnReadable() {
     for (int rounds = 0; rounds < 64 && !closed; rounds++) {
       if (cur) {
-        ssize_t r = recv(fd, cur->buf + cur_off, cur->io.data_len - cur_off, MSG_DONTWAIT);
-        if (r == 0) return Fail("connection closed by client");
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) return;
-          return Fail("receive failed");
-        }
+        ssize_t r = RecvSome(fd, cur->buf + cur_off, cur->io.data_len - cur_off);
+        if (r == -EAGAIN) return;
+        if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
         path->hb_missed.store(0, std::memory_order_relaxed);
         cur_off += static_cast<uint32_t>(r);
         if (cur_off == cur->io.data_len) {
@@ -367,13 +359,9 @@ struct SrvConn : std::enable_shared_from_this<SrvConn> {
         rx_have -= rx_pos;
         rx_pos = 0;
       }
-      ssize_t r = recv(fd, rx.data() + rx_have, rx.size() - rx_have, MSG_DONTWAIT);
-      if (r == 0) return Fail("connection closed by client");
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        return Fail("receive failed");
-      }
+      ssize_t r = RecvSome(fd, rx.data() + rx_have, rx.size() - rx_have);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
       path->hb_missed.store(0, std::memory_order_relaxed);
       rx_have += static_cast<size_t>(r);
       if (!ParseFrames()) return;
@@ -482,11 +470,7 @@ int TcpServer::Start() {
       int r = l0.Add(fd, EPOLLIN, [this, fd](uint32_t) { OnAccept(fd); });
       if (r) rc = r;
     }
-    sweep_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    itimerspec its{};
-    its.it_interval.tv_sec = 1;
-    its.it_value.tv_sec = 1;
-    timerfd_settime(sweep_fd_, 0, &its, nullptr);
+    sweep_fd_ = PeriodicTimer(1000);
     l0.Add(sweep_fd_, EPOLLIN, [this](uint32_t) { Sweep(); });
   });
   if (rc) {
@@ -566,12 +550,9 @@ void TcpServer::OnPendingReadable(int fd) {
   auto it = pending_.find(fd);
   if (it == pending_.end()) return;
   Pending* p = it->second.get();
-  ssize_t r = recv(fd, p->buf + p->have, p->need - p->have, MSG_DONTWAIT);
-  if (r == 0) return ClosePending(fd);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    return ClosePending(fd);
-  }
+  ssize_t r = RecvSome(fd, p->buf + p->have, p->need - p->have);
+  if (r == -EAGAIN) return;
+  if (r <= 0) return ClosePending(fd);
   p->have += static_cast<size_t>(r);
   if (p->have < p->need) return;
   HandshakeReq req;
@@ -653,6 +634,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           path->up = true;
           fire_up = !sess->up;
           sess->up = true;
+          if (fire_up) sess->up_reporting = true;
         }
       } else if (sess && sess->paths.empty() && sess->open_conns == 0 && !sess->down_pending) {
         // a session created by this very refused handshake
@@ -662,7 +644,17 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
     }
   }
   if (err) return Reject(pend, err, why);
-  if (fire_up) handler_->OnSessionUp(sess.get());
+  if (fire_up) {
+    handler_->OnSessionUp(sess.get());
+    bool down;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      sess->up_reporting = false;
+      down = sess->down_after_up;
+      sess->down_after_up = false;
+    }
+    if (down) ReportDown(sess.get());  // every connection closed while up was being reported
+  }
   HandshakeRsp rsp;
   rsp.queue_depth = sess->qd;
   rsp.max_io_size = sess->max_io;
@@ -717,10 +709,31 @@ void TcpServer::ConnClosed(SrvSession* s) {
       fire = s->up;
       s->up = false;
       s->down_pending = false;
-      live_sessions_--;
+      if (fire && s->up_reporting) {
+        s->down_after_up = true;  // the handshake thread reports it after OnSessionUp
+        return;
+      }
+      if (!fire) live_sessions_--;
     }
   }
-  if (fire) handler_->OnSessionDown(s);
+  if (fire) return ReportDown(s);
+  cv_.notify_all();
+}
+
+// The session stays counted live until the handler has returned: Stop() must not return (and
+// the upper layer free its callbacks' state) while OnSessionDown is still running.
+void TcpServer::ReportDown(SrvSession* s) {
+  if (const char* d = getenv("IBNBD_FAULT_SESSION_DOWN_DELAY_MS")) {
+    // Fault injection for tests: widens the window between the last connection closing and
+    // the report, where Stop() once returned early (tests/server-stop.test.ts).
+    long ms = strtol(d, nullptr, 10);
+    if (ms > 0 && ms <= 10000) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  }
+  handler_->OnSessionDown(s);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    live_sessions_--;
+  }
   cv_.notify_all();
 }
 
@@ -751,7 +764,10 @@ void TcpServer::Stop() {
   });
   for (auto& p : paths) KillPath(p, "server stopping");
   std::unique_lock<std::mutex> lk(mu_);
-  cv_.wait_for(lk, std::chrono::seconds(10), [&] { return live_sessions_ == 0; });
+  // Connections close on their IO threads; only a stuck loop can make this take long.
+  if (!cv_.wait_for(lk, std::chrono::seconds(30), [&] { return live_sessions_ == 0; }))
+    fprintf(stderr, "ibnbd: tcp server: %d session(s) still closing after 30 s; stopping anyway\n",
+            live_sessions_);
 }
 
 }  // namespace
