@@ -21,10 +21,10 @@ test('the Quick Start example: "sessname=blya path=ip:10.50.100.66 device_path=/
     devicePath: '/dev/ram0',
     accessMode: 'rw',
     ioMode: 'blockio',
-    transport: 'tcp',
     queues: 1,
     mpPolicy: 'min-inflight',
   });
+  t.false('transport' in req, 'no transport given: the client daemon decides at map time');
 });
 
 test('"path=ip:10.0.0.66": the single addr is the destination', (t) => {
@@ -142,7 +142,7 @@ const BAD: Array<[string, string]> = [
   ['sessname=s path=ip:fe80::g device_path=d', 'path'],
   ['sessname=s path=gid:fe80::1%eth0 device_path=d transport=rdma', 'path'],
   ['sessname=s path=gid:0000:0000:0000:0000:0000:0000:0000:0000:0000 device_path=d transport=rdma', 'path'],
-  ['sessname=s path=gid:fe80::1 device_path=d', 'path'], // gid over tcp
+  ['sessname=s path=gid:fe80::1 device_path=d transport=tcp', 'path'], // gid over tcp (without transport= the daemon picks rdma)
   ['sessname=s path=eth:1.2.3.4 device_path=d', 'path'],
   ['sessname=s path=ip:1.2.3.4,ip:1.2.3.5,ip:1.2.3.6 device_path=d', 'path'],
   ['sessname=s path=ip:1.2.3.4:99,ip:1.2.3.5 device_path=d', 'path'], // source port

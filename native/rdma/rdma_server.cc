@@ -738,7 +738,10 @@ void RdmaServer::SendResponse(Slot* s, int err) {
   SrvSession* sess = p->sess;
   uint32_t buf_id = static_cast<uint32_t>(s->io.transport_private[1]);
   bool read_data = s->io.dir == Dir::kRead && err == 0 && s->sg_cnt == 1;
-  bool need_inv = read_data && (s->flags & wire::kFlagNeedInval);
+  // As rtrs-srv: the client's buffer is invalidated whatever the errno. The kernel client, given
+  // a plain IO_RSP for a NEED_INVAL read (an EPERM'd OPEN), invalidates locally with a WARN and
+  // its map_device write never returned.
+  bool need_inv = s->io.dir == Dir::kRead && s->sg_cnt == 1 && (s->flags & wire::kFlagNeedInval);
   wire::SgDesc desc = s->desc;
   uint8_t* chunk = sess->chunks + size_t(buf_id) * sess->chunk_size;
   // the slot may be reused as soon as the client sees the immediate: release it first

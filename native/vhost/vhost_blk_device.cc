@@ -150,6 +150,14 @@ struct Connection {
   std::unordered_map<int, Watch> watches;              // by libvhost-user's fd; write lock
   std::vector<std::unordered_set<Request*>> requests;  // per queue: its loop (read) or H (write)
   std::weak_ptr<Connection> weak;  // lets a queue loop hold the connection until its batch end
+  // Guest memory regions registered with the session (zero copy on RDMA; TCP: no-op handles).
+  // Changed under the write lock, only while no request is in flight.
+  struct Registered {
+    uintptr_t addr;
+    uint64_t len;
+    uint64_t handle;
+  };
+  std::vector<Registered> registered;
 };
 
 // Read side for queue work; a no-op when this thread already holds it for the connection
@@ -394,9 +402,16 @@ struct VhostBlkDevice::Impl {
 
   // Under the write lock.
   void Dispatch(Connection* c, VhostUserMsg* m) {
+    const bool remaps = m->request == VHOST_USER_SET_MEM_TABLE || m->request == VHOST_USER_REM_MEM_REG;
+    const bool adds = remaps || m->request == VHOST_USER_ADD_MEM_REG;
+    // Memory-table messages are dispatched only with no request in flight (NeedsDrain), so
+    // nothing uses the registrations now. Drop them before libvhost-user unmaps: a new region
+    // mmap()ed at the same address must never match an MR that pins the old pages.
+    if (remaps) UnregisterGuestMemory(c);
     c->current = m;
     bool ok = vu_dispatch(&c->dev);
     c->current = nullptr;
+    if (adds && ok && !c->dev.broken) RegisterGuestMemory(c);
     if (!ok || c->dev.broken) {
       ScheduleTeardown(c, false, ok ? "" : "vhost-user dispatch failed");
       return;
@@ -413,6 +428,32 @@ struct VhostBlkDevice::Impl {
       Violation("front-end does not read its replies");
       ScheduleTeardown(c, false, "");
     }
+  }
+
+  // Registers every mapped guest region not registered yet with the session, so requests go
+  // to the wire straight from guest memory (RDMA: MRs; otherwise the bounce pool is used and
+  // counted). A failure is not fatal: that region's requests bounce.
+  void RegisterGuestMemory(Connection* c) {
+    for (uint32_t i = 0; i < c->dev.nregions; i++) {
+      const VuDevRegion& r = c->dev.regions[i];
+      uintptr_t addr = uintptr_t(r.mmap_addr + r.mmap_offset);
+      bool known = false;
+      for (const auto& g : c->registered) known |= g.addr == addr && g.len == r.size;
+      if (known || !r.mmap_addr || !r.size) continue;
+      uint64_t handle = 0;
+      int rc = self->session_->RegisterMemory(reinterpret_cast<void*>(addr), r.size, &handle);
+      if (rc < 0) {
+        Log("guest memory region of " + std::to_string(r.size) + " bytes not registered (" +
+            std::strerror(-rc) + "): its requests use the bounce buffers");
+        continue;
+      }
+      c->registered.push_back({addr, r.size, handle});
+    }
+  }
+
+  void UnregisterGuestMemory(Connection* c) {
+    for (const auto& g : c->registered) self->session_->UnregisterMemory(g.handle);
+    c->registered.clear();
   }
 
   void Violation(const std::string& why) {
@@ -761,6 +802,7 @@ struct VhostBlkDevice::Impl {
     std::shared_ptr<VhostBlkDevice> keep;
     {
       WriteGuard w(c);
+      UnregisterGuestMemory(c);  // no request in flight: the MRs go before the mappings
       vu_deinit(&c->dev);  // unmaps guest memory: nothing of ours points there any more
       keep = std::move(c->keep);
     }

@@ -3,7 +3,7 @@
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from './errors.js';
 import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
-import { loadNative } from './native.js';
+import { linkProbe, loadNative } from './native.js';
 
 export type LinkEvent = 'connected' | 'disconnected' | 'reconnected';
 export type PathState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
@@ -120,6 +120,8 @@ export function validateClientOptions(o: ClientSessionOptions): void {
 /** An RTRS-shaped client session over the native transport. */
 export class ClientSession {
   readonly #raw: NativeClientSessionRaw;
+  /** Requests sent from a JS copy (data/readLen, not buffer): on RDMA each one bounces. */
+  #copied = 0;
 
   constructor(opts: ClientSessionOptions, onLinkEvent?: (ev: LinkEvent) => void) {
     validateClientOptions(opts);
@@ -151,6 +153,7 @@ export class ClientSession {
     if (r.dir === 'write' && r.data !== undefined && !Buffer.isBuffer(r.data)) throw new IbnbdError('EINVAL', 'data must be a Buffer');
     if (r.dir === 'read') checkInt('readLen', r.readLen ?? 0, 0, 16 << 20);
     if (r.buffer !== undefined && !Buffer.isBuffer(r.buffer)) throw new IbnbdError('EINVAL', 'buffer must be a Buffer');
+    if (r.buffer === undefined && ((r.dir === 'write' && (r.data?.length ?? 0) > 0) || (r.dir === 'read' && (r.readLen ?? 0) > 0))) this.#copied++;
     try {
       return this.#raw.request(r);
     } catch (e) {
@@ -198,6 +201,12 @@ export class ClientSession {
   get bounceCount(): number {
     return this.#raw.bounceCount;
   }
+  /** Requests this JS side sent from copies (admin messages: SESS_INFO, OPEN…). On RDMA each
+   *  of them bounces once, so bounceCount − copiedRequests = the data requests (guest IO) that
+   *  were not zero copy. */
+  get copiedRequests(): number {
+    return this.#copied;
+  }
 }
 
 /** Size of the process-wide IO thread pool; before any session or server exists (else EBUSY). */
@@ -212,4 +221,9 @@ export function configureIoThreads(n: number): void {
 
 export function ioThreadCount(): number {
   return native().ioThreadCount();
+}
+
+/** Whether this host has an RDMA device (ibv_get_device_list): the daemons' transport default. */
+export function hostHasRdma(): boolean {
+  return linkProbe().ibvDevices > 0;
 }

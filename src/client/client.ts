@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { IbnbdError } from '../backend/errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { deviceIdOf, type MapRequest } from '../proto/map-string.js';
+import type { TransportKind as Transport } from '../transport/paths.js';
+import { hostHasRdma } from '../backend/transport.js';
 import { closeDevice, openDevice, sessInfo } from './admin.js';
 import { MappedDevice, type DeviceInfo } from './device.js';
 import { NameAllocator } from './names.js';
@@ -60,8 +62,10 @@ export class IbnbdClient {
     return [...this.devices.values()].sort((a, b) => a.index - b.index).map((d) => d.info());
   }
 
-  /** list's fields plus the vhost counters and each transport path (state, in-flight, reconnects). */
-  show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[] } {
+  /** list's fields plus the vhost counters, each transport path (state, in-flight, reconnects)
+   *  and the session's bounce count: requests that did not go zero-copy (RDMA: data outside
+   *  registered guest memory; always 0 on TCP). */
+  show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[]; bounce_count: number } {
     const dev = this.find(nameOrId);
     const pathStates = dev.session.native.paths().map((p) => ({
       src: p.src,
@@ -71,7 +75,10 @@ export class IbnbdClient {
       reconnects: p.reconnects,
       heartbeat_rtt_us: Math.round(p.hbRttNs / 1000),
     }));
-    return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates };
+    // guest IO that bounced: the admin requests (JS copies, each bounced once on RDMA) left out
+    const native = dev.session.native;
+    const bounceCount = Math.max(0, native.bounceCount - (dev.session.transport === 'rdma' ? native.copiedRequests : 0));
+    return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates, bounce_count: bounceCount };
   }
 
   find(nameOrId: string): MappedDevice {
@@ -98,7 +105,12 @@ export class IbnbdClient {
     });
   }
 
-  private async mapLocked(req: MapRequest): Promise<DeviceInfo> {
+  private async mapLocked(given: MapRequest): Promise<DeviceInfo> {
+    // No transport= in the map string: decided here, per map (gid: addresses exist only on RDMA).
+    const req: MapRequest & { transport: Transport } = {
+      ...given,
+      transport: given.transport ?? (hostHasRdma() || given.paths.some((p) => p.dst.kind === 'gid') ? 'rdma' : 'tcp'),
+    };
     for (const d of this.devices.values()) {
       if (d.session.sessname === req.sessname && d.request.devicePath === req.devicePath) {
         throw new IbnbdError(

@@ -5,6 +5,7 @@
 import type { VhostBlk } from '../backend/vhost.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import type { MapRequest } from '../proto/map-string.js';
+import type { TransportKind as Transport } from '../transport/paths.js';
 import type { ClientSession } from './session.js';
 
 export type DeviceState = 'open' | 'closed';
@@ -20,7 +21,7 @@ export interface DeviceInfo {
   mapping_path: string;
   access_mode: MapRequest['accessMode'];
   io_mode: MapRequest['ioMode'];
-  transport: MapRequest['transport'];
+  transport: Transport;
   size: number;
   logical_block_size: number;
   physical_block_size: number;
@@ -96,7 +97,7 @@ export class MappedDevice {
       mapping_path: this.request.devicePath,
       access_mode: this.request.accessMode,
       io_mode: this.request.ioMode,
-      transport: this.request.transport,
+      transport: this.session.transport,
       size: this.sizeBytes,
       logical_block_size: this.open.logicalBlockSize,
       physical_block_size: this.open.physicalBlockSize,

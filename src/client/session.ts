@@ -3,10 +3,10 @@
 // sessname share it; it is closed when its last device is unmapped. When every path is lost the
 // transport dials again (reconnectDelayMs, maxReconnectAttempts); the observer hears 'closed' and
 // 'open' and re-opens the devices (client.ts).
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../backend/errors.js';
 import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
 import type { MapRequest } from '../proto/map-string.js';
-import type { PathSpec } from '../transport/paths.js';
+import type { PathSpec, TransportKind as Transport } from '../transport/paths.js';
 import { sessInfo } from './admin.js';
 
 export type SessionState = 'open' | 'closed';
@@ -26,7 +26,7 @@ export class ClientSession {
 
   constructor(
     readonly sessname: string,
-    readonly transport: MapRequest['transport'],
+    readonly transport: Transport,
     readonly paths: PathSpec[],
     readonly native: TransportSession,
   ) {}
@@ -39,6 +39,19 @@ export class ClientSession {
 function endpoint(e: { kind: string; addr: string; port: number }): string {
   const a = e.addr.includes(':') && e.kind === 'ip' ? `[${e.addr}]` : e.addr;
   return e.port ? `${e.kind}:${a}:${e.port}` : `${e.kind}:${a}`;
+}
+
+/** RDMA connect failures say what to check: the errno stays (EHOSTUNREACH, ECONNREFUSED,
+ *  ETIMEDOUT...), the message names the likely causes and the way out. */
+function rdmaConnectError(e: unknown, paths: PathSpec[]): IbnbdError {
+  const err = toIbnbdError(e);
+  const where = paths.map((p) => endpoint(p.dst)).join(', ');
+  return new IbnbdError(
+    err.code,
+    `transport=rdma: no IBNBD server answered over RDMA at ${where} (${err.message}): the address needs a route ` +
+      'through an RDMA device (rdma link show) and an IBNBD/RNBD server listening for RDMA on that port; ' +
+      'transport=tcp maps over TCP instead',
+  );
 }
 
 export interface SessionOptions {
@@ -68,7 +81,7 @@ export class ClientSessions {
   }
 
   /** The session named by req.sessname, created (connected, SESS_INFO sent) when new. */
-  async getOrCreate(req: MapRequest): Promise<ClientSession> {
+  async getOrCreate(req: MapRequest & { transport: Transport }): Promise<ClientSession> {
     const existing = this.byName.get(req.sessname);
     if (existing) {
       if (existing.transport !== req.transport) {
@@ -106,7 +119,11 @@ export class ClientSessions {
       },
     );
     try {
-      await native.connect(this.opts.connectTimeoutMs);
+      try {
+        await native.connect(this.opts.connectTimeoutMs);
+      } catch (e) {
+        throw req.transport === 'rdma' ? rdmaConnectError(e, req.paths) : e;
+      }
       session = new ClientSession(req.sessname, req.transport, req.paths, native);
       session.protocolVersion = await sessInfo(native);
     } catch (e) {

@@ -18,8 +18,9 @@ export interface MapRequest {
   devicePath: string;
   accessMode: AccessMode;
   ioMode: IoMode;
-  /** Extension: the wire under the session (TCP framing of ours, or RTRS over RDMA). */
-  transport: TransportKind;
+  /** Extension: the wire under the session (TCP framing of ours, or RTRS over RDMA). Absent:
+   *  the client daemon decides at map time (rdma when its host has an RDMA device, else tcp). */
+  transport?: TransportKind;
   /** Extension: number of vhost-user-blk virtqueues offered to the VM. */
   queues: number;
   /** Extension: RTRS multipath policy for sessions with several paths. */
@@ -41,7 +42,6 @@ export const MAX_PATHS = 16;
 export const MAP_DEFAULTS = {
   accessMode: 'rw',
   ioMode: 'blockio',
-  transport: 'tcp',
   queues: 1,
   mpPolicy: 'min-inflight', // RTRS' own default (alloc_clt)
 } as const satisfies Partial<MapRequest>;
@@ -68,7 +68,9 @@ Extensions of ibnbd-vhost (not in IBNBD):
   ip:<ipv4>:<port>            destination port, default ${DEFAULT_PORT}
   ip:[<ipv6>]:<port>          (an IPv6 address takes a port only in brackets)
   gid:[<gid>]:<port>
-  transport=<tcp|rdma>        default tcp; gid: addresses need rdma
+  transport=<tcp|rdma>        default: rdma when the client host has an RDMA device,
+                              else tcp (decided by the client daemon at map time);
+                              gid: addresses need rdma
   queues=<1..${MAX_QUEUES}>              vhost-user-blk queues offered to the VM, default 1
   mp_policy=<...>             multipath policy, default min-inflight
 
@@ -244,7 +246,7 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
     devicePath: req.devicePath,
     accessMode: req.accessMode ?? MAP_DEFAULTS.accessMode,
     ioMode: req.ioMode ?? MAP_DEFAULTS.ioMode,
-    transport: req.transport ?? MAP_DEFAULTS.transport,
+    ...(req.transport ? { transport: req.transport } : {}),
     queues: req.queues ?? MAP_DEFAULTS.queues,
     mpPolicy: req.mpPolicy ?? MAP_DEFAULTS.mpPolicy,
   };
@@ -288,7 +290,7 @@ export function formatMapString(req: MapRequest): string {
   out.push(`device_path=${req.devicePath}`);
   if (req.accessMode !== MAP_DEFAULTS.accessMode) out.push(`access_mode=${req.accessMode}`);
   if (req.ioMode !== MAP_DEFAULTS.ioMode) out.push(`io_mode=${req.ioMode}`);
-  if (req.transport !== MAP_DEFAULTS.transport) out.push(`transport=${req.transport}`);
+  if (req.transport) out.push(`transport=${req.transport}`);
   if (req.queues !== MAP_DEFAULTS.queues) out.push(`queues=${req.queues}`);
   if (req.mpPolicy !== MAP_DEFAULTS.mpPolicy) out.push(`mp_policy=${req.mpPolicy}`);
   return out.join(' ');

@@ -27,7 +27,7 @@ export interface RunningServer {
 export function startServer(opts: ServerOptions, log: Logger): RunningServer {
   let server: ExportServer | undefined;
   const early: ServerEvent[] = [];
-  const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)));
+  const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)), (m) => log.warn(m));
   server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log });
   for (const ev of early.splice(0)) server.handleEvent(ev);
   let stopping: Promise<void> | null = null;

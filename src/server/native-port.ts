@@ -4,7 +4,7 @@
 // The only file here that knows the binding's shape.
 import { toIbnbdError } from '../backend/errors.js';
 import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
-import { configureIoThreads, type PathInfo } from '../backend/transport.js';
+import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/transport.js';
 import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerOptions } from './options.js';
@@ -55,17 +55,17 @@ function toServerEvent(ev: NativeServerEvent): ServerEvent | null {
   }
 }
 
-export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent) => void): NativeServerHandle {
-  configureIoThreads(opts.ioThreads);
+/** One native transport server (one transport) and its NativePort, ids as the native side has them. */
+function startOne(
+  transport: 'tcp' | 'rdma',
+  listen: Endpoint[],
+  opts: ServerOptions,
+  onEvent: (ev: ServerEvent) => void,
+): { port: NativePort; bound: Endpoint[]; stop(): Promise<void> } {
   let native: NativeServer;
   try {
     native = new NativeServer(
-      {
-        transport: opts.transport ?? 'tcp',
-        listen: opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port })),
-        queueDepth: opts.queueDepth,
-        maxIoSize: opts.maxIoSize,
-      },
+      { transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize },
       (raw) => {
         const ev = toServerEvent(raw);
         if (ev) onEvent(ev);
@@ -79,7 +79,7 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
     bound = native.start();
   } catch (e) {
     void native.stop();
-    throw e;
+    throw toIbnbdError(e);
   }
 
   // One stats() snapshot serves a whole introspection pass (inflight/paths of every session).
@@ -119,5 +119,98 @@ export function startNativeServer(opts: ServerOptions, onEvent: (ev: ServerEvent
     paths: (sessionId) => toPaths(statsOf(sessionId)?.paths),
     closeSession: (sessionId) => native.closeSession(sessionId),
   };
-  return { port, bound: () => bound.map(formatEndpoint), stop: () => native.stop() };
+  return { port, bound, stop: () => native.stop() };
+}
+
+/** RDMA listens where TCP got its ports. A wildcard [::] is dual-stack under rdma_cm (as the
+ *  kernel's rtrs-srv, which listens on [::] only), so 0.0.0.0 on the same port is left out. */
+function rdmaListen(tcpBound: Endpoint[]): Endpoint[] {
+  const v6Any = new Set(tcpBound.filter((e) => e.addr === '::').map((e) => e.port));
+  return tcpBound.filter((e) => !(e.addr === '0.0.0.0' && v6Any.has(e.port)));
+}
+
+/**
+ * The daemon's transport servers: TCP, RDMA or (auto) TCP plus RDMA on the same addresses and
+ * ports when the host has an RDMA device. Several natives are seen as one NativePort: RDMA
+ * session ids get an "rdma-" prefix and request ids are renumbered in JS (only admin requests
+ * reach JS, so the map is small), so the ExportServer never knows which wire a session is on.
+ */
+export function startNativeServer(
+  opts: ServerOptions,
+  onEvent: (ev: ServerEvent) => void,
+  log?: (msg: string) => void,
+): NativeServerHandle {
+  configureIoThreads(opts.ioThreads);
+  const listen = opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port }));
+  const mode = opts.transport ?? 'auto';
+  let nextRequest = 1;
+  const requests = new Map<number, { port: NativePort; id: number }>();
+  const ones: Array<{ prefix: string; transport: string; one: ReturnType<typeof startOne> }> = [];
+  const wrap = (prefix: string, ev: ServerEvent, port: () => NativePort): ServerEvent => {
+    const sessionId = prefix + ev.sessionId;
+    if (ev.type !== 'request') return { ...ev, sessionId };
+    const id = nextRequest++;
+    requests.set(id, { port: port(), id: ev.requestId });
+    return { ...ev, sessionId, requestId: id };
+  };
+  const add = (transport: 'tcp' | 'rdma', at: Endpoint[], prefix: string) => {
+    const entry = { prefix, transport, one: undefined as unknown as ReturnType<typeof startOne> };
+    entry.one = startOne(transport, at, opts, (ev) => onEvent(wrap(prefix, ev, () => entry.one.port)));
+    ones.push(entry);
+  };
+  if (mode === 'rdma') {
+    add('rdma', listen, 'rdma-');
+  } else {
+    add('tcp', listen, '');
+    if (mode === 'auto' && hostHasRdma()) {
+      try {
+        add('rdma', rdmaListen(ones[0]!.one.bound), 'rdma-');
+      } catch (e) {
+        // TCP keeps serving; the reason (no route, address in use…) goes to the log
+        log?.(`RDMA not listening: ${toIbnbdError(e).message}`);
+      }
+    }
+  }
+  const owner = (sessionId: string) => {
+    const hit = ones.find((o) => o.prefix !== '' && sessionId.startsWith(o.prefix)) ?? ones.find((o) => o.prefix === '');
+    if (!hit) throw new Error(`no transport server for session ${sessionId}`);
+    return { port: hit.one.port, id: sessionId.slice(hit.prefix.length) };
+  };
+  const port: NativePort = {
+    respond: (requestId, errno, data) => {
+      const r = requests.get(requestId);
+      if (!r) return;
+      requests.delete(requestId);
+      r.port.respond(r.id, errno, data);
+    },
+    attach: (sessionId, deviceId, spec) => {
+      const o = owner(sessionId);
+      o.port.attach(o.id, deviceId, spec);
+    },
+    detach: (sessionId, deviceId) => {
+      const o = owner(sessionId);
+      o.port.detach(o.id, deviceId);
+    },
+    inflight: (sessionId, deviceId) => {
+      const o = owner(sessionId);
+      return o.port.inflight(o.id, deviceId);
+    },
+    paths: (sessionId) => {
+      const o = owner(sessionId);
+      return o.port.paths(o.id);
+    },
+    closeSession: (sessionId) => {
+      const o = owner(sessionId);
+      o.port.closeSession?.(o.id);
+    },
+  };
+  return {
+    port,
+    // TCP endpoints as before ("ADDR:PORT"), RDMA ones prefixed "rdma:"
+    bound: () => ones.flatMap((o) => o.one.bound.map((e) => (o.transport === 'rdma' ? 'rdma:' : '') + formatEndpoint(e))),
+    stop: async () => {
+      await Promise.all(ones.map((o) => o.one.stop()));
+      requests.clear();
+    },
+  };
 }

@@ -16,10 +16,11 @@ export interface ListenAddr {
   port: number;
 }
 
-export type ServerTransport = 'tcp' | 'rdma';
+/** auto: TCP always, plus RDMA (same addresses and port) when the host has an RDMA device. */
+export type ServerTransport = 'tcp' | 'rdma' | 'auto';
 
 export interface ServerOptions {
-  /** tcp (our framing) or rdma (RTRS on the wire, docs/rdma-transport.md) */
+  /** tcp (our framing), rdma (RTRS on the wire, docs/rdma-transport.md) or auto (default) */
   transport?: ServerTransport;
   listen: ListenAddr[];
   devSearchPath: string;
@@ -94,7 +95,9 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const maxIoSize = intOption('max-io-size', raw.maxIoSize, DEFAULT_MAX_IO_SIZE, 4096, 16 * 1024 * 1024);
   if (maxIoSize % 4096 !== 0) throw invalid('max-io-size', raw.maxIoSize, 'must be a multiple of 4096');
   const ioThreads = intOption('io-threads', raw.ioThreads, DEFAULT_IO_THREADS, 1, 64);
-  const transport = raw.transport ?? 'tcp';
-  if (transport !== 'tcp' && transport !== 'rdma') throw invalid('transport', transport, 'must be tcp or rdma');
+  const transport = raw.transport ?? 'auto';
+  if (transport !== 'tcp' && transport !== 'rdma' && transport !== 'auto') {
+    throw invalid('transport', transport, 'must be tcp, rdma or auto');
+  }
   return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads };
 }

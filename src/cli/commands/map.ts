@@ -81,7 +81,7 @@ export function register(program: Command): void {
       .option('--device-path <path>', 'device on the server, relative to its dev_search_path')
       .option('--access-mode <ro|rw|migration>', 'default rw')
       .option('--io-mode <fileio|blockio>', 'default blockio')
-      .option('--transport <tcp|rdma>', 'default tcp')
+      .option('--transport <tcp|rdma>', 'default: rdma if the client host has an RDMA device, else tcp')
       .option('--queues <n>', 'vhost-user-blk queues, 1..16, default 1')
       .option('--mp-policy <policy>', 'round-robin|min-inflight|min-latency, default min-inflight')
       .addHelpText('after', `\n${MAP_USAGE}`),

@@ -33,6 +33,7 @@ export function register(program: Command): void {
     .option('--queue-depth <n>', 'requests in flight per session')
     .option('--max-io-size <bytes>', 'largest IO in bytes')
     .option('--io-threads <n>', 'IO threads')
+    .option('--transport <tcp|rdma|auto>', 'auto (default): TCP, plus RDMA on the same port when the host has an RDMA device')
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
     .action(async (o: Record<string, unknown>) => {
@@ -45,6 +46,7 @@ export function register(program: Command): void {
         queueDepth: o.queueDepth as string | undefined,
         maxIoSize: o.maxIoSize as string | undefined,
         ioThreads: o.ioThreads as string | undefined,
+        transport: o.transport as string | undefined,
       });
     });
 
