@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { IbnbdError } from '../../src/backend/errors.js';
+import { projectRoot } from '../../src/backend/native.js';
 import { guestKernel } from './guest-kernel.js';
 import { MARK } from './guest-init.js';
 import { buildInitramfs } from './initramfs.js';
@@ -123,7 +124,7 @@ function validate(o: GuestOptions): void {
       invalid('numQueues must be an integer in 1..64');
     }
   }
-  const tags = new Set<string>(['hostroot']);
+  const tags = new Set<string>(['hostroot', 'project']);
   for (const s of o.shares ?? []) {
     if (!TAG_RE.test(s.tag)) invalid(`share tag must match ${TAG_RE}: ${s.tag}`);
     if (tags.has(s.tag)) invalid(`share tag used twice or reserved: ${s.tag}`);
@@ -141,10 +142,26 @@ function validate(o: GuestOptions): void {
 const ESCAPES = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[c78]|\x1b[()][0-9A-Za-z]|\r/g;
 const KERNEL_LOG = /^\[\s*\d+\.\d+\] /;
 
+// In hostroot mode the guest mounts tmpfs over /tmp, /run and /root, hiding whatever the host has
+// there. A checkout living below one of them (a CI clone in /tmp, say) would vanish with its addon
+// and scripts, so it is shared into the guest at the same path.
+const GUEST_TMPFS = ['/tmp', '/run', '/root'];
+
+function withProjectShare(mode: 'initramfs' | 'hostroot', shares: ShareSpec[]): ShareSpec[] {
+  if (mode !== 'hostroot') return shares;
+  const hidden = GUEST_TMPFS.some((d) => projectRoot === d || projectRoot.startsWith(`${d}/`));
+  const covered = shares.some((s) => {
+    const g = s.guestPath ?? s.hostPath;
+    return projectRoot === g || projectRoot.startsWith(`${g}/`);
+  });
+  if (!hidden || covered) return shares;
+  return [{ hostPath: projectRoot, tag: 'project' }, ...shares];
+}
+
 export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
   validate(o);
   const mode = o.mode ?? 'initramfs';
-  const shares = o.shares ?? [];
+  const shares = withProjectShare(mode, o.shares ?? []);
   const disks = o.disks ?? [];
   const needs9p = mode === 'hostroot' || shares.length > 0;
   const modules = [
