@@ -1,5 +1,7 @@
 #include "rdma/rdma_common.h"
 
+#include "transport/endpoint.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -55,30 +57,7 @@ int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t
   memset(ss, 0, sizeof(*ss));
   std::string a = ep.addr;
   if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
-  if (ep.kind == "ip") {
-    auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
-    if (inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
-      v4->sin_family = AF_INET;
-      v4->sin_port = htons(ep.port);
-      *len = sizeof(*v4);
-      return 0;
-    }
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
-    std::string host = a;
-    auto pct = a.find('%');
-    if (pct != std::string::npos) {
-      host = a.substr(0, pct);
-      v6->sin6_scope_id = if_nametoindex(a.substr(pct + 1).c_str());
-      if (!v6->sin6_scope_id) return -EINVAL;
-    }
-    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-      v6->sin6_family = AF_INET6;
-      v6->sin6_port = htons(ep.port);
-      *len = sizeof(*v6);
-      return 0;
-    }
-    return -EINVAL;
-  }
+  if (ep.kind == "ip") return transport::IpToSockaddr(ep, ss, len);
   if (ep.kind == "gid") {
     static_assert(sizeof(sockaddr_ib) <= sizeof(sockaddr_storage));
     auto* ib = reinterpret_cast<sockaddr_ib*>(ss);

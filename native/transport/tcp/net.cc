@@ -1,5 +1,7 @@
 #include "transport/tcp/net.h"
 
+#include "transport/endpoint.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -19,24 +21,7 @@ namespace ibnbd::transport::tcp {
 int ToSockaddr(const Endpoint& ep, sockaddr_storage* ss, socklen_t* len) {
   if (ep.kind == "gid") return -EAFNOSUPPORT;
   if (ep.kind != "ip") return -EINVAL;
-  std::string a = ep.addr;
-  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
-  memset(ss, 0, sizeof(*ss));
-  auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
-  if (inet_pton(AF_INET, a.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(ep.port);
-    *len = sizeof(sockaddr_in);
-    return 0;
-  }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
-  if (inet_pton(AF_INET6, a.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(ep.port);
-    *len = sizeof(sockaddr_in6);
-    return 0;
-  }
-  return -EINVAL;
+  return IpToSockaddr(ep, ss, len);
 }
 
 Endpoint EndpointOf(const sockaddr_storage& ss) {
