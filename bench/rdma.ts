@@ -58,16 +58,19 @@ function guestScript(o: BenchOptions, root: string, workloads: Workload[]): stri
     `--runtime-ms ${o.runtimeMs} --ramp-ms ${o.rampMs} --seed ${o.seed} --timeout-ms ${o.timeoutMs} > /tmp/out/${w.id}.json 2> /tmp/out/${w.id}.err; step "${w.id} rc $?"`;
   // server in the background, client after 2 s; both bounded; the server is waited for so the
   // next run finds its port free
-  const perftest = (prog: string, size: number, suffix = '') => {
-    const f = `/tmp/out/${prog}-${size}${suffix}`;
+  const perftest = (prog: string, size: number, suffix = '', flags = '') => {
+    const f = `/tmp/out/${prog}${flags ? '-ev' : ''}-${size}${suffix}`;
     // a client that comes before the server listens is rejected (invalid service id) and
     // perftest then crashes: try again while the server is still there, a few times
-    return `timeout 60 ${prog} -R -F -d rxe0 -n ${PERFTEST_ITERS} -s ${size} > ${f}.server 2>&1 & P=$!; sleep 2
-n=0; while :; do n=$((n+1)); timeout 60 ${prog} -R -F -d rxe0 -n ${PERFTEST_ITERS} -s ${size} 10.0.2.15 > ${f}.txt 2>&1; rc=$?
+    return `timeout 60 ${prog} -R -F ${flags}-d rxe0 -n ${PERFTEST_ITERS} -s ${size} > ${f}.server 2>&1 & P=$!; sleep 2
+n=0; while :; do n=$((n+1)); timeout 60 ${prog} -R -F ${flags}-d rxe0 -n ${PERFTEST_ITERS} -s ${size} 10.0.2.15 > ${f}.txt 2>&1; rc=$?
   [ $rc = 0 ] || ! kill -0 $P 2>/dev/null || [ $n -ge 5 ] && break; sleep 2; done
-step "${prog} ${size} rc $rc tries $n"; kill $P 2>/dev/null; wait $P`;
+step "${prog} ${flags}${size} rc $rc tries $n"; kill $P 2>/dev/null; wait $P`;
   };
-  const perf = (suffix = '') => PERFTEST_SIZES.flatMap((s) => ['ib_send_lat', 'ib_write_lat'].map((p) => perftest(p, s, suffix))).join('\n');
+  // ib_send_lat -e sleeps on CQ events as our transport does (perftest polls by default;
+  // ib_write_lat has no event mode): how much waking up costs in this guest
+  const perf = (suffix = '') => [...PERFTEST_SIZES.flatMap((s) => ['ib_send_lat', 'ib_write_lat'].map((p) => perftest(p, s, suffix))),
+    perftest('ib_send_lat', 2, suffix, '-e ')].join('\n');
   return `
 set -u
 T0=$(date +%s)
@@ -89,6 +92,8 @@ SOCK=$(sed -n 's/.*"socket": *"\\([^"]*\\)".*/\\1/p' /tmp/out/map.json | head -1
 [ -S "$SOCK" ] || exit 25
 step mapped $SOCK
 ${workloads.map(runOne).join('\n')}
+# the transport alone: same server, native QD1 submit loop, no vhost-user hop
+timeout 60 ${node} ${join(root, 'dist', 'bench', 'rdma-transport-qd1.js')} 10.0.2.15 ${PORT} bench.img ${o.runtimeMs} > /tmp/out/transport-qd1.json 2> /tmp/out/transport-qd1.err; step "transport qd1 rc $?"
 ${IB} show ibnbd0 --control /tmp/clt.sock --json > /tmp/out/show.json 2>&1
 # perftest once more after ours: the floor is taken before and after, under the same guest load
 ${perf('-after')}
@@ -152,10 +157,13 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     const ours = workloads.map((w) => readOurs(share, w));
     const perf: Record<string, PerftestLine | null> = {};
     for (const p of ['ib_send_lat', 'ib_write_lat']) for (const s of PERFTEST_SIZES) for (const when of ['', '-after']) perf[`${p}-${s}${when}`] = readPerftest(share, `${p}-${s}${when}`);
+    for (const when of ['', '-after']) perf[`ib_send_lat-ev-2${when}`] = readPerftest(share, `ib_send_lat-ev-2${when}`);
     let show: Record<string, any> | undefined;
     let map: Record<string, any> | undefined;
     try { show = JSON.parse(readFileSync(join(share, 'show.json'), 'utf8')).device; } catch { show = undefined; }
     try { map = JSON.parse(readFileSync(join(share, 'map.json'), 'utf8')).device; } catch { map = undefined; }
+    let transport: { ok: boolean; meanUs?: number; p50Us?: number; p99Us?: number; iops?: number; bounce?: number; error?: string } | undefined;
+    try { transport = JSON.parse(readFileSync(join(share, 'transport-qd1.json'), 'utf8').trim().split('\n').pop()!); } catch { transport = undefined; }
 
     // the floor of one 4 KiB read: a small request sent one way, 4 KiB RDMA-written back. perftest's
     // *_lat report half of a ping-pong, i.e. one way: send(2 B) + write(4 KiB) is that round trip.
@@ -174,6 +182,10 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
       send2_write4k: { avg: floor(2, 4096, 't_avg'), typical: floor(2, 4096, 't_typical') },
       send4k_write4k: { avg: floor(4096, 4096, 't_avg'), typical: floor(4096, 4096, 't_typical') },
       send2_write2: { avg: floor(2, 2, 't_avg'), typical: floor(2, 2, 't_typical') },
+      send2_events_write4k: {
+        avg: best('ib_send_lat-ev-2', 't_avg') === null || best('ib_write_lat-4096', 't_avg') === null ? null : best('ib_send_lat-ev-2', 't_avg')! + best('ib_write_lat-4096', 't_avg')!,
+        typical: best('ib_send_lat-ev-2', 't_typical') === null || best('ib_write_lat-4096', 't_typical') === null ? null : best('ib_send_lat-ev-2', 't_typical')! + best('ib_write_lat-4096', 't_typical')!,
+      },
     };
     const ratio = (num: number | undefined, den: number | null) => (qd1.ok && num && den ? num / den : null);
     const check = {
@@ -211,6 +223,9 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
         out.push(`| ${p} | ${s} | ${f1(b?.t_typical)} / ${f1(a?.t_typical)} | ${f1(b?.t_avg)} / ${f1(a?.t_avg)} |`);
       }
     }
+    const ev = perf['ib_send_lat-ev-2'];
+    const eva = perf['ib_send_lat-ev-2-after'];
+    out.push(`| ib_send_lat -e (CQ events, not polling) | 2 | ${f1(ev?.t_typical)} / ${f1(eva?.t_typical)} | ${f1(ev?.t_avg)} / ${f1(eva?.t_avg)} |`);
     out.push('');
     out.push('| 4 KiB read round trip | ours | floor: ib_send_lat + ib_write_lat (lower of before/after) | ours ÷ floor |');
     out.push('|---|---|---|---|');
@@ -218,6 +233,13 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     out.push(`| p50 vs typical, send 2 B + write 4 KiB | ${f1(qd1.lat_us.p50)} | ${f1(sums.send2_write4k.typical)} | ${f2(check.ratio_p50_over_typical)}× |`);
     out.push(`| mean vs avg, send 4 KiB + write 4 KiB | ${f1(qd1.lat_us.mean)} | ${f1(sums.send4k_write4k.avg)} | ${f2(check.ratio_all_4k)}× |`);
     out.push(`| mean vs avg, send 2 B + write 2 B | ${f1(qd1.lat_us.mean)} | ${f1(sums.send2_write2.avg)} | ${f2(check.ratio_all_2b)}× |`);
+    out.push(`| mean vs avg, send 2 B with CQ events (-e) + write 4 KiB | ${f1(qd1.lat_us.mean)} | ${f1(sums.send2_events_write4k.avg)} | ${f2(ratio(qd1.lat_us.mean, sums.send2_events_write4k.avg))}× |`);
+    if (transport?.ok) {
+      out.push(`| our RTRS transport alone (native QD1 loop, no vhost-user): mean vs avg | ${f1(transport.meanUs)} | ${f1(sums.send2_write4k.avg)} | ${f2(ratio(transport.meanUs, sums.send2_write4k.avg))}× |`);
+      out.push(`| our RTRS transport alone: p50 vs typical | ${f1(transport.p50Us)} | ${f1(sums.send2_write4k.typical)} | ${f2(ratio(transport.p50Us, sums.send2_write4k.typical))}× |`);
+    } else {
+      out.push(`| our RTRS transport alone | not measured: ${transport?.error ?? 'no result'} | | |`);
+    }
     out.push('');
     const qd32 = ours.find((o) => o.workload === 'randread-4k-qd32');
     out.push(`Target: ${check.what} ${check.bound}: ${f2(check.ratio)}× — ${check.met === null ? 'not measured' : check.met ? 'met' : 'missed'}` +
@@ -231,7 +253,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
       machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
       guest: { exitCode: r.exitCode, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       ours, device: show ? { transport: show.transport, bounce_count: show.bounce_count, requests: show.stats?.requests } : null,
-      perftest: perf, floor_us: sums, check,
+      transport_qd1: transport ?? null, perftest: perf, floor_us: sums, check,
     };
     writeFileSync(join(outDir, 'bench.json'), JSON.stringify(json, null, 2) + '\n');
     writeFileSync(join(outDir, 'table.txt'), text);
