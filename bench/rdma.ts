@@ -9,7 +9,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { BenchOptions } from './options.js';
 import { WORKLOADS, type Workload } from './workloads.js';
-import { runGuest } from '../tests/qemu/harness.js';
+import { startGuest } from '../tests/qemu/harness.js';
 import { RXE_MODULES } from '../tests/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -136,7 +136,9 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     `ib_send_lat/ib_write_lat ${PERFTEST_SIZES.join(' and ')} B × ${PERFTEST_ITERS} before and after; guest limit ${GUEST_TIMEOUT_MS / 1000} s; share ${share}`);
   try {
     const started = Date.now();
-    const r = await runGuest({
+    // startGuest, not runGuest: a guest that runs out of time still leaves what it measured on
+    // the share, and the table reports that with the missing parts marked
+    const guest = await startGuest({
       // hostroot: the host's node, perftest, rdma tool and our build, read-only over 9p
       mode: 'hostroot',
       netdev: true,
@@ -151,6 +153,9 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
         if (process.env.IBNBD_GUEST_LOG) appendFileSync(process.env.IBNBD_GUEST_LOG, `${l}\n`);
       },
     });
+    const r = await guest.exited;
+    if (r.timedOut) log(`guest: killed after ${GUEST_TIMEOUT_MS / 1000} s; reporting what it wrote`);
+    else if (r.exitCode === null) log(`guest: ended without an exit code${r.failure ? ` (/init failed at ${r.failure})` : ''}; console tail:\n${r.serial.slice(-2000)}`);
     log(`guest: exit ${r.exitCode} after ${((Date.now() - started) / 1000).toFixed(0)} s (boot ${r.bootMs} ms)`);
     if (opts.keep) log(`guest output kept in ${share}`);
 
@@ -251,7 +256,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     const json = {
       when: new Date().toISOString(), kind: 'rdma-guest', options: opts,
       machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
-      guest: { exitCode: r.exitCode, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
+      guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       ours, device: show ? { transport: show.transport, bounce_count: show.bounce_count, requests: show.stats?.requests } : null,
       transport_qd1: transport ?? null, perftest: perf, floor_us: sums, check,
     };
