@@ -35,7 +35,9 @@ export const USAGE = `usage: npm run bench -- [options]
   --seed N              seed of the IO pattern (default 1)
   --io-threads N        passed to our server and client daemons
   --keep                keep the work folder (logs, sockets)
-  --rdma                RDMA transport (not implemented yet)`;
+  --rdma                ours over RDMA in one soft-RoCE guest next to perftest's ib_send_lat +
+                        ib_write_lat (4 KiB randread QD1/QD32, 128 KiB read QD8; --runtime-ms, --ramp-ms,
+                        --workloads apply)`;
 
 function positive(flag: string, v: string | undefined, min = 1): number {
   if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new Error(`${flag}: expected an integer >= ${min}, got ${v ?? 'nothing'}`);

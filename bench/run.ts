@@ -12,7 +12,8 @@ import { chartSvg } from './chart.js';
 import { parseOptions, type BenchOptions } from './options.js';
 import { cpuSeconds, type ToolResult } from './procs.js';
 import { summarize, summaryLines, table, type Sample, type TargetInfo } from './report.js';
-import { makeTarget, oursUnavailableReason, rdmaTargets, type BenchContext, type Target } from './targets.js';
+import { makeTarget, oursUnavailableReason, type BenchContext, type Target } from './targets.js';
+import { runRdmaBench } from './rdma.js';
 import { WORKLOADS, type Workload } from './workloads.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -77,16 +78,17 @@ async function measure(target: Target, w: Workload, ctx: BenchContext, round: nu
 }
 
 async function main(opts: BenchOptions): Promise<number> {
-  if (opts.rdma) rdmaTargets();
   const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
   const release = join(root, 'native', 'build', 'Release');
   const tools = { blkio: join(release, 'ibnbd-blkio-bench'), probe: join(release, 'ibnbd-tcp-probe'), shim: join(release, 'nodelay_shim.so') };
   for (const t of Object.values(tools)) if (!existsSync(t)) throw new Error(`${t} is missing: run npm run build:native`);
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const outDir = resolve(opts.outDir ?? join(root, 'results', opts.rdma ? `${stamp}-rdma` : stamp));
+  // RDMA: no device on this host; everything runs in one soft-RoCE guest (bench/rdma.ts)
+  if (opts.rdma) return runRdmaBench(opts, root, outDir);
   if (!existsSync(opts.fileDir)) throw new Error(`--file-dir ${opts.fileDir} does not exist`);
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id));
 
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const outDir = resolve(opts.outDir ?? join(root, 'results', stamp));
   mkdirSync(outDir, { recursive: true });
   const work = mkdtempSync('/tmp/ibnbd-bench-');
   const dataDir = mkdtempSync(join(opts.fileDir, 'ibnbd-bench-data-'));

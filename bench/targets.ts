@@ -272,11 +272,3 @@ export function makeTarget(id: TargetId): Target {
 export function oursUnavailableReason(root: string): string | undefined {
   return Ours.unavailableReason(root);
 }
-
-/**
- * Hook for `--rdma` (later): ours over RTRS on soft-RoCE (LAB.md §4) against the same peers,
- * plus an RDMA floor (ib_send_lat/ib_write_bw from perftest) in place of target e.
- */
-export function rdmaTargets(): never {
-  throw new Error('--rdma: the RDMA benchmark is not implemented yet (hook: rdmaTargets() in bench/targets.ts)');
-}

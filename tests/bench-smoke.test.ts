@@ -81,10 +81,12 @@ test('quick bench runs every peer on every workload and writes JSON, table and c
   t.true((svg.match(/<rect x=/g) ?? []).length >= 2 * 6 * 4);
 });
 
-test('--rdma is a clear hook, not a silent no-op', async (t) => {
-  const r = await runBench(['--rdma'], 30_000);
+// the RDMA run itself boots a guest for minutes (not a test); its option check is immediate
+test('--rdma refuses to run without its 4 KiB QD1 read, before booting anything', async (t) => {
+  const r = await runBench(['--rdma', '--workloads', 'randread-4k-qd32', '--out', join(tmpdir(), `ibnbd-rdma-none-${process.pid}`)], 30_000);
   t.is(r.code, 2);
-  t.regex(r.stderr, /RDMA benchmark is not implemented yet/);
+  t.regex(r.stderr, /4 KiB randread QD1 workload is the point/);
+  t.notRegex(r.stderr, /soft-RoCE guest/, 'no guest was started');
 });
 
 test('bad options are refused with the flag named', async (t) => {
