@@ -91,22 +91,6 @@ std::string FormatSockaddr(const sockaddr* sa) {
   return "";
 }
 
-void RandomUuid(uint8_t out[16]) {
-  if (getrandom(out, 16, 0) != 16) {
-    for (int i = 0; i < 16; i++) out[i] = static_cast<uint8_t>(random());
-  }
-  out[6] = (out[6] & 0x0f) | 0x40;  // version 4
-  out[8] = (out[8] & 0x3f) | 0x80;
-}
-
-std::string UuidString(const uint8_t u[16]) {
-  char s[37];
-  snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-           u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-           u[14], u[15]);
-  return s;
-}
-
 std::shared_ptr<ibv_pd> PdFor(ibv_context* ctx) {
   static std::mutex mu;
   static std::map<ibv_context*, std::weak_ptr<ibv_pd>> pds;

@@ -16,6 +16,8 @@
 #include "common/event_loop.h"
 #include "transport/transport.h"
 
+#include "transport/uuid.h"
+
 namespace ibnbd::rdma {
 
 // Records the reason for the last failure on this thread (LastRdmaError()) and logs it.
@@ -31,8 +33,8 @@ int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t
 std::string FormatSockaddr(const sockaddr* sa);
 rdma_port_space PortSpaceFor(const transport::Endpoint& ep);
 
-void RandomUuid(uint8_t out[16]);
-std::string UuidString(const uint8_t u[16]);
+using transport::RandomUuid;
+using transport::UuidString;
 
 // One PD per verbs context, shared by every connection on that device.
 std::shared_ptr<ibv_pd> PdFor(ibv_context* ctx);

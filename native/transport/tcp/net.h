@@ -10,6 +10,8 @@
 
 #include "transport/transport.h"
 
+#include "transport/uuid.h"
+
 namespace ibnbd::transport::tcp {
 
 // "ip" endpoints only (v4 or v6, brackets allowed); gid → -EAFNOSUPPORT, bad text → -EINVAL.
@@ -39,7 +41,5 @@ ssize_t SendvSome(int fd, const iovec* iov, size_t cnt);
 // interval): its fd, or -1 with errno set, as timerfd_create.
 int PeriodicTimer(uint32_t interval_ms);
 
-void RandomUuid(uint8_t out[16]);
-std::string UuidString(const uint8_t uuid[16]);
 
 }  // namespace ibnbd::transport::tcp
