@@ -1,7 +1,7 @@
 // Shared set-up for the server tests: temp trees, files, loop devices (always detached in
 // teardown), and IBNBD admin message bytes.
 import type { ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { encode, type AccessMode, type IoMode } from '../src/proto/ibnbd.js';
 
@@ -133,4 +133,29 @@ export async function raceTimeout<T, F>(p: Promise<T>, ms: number, fallback: F):
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * A session in another process (server-holder.ts) that opens `dev` with `mode` and waits to be
+ * killed: SIGKILL it to see what the server does when a session dies without CLOSE.
+ * Resolves with the child and its first line ("opened <id>" or "errno <n>").
+ */
+export async function startHolder(
+  t: ExecutionContext,
+  port: number,
+  sessname: string,
+  dev: string,
+  mode: AccessMode,
+): Promise<{ child: ChildProcess; line: string }> {
+  const script = new URL('./server-holder.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [script, String(port), sessname, dev, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`holder ${sessname} did not open in time`)), 15_000);
+    child.stdout!.once('data', (d: Buffer) => {
+      clearTimeout(timer);
+      resolve(d.toString());
+    });
+  });
+  return { child, line };
 }

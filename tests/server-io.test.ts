@@ -12,7 +12,7 @@ import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
 import { sparseFile, tempDir } from './fixtures.js';
-import { TWO_SESSION_ACCESS_MATRIX, TestClient, loopDevice, pattern } from './server-helpers.js';
+import { TWO_SESSION_ACCESS_MATRIX, TestClient, loopDevice, pattern, startHolder } from './server-helpers.js';
 
 const E = constants.errno;
 const MiB = 1 << 20;
@@ -262,4 +262,33 @@ test.serial('force-close over the wire: IO on the id fails, CLOSE frees it, a re
   t.is(await c.close_(0), 0);
   t.deepEqual(running.server.sessionList()[0]!.closed_ids, []);
   t.is((await c.read(1, 0, 4096)).data![0], 1, 'the data written before is there');
+});
+
+test.serial('devices tree counts opens and writers; a killed rw holder gives back its open and the rw slot, a ro reader stays', async (t) => {
+  const dir = tempDir(t, 'srvio');
+  sparseFile(join(dir, 'disk'), MiB);
+  const { running, port } = serve(t, dir);
+  const counts = () => running.server.devices().map((d) => ({ opens: d.opens, writers: d.writers, sessions: d.sessions.map((s) => s.sessname) }));
+  const holder = await startHolder(t, port, 'holder', 'disk', 'rw');
+  t.regex(holder.line, /^opened 0/);
+  const reader = await client(t, port, 'reader');
+  const ro = await reader.open('disk', 'ro');
+  t.is(ro.errno, 0, 'ro next to a rw holder');
+  const mig = await client(t, port, 'mig');
+  const m = await mig.open('disk', 'migration');
+  t.is(m.errno, 0, 'migration next to a rw holder');
+  t.deepEqual(counts(), [{ opens: 3, writers: 2, sessions: ['holder', 'mig', 'reader'] }]);
+  t.is(await mig.close_(m.rsp!.deviceId), 0);
+  t.deepEqual(counts(), [{ opens: 2, writers: 1, sessions: ['holder', 'reader'] }], 'CLOSE gives back one open and one writer');
+  const writer = await client(t, port, 'writer');
+  t.is((await writer.open('disk', 'rw')).errno, E.EPERM, 'the holder has the rw slot');
+  holder.child.kill('SIGKILL');
+  const deadline = Date.now() + 15_000;
+  while (counts()[0]!.opens > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(counts(), [{ opens: 1, writers: 0, sessions: ['reader'] }], 'the dead session gave back its open and its writer');
+  const rw = await writer.open('disk', 'rw');
+  t.is(rw.errno, 0, 'the rw slot is free while the reader stays');
+  t.is(await writer.write(rw.rsp!.deviceId, 0, Buffer.alloc(4096, 7)), 0);
+  t.is((await reader.read(ro.rsp!.deviceId, 0, 4096)).data![0], 7, 'the reader sees the new writer\'s bytes');
+  t.deepEqual(counts(), [{ opens: 2, writers: 1, sessions: ['reader', 'writer'] }]);
 });

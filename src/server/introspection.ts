@@ -20,6 +20,9 @@ export interface DeviceEntry {
   block_dev: string;
   type: 'block' | 'file';
   size_bytes: number;
+  /** opens of this device across all sessions (ro ones too): the export closes with the last */
+  opens: number;
+  /** opens that count against "rw only once" (rw and migration) */
   writers: number;
   sessions: DeviceSessionEntry[];
 }
@@ -62,6 +65,7 @@ export function devicesTree(exports: ExportTable): DeviceEntry[] {
       block_dev: exp.realPath,
       type: exp.blockDevice ? ('block' as const) : ('file' as const),
       size_bytes: exp.geometry?.sizeBytes ?? 0,
+      opens: exp.refs,
       writers: exp.access.writers,
       sessions: [...exp.holders.values()]
         .map((h) => ({
