@@ -6,10 +6,15 @@
 //   socket:
 //   A. our client ↔ our server over RDMA (the default in the guest), IO verified at QD1/QD32,
 //      4 KiB … 1 MiB, bytes in the server's file, `ibnbd show` bounce count 0 (zero copy);
-//   B. our client daemon ↔ the kernel's rnbd_server (brd ram0): verified IO, its sysfs tree shows
-//      our session, our unmap removes it;
+//   B. our client daemon ↔ the kernel's rnbd_server (a 48 MiB loop device on a guest tmpfs file):
+//      verified IO at QD1/QD32 up to 1 MiB, a sequential pattern read back from the kernel server's
+//      device, its sysfs tree shows our session, our unmap removes it;
 //   C. the kernel's rnbd_client ↔ our server daemon: /dev/rnbdN, O_DIRECT bytes in our file,
-//      a second rw map EPERM, migration allowed, unmap normal and force, `ibnbd server sessions`.
+//      a second rw map EPERM, migration allowed, a ro map next to the rw holder (reads our bytes,
+//      writes EPERM, read-only in `ibnbd server sessions`), unmap normal and force;
+//   D. our client daemon and the kernel client on one device of our server: IO from both at once,
+//      the server's open/writer counts drop as each leaves (kernel unmap, our unmap, our client
+//      daemon SIGKILLed), and the rw slot passes from one kind of client to the other.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -64,12 +69,16 @@ step() { echo "STEP $(( $(date +%s) - T0 ))s $*"; }
 rxe_up || exit 20
 rnbd_server_load || exit 21
 rnbd_client_load || exit 22
-mkdir -p /tmp/exp /tmp/run && truncate -s 128M /tmp/exp/disk.img
+mkdir -p /tmp/exp /tmp/run /tmp/run2 && truncate -s 128M /tmp/exp/disk.img
 ${node} ${cliPath} server --listen 10.0.2.15:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
 SRV=$!
 ${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run 2> /tmp/clt.log &
 CLT=$!
-i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log; exit 23; }; sleep 0.1; done
+# a second client daemon, SIGKILLed in D: its session must die on the server without an unmap
+${node} ${cliPath} client --control /tmp/clt2.sock --run-dir /tmp/run2 --heartbeat-ms 500 --heartbeat-missed-max 4 2> /tmp/clt2.log &
+CLT2=$!
+i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ] || [ ! -S /tmp/clt2.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log /tmp/clt2.log; exit 23; }; sleep 0.1; done
+devs() { ${IB} server devices --control /tmp/srv.sock --json | tr -d '\n'; }
 step daemons up
 echo "SRVLOG $(grep -o 'listening on [^;]*' /tmp/srv.log)"
 
@@ -87,14 +96,19 @@ dd if=/tmp/exp/disk.img of=/tmp/out/region.bin bs=1M skip=100 count=4 status=non
 echo "NOSRV $(${IB} map "sessname=rd2 path=ip:10.0.2.15:4999 device_path=disk.img transport=rdma" --control /tmp/clt.sock 2>&1 | tr -d '\\n')"
 step A done
 
-echo "== B: our client daemon <-> kernel rnbd_server (ram0)"
-${IB} map "sessname=kd1 path=ip:10.0.2.15 device_path=ram0" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_B $? $(tr -d '\\n' < /tmp/m.json)"
-S=$(rnbd_srv_sess ram0 kd1)
-echo "KSRV_B ro=$(cat $S/read_only 2>&1) path=$(cat $S/mapping_path 2>&1)"
-${verify('/tmp/run/vhost/ibnbd0.sock', 21, { offset: 0, count1: 16, count32: 32, max32: MiB / 2, span: 16 * MiB })}
+echo "== B: our client daemon <-> kernel rnbd_server (a 48 MiB loop device on a guest tmpfs file)"
+truncate -s 48M /tmp/kexp.img && KLOOP=$(rnbd_loop /tmp/kexp.img) || exit 24
+KDEV=\${KLOOP#/dev/}
+${IB} map "sessname=kd1 path=ip:10.0.2.15 device_path=$KDEV" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_B $? $(tr -d '\\n' < /tmp/m.json)"
+S=$(rnbd_srv_sess $KDEV kd1)
+echo "KSRV_B dev=$KDEV ro=$(cat $S/read_only 2>&1) path=$(cat $S/mapping_path 2>&1)"
+${verify('/tmp/run/vhost/ibnbd0.sock', 21, { offset: 0, count1: 16, count32: 32, max32: MiB, span: 32 * MiB })}
+${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 8 --count 4 --seed 6 --sequential --min-size ${MiB} --max-size ${MiB} --offset ${40 * MiB} write > /dev/null; echo "WRITE_B $?"
+${BLK} --path /tmp/run/vhost/ibnbd0.sock flush > /dev/null; echo "FLUSH_B $?"
 echo "SHOW_B $(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')"
 ${IB} unmap ibnbd0 --control /tmp/clt.sock; echo "UNMAP_B $?"
-rnbd_srv_wait_gone ram0 kd1; echo "KSRV_GONE_B $?"
+rnbd_srv_wait_gone $KDEV kd1; echo "KSRV_GONE_B $?"
+dd if=$KLOOP of=/tmp/out/regionB.bin bs=1M skip=40 count=4 iflag=direct status=none; echo "COPY_B $?"
 step B done
 
 echo "== C: kernel rnbd_client <-> our server daemon"
@@ -107,12 +121,63 @@ cmp /tmp/pat /tmp/back && echo KREADBACK_OK
 cmp -n 2097152 -i 0:4194304 /tmp/pat /tmp/exp/disk.img && echo KFILE_OK
 E=$(rnbd_map kc2 disk.img rw 2>&1); echo "KMAP_C2 $? $E"
 D3=$(rnbd_map kc3 disk.img migration); echo "KMAP_C3 $? $D3"
+DR=$(rnbd_map kr1 disk.img ro); echo "KMAP_RO $? $DR ro=$(cat /sys/block/\${DR##*/}/ro 2>&1)"
+dd if=$DR of=/tmp/backro bs=64k skip=64 count=32 iflag=direct status=none; echo "KRO_READ $?"
+cmp /tmp/pat /tmp/backro && echo KRO_READBACK_OK
+E=$(dd if=/dev/zero of=$DR bs=64k seek=64 count=1 oflag=direct conv=notrunc status=none 2>&1); echo "KRO_WRITE $? $E"
+cmp -n 2097152 -i 0:4194304 /tmp/pat /tmp/exp/disk.img && echo KRO_FILE_UNCHANGED
 echo "SESS_C $(${IB} server sessions --control /tmp/srv.sock --json | tr -d '\\n')"
+echo "DEVS_C $(devs)"
+rnbd_unmap $DR normal; echo "KUNMAP_RO $?"
 rnbd_unmap $D3 force; echo "KUNMAP_FORCE $?"
 rnbd_unmap $D1 normal; echo "KUNMAP_NORMAL $?"
 sleep 1
 echo "SESS_C_AFTER $(${IB} server sessions --control /tmp/srv.sock --json | tr -d '\\n')"
 step C done
+
+echo "== D: our client daemon and the kernel client on one device of our server"
+${IB} map "sessname=od1 path=ip:10.0.2.15:${PORT} device_path=disk.img" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_D1 $? $(tr -d '\\n' < /tmp/m.json)"
+DM=$(rnbd_map km1 disk.img migration); echo "KMAP_D1 $? $DM"
+echo "DEVS_D_BOTH $(devs)"
+# both at once: libblkio through our client in [0, 32 MiB), the kernel client's O_DIRECT writes at 96 MiB
+${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 16 --count 32 --seed 31 --min-size 4096 --max-size ${MiB} --span ${32 * MiB} verify > /tmp/vd.json & BV=$!
+head -c 2097152 /dev/urandom > /tmp/patd
+dd if=/tmp/patd of=$DM bs=128k seek=768 oflag=direct status=none; echo "KWRITE_D $?"
+wait $BV; echo "VERIFY_D1 $? $(tr -d '\\n' < /tmp/vd.json)"
+cmp -n 2097152 -i 0:${96 * MiB} /tmp/patd /tmp/exp/disk.img && echo KFILE_D_OK
+rnbd_unmap $DM normal; echo "KUNMAP_D1 $?"
+echo "DEVS_D_OURS $(devs)"
+${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 4 --count 8 --seed 33 --min-size 4096 --max-size 65536 --span ${8 * MiB} verify > /tmp/vd.json; echo "VERIFY_D2 $? $(tr -d '\\n' < /tmp/vd.json)"
+E=$(rnbd_map km2 disk.img rw 2>&1); echo "KMAP_D_RW_BUSY $? $E"
+${IB} unmap ibnbd0 --control /tmp/clt.sock; echo "UNMAP_D1 $?"
+echo "DEVS_D_NONE $(devs)"
+DK=$(rnbd_map km3 disk.img rw); echo "KMAP_D_RW_FREE $? $DK"
+${IB} map "sessname=od2 path=ip:10.0.2.15:${PORT} device_path=disk.img" --control /tmp/clt.sock > /dev/null 2> /tmp/e.txt; echo "MAP_D_OURS_BUSY $? $(tr -d '\\n' < /tmp/e.txt)"
+rnbd_unmap $DK normal; echo "KUNMAP_D3 $?"
+step D round 1 done
+# round 2: our rw holder is a client daemon that gets SIGKILLed; a kernel ro reader stays
+${IB} map "sessname=od3 path=ip:10.0.2.15:${PORT} device_path=disk.img" --control /tmp/clt2.sock --json > /tmp/m.json; echo "MAP_D2 $? $(tr -d '\\n' < /tmp/m.json)"
+${BLK} --path /tmp/run2/vhost/ibnbd0.sock --qd 4 --count 8 --seed 35 --min-size 4096 --max-size 65536 --offset ${64 * MiB} --span ${8 * MiB} verify > /tmp/vd.json; echo "VERIFY_D3 $? $(tr -d '\\n' < /tmp/vd.json)"
+DR2=$(rnbd_map kr2 disk.img ro); echo "KMAP_D2_RO $? $DR2"
+E=$(rnbd_map km4 disk.img rw 2>&1); echo "KMAP_D2_RW_BUSY $? $E"
+echo "DEVS_D2_BOTH $(devs)"
+kill -KILL $CLT2; TK=$(date +%s%N)
+i=0; while :; do
+  V=$(devs); echo "$V" | grep -Eq '"opens": ?1,' && break
+  i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1
+done
+echo "DEVS_D2_KILLED $(( ($(date +%s%N) - TK) / 1000000 )) $V"
+wait $CLT2; echo "CLT2_EXIT $?"
+echo "SRVLOG_D2 $(grep od3 /tmp/srv.log | tail -c 600 | tr '\\n' '|')"
+DK2=$(rnbd_map km5 disk.img rw); echo "KMAP_D2_RW_FREE $? $DK2"
+dd if=/tmp/patd of=$DK2 bs=128k seek=896 oflag=direct status=none; echo "KWRITE_D2 $?"
+dd if=$DR2 of=/tmp/backd bs=128k skip=896 count=16 iflag=direct status=none; cmp /tmp/patd /tmp/backd && echo KRO_SEES_NEW_WRITER
+echo "DEVS_D2_KERNEL $(devs)"
+rnbd_unmap $DK2 normal; echo "KUNMAP_D5 $?"
+rnbd_unmap $DR2 normal; echo "KUNMAP_D2_RO $?"
+sleep 1
+echo "DEVS_D_END $(devs)"
+step D done
 kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $?"
 dmesg | grep -E 'rtrs|rnbd' | grep -iE 'err|fail|invalid|bug' | head -5
 exit 0`;
@@ -130,6 +195,10 @@ function rcJson(out: string, key: string): { rc: number; json: any } {
   const rc = Number(sp < 0 ? v : v.slice(0, sp));
   const rest = sp < 0 ? '' : v.slice(sp + 1);
   return { rc, json: rest.startsWith('{') ? JSON.parse(rest) : rest };
+}
+/** disk.img's entry in a `ibnbd server devices --json` line (undefined once the export closed) */
+function devOf(devicesJson: string): { opens: number; writers: number; sessions: unknown[] } | undefined {
+  return (JSON.parse(devicesJson).devices as Array<{ name: string; opens: number; writers: number; sessions: unknown[] }>).find((d) => d.name.endsWith('disk.img'));
 }
 
 test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, our client↔kernel rnbd_server, kernel rnbd_client↔our server', async (t) => {
@@ -178,14 +247,20 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   const mapB = rcJson(out, 'MAP_B');
   t.is(mapB.rc, 0, String(mapB.json));
   t.is(mapB.json.device.transport, 'rdma');
-  t.regex(line(out, 'KSRV_B'), /^ro=0 path=ram0$/, "the kernel server's sysfs shows our session's open");
+  t.regex(line(out, 'KSRV_B'), /^dev=loop\d+ ro=0 path=loop\d+$/, "the kernel server's sysfs shows our session's open");
   const vB = out.split('\n').filter((l) => l.startsWith('VERIFY_QD'));
   t.is(vB.length, 4);
   for (const l of vB.slice(2)) t.regex(l, /^VERIFY_QD\d+ 0 /, `B ${l}`);
+  const qd32B = JSON.parse(vB[3]!.split(' ').slice(2).join(' '));
+  t.true(qd32B.write.requests === 32 && qd32B.read.mismatches === 0, `B QD32 up to 1 MiB: ${vB[3]}`);
+  t.is(rcJson(out, 'WRITE_B').rc, 0);
+  t.is(rcJson(out, 'FLUSH_B').rc, 0);
   const showB = JSON.parse(line(out, 'SHOW_B')).device;
   t.is(showB.bounce_count, 0, 'zero copy against the kernel server too');
   t.is(rcJson(out, 'UNMAP_B').rc, 0);
   t.is(rcJson(out, 'KSRV_GONE_B').rc, 0, "our unmap removed the session's open from the kernel server's tree");
+  t.is(rcJson(out, 'COPY_B').rc, 0);
+  t.true(readFileSync(join(outDir, 'regionB.bin')).equals(expectedPattern(6, 40 * MiB, 4 * MiB)), "libblkio's bytes are on the kernel server's device");
 
   // C
   const kmap = line(out, 'KMAP_C1');
@@ -196,13 +271,58 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   t.regex(out, /KFILE_OK/, "the kernel client's O_DIRECT bytes are in our server's file");
   t.regex(line(out, 'KMAP_C2'), /^1 .*Operation not permitted/, 'a second rw map from another session: EPERM');
   t.regex(line(out, 'KMAP_C3'), /^0 \/dev\/rnbd\d+/, 'migration allowed next to the rw holder');
-  const sessC = line(out, 'SESS_C');
-  t.regex(sessC, /kc1/);
-  t.regex(sessC, /kc3/);
-  t.notRegex(sessC, /kc2/);
+  // the kernel client's ro map next to the rw holder kc1
+  t.regex(line(out, 'KMAP_RO'), /^0 \/dev\/rnbd\d+ ro=1$/, 'ro map allowed next to a rw holder; the kernel marks the disk read-only');
+  t.is(rcJson(out, 'KRO_READ').rc, 0);
+  t.regex(out, /KRO_READBACK_OK/, 'the ro map reads the bytes in our file');
+  t.regex(line(out, 'KRO_WRITE'), /^1 .*Operation not permitted/, 'an O_DIRECT write to the ro /dev/rnbdN: EPERM from the block layer');
+  t.regex(out, /KRO_FILE_UNCHANGED/);
+  const sessC = JSON.parse(line(out, 'SESS_C')).sessions as Array<{ sessname: string; devices: Array<{ access_mode: string; read_only: number }> }>;
+  const modeOf = (sessname: string) => sessC.find((x) => x.sessname === sessname)?.devices.map((d) => `${d.access_mode}/${d.read_only}`);
+  t.deepEqual([modeOf('kc1'), modeOf('kc2'), modeOf('kc3'), modeOf('kr1')], [['rw/0'], undefined, ['migration/0'], ['ro/1']], 'our server: kr1 read-only, kc2 never opened');
+  t.like(devOf(line(out, 'DEVS_C')), { opens: 3, writers: 2 });
+  t.is(rcJson(out, 'KUNMAP_RO').rc, 0);
   t.is(rcJson(out, 'KUNMAP_FORCE').rc, 0);
   t.is(rcJson(out, 'KUNMAP_NORMAL').rc, 0);
-  t.notRegex(line(out, 'SESS_C_AFTER'), /kc1|kc3/, 'the sessions are gone after unmap');
+  t.notRegex(line(out, 'SESS_C_AFTER'), /kc1|kc3|kr1/, 'the sessions are gone after unmap');
+
+  // D, round 1: ours rw + kernel migration on one device; the kernel leaves first, then ours
+  const mapD1 = rcJson(out, 'MAP_D1');
+  t.is(mapD1.rc, 0, String(mapD1.json));
+  t.regex(line(out, 'KMAP_D1'), /^0 \/dev\/rnbd\d+$/, 'kernel migration map next to our rw client');
+  t.like(devOf(line(out, 'DEVS_D_BOTH')), { opens: 2, writers: 2 });
+  t.is(rcJson(out, 'KWRITE_D').rc, 0);
+  const vD1 = rcJson(out, 'VERIFY_D1');
+  t.is(vD1.rc, 0, `our client's IO while the kernel client writes: ${JSON.stringify(vD1.json)}`);
+  t.regex(out, /KFILE_D_OK/, "the kernel client's bytes are in our file");
+  t.is(rcJson(out, 'KUNMAP_D1').rc, 0);
+  t.like(devOf(line(out, 'DEVS_D_OURS')), { opens: 1, writers: 1 }, 'the kernel unmap gave back one open');
+  t.is(rcJson(out, 'VERIFY_D2').rc, 0, 'our client goes on');
+  t.regex(line(out, 'KMAP_D_RW_BUSY'), /^1 .*Operation not permitted/, 'our client holds the rw slot');
+  t.is(rcJson(out, 'UNMAP_D1').rc, 0);
+  t.is(devOf(line(out, 'DEVS_D_NONE')), undefined, 'the device closed with its last open');
+  t.regex(line(out, 'KMAP_D_RW_FREE'), /^0 \/dev\/rnbd\d+$/, 'after our unmap the kernel client gets rw');
+  t.regex(line(out, 'MAP_D_OURS_BUSY'), /^[1-9]\d* .*EPERM/, 'and now our client is the one refused');
+  t.is(rcJson(out, 'KUNMAP_D3').rc, 0);
+
+  // D, round 2: our rw client daemon SIGKILLed next to a kernel ro reader
+  t.is(rcJson(out, 'MAP_D2').rc, 0);
+  t.is(rcJson(out, 'VERIFY_D3').rc, 0);
+  t.regex(line(out, 'KMAP_D2_RO'), /^0 \/dev\/rnbd\d+$/);
+  t.regex(line(out, 'KMAP_D2_RW_BUSY'), /^1 .*Operation not permitted/);
+  t.like(devOf(line(out, 'DEVS_D2_BOTH')), { opens: 2, writers: 1 });
+  const killed = line(out, 'DEVS_D2_KILLED');
+  const releaseMs = Number(killed.split(' ')[0]);
+  t.log(`our server released the SIGKILLed client's open after ${releaseMs} ms; its log: ${line(out, 'SRVLOG_D2')}`);
+  t.like(devOf(killed.slice(killed.indexOf(' ') + 1)), { opens: 1, writers: 0 }, 'the dead session gave back its open and the rw slot');
+  t.is(rcJson(out, 'CLT2_EXIT').rc, 137);
+  t.regex(line(out, 'KMAP_D2_RW_FREE'), /^0 \/dev\/rnbd\d+$/, 'the kernel client gets rw once our session is gone');
+  t.is(rcJson(out, 'KWRITE_D2').rc, 0);
+  t.regex(out, /KRO_SEES_NEW_WRITER/, "the kernel ro reader reads the new writer's bytes");
+  t.like(devOf(line(out, 'DEVS_D2_KERNEL')), { opens: 2, writers: 1 });
+  t.is(rcJson(out, 'KUNMAP_D5').rc, 0);
+  t.is(rcJson(out, 'KUNMAP_D2_RO').rc, 0);
+  t.is(devOf(line(out, 'DEVS_D_END')), undefined);
   t.is(rcJson(out, 'CLT_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV_EXIT').rc, 0);
 });
