@@ -161,7 +161,8 @@ ${BLK} --path /tmp/run2/vhost/ibnbd0.sock --qd 4 --count 8 --seed 35 --min-size 
 DR2=$(rnbd_map kr2 disk.img ro); echo "KMAP_D2_RO $? $DR2"
 E=$(rnbd_map km4 disk.img rw 2>&1); echo "KMAP_D2_RW_BUSY $? $E"
 echo "DEVS_D2_BOTH $(devs)"
-kill -KILL $CLT2; TK=$(date +%s%N)
+# the time just before the kill: a date(1) after it starts later than the server notices
+echo "KILLED_AT $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)"; kill -KILL $CLT2; TK=$(date +%s%N)
 i=0; while :; do
   V=$(devs); echo "$V" | grep -Eq '"opens": ?1,' && break
   i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1
@@ -201,7 +202,7 @@ function devOf(devicesJson: string): { opens: number; writers: number; sessions:
   return (JSON.parse(devicesJson).devices as Array<{ name: string; opens: number; writers: number; sessions: unknown[] }>).find((d) => d.name.endsWith('disk.img'));
 }
 
-test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, our client↔kernel rnbd_server, kernel rnbd_client↔our server', async (t) => {
+test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, our client↔kernel rnbd_server, kernel rnbd_client↔our server, both kinds of client on one device', async (t) => {
   t.timeout(900_000);
   const outDir = tempDir(t, 'rdmad-out');
   const node = `${sanitizerEnv}${process.execPath}`;
@@ -312,8 +313,12 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   t.regex(line(out, 'KMAP_D2_RW_BUSY'), /^1 .*Operation not permitted/);
   t.like(devOf(line(out, 'DEVS_D2_BOTH')), { opens: 2, writers: 1 });
   const killed = line(out, 'DEVS_D2_KILLED');
-  const releaseMs = Number(killed.split(' ')[0]);
-  t.log(`our server released the SIGKILLed client's open after ${releaseMs} ms; its log: ${line(out, 'SRVLOG_D2')}`);
+  // when the server dropped the session, from its own log line (the CLI polls cost seconds each in the guest)
+  const downAt = /(\d{4}-\d\d-\d\dT[\d:.]+Z) ibnbd-server info: session od3 \S+ down, 1 device\(s\) released/.exec(line(out, 'SRVLOG_D2'))?.[1];
+  t.truthy(downAt, `the server logs the dead session: ${line(out, 'SRVLOG_D2')}`);
+  const releaseMs = Date.parse(downAt!) - Date.parse(line(out, 'KILLED_AT'));
+  t.log(`our server released the SIGKILLed client's session at most ${releaseMs} ms after the kill (seen by the CLI after ${killed.split(' ')[0]} ms)`);
+  t.true(releaseMs >= 0 && releaseMs < 30_000, `released within the poll bound: ${releaseMs} ms`);
   t.like(devOf(killed.slice(killed.indexOf(' ') + 1)), { opens: 1, writers: 0 }, 'the dead session gave back its open and the rw slot');
   t.is(rcJson(out, 'CLT2_EXIT').rc, 137);
   t.regex(line(out, 'KMAP_D2_RW_FREE'), /^0 \/dev\/rnbd\d+$/, 'the kernel client gets rw once our session is gone');
