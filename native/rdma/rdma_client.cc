@@ -62,6 +62,8 @@ struct Path {
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
   std::atomic<uint64_t> hb_rtt_ns{0};
+  std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
+  std::atomic<uint64_t> failovers{0};  // moved away from here when it died
   std::atomic<int> hb_missed{0};
   uint64_t hb_sent_ns = 0;
   int hb_timer = -1;
@@ -127,7 +129,8 @@ class RdmaClientSession final : public transport::ClientSession,
   int StartPathLoops(Path* p);
   void TeardownPath(Path* p);
   void ReconnectThread();
-  void StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop);
+  // moved_from: the dead path the request was in flight on (failover), else nullptr
+  void StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, Path* moved_from = nullptr);
   int PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_id, bool* bounced);
   bool Resolve(Path* p, const ClientIo* io, std::vector<LocalSeg>* segs);
   Path* ChoosePath();
@@ -681,13 +684,17 @@ Path* RdmaClientSession::ChoosePath() {
   return best;
 }
 
-void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop) {
+void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, Path* moved_from) {
   for (;;) {
     Path* p = ChoosePath();
     if (!p) {
       ReleasePermit(buf_id);
       io->done(io, -ENOTCONN);
       return;
+    }
+    if (moved_from) {  // counted once, when another path takes it
+      moved_from->failovers.fetch_add(1, std::memory_order_relaxed);
+      moved_from = nullptr;
     }
     Conn* c = p->conns[1 + loop->index() % (p->conns.size() - 1)].get();
     Req& r = reqs_[buf_id];
@@ -851,6 +858,7 @@ void RdmaClientSession::Complete(Path* p, uint32_t buf_id, int err) {
   }
   r.io = nullptr;
   p->inflight--;
+  p->requests.fetch_add(1, std::memory_order_relaxed);
   ReleasePermit(buf_id);
   io->done(io, err);
 }
@@ -908,7 +916,7 @@ void RdmaClientSession::FailPath(Path* p, const char* why) {
         r.io = nullptr;
         p->inflight--;
         if (!self->closed_ && self->connected()) {
-          self->StartIo(io, b, loop);  // failover, same permit
+          self->StartIo(io, b, loop, p);  // failover, same permit
         } else {
           self->ReleasePermit(b);
           io->done(io, self->closed_ ? -ECONNABORTED : -EIO);
@@ -967,6 +975,8 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
     i.inflight = p->inflight;
     i.reconnects = p->recon_cnt > 0 ? p->recon_cnt - 1 : 0;
     i.hb_rtt_ns = p->hb_rtt_ns;
+    i.requests = p->requests.load(std::memory_order_relaxed);
+    i.failovers = p->failovers.load(std::memory_order_relaxed);
     out.push_back(i);
   }
   return out;
