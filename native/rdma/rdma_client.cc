@@ -211,15 +211,18 @@ int RdmaClientSession::Connect(int timeout_ms) {
 int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int timeout_ms) {
   sockaddr_storage dst, src;
   socklen_t dlen, slen;
-  if (ParseEndpoint(p->spec.dst, &dst, &dlen)) return -EINVAL;
-  if (p->spec.src && ParseEndpoint(*p->spec.src, &src, &slen)) return -EINVAL;
+  // resolved again at every (re)connect: a gid: address follows the GID tables as they are now
+  if (int rc = ParseEndpoint(p->spec.dst, &dst, &dlen)) return rc;
+  if (p->spec.src) {
+    if (int rc = ParseEndpoint(*p->spec.src, &src, &slen)) return rc;
+  }
   if (p->spec.src) {
     // the source port is not ours to pick
     if (src.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&src)->sin_port = 0;
     if (src.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&src)->sin6_port = 0;
   }
   rdma_cm_id* id = nullptr;
-  if (rdma_create_id(p->ch, &id, nullptr, PortSpaceFor(p->spec.dst))) return -errno;
+  if (rdma_create_id(p->ch, &id, nullptr, PortSpaceFor(dst))) return -errno;
   auto conn = std::make_unique<Conn>(id);
   conn->cid = cid;
   conn->owner = p;
@@ -1050,9 +1053,8 @@ std::shared_ptr<transport::ClientSession> CreateRdmaClientSession(
   for (auto& p : options.paths) {
     sockaddr_storage ss;
     socklen_t len;
-    if (ParseEndpoint(p.dst, &ss, &len) || (p.src && ParseEndpoint(*p.src, &ss, &len))) {
-      SetLastError("invalid RDMA address " + p.dst.kind + ":" + p.dst.addr);
-      *err = -EINVAL;
+    if ((*err = ParseEndpoint(p.dst, &ss, &len)) || (p.src && (*err = ParseEndpoint(*p.src, &ss, &len)))) {
+      SetLastError("invalid RDMA address " + p.dst.kind + ":" + p.dst.addr + ": " + LastRdmaError());
       return nullptr;
     }
   }

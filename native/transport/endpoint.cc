@@ -37,4 +37,42 @@ int IpToSockaddr(const Endpoint& ep, sockaddr_storage* ss, socklen_t* len) {
   return -EINVAL;
 }
 
+namespace {
+// The address part of a "gid:" endpoint: brackets dropped, the %zone split off (*has_zone: a
+// '%' was there, even with nothing after it).
+std::string GidText(const Endpoint& ep, std::string* zone, bool* has_zone) {
+  std::string a = ep.addr;
+  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  auto pct = a.find('%');
+  *has_zone = pct != std::string::npos;
+  *zone = *has_zone ? a.substr(pct + 1) : "";
+  return *has_zone ? a.substr(0, pct) : a;
+}
+}  // namespace
+
+int ParseGid(const Endpoint& ep, in6_addr* gid) {
+  std::string zone;
+  bool has_zone;
+  return inet_pton(AF_INET6, GidText(ep, &zone, &has_zone).c_str(), gid) == 1 ? 0 : -EINVAL;
+}
+
+int GidToIpSockaddr(const Endpoint& ep, const std::string& default_zone, sockaddr_storage* ss,
+                    socklen_t* len) {
+  std::string zone;
+  bool has_zone;
+  in6_addr gid;
+  std::string text = GidText(ep, &zone, &has_zone);
+  if (inet_pton(AF_INET6, text.c_str(), &gid) != 1) return -EINVAL;
+  bool link_local = IN6_IS_ADDR_LINKLOCAL(&gid);
+  if (has_zone && (!link_local || zone.empty())) return -EINVAL;  // a scope only means something there
+  if (IN6_IS_ADDR_V4MAPPED(&gid)) {
+    char v4[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &gid.s6_addr[12], v4, sizeof(v4));
+    return IpToSockaddr({"ip", v4, ep.port}, ss, len);
+  }
+  if (link_local && zone.empty()) zone = default_zone;
+  if (link_local && zone.empty()) return -EDESTADDRREQ;
+  return IpToSockaddr({"ip", link_local ? text + "%" + zone : text, ep.port}, ss, len);
+}
+
 }  // namespace ibnbd::transport
