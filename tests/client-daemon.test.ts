@@ -60,6 +60,11 @@ test.serial('the seed\'s map string maps a device served over vhost-user-blk; li
   t.true(shown.device.stats.requests > 0);
   t.is(shown.device.path_states.length, 1);
   t.like(shown.device.path_states[0], { dst: s.path, state: 'connected', inflight: 0, reconnects: 0 });
+  t.is(shown.device.path_states[0].failovers, 0, 'one path: nothing to fail over to');
+  t.true(shown.device.path_states[0].requests >= shown.device.stats.requests, 'every guest request completed on the one path (plus admin messages)');
+  const human = (await ibnbd(['show', 'disk0.img', '--control', s.client.control])).stdout;
+  t.regex(human, /^path_states\[0\]\.requests: +[1-9]\d*$/m, human);
+  t.regex(human, /^path_states\[0\]\.failovers: +0$/m, human);
 
   t.is((await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control])).code, 0);
   t.false(existsSync(device.socket), 'socket removed');

@@ -59,6 +59,17 @@ test('"addr ::= [ ip:<ipv4> | ip:<ipv6> | gid:<gid> ]"', (t) => {
   t.deepEqual(dst('gid:fe80::2:c903:10:c0d5', 'transport=rdma'), { kind: 'gid', addr: 'fe80::2:c903:10:c0d5', port: 1234 });
 });
 
+test('RoCE GIDs (extension): IPv4-mapped in dotted form, a link-local GID with a %<netdev> scope', (t) => {
+  const dst = (p: string) => parseMapString(`sessname=s path=${p} device_path=d transport=rdma`).paths[0]!.dst;
+  t.deepEqual(dst('gid:::ffff:10.0.2.15'), { kind: 'gid', addr: '::ffff:10.0.2.15', port: 1234 });
+  t.deepEqual(dst('gid:[::ffff:10.0.2.15]:4321'), { kind: 'gid', addr: '::ffff:10.0.2.15', port: 4321 });
+  t.deepEqual(dst('gid:0000:0000:0000:0000:0000:ffff:0a00:020f'), { kind: 'gid', addr: '0000:0000:0000:0000:0000:ffff:0a00:020f', port: 1234 });
+  t.deepEqual(dst('gid:fe80::5054:ff:fe12:3456%eth0'), { kind: 'gid', addr: 'fe80::5054:ff:fe12:3456%eth0', port: 1234 });
+  t.deepEqual(dst('gid:[FEBF::1%dummy0]:7'), { kind: 'gid', addr: 'FEBF::1%dummy0', port: 7 });
+  const src = parseMapString('sessname=s path=gid:fe80::1%eth1,gid:fe80::2%eth1 device_path=d transport=rdma').paths[0]!;
+  t.deepEqual(src.src, { kind: 'gid', addr: 'fe80::1%eth1', port: 0 });
+});
+
 test('ports (extension): ip:<v4>:<port>, ip:[<v6>]:<port>, gid:[<gid>]:<port>', (t) => {
   const dst = (p: string, extra = '') => parseMapString(`sessname=s path=${p} device_path=d ${extra}`).paths[0]!.dst;
   t.deepEqual(dst('ip:10.0.0.1:4321'), { kind: 'ip', addr: '10.0.0.1', port: 4321 });
@@ -140,7 +151,14 @@ const BAD: Array<[string, string]> = [
   ['sessname=s path=ip:[fe80::1 device_path=d', 'path'],
   ['sessname=s path=ip:[fe80::1]x device_path=d', 'path'],
   ['sessname=s path=ip:fe80::g device_path=d', 'path'],
-  ['sessname=s path=gid:fe80::1%eth0 device_path=d transport=rdma', 'path'],
+  ['sessname=s path=gid:fe80::1% device_path=d transport=rdma', 'path'], // empty scope
+  ['sessname=s path=gid:2001:db8::1%eth0 device_path=d transport=rdma', 'path'], // scope on a global GID
+  ['sessname=s path=gid:::ffff:10.0.2.15%eth0 device_path=d transport=rdma', 'path'],
+  ['sessname=s path=gid:fe8::1%eth0 device_path=d transport=rdma', 'path'], // 0fe8:: is not link-local
+  ['sessname=s path=gid:fe80::1%a/b device_path=d transport=rdma', 'path'],
+  ['sessname=s path=gid:fe80::1%abcdefghijklmnop device_path=d transport=rdma', 'path'], // 16 > IFNAMSIZ-1
+  ['sessname=s path=gid:10.0.2.15 device_path=d transport=rdma', 'path'], // IPv4 is not a GID
+  ['sessname=s path=gid:1::1.2.3.4 device_path=d transport=rdma', 'path'], // dotted only IPv4-mapped
   ['sessname=s path=gid:0000:0000:0000:0000:0000:0000:0000:0000:0000 device_path=d transport=rdma', 'path'],
   ['sessname=s path=gid:fe80::1 device_path=d transport=tcp', 'path'], // gid over tcp (without transport= the daemon picks rdma)
   ['sessname=s path=eth:1.2.3.4 device_path=d', 'path'],
@@ -192,6 +210,7 @@ test('round trip: parse(format(x)) equals x, and defaults are left out', (t) => 
     'sessname=s path=ip:10.0.0.66,ip:10.0.1.66 path=ip:10.0.0.67@ip:10.0.1.67:4000 device_path=vg/lv access_mode=migration io_mode=fileio',
     'sessname=s path=ip:[fe80::1%eth0]:7 path=ip:::1 device_path=d queues=4 mp_policy=min-latency',
     'sessname=s path=gid:fe80::1,gid:[fe80::2]:1234 path=gid:fe80:0000:0000:0000:0002:c903:0010:c0d5 device_path=x transport=rdma access_mode=ro',
+    'sessname=s path=gid:::ffff:10.0.2.15 path=gid:[fe80::1%eth0]:4321 device_path=x transport=rdma',
   ];
   for (const s of samples) {
     const req: MapRequest = parseMapString(s);

@@ -334,8 +334,11 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
 
 // Two RDMA paths through the daemons: eth0 (rxe0) and a dummy netdev with its own rxe device
 // (rxe1, loopback inside rxe). The second path's address goes away under QD16 IO: the path is
-// declared dead (heartbeats), its requests fail over, IO goes on without an error; the address
-// comes back and the path reconnects.
+// declared dead (heartbeats), its requests fail over (counted in `failovers`), IO goes on
+// without an error; the address comes back, the path reconnects and carries IO again (its
+// `requests` grow under round-robin). Same boot: gid: addresses on RoCE — rxe0's IPv4-mapped
+// RoCEv2 GID and its link-local default GID (index 0) each map a device with verified IO, a
+// foreign link-local GID without a scope and an unknown scope are EINVAL.
 function multipathScript(node: string): string {
   const IB = `timeout 120 ${node} ${cliPath}`;
   const BLK = `timeout 150 ${tool('ibnbd-blkio')} --timeout-ms 120000`;
@@ -346,9 +349,9 @@ step() { echo "STEP $(( $(date +%s) - T0 ))s $*"; }
 rxe_up || exit 20
 { ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } && ip addr add 10.0.3.1/24 dev dummy0 && ip link set dummy0 up && rdma link add rxe1 type rxe netdev dummy0 || exit 30
 mkdir -p /tmp/exp /tmp/run && truncate -s 128M /tmp/exp/disk.img
-${node} ${cliPath} server --listen [::]:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
+IBNBD_RDMA_DEBUG=1 ${node} ${cliPath} server --listen [::]:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
 SRV=$!
-${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --heartbeat-ms 300 --heartbeat-missed-max 3 --reconnect-delay-ms 1000 2> /tmp/clt.log &
+IBNBD_RDMA_DEBUG=1 ${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --heartbeat-ms 300 --heartbeat-missed-max 3 --reconnect-delay-ms 1000 2> /tmp/clt.log &
 CLT=$!
 i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log; exit 23; }; sleep 0.1; done
 ${IB} map "sessname=mp path=ip:10.0.2.15:${PORT} path=ip:10.0.3.1:${PORT} device_path=disk.img mp_policy=round-robin" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_MP $? $(tr -d '\\n' < /tmp/m.json)"
@@ -371,6 +374,26 @@ i=0; while :; do
   i=$((i+1)); [ $i -gt 10 ] && break; sleep 2
 done
 echo "SHOW_MP3 $S"
+echo "DIAG_MP3 clt: $(grep 'ibnbd rdma' /tmp/clt.log | tail -n 12 | tr '\\n' '|') srv: $(grep 'ibnbd rdma' /tmp/srv.log | tail -n 12 | tr '\\n' '|') dmesg: $(dmesg | grep -iE 'cm_|rxe|rtrs|rdma' | tail -n 12 | tr '\\n' '|') threads: $(for t in /proc/$SRV/task/* /proc/$CLT/task/*; do printf '%s ' "$(cat $t/wchan 2>/dev/null)"; done)"
+step path back
+${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 8 --count 200 --seed 9 --min-size 4096 --max-size 65536 --span ${32 * MiB} verify > /tmp/mp2.json 2>&1; echo "VERIFY_MP2 $? $(tr -d '\\n' < /tmp/mp2.json)"
+echo "SHOW_MP4 $(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')"
+${IB} unmap ibnbd0 --control /tmp/clt.sock; echo "UNMAP_MP $?"
+step io after return
+echo "== gid: addresses on soft-RoCE"
+G4=; for f in /sys/class/infiniband/rxe0/ports/1/gids/*; do case $(cat $f) in 0000:0000:0000:0000:0000:ffff:*) G4=$(cat $f); break;; esac; done
+GLL=$(cat /sys/class/infiniband/rxe0/ports/1/gids/0)
+echo "GIDS $G4 $GLL $(cat /sys/class/infiniband/rxe0/ports/1/gid_attrs/ndevs/0)"
+gid_map() { # <key> <gid address as written in the map string>
+  ${IB} map "sessname=$1 path=$2 device_path=disk.img" --control /tmp/clt.sock --json > /tmp/g.json 2>&1; echo "MAP_$1 $? $(tr -d '\\n' < /tmp/g.json)"
+  ${BLK} --path /tmp/run/vhost/ibnbd0.sock --qd 4 --count 32 --seed 13 --min-size 4096 --max-size 65536 --span ${16 * MiB} verify > /tmp/g.json 2>&1; echo "VERIFY_$1 $? $(tr -d '\\n' < /tmp/g.json)"
+  echo "SHOW_$1 $(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n')"
+  ${IB} unmap ibnbd0 --control /tmp/clt.sock; echo "UNMAP_$1 $?"
+}
+gid_map GID4 "gid:[$G4]:${PORT}"
+gid_map GIDLL "gid:[$GLL]:${PORT}"
+echo "GIDFOREIGN $(${IB} map "sessname=gidf path=gid:[fe80::1234]:${PORT} device_path=disk.img" --control /tmp/clt.sock 2>&1 | tr -d '\\n')"
+echo "GIDNOSCOPE $(${IB} map "sessname=gidn path=gid:[fe80::1234%nosuch0]:${PORT} device_path=disk.img" --control /tmp/clt.sock 2>&1 | tr -d '\\n')"
 step done
 echo "CLTLOG $(tail -c 1500 /tmp/clt.log | tr '\\n' '|')"
 kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $?"
@@ -403,8 +426,49 @@ test.serial('soft-RoCE guest: two RDMA paths through the daemons; one path\'s ad
   t.is(v.json.write?.errors, 0);
   t.is(v.json.read?.mismatches, 0);
   t.is(v.json.write?.requests + v.json.read?.requests, 4000);
-  t.deepEqual(states('SHOW_MP3'), ['ip:10.0.2.15 connected', 'ip:10.0.3.1 connected'], 'the path is back');
+  // why a path did not come back, when it does not: the RDMA reasons of both daemons, the kernel's
+  // rdma lines and where their threads sleep
+  if (!t.deepEqual(states('SHOW_MP3'), ['ip:10.0.2.15 connected', 'ip:10.0.3.1 connected'], 'the path is back')) t.log(line(out, 'DIAG_MP3'));
   t.is(JSON.parse(line(out, 'SHOW_MP3')).device.bounce_count, 0, 'zero copy on both paths');
+
+  // the counters: which path carried IO, what moved when the second one died
+  type Counted = { requests: number; failovers: number };
+  const counters = (key: string) => JSON.parse(line(out, key)).device.path_states as Counted[];
+  const [c1, c2, c3, c4] = ['SHOW_MP1', 'SHOW_MP2', 'SHOW_MP3', 'SHOW_MP4'].map(counters);
+  t.log(`requests/failovers per path: ${[c1, c2, c3, c4].map((c) => c!.map((p) => `${p.requests}/${p.failovers}`).join(' ')).join(' → ')}`);
+  t.true(c2![1]!.failovers >= 1, `requests in flight on the path that lost its address moved to the other: ${JSON.stringify(c2)}`);
+  t.is(c2![0]!.failovers, 0, 'the surviving path never failed');
+  t.true(c2![1]!.requests > 0, 'round-robin used the second path before it died');
+  const v2 = rcJson(out, 'VERIFY_MP2');
+  t.is(v2.rc, 0, `IO after the path came back: ${JSON.stringify(v2.json)}`);
+  t.is(v2.json.write?.errors, 0);
+  t.is(v2.json.read?.mismatches, 0);
+  const grew = c4!.map((p, i) => p.requests - c3![i]!.requests);
+  t.true(grew[0]! + grew[1]! >= 400, `the 400 requests after the return were counted: ${grew}`);
+  t.true(grew[1]! >= 100, `the returning path carries its share under round-robin again: ${grew}`);
+  t.is(c4![1]!.failovers, c3![1]!.failovers, 'nothing failed over after the return');
+  t.is(rcJson(out, 'UNMAP_MP').rc, 0);
+
+  // gid: on RoCE
+  const [g4, gll, gllDev] = line(out, 'GIDS').split(' ');
+  t.regex(g4!, /^0000:0000:0000:0000:0000:ffff:0a00:020f$/, "rxe0's RoCEv2 GID of 10.0.2.15");
+  t.regex(gll!, /^fe80:/, "rxe0's default GID is link-local");
+  t.is(gllDev, 'eth0');
+  for (const [key, src] of [['GID4', /^ip:10\.0\.2\.15$/], ['GIDLL', /^ip:fe80:/]] as const) {
+    const m = rcJson(out, `MAP_${key}`);
+    t.is(m.rc, 0, `${key} map: ${JSON.stringify(m.json)}`);
+    const v = rcJson(out, `VERIFY_${key}`);
+    t.is(v.rc, 0, `${key} verified IO: ${JSON.stringify(v.json)}`);
+    t.is(v.json.read?.mismatches, 0);
+    const shown = JSON.parse(line(out, `SHOW_${key}`)).device;
+    t.is(shown.transport, 'rdma');
+    t.regex(shown.path_states[0].dst, /^gid:/);
+    t.regex(shown.path_states[0].src, src, `${key}: connected through the GID's IP form`);
+    t.true(shown.path_states[0].requests >= 64, `${key}: the IO went over the gid: path`);
+    t.is(rcJson(out, `UNMAP_${key}`).rc, 0);
+  }
+  t.regex(line(out, 'GIDFOREIGN'), /EINVAL.*link-local GID fe80::1234 is not on this host.*%<netdev>/);
+  t.regex(line(out, 'GIDNOSCOPE'), /EINVAL.*bad GID 'fe80::1234%nosuch0'.*naming an existing netdev/);
   t.is(rcJson(out, 'CLT_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV_EXIT').rc, 0);
 });

@@ -293,6 +293,7 @@ test('failover: requests in flight on a path that dies are re-issued on the othe
   await waitFor(() => held.length === 8, 2000, '8 requests held');
   const viaRelay = c.paths()[0]!.inflight;
   t.true(viaRelay > 0, 'round-robin used the relayed path');
+  t.deepEqual(c.paths().map((p) => [p.requests, p.failovers]), [[0, 0], [0, 0]], 'nothing completed or moved yet');
   r1.cut();
   await waitFor(() => c.paths()[0]!.state !== 'connected', 2000, 'relayed path down');
   // the re-issued copies arrive on the surviving path; answer everything the server holds now
@@ -311,6 +312,11 @@ test('failover: requests in flight on a path that dies are re-issued on the othe
     t.true(r.data!.every((b) => b === i));
   });
   t.false(links.includes('disconnected'), 'one path left: the session never went down');
+  const [dead, alive] = c.paths();
+  t.is(dead!.failovers, viaRelay, 'every request in flight on the dead path was moved, and counted once');
+  t.is(dead!.requests, 0, 'none completed on the dead path');
+  t.is(alive!.requests, 8, 'the surviving path completed its own requests and the moved ones');
+  t.is(alive!.failovers, 0);
 });
 
 test('reconnect: a restarted server brings the path back and RECONNECTED is raised', async (t) => {

@@ -62,6 +62,8 @@ struct Path {
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
   std::atomic<uint64_t> hb_rtt_ns{0};
+  std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
+  std::atomic<uint64_t> failovers{0};  // moved away from here when it died
   std::atomic<int> hb_missed{0};
   uint64_t hb_sent_ns = 0;
   int hb_timer = -1;
@@ -127,7 +129,8 @@ class RdmaClientSession final : public transport::ClientSession,
   int StartPathLoops(Path* p);
   void TeardownPath(Path* p);
   void ReconnectThread();
-  void StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop);
+  // moved_from: the dead path the request was in flight on (failover), else nullptr
+  void StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, Path* moved_from = nullptr);
   int PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_id, bool* bounced);
   bool Resolve(Path* p, const ClientIo* io, std::vector<LocalSeg>* segs);
   Path* ChoosePath();
@@ -208,15 +211,18 @@ int RdmaClientSession::Connect(int timeout_ms) {
 int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int timeout_ms) {
   sockaddr_storage dst, src;
   socklen_t dlen, slen;
-  if (ParseEndpoint(p->spec.dst, &dst, &dlen)) return -EINVAL;
-  if (p->spec.src && ParseEndpoint(*p->spec.src, &src, &slen)) return -EINVAL;
+  // resolved again at every (re)connect: a gid: address follows the GID tables as they are now
+  if (int rc = ParseEndpoint(p->spec.dst, &dst, &dlen)) return rc;
+  if (p->spec.src) {
+    if (int rc = ParseEndpoint(*p->spec.src, &src, &slen)) return rc;
+  }
   if (p->spec.src) {
     // the source port is not ours to pick
     if (src.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&src)->sin_port = 0;
     if (src.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&src)->sin6_port = 0;
   }
   rdma_cm_id* id = nullptr;
-  if (rdma_create_id(p->ch, &id, nullptr, PortSpaceFor(p->spec.dst))) return -errno;
+  if (rdma_create_id(p->ch, &id, nullptr, PortSpaceFor(dst))) return -errno;
   auto conn = std::make_unique<Conn>(id);
   conn->cid = cid;
   conn->owner = p;
@@ -681,13 +687,17 @@ Path* RdmaClientSession::ChoosePath() {
   return best;
 }
 
-void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop) {
+void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, Path* moved_from) {
   for (;;) {
     Path* p = ChoosePath();
     if (!p) {
       ReleasePermit(buf_id);
       io->done(io, -ENOTCONN);
       return;
+    }
+    if (moved_from) {  // counted once, when another path takes it
+      moved_from->failovers.fetch_add(1, std::memory_order_relaxed);
+      moved_from = nullptr;
     }
     Conn* c = p->conns[1 + loop->index() % (p->conns.size() - 1)].get();
     Req& r = reqs_[buf_id];
@@ -851,6 +861,7 @@ void RdmaClientSession::Complete(Path* p, uint32_t buf_id, int err) {
   }
   r.io = nullptr;
   p->inflight--;
+  p->requests.fetch_add(1, std::memory_order_relaxed);
   ReleasePermit(buf_id);
   io->done(io, err);
 }
@@ -908,7 +919,7 @@ void RdmaClientSession::FailPath(Path* p, const char* why) {
         r.io = nullptr;
         p->inflight--;
         if (!self->closed_ && self->connected()) {
-          self->StartIo(io, b, loop);  // failover, same permit
+          self->StartIo(io, b, loop, p);  // failover, same permit
         } else {
           self->ReleasePermit(b);
           io->done(io, self->closed_ ? -ECONNABORTED : -EIO);
@@ -967,6 +978,8 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
     i.inflight = p->inflight;
     i.reconnects = p->recon_cnt > 0 ? p->recon_cnt - 1 : 0;
     i.hb_rtt_ns = p->hb_rtt_ns;
+    i.requests = p->requests.load(std::memory_order_relaxed);
+    i.failovers = p->failovers.load(std::memory_order_relaxed);
     out.push_back(i);
   }
   return out;
@@ -1040,9 +1053,8 @@ std::shared_ptr<transport::ClientSession> CreateRdmaClientSession(
   for (auto& p : options.paths) {
     sockaddr_storage ss;
     socklen_t len;
-    if (ParseEndpoint(p.dst, &ss, &len) || (p.src && ParseEndpoint(*p.src, &ss, &len))) {
-      SetLastError("invalid RDMA address " + p.dst.kind + ":" + p.dst.addr);
-      *err = -EINVAL;
+    if ((*err = ParseEndpoint(p.dst, &ss, &len)) || (p.src && (*err = ParseEndpoint(*p.src, &ss, &len)))) {
+      SetLastError("invalid RDMA address " + p.dst.kind + ":" + p.dst.addr + ": " + LastRdmaError());
       return nullptr;
     }
   }

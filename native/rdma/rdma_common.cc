@@ -4,7 +4,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <net/if.h>
 #include <rdma/rdma_cma.h>
 #include <infiniband/ib.h>
 #include <poll.h>
@@ -20,6 +19,7 @@
 #include <map>
 #include <mutex>
 
+#include "rdma/gid.h"
 #include "rdma/rdma_transport.h"
 
 namespace ibnbd::rdma {
@@ -49,29 +49,21 @@ int CheckRdmaDevice() {
   return 0;
 }
 
-rdma_port_space PortSpaceFor(const transport::Endpoint& ep) {
-  return ep.kind == "gid" ? RDMA_PS_IB : RDMA_PS_TCP;
+rdma_port_space PortSpaceFor(const sockaddr_storage& ss) {
+  return ss.ss_family == AF_IB ? RDMA_PS_IB : RDMA_PS_TCP;
 }
 
 int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t* len) {
-  memset(ss, 0, sizeof(*ss));
-  std::string a = ep.addr;
-  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
-  if (ep.kind == "ip") return transport::IpToSockaddr(ep, ss, len);
-  if (ep.kind == "gid") {
-    static_assert(sizeof(sockaddr_ib) <= sizeof(sockaddr_storage));
-    auto* ib = reinterpret_cast<sockaddr_ib*>(ss);
-    in6_addr gid;
-    if (inet_pton(AF_INET6, a.c_str(), &gid) != 1) return -EINVAL;
-    ib->sib_family = AF_IB;
-    memcpy(&ib->sib_addr, &gid, sizeof(gid));
-    ib->sib_pkey = htobe16(0xffff);
-    ib->sib_sid = htobe64(RDMA_IB_PS_IB | ep.port);
-    ib->sib_sid_mask = htobe64(RDMA_IB_IP_PS_MASK | RDMA_IB_IP_PORT_MASK);
-    *len = sizeof(*ib);
-    return 0;
+  int rc = -EINVAL;
+  std::string why = "address kind must be ip or gid";
+  if (ep.kind == "ip") {
+    rc = transport::IpToSockaddr(ep, ss, len);
+    why = "bad IP address '" + ep.addr + "'";
+  } else if (ep.kind == "gid") {
+    rc = ResolveGid(ep, ss, len, &why);
   }
-  return -EINVAL;
+  if (rc) SetLastError(why);
+  return rc;
 }
 
 std::string FormatSockaddr(const sockaddr* sa) {

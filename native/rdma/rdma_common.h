@@ -26,12 +26,14 @@ void SetLastError(const std::string& msg);
 // 0 when at least one verbs device exists, else -ENODEV with the reason recorded.
 int CheckRdmaDevice();
 
-// Fills *ss from an endpoint: ip:<v4>, ip:<v6> (brackets allowed) → AF_INET/AF_INET6 with the
-// port; gid:<gid> → AF_IB with service id RDMA_IB_IP_PS_IB|port (what the kernel listens on).
-// 0 or -EINVAL.
+// Fills *ss from an endpoint: ip:<v4>, ip:<v6> (brackets, %zone allowed) → AF_INET/AF_INET6
+// with the port; gid:<gid> → as the local devices can carry it (rdma/gid.h: AF_IB on
+// InfiniBand, the GID's IP form on RoCE/iWARP). 0 or -EINVAL / -ENETUNREACH / -ENODEV, the
+// reason recorded (LastRdmaError()).
 int ParseEndpoint(const transport::Endpoint& ep, sockaddr_storage* ss, socklen_t* len);
 std::string FormatSockaddr(const sockaddr* sa);
-rdma_port_space PortSpaceFor(const transport::Endpoint& ep);
+// RDMA_PS_IB for AF_IB (the kernel's rtrs-server listens there by service id), else RDMA_PS_TCP.
+rdma_port_space PortSpaceFor(const sockaddr_storage& ss);
 
 using transport::RandomUuid;
 using transport::UuidString;

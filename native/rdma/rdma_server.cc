@@ -195,9 +195,9 @@ int RdmaServer::Start() {
   for (auto& ep : eps) {
     sockaddr_storage ss;
     socklen_t len;
-    if (ParseEndpoint(ep, &ss, &len)) return -EINVAL;
+    if (int rc = ParseEndpoint(ep, &ss, &len)) return rc;
     rdma_cm_id* id = nullptr;
-    if (rdma_create_id(ch_, &id, nullptr, PortSpaceFor(ep))) return -errno;
+    if (rdma_create_id(ch_, &id, nullptr, PortSpaceFor(ss))) return -errno;
     listeners_.push_back(id);
     if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&ss)) || rdma_listen(id, 64)) {
       int rc = -errno;
@@ -206,7 +206,7 @@ int RdmaServer::Start() {
       return rc;
     }
     transport::Endpoint b = ep;
-    if (ep.kind == "ip") b.port = be16toh(rdma_get_src_port(id));
+    if (ss.ss_family != AF_IB) b.port = be16toh(rdma_get_src_port(id));
     bound_.push_back(b);
   }
   for (auto c : covered) {
@@ -795,9 +795,8 @@ std::unique_ptr<transport::Server> CreateRdmaServer(transport::Server::Options o
   for (auto& ep : options.listen) {
     sockaddr_storage ss;
     socklen_t len;
-    if (ParseEndpoint(ep, &ss, &len)) {
-      SetLastError("invalid RDMA listen address " + ep.kind + ":" + ep.addr);
-      *err = -EINVAL;
+    if ((*err = ParseEndpoint(ep, &ss, &len))) {
+      SetLastError("invalid RDMA listen address " + ep.kind + ":" + ep.addr + ": " + LastRdmaError());
       return nullptr;
     }
   }

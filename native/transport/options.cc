@@ -55,6 +55,8 @@ Napi::Object PathInfoToJs(Napi::Env env, const PathInfo& p) {
   o.Set("inflight", static_cast<double>(p.inflight));
   o.Set("reconnects", p.reconnects);
   o.Set("hbRttNs", static_cast<double>(p.hb_rtt_ns));
+  o.Set("requests", static_cast<double>(p.requests));
+  o.Set("failovers", static_cast<double>(p.failovers));
   return o;
 }
 

@@ -28,6 +28,10 @@ export interface PathInfo {
   inflight: number;
   reconnects: number;
   hbRttNs: number;
+  /** requests completed on this path (any result), cumulative over reconnects */
+  requests: number;
+  /** requests in flight on this path when it died that were re-issued on another path */
+  failovers: number;
 }
 
 export interface RequestSpec {

@@ -62,8 +62,8 @@ export class IbnbdClient {
     return [...this.devices.values()].sort((a, b) => a.index - b.index).map((d) => d.info());
   }
 
-  /** list's fields plus the vhost counters, each transport path (state, in-flight, reconnects)
-   *  and the session's bounce count: requests that did not go zero-copy (RDMA: data outside
+  /** list's fields plus the vhost counters, each transport path (state, in-flight, reconnects,
+   *  requests completed on it, requests failed over from it) and the session's bounce count: requests that did not go zero-copy (RDMA: data outside
    *  registered guest memory; always 0 on TCP). */
   show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[]; bounce_count: number } {
     const dev = this.find(nameOrId);
@@ -74,6 +74,8 @@ export class IbnbdClient {
       inflight: p.inflight,
       reconnects: p.reconnects,
       heartbeat_rtt_us: Math.round(p.hbRttNs / 1000),
+      requests: p.requests,
+      failovers: p.failovers,
     }));
     // guest IO that bounced: the admin requests (JS copies, each bounced once on RDMA) left out
     const native = dev.session.native;

@@ -37,7 +37,8 @@ export class ClientSession {
 }
 
 function endpoint(e: { kind: string; addr: string; port: number }): string {
-  const a = e.addr.includes(':') && e.kind === 'ip' ? `[${e.addr}]` : e.addr;
+  // an IPv6 address in brackets; a GID too when a port follows (its colons would swallow it)
+  const a = e.addr.includes(':') && (e.kind === 'ip' || e.port) ? `[${e.addr}]` : e.addr;
   return e.port ? `${e.kind}:${a}:${e.port}` : `${e.kind}:${a}`;
 }
 

@@ -68,6 +68,8 @@ Extensions of ibnbd-vhost (not in IBNBD):
   ip:<ipv4>:<port>            destination port, default ${DEFAULT_PORT}
   ip:[<ipv6>]:<port>          (an IPv6 address takes a port only in brackets)
   gid:[<gid>]:<port>
+  gid:::ffff:<ipv4>           a RoCEv2 GID written IPv4-mapped
+  gid:<fe80::gid>%<netdev>    a link-local GID scoped to an interface (RoCE)
   transport=<tcp|rdma>        default: rdma when the client host has an RDMA device,
                               else tcp (decided by the client daemon at map time);
                               gid: addresses need rdma
@@ -135,9 +137,16 @@ function checkPort(text: string): number {
 }
 
 // A GID is 128 bits written like an IPv6 address (full "fe80:0000:...:c0d5" or compressed
-// "fe80::2:c903:10:c0d5"), but never with a zone or an embedded dotted IPv4 part.
+// "fe80::2:c903:10:c0d5"). On RoCE a GID is derived from an IP address, so two IP spellings are
+// accepted too: a RoCEv2 GID of an IPv4 address as IPv4-mapped "::ffff:10.0.2.15", and a
+// link-local GID (fe80::/10) with a "%<netdev>" scope, which RoCE needs for a GID that is not
+// one of the client's own (docs/rdma-transport.md, "gid: addresses").
+const GID_ZONE = /^[A-Za-z0-9_.-]{1,15}$/; // a netdev name, without the path separators , and @
 function isGid(s: string): boolean {
-  return /^[0-9a-fA-F:]+$/.test(s) && isIP(s) === 6;
+  const pct = s.indexOf('%');
+  const gid = pct < 0 ? s : s.slice(0, pct);
+  if (isIP(gid) !== 6 || !/^([0-9a-fA-F:]+|::ffff:[0-9.]+)$/i.test(gid)) return false;
+  return pct < 0 || (/^fe[89ab][0-9a-f]:/i.test(gid) && GID_ZONE.test(s.slice(pct + 1)));
 }
 
 /** One address of a path: "ip:<v4>[:port]", "ip:<v6>", "ip:[<v6>][:port]", "gid:<gid>", "gid:[<gid>][:port]". */
@@ -250,7 +259,8 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
     queues: req.queues ?? MAP_DEFAULTS.queues,
     mpPolicy: req.mpPolicy ?? MAP_DEFAULTS.mpPolicy,
   };
-  // GIDs name InfiniBand ports: there is no TCP to them. Said explicitly rather than guessed.
+  // GIDs name RDMA ports (InfiniBand, or RoCE's IP-derived ones): there is no TCP to them. Said
+  // explicitly rather than guessed.
   if (out.transport === 'tcp' && paths.some((p) => p.dst.kind === 'gid')) {
     throw invalid('path', 'gid: addresses need transport=rdma');
   }

@@ -117,6 +117,8 @@ struct ClientPath {
   std::atomic<uint32_t> hb_missed{0};
   std::atomic<uint64_t> hb_rtt_ns{0};
   std::atomic<uint32_t> reconnects{0};
+  std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
+  std::atomic<uint64_t> failovers{0};  // moved away from here when it died
   std::vector<IoConn*> loop_conn;  // slot i only touched on IO thread i
   ServiceConn* service = nullptr;  // only touched on service_loop
   unsigned service_loop = 0;
@@ -310,6 +312,7 @@ struct IoConn final : BatchEndTask {
     ClientIo* io = cur;
     cur = nullptr;
     path->inflight.fetch_sub(1, std::memory_order_relaxed);
+    path->requests.fetch_add(1, std::memory_order_relaxed);
     sess->Finish(io, cur_err);
   }
 
@@ -815,6 +818,7 @@ void TcpClientSession::Reissue(ClientIo* io, ClientPath* failed) {
   unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
   ClientPath* p = Choose(loop, failed);
   if (!p) return Finish(io, -EIO);
+  failed->failovers.fetch_add(1, std::memory_order_relaxed);
   p->loop_conn[loop]->Send(io);  // same permit, as RTRS fails over
 }
 
@@ -922,6 +926,8 @@ std::vector<PathInfo> TcpClientSession::Paths() const {
     pi.inflight = inf > 0 ? static_cast<uint64_t>(inf) : 0;
     pi.reconnects = p->reconnects.load();
     pi.hb_rtt_ns = p->hb_rtt_ns.load();
+    pi.requests = p->requests.load(std::memory_order_relaxed);
+    pi.failovers = p->failovers.load(std::memory_order_relaxed);
     out.push_back(pi);
   }
   return out;
