@@ -240,13 +240,11 @@ int main(int argc, char **argv) {
   int r = blkio_create(opt.driver, &b);
   if (r < 0) fail("blkio_create", r);
   if ((r = blkio_set_str(b, "path", opt.path)) < 0) fail("path", r);
-  if (!strcmp(opt.driver, "io_uring")) {
-    // O_DIRECT: the page cache would answer repeated reads without reaching the device; a
-    // read-only workload opens read-only, so a device mapped read-only can be measured too
-    if ((r = blkio_set_bool(b, "direct", true)) < 0) fail("direct", r);
-    bool reads_only = opt.rw == RW_RANDREAD || opt.rw == RW_READ;
-    if ((r = blkio_set_bool(b, "read-only", reads_only)) < 0) fail("read-only", r);
-  }
+  // O_DIRECT: the page cache would answer repeated reads without reaching the device
+  if (!strcmp(opt.driver, "io_uring") && (r = blkio_set_bool(b, "direct", true)) < 0) fail("direct", r);
+  // a read-only workload attaches read-only, so a device mapped read-only can be measured too
+  // (libblkio refuses to start a writable attachment to a read-only device)
+  if ((opt.rw == RW_RANDREAD || opt.rw == RW_READ) && (r = blkio_set_bool(b, "read-only", true)) < 0) fail("read-only", r);
   if ((r = blkio_connect(b)) < 0) fail("blkio_connect", r);
   if ((r = blkio_set_int(b, "num-queues", opt.queues)) < 0) fail("num-queues", r);
   if ((r = blkio_start(b)) < 0) fail("blkio_start", r);
