@@ -82,6 +82,11 @@ export interface LoadRun {
   submitted: number;
 }
 
+/** A run that produced no figures, and why. */
+export function failedRun(w: Workload, error: string): LoadRun {
+  return { workload: w.id, label: w.label, ok: false, error, iops: 0, mbps: 0, lat_us: {}, submitted: 0 };
+}
+
 /** The stderr of a run (the first 300 characters), for the error column. */
 export function errText(dir: string, name: string): string {
   const f = join(dir, `${name}.err`);
@@ -90,17 +95,16 @@ export function errText(dir: string, name: string): string {
 
 /** Reads GUEST_OUT/<name>.json of `loadgenShell` (its last line: the tool prints one JSON object). */
 export function readLoadRun(dir: string, name: string, w: Workload): LoadRun {
-  const base = { workload: w.id, label: w.label, iops: 0, mbps: 0, lat_us: {}, submitted: 0 };
   try {
     const text = readFileSync(join(dir, `${name}.json`), 'utf8').trim();
     const r = JSON.parse(text.split('\n').pop() ?? '') as Record<string, unknown>;
-    if (r.ok !== true) return { ...base, ok: false, error: String(r.error ?? 'failed') };
+    if (r.ok !== true) return failedRun(w, String(r.error ?? 'failed'));
     return {
-      ...base, ok: true, iops: Number(r.iops), mbps: Number(r.mbps), lat_us: r.lat_us as Record<string, number>,
+      workload: w.id, label: w.label, ok: true, iops: Number(r.iops), mbps: Number(r.mbps), lat_us: r.lat_us as Record<string, number>,
       submitted: Number(r.submitted_reads ?? 0) + Number(r.submitted_writes ?? 0),
     };
   } catch (e) {
-    return { ...base, ok: false, error: `no result (${(e as Error).message}) ${errText(dir, name)}` };
+    return failedRun(w, `no result (${(e as Error).message}) ${errText(dir, name)}`);
   }
 }
 

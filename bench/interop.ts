@@ -11,10 +11,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { BenchOptions } from './options.js';
-import { median } from './report.js';
+import { human, median } from './report.js';
 import { GUEST_WORKLOAD_IDS, WORKLOADS, type Workload } from './workloads.js';
 import {
-  errText, f1, f2, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell,
+  errText, f1, f2, failedRun, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell,
   STEP_SHELL, STOP_OUR_DAEMONS_SHELL, type GuestPaths, type LoadRun,
 } from './guest-bench.js';
 import { GUEST_IP, kernelRnbdGuestOptions, kernelRnbdPrelude } from '../tests/qemu/rnbd-kernel.js';
@@ -25,7 +25,13 @@ const OUR_PORT = 4321; // the kernel server has 1234
 /** Requests in flight per session, both servers (the kernel client's nr_requests follows it). */
 const SESSION_QUEUE_DEPTH = 64;
 const BACKING_MIB = 256;
-const GUEST_CPUS = 2;
+/**
+ * One vCPU by default: with two, every hand-over between threads on different vCPUs wakes a halted
+ * vCPU, i.e. waits for the host to schedule that vCPU's thread; on a busy host that is
+ * milliseconds, and a pair with more hand-overs per IO (ours → ours) measured the host's scheduler
+ * more than itself (docs/performance.md, "Kernel RNBD side by side").
+ */
+const DEFAULT_GUEST_CPUS = 1;
 const GUEST_MEM_MIB = 1536;
 /** Boot, module loads, daemons, maps and teardown under TCG, with room to spare. */
 const SETUP_BUDGET_S = 180;
@@ -118,31 +124,30 @@ exit 0`;
 
 /** fio's JSON (`--output-format=json`, one job) as a LoadRun; percentiles of the total latency (`lat_percentiles=1`). */
 export function parseFio(text: string, w: Workload): LoadRun {
-  const base = { workload: w.id, label: w.label, iops: 0, mbps: 0, lat_us: {}, submitted: 0 };
   const start = text.indexOf('{');
-  if (start < 0) return { ...base, ok: false, error: 'no JSON in fio output' };
+  if (start < 0) return failedRun(w, 'no JSON in fio output');
   let j: any;
   try {
     j = JSON.parse(text.slice(start));
   } catch (e) {
-    return { ...base, ok: false, error: `fio JSON: ${(e as Error).message}` };
+    return failedRun(w, `fio JSON: ${(e as Error).message}`);
   }
   const job = j?.jobs?.[0];
   const rd = job?.read;
-  if (!rd || typeof rd.iops !== 'number') return { ...base, ok: false, error: 'fio JSON without a read section' };
-  if (job.error) return { ...base, ok: false, error: `fio job error ${job.error}` };
+  if (!rd || typeof rd.iops !== 'number') return failedRun(w, 'fio JSON without a read section');
+  if (job.error) return failedRun(w, `fio job error ${job.error}`);
+  if (!(rd.total_ios > 0)) return failedRun(w, 'fio completed no IO');
   const pct = (rd.lat_ns?.percentile ?? {}) as Record<string, number>;
   const at = (p: string) => (typeof pct[p] === 'number' ? pct[p]! / 1e3 : NaN);
   return {
-    ...base, ok: rd.total_ios > 0, ...(rd.total_ios > 0 ? {} : { error: 'fio completed no IO' }),
-    iops: rd.iops, mbps: rd.bw_bytes / 1e6,
+    workload: w.id, label: w.label, ok: true, submitted: 0, iops: rd.iops, mbps: rd.bw_bytes / 1e6,
     lat_us: { mean: rd.lat_ns.mean / 1e3, p50: at('50.000000'), p99: at('99.000000'), p999: at('99.900000') },
   };
 }
 
 function readFio(dir: string, name: string, w: Workload): LoadRun {
   const f = join(dir, `${name}.json`);
-  if (!existsSync(f)) return { workload: w.id, label: w.label, ok: false, error: `no result ${errText(dir, name)}`, iops: 0, mbps: 0, lat_us: {}, submitted: 0 };
+  if (!existsSync(f)) return failedRun(w, `no result ${errText(dir, name)}`);
   const r = parseFio(readFileSync(f, 'utf8'), w);
   return r.ok ? r : { ...r, error: `${r.error} ${errText(dir, name)}`.trim() };
 }
@@ -174,8 +179,6 @@ function cellOf(runs: LoadRun[], dev: ({ requests_per_io: number; merges_per_io:
   };
 }
 
-const human = (n: number) => (n >= 1e4 ? `${(n / 1e3).toFixed(1)}k` : n >= 100 ? n.toFixed(0) : n.toFixed(1));
-
 /** Boots the guest, runs everything, prints and saves; the exit code of the bench. */
 export async function runInteropBench(opts: BenchOptions, root: string, outDir: string): Promise<number> {
   const workloads = WORKLOADS.filter((w) => GUEST_WORKLOAD_IDS.includes(w.id) && opts.workloads.includes(w.id));
@@ -183,12 +186,13 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
   const share = mkdtempSync('/tmp/ibnbd-bench-interop-');
   const load0 = loadavg().map((x) => Number(x.toFixed(2)));
   const timeoutMs = guestTimeoutMs(opts, workloads.length);
-  log(`bench --interop: one soft-RoCE guest (TCG, ${GUEST_CPUS} vCPUs), ${opts.rounds} round(s) × ${workloads.map((w) => w.id).join(', ')} × ` +
+  const cpus = opts.guestCpus ?? DEFAULT_GUEST_CPUS;
+  log(`bench --interop: one soft-RoCE guest (TCG, ${cpus} vCPU(s)), ${opts.rounds} round(s) × ${workloads.map((w) => w.id).join(', ')} × ` +
     `${PAIRS.length} pairs + fio on ${FIO_PAIRS.length}, ${opts.runtimeMs} ms each (+${opts.rampMs} ms ramp); guest limit ${timeoutMs / 1000} s; share ${share}`);
   try {
     const r = await runBenchGuest('bench --interop', {
       ...kernelRnbdGuestOptions({ shares: [{ hostPath: share, tag: 'out', guestPath: GUEST_OUT }] }),
-      cpus: GUEST_CPUS,
+      cpus,
       memMiB: GUEST_MEM_MIB,
       timeoutMs,
       script: guestScript(opts, guestPaths(root), workloads),
@@ -232,7 +236,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
     const kdev = readText('kdev.txt');
 
     const out: string[] = [];
-    out.push(`ibnbd-vhost bench --interop ${new Date().toISOString()} — one QEMU/TCG guest (${GUEST_CPUS} vCPUs, ${GUEST_MEM_MIB} MiB, Debian 6.1 kernel), rdma_rxe on eth0 ${GUEST_IP}`);
+    out.push(`ibnbd-vhost bench --interop ${new Date().toISOString()} — one QEMU/TCG guest (${cpus} vCPU(s), ${GUEST_MEM_MIB} MiB, Debian 6.1 kernel), rdma_rxe on eth0 ${GUEST_IP}`);
     out.push(`backing: a loop device over a ${BACKING_MIB} MiB file on the guest's tmpfs, exported read-only by the kernel's rnbd_server (:1234) and our ibnbd server (:${OUR_PORT}), ` +
       `session queue depth ${SESSION_QUEUE_DEPTH} on both`);
     out.push(`load: ibnbd-blkio-bench for all four pairs (--driver io_uring, O_DIRECT, on /dev/rnbdN; virtio-blk-vhost-user on our sockets), one queue, seed ${opts.seed}, ` +
@@ -276,7 +280,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
       when: new Date().toISOString(), kind: 'interop-guest', options: opts,
       machine: {
         loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))),
-        guest: { cpus: GUEST_CPUS, memMiB: GUEST_MEM_MIB, accel: 'tcg', rdma: 'rdma_rxe on eth0', backing: `loop over ${BACKING_MIB} MiB tmpfs file`, session_queue_depth: SESSION_QUEUE_DEPTH },
+        guest: { cpus, memMiB: GUEST_MEM_MIB, accel: 'tcg', rdma: 'rdma_rxe on eth0', backing: `loop over ${BACKING_MIB} MiB tmpfs file`, session_queue_depth: SESSION_QUEUE_DEPTH },
       },
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       pairs: PAIRS, workloads, medians: cells, ratios_over_kernel_pair: ratios, fio_medians: fioCells,

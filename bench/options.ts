@@ -8,6 +8,8 @@ export interface BenchOptions {
   quick: boolean;
   rdma: boolean;
   interop: boolean;
+  /** vCPUs of the guest benches; undefined: each bench's default */
+  guestCpus: number | undefined;
   rounds: number;
   runtimeMs: number;
   rampMs: number;
@@ -41,7 +43,8 @@ export const USAGE = `usage: npm run bench -- [options]
                         --workloads apply)
   --interop             the kernel's RNBD and ours side by side in one soft-RoCE guest: kernel/our client
                         × kernel/our server on one loop device, 4 KiB randread QD1/QD32, 128 KiB read
-                        QD8 (--rounds, --runtime-ms, --ramp-ms, --workloads, --seed apply)`;
+                        QD8 (--rounds, --runtime-ms, --ramp-ms, --workloads, --seed apply)
+  --guest-cpus N        vCPUs of the --rdma / --interop guest (defaults 2 / 1)`;
 
 function positive(flag: string, v: string | undefined, min = 1): number {
   if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new Error(`${flag}: expected an integer >= ${min}, got ${v ?? 'nothing'}`);
@@ -59,7 +62,7 @@ function size(flag: string, v: string | undefined): number {
 
 export function parseOptions(argv: string[]): BenchOptions {
   const o: BenchOptions = {
-    quick: false, rdma: false, interop: false, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
+    quick: false, rdma: false, interop: false, guestCpus: undefined, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
     fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...TARGET_IDS],
     workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, keep: false,
   };
@@ -72,6 +75,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--quick': o.quick = true; break;
       case '--rdma': o.rdma = true; break;
       case '--interop': o.interop = true; break;
+      case '--guest-cpus': o.guestCpus = positive(flag, value()); if (o.guestCpus > 8) throw new Error('--guest-cpus: at most 8'); break;
       case '--keep': o.keep = true; break;
       case '--rounds': o.rounds = positive(flag, value()); break;
       case '--runtime-ms': o.runtimeMs = positive(flag, value(), 50); break;

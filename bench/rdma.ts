@@ -99,7 +99,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
   if (!workloads.some((w) => w.id === 'randread-4k-qd1')) throw new Error('--rdma: the 4 KiB randread QD1 workload is the point of this run; do not leave it out');
   const share = mkdtempSync('/tmp/ibnbd-bench-rdma-');
   const load0 = loadavg().map((x) => Number(x.toFixed(2)));
-  log(`bench --rdma: one soft-RoCE guest (TCG, 2 vCPUs), ${workloads.map((w) => w.id).join(', ')} at ${opts.runtimeMs} ms each, ` +
+  log(`bench --rdma: one soft-RoCE guest (TCG, ${opts.guestCpus ?? 2} vCPUs), ${workloads.map((w) => w.id).join(', ')} at ${opts.runtimeMs} ms each, ` +
     `ib_send_lat/ib_write_lat ${PERFTEST_SIZES.join(' and ')} B × ${PERFTEST_ITERS} before and after; guest limit ${GUEST_TIMEOUT_MS / 1000} s; share ${share}`);
   try {
     const r = await runBenchGuest('bench --rdma', {
@@ -108,7 +108,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
       netdev: true,
       modules: RXE_MODULES,
       shares: [{ hostPath: share, tag: 'out', guestPath: GUEST_OUT }],
-      cpus: 2,
+      cpus: opts.guestCpus ?? 2,
       memMiB: 1536,
       timeoutMs: GUEST_TIMEOUT_MS,
       script: guestScript(opts, root, workloads),
@@ -161,7 +161,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     check.met = check.ratio === null ? null : check.ratio <= 1.5;
 
     const out: string[] = [];
-    out.push(`ibnbd-vhost bench --rdma ${new Date().toISOString()} — one QEMU/TCG guest (2 vCPUs, 1536 MiB, Debian 6.1 kernel), rdma_rxe on eth0 10.0.2.15`);
+    out.push(`ibnbd-vhost bench --rdma ${new Date().toISOString()} — one QEMU/TCG guest (${opts.guestCpus ?? 2} vCPUs, 1536 MiB, Debian 6.1 kernel), rdma_rxe on eth0 10.0.2.15`);
     out.push(`ours: ibnbd server + client in the guest, map transport ${map?.transport ?? '?'} io_mode=fileio, ${FILE_MIB} MiB file on the guest's tmpfs; ` +
       `ibnbd-blkio-bench on the vhost-user socket, ${opts.runtimeMs} ms per run (+${opts.rampMs} ms ramp); bounce_count ${show?.bounce_count ?? '?'}`);
     out.push(`perftest: -R -F -d rxe0 -n ${PERFTEST_ITERS}, server and client in the guest; one-way latency (half a ping-pong), µs; taken before and after ours`);
@@ -211,7 +211,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     mkdirSync(outDir, { recursive: true });
     const json = {
       when: new Date().toISOString(), kind: 'rdma-guest', options: opts,
-      machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
+      machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: opts.guestCpus ?? 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       ours, device: show ? { transport: show.transport, bounce_count: show.bounce_count, requests: show.stats?.requests } : null,
       transport_qd1: transport ?? null, perftest: perf, floor_us: sums, check,

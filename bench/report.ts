@@ -120,7 +120,7 @@ function checksFor(w: Workload, ratios: Report['ratios'][string], oursRan: boole
 
 // ---- text ----
 
-function human(n: number): string {
+export function human(n: number): string {
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
   if (n >= 1e4) return `${(n / 1e3).toFixed(1)}k`;
   if (n >= 100) return n.toFixed(0);
