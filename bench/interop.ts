@@ -108,11 +108,15 @@ KO=$(rnbd_map ko $DEV ro) || exit 27
 RNBD_PORT=1234
 step "kernel client: $KK from the kernel server, $KO from ours"
 ${ourMapShell(p, `sessname=ok path=ip:${GUEST_IP} device_path=$DEV access_mode=ro`, 'map-ok', 'OK', 28)}
-${ourMapShell(p, `sessname=oo path=ip:${GUEST_IP}:${OUR_PORT} device_path=$DEV access_mode=ro`, 'map-oo', 'OO', 29)}
+# io_mode=fileio: the kernel client's OPEN carries no io_mode (its byte is reserved, 0 = fileio
+# in IBNBD's encoding), so our server serves K→ours in fileio; ours→ours asks for the same, and
+# both rows of our server run the same server path
+${ourMapShell(p, `sessname=oo path=ip:${GUEST_IP}:${OUR_PORT} device_path=$DEV access_mode=ro io_mode=fileio`, 'map-oo', 'OO', 29)}
 for d in $KK $KO; do echo "$d max_hw_sectors_kb=$(cat ${kdev('d')}/queue/max_hw_sectors_kb) max_sectors_kb=$(cat ${kdev('d')}/queue/max_sectors_kb) nr_requests=$(cat ${kdev('d')}/queue/nr_requests) nomerges=$(cat ${kdev('d')}/queue/nomerges) scheduler=$(cat ${kdev('d')}/queue/scheduler)"; done > ${GUEST_OUT}/kdev.txt
 fio --version > ${GUEST_OUT}/fio-version.txt 2>&1
 ${runs.join('\n')}
 ${IB} list --control /tmp/clt.sock --json > ${GUEST_OUT}/list.json 2>&1
+${IB} server sessions --control /tmp/srv.sock --json > ${GUEST_OUT}/server-sessions.json 2>&1
 step measured
 rnbd_unmap $KK; rnbd_unmap $KO
 # our client daemon closes its sessions as it ends (no CLI round trips: node under TCG starts slowly)
@@ -230,8 +234,9 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
         ratios[w.id]![pair.id] = c && kk ? { throughput: c[w.headline] / kk[w.headline], lat_mean: c.mean / kk.mean } : null;
       }
     }
-    let ours: unknown = null;
-    try { ours = JSON.parse(readFileSync(join(share, 'list.json'), 'utf8')); } catch { ours = null; }
+    const readJson = (f: string): unknown => { try { return JSON.parse(readFileSync(join(share, f), 'utf8')); } catch { return null; } };
+    const ours = readJson('list.json');
+    const ourServerSessions = readJson('server-sessions.json');
     const readText = (f: string) => (existsSync(join(share, f)) ? readFileSync(join(share, f), 'utf8').trim() : '');
     const kdev = readText('kdev.txt');
 
@@ -284,7 +289,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
       },
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       pairs: PAIRS, workloads, medians: cells, ratios_over_kernel_pair: ratios, fio_medians: fioCells,
-      kernel_client_queues: kdev, our_devices: ours, samples,
+      kernel_client_queues: kdev, our_devices: ours, our_server_sessions: ourServerSessions, samples,
     };
     writeFileSync(join(outDir, 'bench.json'), JSON.stringify(json, null, 2) + '\n');
     writeFileSync(join(outDir, 'table.txt'), text);

@@ -1,8 +1,9 @@
 // `npm run bench -- --interop` in its short mode (one round, 1 s per run): the kernel's RNBD and
 // ours side by side in one soft-RoCE guest. Asserted: every one of the 12 cells (kernel/our client
 // × kernel/our server × 3 workloads) produced a figure, the ratios to the all-kernel pair are
-// computed from them and printed, fio's cross-check ran on both /dev/rnbdN, and our client's two
-// maps went over RDMA to the two servers. The figures themselves are reported, never asserted.
+// computed from them and printed, fio's cross-check ran on both /dev/rnbdN, our client's two
+// maps went over RDMA to the two servers, and our server served both of its clients in the same
+// io_mode. The figures themselves are reported, never asserted.
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -59,6 +60,7 @@ test.serial('bench --interop, short: 12 cells with figures and ratios to the all
     fio_medians: Record<string, Record<string, Cell | null>>;
     ratios_over_kernel_pair: Record<string, Record<string, { throughput: number; lat_mean: number } | null>>;
     our_devices: { devices: { session: string; transport: string; read_only: boolean; paths: string[] }[] };
+    our_server_sessions: { sessions: { sessname: string; devices: { io_mode: string; access_mode: string }[] }[] };
     guest: { exitCode: number };
   };
   t.is(json.guest.exitCode, 0);
@@ -92,5 +94,10 @@ test.serial('bench --interop, short: 12 cells with figures and ratios to the all
   t.deepEqual(devs.map((d) => [d.session, d.transport, d.read_only, d.paths]).sort(), [
     ['ok', 'rdma', true, ['ip:10.0.2.15:1234']],
     ['oo', 'rdma', true, ['ip:10.0.2.15:4321']],
+  ]);
+  // our server serves the kernel client (whose OPEN names no io_mode) and our client alike
+  t.deepEqual(json.our_server_sessions.sessions.map((x) => [x.sessname, x.devices.map((d) => `${d.access_mode} ${d.io_mode}`)]).sort(), [
+    ['ko', ['ro fileio']],
+    ['oo', ['ro fileio']],
   ]);
 });
