@@ -7,6 +7,9 @@ export type TargetId = (typeof TARGET_IDS)[number];
 export interface BenchOptions {
   quick: boolean;
   rdma: boolean;
+  interop: boolean;
+  /** vCPUs of the guest benches; undefined: each bench's default */
+  guestCpus: number | undefined;
   rounds: number;
   runtimeMs: number;
   rampMs: number;
@@ -37,7 +40,11 @@ export const USAGE = `usage: npm run bench -- [options]
   --keep                keep the work folder (logs, sockets)
   --rdma                ours over RDMA in one soft-RoCE guest next to perftest's ib_send_lat +
                         ib_write_lat (4 KiB randread QD1/QD32, 128 KiB read QD8; --runtime-ms, --ramp-ms,
-                        --workloads apply)`;
+                        --workloads apply)
+  --interop             the kernel's RNBD and ours side by side in one soft-RoCE guest: kernel/our client
+                        × kernel/our server on one loop device, 4 KiB randread QD1/QD32, 128 KiB read
+                        QD8 (--rounds, --runtime-ms, --ramp-ms, --workloads, --seed apply)
+  --guest-cpus N        vCPUs of the --rdma / --interop guest (defaults 2 / 1)`;
 
 function positive(flag: string, v: string | undefined, min = 1): number {
   if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new Error(`${flag}: expected an integer >= ${min}, got ${v ?? 'nothing'}`);
@@ -55,7 +62,7 @@ function size(flag: string, v: string | undefined): number {
 
 export function parseOptions(argv: string[]): BenchOptions {
   const o: BenchOptions = {
-    quick: false, rdma: false, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
+    quick: false, rdma: false, interop: false, guestCpus: undefined, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
     fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...TARGET_IDS],
     workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, keep: false,
   };
@@ -67,6 +74,8 @@ export function parseOptions(argv: string[]): BenchOptions {
     switch (flag) {
       case '--quick': o.quick = true; break;
       case '--rdma': o.rdma = true; break;
+      case '--interop': o.interop = true; break;
+      case '--guest-cpus': o.guestCpus = positive(flag, value()); if (o.guestCpus > 8) throw new Error('--guest-cpus: at most 8'); break;
       case '--keep': o.keep = true; break;
       case '--rounds': o.rounds = positive(flag, value()); break;
       case '--runtime-ms': o.runtimeMs = positive(flag, value(), 50); break;
@@ -96,6 +105,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       default: throw new Error(`unknown option ${flag}\n${USAGE}`);
     }
   }
+  if (o.rdma && o.interop) throw new Error('--rdma and --interop are two different guest runs: pick one');
   if (o.quick) {
     if (!explicit.has('--rounds')) o.rounds = 1;
     if (!explicit.has('--runtime-ms')) o.runtimeMs = 400;

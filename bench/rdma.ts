@@ -4,18 +4,18 @@
 // writable 9p share; this side parses them, prints the table and saves bench.json / table.txt.
 // The guest runs under TCG: every figure is slow in absolute terms, and only the ratio within the
 // guest means something. See docs/performance.md ("RDMA in a soft-RoCE guest").
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { BenchOptions } from './options.js';
-import { WORKLOADS, type Workload } from './workloads.js';
-import { startGuest } from '../tests/qemu/harness.js';
+import { GUEST_WORKLOAD_IDS, WORKLOADS, type Workload } from './workloads.js';
+import {
+  f1, f2, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell, STEP_SHELL, STOP_OUR_DAEMONS_SHELL,
+} from './guest-bench.js';
 import { RXE_MODULES } from '../tests/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
-/** What the guest runs: our 4 KiB read round trip first, the throughput figures only if cheap. */
-const RDMA_WORKLOADS = ['randread-4k-qd1', 'randread-4k-qd32', 'read-128k-qd8'];
 /** perftest message sizes: 2 B (its default, the size of a bare message) and 4 KiB (our block) */
 const PERFTEST_SIZES = [2, 4096];
 const PERFTEST_ITERS = 1000;
@@ -49,13 +49,8 @@ export function parsePerftest(text: string): PerftestLine | undefined {
 }
 
 function guestScript(o: BenchOptions, root: string, workloads: Workload[]): string {
-  const node = process.execPath;
-  const cli = join(root, 'bin', 'ibnbd.js');
-  const bench = join(root, 'native', 'build', 'Release', 'ibnbd-blkio-bench');
-  const IB = `timeout 90 ${node} ${cli}`;
-  const runOne = (w: Workload) =>
-    `timeout ${Math.ceil((o.rampMs + o.runtimeMs + 3 * o.timeoutMs) / 1000) + 30} ${bench} --path $SOCK --rw ${w.rw} --bs ${w.bs} --qd ${w.qd} --queues 1 ` +
-    `--runtime-ms ${o.runtimeMs} --ramp-ms ${o.rampMs} --seed ${o.seed} --timeout-ms ${o.timeoutMs} > /tmp/out/${w.id}.json 2> /tmp/out/${w.id}.err; step "${w.id} rc $?"`;
+  const p = guestPaths(root);
+  const IB = ibnbdCmd(p);
   // server in the background, client after 2 s; both bounded; the server is waited for so the
   // next run finds its port free
   const perftest = (prog: string, size: number, suffix = '', flags = '') => {
@@ -72,50 +67,25 @@ step "${prog} ${flags}${size} rc $rc tries $n"; kill $P 2>/dev/null; wait $P`;
   const perf = (suffix = '') => [...PERFTEST_SIZES.flatMap((s) => ['ib_send_lat', 'ib_write_lat'].map((p) => perftest(p, s, suffix))),
     perftest('ib_send_lat', 2, suffix, '-e ')].join('\n');
   return `
-set -u
-T0=$(date +%s)
-step() { echo "STEP $(( $(date +%s) - T0 ))s $*"; }
+${STEP_SHELL}
 rdma link add rxe0 type rxe netdev eth0 || exit 20
 i=0; until rdma link show rxe0/1 2>/dev/null | grep -q 'state ACTIVE'; do i=$((i+1)); [ $i -gt 100 ] && exit 21; sleep 0.1; done
 step rxe0 active
 ${perf()}
-mkdir -p /tmp/exp /tmp/run
+mkdir -p /tmp/exp
 dd if=/dev/zero of=/tmp/exp/bench.img bs=1M count=${FILE_MIB} status=none || exit 22
-${node} ${cli} server --listen 10.0.2.15:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock 2> /tmp/out/server.log &
-SRV=$!
-${node} ${cli} client --control /tmp/clt.sock --run-dir /tmp/run 2> /tmp/out/client.log &
-CLT=$!
-i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 23; sleep 0.1; done
-step daemons up
-${IB} map "sessname=bench path=ip:10.0.2.15:${PORT} device_path=bench.img io_mode=fileio" --control /tmp/clt.sock --json > /tmp/out/map.json 2> /tmp/out/map.err || exit 24
-SOCK=$(sed -n 's/.*"socket": *"\\([^"]*\\)".*/\\1/p' /tmp/out/map.json | head -1)
-[ -S "$SOCK" ] || exit 25
-step mapped $SOCK
-${workloads.map(runOne).join('\n')}
+${startOurDaemonsShell(p, `10.0.2.15:${PORT}`, '/tmp/exp')}
+${ourMapShell(p, `sessname=bench path=ip:10.0.2.15:${PORT} device_path=bench.img io_mode=fileio`, 'map', 'SOCK', 24)}
+${workloads.map((w) => loadgenShell(p, o, w, '$SOCK', w.id)).join('\n')}
 # the transport alone: same server, native QD1 submit loop, no vhost-user hop
-timeout 60 ${node} ${join(root, 'dist', 'bench', 'rdma-transport-qd1.js')} 10.0.2.15 ${PORT} bench.img ${o.runtimeMs} > /tmp/out/transport-qd1.json 2> /tmp/out/transport-qd1.err; step "transport qd1 rc $?"
-${IB} show ibnbd0 --control /tmp/clt.sock --json > /tmp/out/show.json 2>&1
+timeout 60 ${p.node} ${join(root, 'dist', 'bench', 'rdma-transport-qd1.js')} 10.0.2.15 ${PORT} bench.img ${o.runtimeMs} > ${GUEST_OUT}/transport-qd1.json 2> ${GUEST_OUT}/transport-qd1.err; step "transport qd1 rc $?"
+${IB} show ibnbd0 --control /tmp/clt.sock --json > ${GUEST_OUT}/show.json 2>&1
 # perftest once more after ours: the floor is taken before and after, under the same guest load
 ${perf('-after')}
 ${IB} unmap ibnbd0 --control /tmp/clt.sock > /dev/null 2>&1
-kill -TERM $CLT $SRV; wait $CLT; wait $SRV
+${STOP_OUR_DAEMONS_SHELL}
 step done
 exit 0`;
-}
-
-interface OursRun { workload: string; label: string; ok: boolean; error?: string; iops: number; mbps: number; lat_us: Record<string, number> }
-
-function readOurs(dir: string, w: Workload): OursRun {
-  const base = { workload: w.id, label: w.label, iops: 0, mbps: 0, lat_us: {} };
-  try {
-    const text = readFileSync(join(dir, `${w.id}.json`), 'utf8').trim();
-    const r = JSON.parse(text.split('\n').pop() ?? '') as Record<string, unknown>;
-    if (r.ok !== true) return { ...base, ok: false, error: String(r.error ?? 'failed') };
-    return { ...base, ok: true, iops: Number(r.iops), mbps: Number(r.mbps), lat_us: r.lat_us as Record<string, number> };
-  } catch (e) {
-    const err = existsSync(join(dir, `${w.id}.err`)) ? readFileSync(join(dir, `${w.id}.err`), 'utf8').trim().slice(0, 300) : '';
-    return { ...base, ok: false, error: `no result (${(e as Error).message}) ${err}` };
-  }
 }
 
 function readPerftest(dir: string, name: string): PerftestLine | null {
@@ -123,43 +93,29 @@ function readPerftest(dir: string, name: string): PerftestLine | null {
   return existsSync(f) ? parsePerftest(readFileSync(f, 'utf8')) ?? null : null;
 }
 
-const f1 = (x: number | null | undefined) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(1));
-const f2 = (x: number | null | undefined) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(2));
-
 /** Boots the guest, runs everything, prints and saves; the exit code of the bench. */
 export async function runRdmaBench(opts: BenchOptions, root: string, outDir: string): Promise<number> {
-  const workloads = WORKLOADS.filter((w) => RDMA_WORKLOADS.includes(w.id) && opts.workloads.includes(w.id));
+  const workloads = WORKLOADS.filter((w) => GUEST_WORKLOAD_IDS.includes(w.id) && opts.workloads.includes(w.id));
   if (!workloads.some((w) => w.id === 'randread-4k-qd1')) throw new Error('--rdma: the 4 KiB randread QD1 workload is the point of this run; do not leave it out');
   const share = mkdtempSync('/tmp/ibnbd-bench-rdma-');
   const load0 = loadavg().map((x) => Number(x.toFixed(2)));
-  log(`bench --rdma: one soft-RoCE guest (TCG, 2 vCPUs), ${workloads.map((w) => w.id).join(', ')} at ${opts.runtimeMs} ms each, ` +
+  log(`bench --rdma: one soft-RoCE guest (TCG, ${opts.guestCpus ?? 2} vCPUs), ${workloads.map((w) => w.id).join(', ')} at ${opts.runtimeMs} ms each, ` +
     `ib_send_lat/ib_write_lat ${PERFTEST_SIZES.join(' and ')} B × ${PERFTEST_ITERS} before and after; guest limit ${GUEST_TIMEOUT_MS / 1000} s; share ${share}`);
   try {
-    const started = Date.now();
-    // startGuest, not runGuest: a guest that runs out of time still leaves what it measured on
-    // the share, and the table reports that with the missing parts marked
-    const guest = await startGuest({
+    const r = await runBenchGuest('bench --rdma', {
       // hostroot: the host's node, perftest, rdma tool and our build, read-only over 9p
       mode: 'hostroot',
       netdev: true,
       modules: RXE_MODULES,
-      shares: [{ hostPath: share, tag: 'out', guestPath: '/tmp/out' }],
-      cpus: 2,
+      shares: [{ hostPath: share, tag: 'out', guestPath: GUEST_OUT }],
+      cpus: opts.guestCpus ?? 2,
       memMiB: 1536,
       timeoutMs: GUEST_TIMEOUT_MS,
       script: guestScript(opts, root, workloads),
-      onSerialLine: (l) => {
-        if (l.startsWith('STEP ')) log(`guest: ${l}`);
-        if (process.env.IBNBD_GUEST_LOG) appendFileSync(process.env.IBNBD_GUEST_LOG, `${l}\n`);
-      },
     });
-    const r = await guest.exited;
-    if (r.timedOut) log(`guest: killed after ${GUEST_TIMEOUT_MS / 1000} s; reporting what it wrote`);
-    else if (r.exitCode === null) log(`guest: ended without an exit code${r.failure ? ` (/init failed at ${r.failure})` : ''}; console tail:\n${r.serial.slice(-2000)}`);
-    log(`guest: exit ${r.exitCode} after ${((Date.now() - started) / 1000).toFixed(0)} s (boot ${r.bootMs} ms)`);
     if (opts.keep) log(`guest output kept in ${share}`);
 
-    const ours = workloads.map((w) => readOurs(share, w));
+    const ours = workloads.map((w) => readLoadRun(share, w.id, w));
     const perf: Record<string, PerftestLine | null> = {};
     for (const p of ['ib_send_lat', 'ib_write_lat']) for (const s of PERFTEST_SIZES) for (const when of ['', '-after']) perf[`${p}-${s}${when}`] = readPerftest(share, `${p}-${s}${when}`);
     for (const when of ['', '-after']) perf[`ib_send_lat-ev-2${when}`] = readPerftest(share, `ib_send_lat-ev-2${when}`);
@@ -205,7 +161,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     check.met = check.ratio === null ? null : check.ratio <= 1.5;
 
     const out: string[] = [];
-    out.push(`ibnbd-vhost bench --rdma ${new Date().toISOString()} — one QEMU/TCG guest (2 vCPUs, 1536 MiB, Debian 6.1 kernel), rdma_rxe on eth0 10.0.2.15`);
+    out.push(`ibnbd-vhost bench --rdma ${new Date().toISOString()} — one QEMU/TCG guest (${opts.guestCpus ?? 2} vCPUs, 1536 MiB, Debian 6.1 kernel), rdma_rxe on eth0 10.0.2.15`);
     out.push(`ours: ibnbd server + client in the guest, map transport ${map?.transport ?? '?'} io_mode=fileio, ${FILE_MIB} MiB file on the guest's tmpfs; ` +
       `ibnbd-blkio-bench on the vhost-user socket, ${opts.runtimeMs} ms per run (+${opts.rampMs} ms ramp); bounce_count ${show?.bounce_count ?? '?'}`);
     out.push(`perftest: -R -F -d rxe0 -n ${PERFTEST_ITERS}, server and client in the guest; one-way latency (half a ping-pong), µs; taken before and after ours`);
@@ -255,7 +211,7 @@ export async function runRdmaBench(opts: BenchOptions, root: string, outDir: str
     mkdirSync(outDir, { recursive: true });
     const json = {
       when: new Date().toISOString(), kind: 'rdma-guest', options: opts,
-      machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
+      machine: { loadavg_start: load0, loadavg_end: loadavg().map((x) => Number(x.toFixed(2))), guest: { cpus: opts.guestCpus ?? 2, memMiB: 1536, accel: 'tcg', rdma: 'rdma_rxe on eth0' } },
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       ours, device: show ? { transport: show.transport, bounce_count: show.bounce_count, requests: show.stats?.requests } : null,
       transport_qd1: transport ?? null, perftest: perf, floor_us: sums, check,

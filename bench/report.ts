@@ -45,7 +45,7 @@ export interface Report {
   checks: Check[];
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
@@ -120,7 +120,7 @@ function checksFor(w: Workload, ratios: Report['ratios'][string], oursRan: boole
 
 // ---- text ----
 
-function human(n: number): string {
+export function human(n: number): string {
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
   if (n >= 1e4) return `${(n / 1e3).toFixed(1)}k`;
   if (n >= 100) return n.toFixed(0);

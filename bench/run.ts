@@ -13,6 +13,7 @@ import { parseOptions, type BenchOptions } from './options.js';
 import { cpuSeconds, type ToolResult } from './procs.js';
 import { summarize, summaryLines, table, type Sample, type TargetInfo } from './report.js';
 import { makeTarget, oursUnavailableReason, type BenchContext, type Target } from './targets.js';
+import { runInteropBench } from './interop.js';
 import { runRdmaBench } from './rdma.js';
 import { WORKLOADS, type Workload } from './workloads.js';
 
@@ -83,9 +84,10 @@ async function main(opts: BenchOptions): Promise<number> {
   const tools = { blkio: join(release, 'ibnbd-blkio-bench'), probe: join(release, 'ibnbd-tcp-probe'), shim: join(release, 'nodelay_shim.so') };
   for (const t of Object.values(tools)) if (!existsSync(t)) throw new Error(`${t} is missing: run npm run build:native`);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const outDir = resolve(opts.outDir ?? join(root, 'results', opts.rdma ? `${stamp}-rdma` : stamp));
-  // RDMA: no device on this host; everything runs in one soft-RoCE guest (bench/rdma.ts)
+  const outDir = resolve(opts.outDir ?? join(root, 'results', opts.rdma ? `${stamp}-rdma` : opts.interop ? `${stamp}-interop` : stamp));
+  // RDMA: no device on this host; everything runs in one soft-RoCE guest (bench/rdma.ts, bench/interop.ts)
   if (opts.rdma) return runRdmaBench(opts, root, outDir);
+  if (opts.interop) return runInteropBench(opts, root, outDir);
   if (!existsSync(opts.fileDir)) throw new Error(`--file-dir ${opts.fileDir} does not exist`);
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id));
 

@@ -24,3 +24,6 @@ export const WORKLOADS: readonly Workload[] = [
 export function isReadLike(rw: Rw): boolean {
   return rw === 'randread' || rw === 'read';
 }
+
+/** What the guest benches (--rdma, --interop) run: TCG makes every second dear, so reads only. */
+export const GUEST_WORKLOAD_IDS: readonly string[] = ['randread-4k-qd1', 'randread-4k-qd32', 'read-128k-qd8'];

@@ -23,7 +23,7 @@ LIBBLKIO_VERSION="1.5.0"
 
 APT_PACKAGES=(
   build-essential pkg-config python3 xz-utils ca-certificates
-  libibverbs-dev librdmacm-dev ibverbs-providers rdmacm-utils ibverbs-utils perftest
+  libibverbs-dev librdmacm-dev ibverbs-providers rdmacm-utils ibverbs-utils perftest fio
   liburing-dev
   qemu-system-x86 qemu-utils
   busybox-static cpio kmod e2fsprogs iproute2

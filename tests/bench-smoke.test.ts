@@ -3,24 +3,10 @@
 // results folder holds JSON, table and chart, and ours is either measured or reported as not in
 // this build. The figures themselves are not asserted: the bench is not a timed test.
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-
-const root = resolve(import.meta.dirname, '..', '..');
-
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((res) => {
-    const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'run.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); res({ code, stdout, stderr }); });
-  });
-}
+import { join } from 'node:path';
+import { runBench } from './bench-runner.js';
 
 interface Lat { mean: number; p50: number; p99: number; p999: number }
 interface Cell { iops: number; mbps: number; lat_us: Lat; cpu_s_per_mio: number; rounds: number }

@@ -1,8 +1,8 @@
 // The native bench tools never wait without a limit: a missing socket, a back-end that accepts
 // and never answers, and a TCP peer that never replies all end in exit code 2 with a JSON error.
 import test from 'ava';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -78,4 +78,28 @@ test('tcp probe against its own server: QD1 and QD32 both complete, one reply pe
     t.is(r.code, 0);
     t.true(j.ok && j.ios > 0 && j.submitted >= j.ios);
   }
+});
+
+// --driver io_uring: the same load loop on a block device or file (bench --interop runs it on the
+// kernel client's /dev/rnbdN); here a file on the host's disk, read with O_DIRECT
+test('blkio bench --driver io_uring: reads a file through the same loop, capacity and counts reported', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ibnbd-bench-tools-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'disk.img');
+  writeFileSync(file, Buffer.alloc(4 << 20, 0x5a));
+  for (const [rw, bs, qd] of [['randread', 4096, 4], ['read', 131072, 2]] as const) {
+    const r = await run('ibnbd-blkio-bench', ['--driver', 'io_uring', '--path', file, '--rw', rw, '--bs', String(bs), '--qd', String(qd), '--runtime-ms', '200'], 20_000);
+    t.is(r.code, 0, JSON.stringify(r.json));
+    const j = r.json as unknown as { ok: boolean; capacity: number; ios: number; iops: number; mbps: number; errors: number };
+    t.true(j.ok);
+    t.is(j.capacity, 4 << 20);
+    t.true(j.ios > 0 && j.errors === 0, `${rw}: ${j.ios} IOs`);
+    t.true(Math.abs(j.mbps - (j.iops * bs) / 1e6) <= 0.01 * j.mbps + 0.05);
+  }
+});
+
+test('blkio bench: an unknown --driver is refused before anything is opened, exit 2', (t) => {
+  const r = spawnSync(join(release, 'ibnbd-blkio-bench'), ['--driver', 'nvme-io_uring', '--path', '/dev/null'], { encoding: 'utf8', timeout: 10_000 });
+  t.is(r.status, 2);
+  t.regex(r.stderr, /--driver: virtio-blk-vhost-user or io_uring/);
 });

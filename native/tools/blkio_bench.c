@@ -1,8 +1,12 @@
 // ibnbd-blkio-bench: a load generator for any vhost-user-blk socket, on libblkio's
 // virtio-blk-vhost-user driver (the same client the tests use, so ours and the peers are measured
 // by one program). One thread per virtqueue, each keeping --qd requests in flight.
+// --driver io_uring drives a block device or file instead (libblkio's io_uring driver, O_DIRECT,
+// no polling), so a kernel block device (e.g. the kernel rnbd client's /dev/rnbdN) is measured by
+// the very same loop, offsets and histogram as a vhost-user socket (bench --interop).
 //
-//   ibnbd-blkio-bench --path SOCK [--rw randread|randwrite|read|write|randrw] [--bs BYTES]
+//   ibnbd-blkio-bench --path SOCK|DEV [--driver virtio-blk-vhost-user|io_uring]
+//       [--rw randread|randwrite|read|write|randrw] [--bs BYTES]
 //       [--qd N] [--queues N] [--runtime-ms T] [--ramp-ms T] [--seed S] [--rwmix-read PCT]
 //       [--offset BYTES] [--span BYTES] [--timeout-ms T]
 //
@@ -36,13 +40,14 @@ static const char *const rw_names[] = {"randread", "randwrite", "read", "write",
 
 struct options {
   const char *path;
+  const char *driver;
   enum rw_kind rw;
   uint64_t bs, offset, span, seed;
   int qd, queues, runtime_ms, ramp_ms, timeout_ms, rwmix_read;
 };
 
 static struct options opt = {
-    .rw = RW_RANDREAD, .bs = 4096, .seed = 1, .qd = 1, .queues = 1,
+    .driver = "virtio-blk-vhost-user", .rw = RW_RANDREAD, .bs = 4096, .seed = 1, .qd = 1, .queues = 1,
     .runtime_ms = 3000, .ramp_ms = 0, .timeout_ms = 10000, .rwmix_read = 50};
 
 struct worker {
@@ -185,11 +190,19 @@ static void parse_options(int argc, char **argv) {
       {"ramp-ms", required_argument, 0, 'r'},    {"seed", required_argument, 0, 's'},
       {"rwmix-read", required_argument, 0, 'm'}, {"offset", required_argument, 0, 'o'},
       {"span", required_argument, 0, 'S'},       {"timeout-ms", required_argument, 0, 'T'},
-      {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+      {"driver", required_argument, 0, 'd'},     {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
       case 'p': opt.path = optarg; break;
+      case 'd':
+        if (strcmp(optarg, "virtio-blk-vhost-user") && strcmp(optarg, "io_uring")) {
+          fprintf(stderr, "--driver: virtio-blk-vhost-user or io_uring\n");
+          exit(2);
+        }
+        opt.driver = optarg;
+        break;
       case 'w': {
         bool found = false;
         for (int i = 0; i < 5; i++)
@@ -208,7 +221,7 @@ static void parse_options(int argc, char **argv) {
       case 'S': opt.span = parse_size(optarg, "--span"); break;
       case 'T': opt.timeout_ms = parse_int(optarg, "--timeout-ms", 1, 600000); break;
       default:
-        fprintf(stderr, "usage: ibnbd-blkio-bench --path SOCK [--rw randread|randwrite|read|write|randrw] "
+        fprintf(stderr, "usage: ibnbd-blkio-bench --path SOCK|DEV [--driver virtio-blk-vhost-user|io_uring] [--rw randread|randwrite|read|write|randrw] "
                         "[--bs B] [--qd N] [--queues N] [--runtime-ms T] [--ramp-ms T] [--seed S] "
                         "[--rwmix-read PCT] [--offset B] [--span B] [--timeout-ms T]\n");
         exit(c == 'h' ? 0 : 2);
@@ -224,9 +237,14 @@ int main(int argc, char **argv) {
   // connect + start + ramp + run + drain, each bounded; the alarm is the last resort
   alarm((unsigned)((opt.ramp_ms + opt.runtime_ms + 4 * opt.timeout_ms) / 1000 + 5));
 
-  int r = blkio_create("virtio-blk-vhost-user", &b);
+  int r = blkio_create(opt.driver, &b);
   if (r < 0) fail("blkio_create", r);
   if ((r = blkio_set_str(b, "path", opt.path)) < 0) fail("path", r);
+  // O_DIRECT: the page cache would answer repeated reads without reaching the device
+  if (!strcmp(opt.driver, "io_uring") && (r = blkio_set_bool(b, "direct", true)) < 0) fail("direct", r);
+  // a read-only workload attaches read-only, so a device mapped read-only can be measured too
+  // (libblkio refuses to start a writable attachment to a read-only device)
+  if ((opt.rw == RW_RANDREAD || opt.rw == RW_READ) && (r = blkio_set_bool(b, "read-only", true)) < 0) fail("read-only", r);
   if ((r = blkio_connect(b)) < 0) fail("blkio_connect", r);
   if ((r = blkio_set_int(b, "num-queues", opt.queues)) < 0) fail("num-queues", r);
   if ((r = blkio_start(b)) < 0) fail("blkio_start", r);
