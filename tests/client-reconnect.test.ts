@@ -149,8 +149,11 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
 });
 
 test.serial('re-OPEN refused with EPERM (another client took the device for writing) leaves the device closed with that reason', async (t) => {
-  // a long reconnect delay so the other client can map between two of our attempts
-  const s = await setup(t, ['shared.img'], ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '4000']);
+  // a long reconnect delay so the other client can map between two of our attempts: the window
+  // holds a server start and an `ibnbd map`, two node start-ups (~1 s on the host, ~15× that in a
+  // TCG guest), so it grows with the time scale; it is not a timing under test
+  const window = Math.max(4000, scaled(1000));
+  const s = await setup(t, ['shared.img'], ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', String(window)]);
   const otherDir = join(s.dir, 'other');
   await mkdir(otherDir);
   const other = await startClientDaemon(t, otherDir, FAST);
@@ -158,7 +161,7 @@ test.serial('re-OPEN refused with EPERM (another client took the device for writ
 
   await s.server.stop();
   await waitState(t, s.client, dev.name, 'closed', 10_000);
-  // right after a failed attempt: the next one is ~4 s away
+  // right after a failed attempt: the next one is a whole window away
   const end = Date.now() + scaled(15_000);
   while ((await show(s.client, dev.name)).path_states[0].reconnects < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
   await s.restartServer();

@@ -93,7 +93,7 @@ async function randomWritesVerified(t: ExecutionContext, c: ClientSession, dev: 
   t.true(checked > 0);
 }
 
-test('file, buffered: 4 KiB..128 KiB random writes (some FUA) read back, FLUSH', async (t) => {
+test('file, buffered: 4 KiB..max IO size random writes (some FUA) read back, FLUSH', async (t) => {
   const dir = tempDir(t, 'srvio');
   const size = 16 << 20;
   const path = sparseFile(join(dir, 'f'), size);
