@@ -53,20 +53,25 @@ ${sanitizerEnv}${env} ${process.execPath} ${AVA_CLI} ${AVA_ARGS.join(' ')} --tim
 echo "SUITE-EXIT $?"`;
 }
 
-/** Per file: the time from the previous file's last result (or ava's start) to its own last result. */
-function perFileMs(lines: Array<{ at: number; line: string }>): Array<[string, number]> {
-  const start = lines.find((l) => l.line.startsWith('SUITE-START'))?.at ?? lines[0]?.at ?? 0;
-  const lastAt = new Map<string, number>();
-  for (const { at, line } of lines) {
-    const r = parseTapLine(line);
-    if (r) lastAt.set(r.file, at);
-  }
-  let prev = start;
-  return [...lastAt].map(([file, at]) => {
+/** Each result with the time since the previous result (or ava's start): the test's own time, plus
+ * its file's worker start-up for a file's first test. */
+function resultTimes(lines: Array<{ at: number; line: string }>): Array<{ test: TapTest; ms: number }> {
+  let prev = lines.find((l) => l.line.startsWith('SUITE-START'))?.at ?? lines[0]?.at ?? 0;
+  return lines.flatMap(({ at, line }) => {
+    const test = parseTapLine(line);
+    if (!test) return [];
     const ms = at - prev;
     prev = at;
-    return [file, ms];
+    return [{ test, ms }];
   });
+}
+
+function logTimings(t: import('ava').ExecutionContext, lines: Array<{ at: number; line: string }>): void {
+  const times = resultTimes(lines);
+  const perFile = new Map<string, number>();
+  for (const { test, ms } of times) perFile.set(test.file, (perFile.get(test.file) ?? 0) + ms);
+  for (const [file, ms] of perFile) t.log(`${file}: ${(ms / 1000).toFixed(1)} s in the guest`);
+  for (const { test, ms } of times.filter((x) => x.ms >= 30_000)) t.log(`  slow: ${test.file} › ${test.title}: ${(ms / 1000).toFixed(1)} s`);
 }
 
 test.serial('the shared server/client suite passes over RDMA in a soft-RoCE guest: every test the TCP run declares, nothing skipped', async (t) => {
@@ -91,7 +96,7 @@ test.serial('the shared server/client suite passes over RDMA in a soft-RoCE gues
   });
   const host = await hostRun;
   t.log(`TCP on the host: ${passedTests(host.tests).length} tests in ${(host.ms / 1000).toFixed(1)} s`);
-  for (const [file, ms] of perFileMs(lines)) t.log(`${file}: ${(ms / 1000).toFixed(1)} s in the guest`);
+  logTimings(t, lines);
   t.log(`guest: boot ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, whole run ${(r.durationMs / 1000).toFixed(1)} s`);
   t.is(host.code, 0, 'the shared files pass over TCP on this host');
   const expected = passedTests(host.tests).map((x) => `${x.file} › ${x.title}`);
