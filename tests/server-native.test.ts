@@ -1,7 +1,7 @@
 // The server's native IO path: IBNBD IO messages sent through a real transport session (TCP, or
-// RDMA under IBNBD_TEST_TRANSPORT), executed with
-// io_uring on real files and a loop device, every validation errno, and the device table's
-// attach/detach/session-down life cycle. Plus probeDevice on both kinds of device.
+// RDMA under IBNBD_TEST_TRANSPORT), executed with io_uring on real files and a loop device, every
+// validation errno, and the device table's attach/detach/session-down life cycle. Plus
+// probeDevice on both kinds of device.
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
