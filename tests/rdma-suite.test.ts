@@ -9,15 +9,13 @@ import { execFile } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../src/backend/native.js';
+import { guestSanitizerEnv } from './qemu/sanitizer-env.js';
 import { runGuest } from './qemu/harness.js';
 import { GUEST_IP, RXE_MODULES } from './qemu/rnbd-kernel.js';
 import { sharedSuiteFiles } from './shared-suite.js';
 import { parseTap, parseTapLine, passedTests, type TapTest } from './tap-results.js';
 
-// the guest runs the host's node on the same addon build: under the sanitizer job, with ASan too
-const sanitizerEnv = process.env.IBNBD_SANITIZE === '1'
-  ? `env IBNBD_SANITIZE=1 LD_PRELOAD=${process.env.LD_PRELOAD ?? ''} ASAN_OPTIONS=${process.env.ASAN_OPTIONS ?? 'detect_leaks=0'} `
-  : '';
+const sanitizerEnv = guestSanitizerEnv();
 const AVA_CLI = join('node_modules', 'ava', 'entrypoints', 'cli.mjs');
 // one file at a time, one test at a time: the TCG guest has 2 vCPUs, and a server, a client
 // daemon and libblkio already share them within one test
