@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from './daemons.js';
 import { sparseFile, tempDir } from './fixtures.js';
 import { blkio, expectedPattern, fileBytes, MiB } from './vhost-helpers.js';
+import { scaled, testMapTarget } from './transport-under-test.js';
 
 // short enough that a restart is seen and healed in about a second
 const FAST = ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '300'];
@@ -20,12 +21,12 @@ async function show(client: ClientDaemon, device: string): Promise<Record<string
 
 /** Polls `ibnbd show` until the device is in `state`; the last answer, or a failure after the bound. */
 async function waitState(t: ExecutionContext, client: ClientDaemon, device: string, state: string, boundMs: number): Promise<Record<string, any>> {
-  const end = Date.now() + boundMs;
+  const end = Date.now() + scaled(boundMs);
   for (;;) {
     const d = await show(client, device);
     if (d.state === state) return d;
     if (Date.now() > end) {
-      t.fail(`${device} not ${state} within ${boundMs} ms: ${JSON.stringify(d)}\nclient log:\n${client.log()}`);
+      t.fail(`${device} not ${state} within ${scaled(boundMs)} ms: ${JSON.stringify(d)}\nclient log:\n${client.log()}`);
       return d;
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -46,7 +47,8 @@ async function setup(t: ExecutionContext, files: string[], clientOpts = FAST) {
     await mkdir(d);
     return startServerDaemon(t, d, exportsDir, [], server.port);
   };
-  return { dir, exportsDir, server, client, map, restartServer, path: `ip:127.0.0.1:${server.port}` };
+  // at: the map-string words that reach the server (same port after a restart)
+  return { dir, exportsDir, server, client, map, restartServer, at: testMapTarget(server.port) };
 }
 
 const pattern = (seed: number, offset: number, count: number, size: number) => [
@@ -55,7 +57,7 @@ const pattern = (seed: number, offset: number, count: number, size: number) => [
 
 test.serial('server restart: devices go closed, IO fails, then SESS_INFO + re-OPEN bring them back with the data intact', async (t) => {
   const s = await setup(t, ['disk.img']);
-  const dev = await s.map(`sessname=rc1 path=${s.path} device_path=disk.img`);
+  const dev = await s.map(`sessname=rc1 ${s.at} device_path=disk.img`);
   t.is(dev.state, 'open');
   t.is(dev.state_reason, '');
 
@@ -104,8 +106,8 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
   const s = await setup(t, ['gone.img', 'kept.img']);
   // gone.img is opened first: on the restarted server kept.img is re-opened alone and may get
   // the id gone.img had; gone.img's IO must not follow that id
-  const gone = await s.map(`sessname=rc2 path=${s.path} device_path=gone.img`);
-  const kept = await s.map(`sessname=rc2 path=${s.path} device_path=kept.img`);
+  const gone = await s.map(`sessname=rc2 ${s.at} device_path=gone.img`);
+  const kept = await s.map(`sessname=rc2 ${s.at} device_path=kept.img`);
   t.not(gone.server_device_id, kept.server_device_id);
 
   await s.server.stop();
@@ -147,23 +149,26 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
 });
 
 test.serial('re-OPEN refused with EPERM (another client took the device for writing) leaves the device closed with that reason', async (t) => {
-  // a long reconnect delay so the other client can map between two of our attempts
-  const s = await setup(t, ['shared.img'], ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '4000']);
+  // a long reconnect delay so the other client can map between two of our attempts: the window
+  // holds a server start and an `ibnbd map`, two node start-ups (~1 s on the host, ~15× that in a
+  // TCG guest), so it grows with the time scale; it is not a timing under test
+  const window = Math.max(4000, scaled(1000));
+  const s = await setup(t, ['shared.img'], ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', String(window)]);
   const otherDir = join(s.dir, 'other');
   await mkdir(otherDir);
   const other = await startClientDaemon(t, otherDir, FAST);
-  const dev = await s.map(`sessname=ours path=${s.path} device_path=shared.img`);
+  const dev = await s.map(`sessname=ours ${s.at} device_path=shared.img`);
 
   await s.server.stop();
   await waitState(t, s.client, dev.name, 'closed', 10_000);
-  // right after a failed attempt: the next one is ~4 s away
-  const end = Date.now() + 15_000;
+  // right after a failed attempt: the next one is a whole window away
+  const end = Date.now() + scaled(15_000);
   while ((await show(s.client, dev.name)).path_states[0].reconnects < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
   await s.restartServer();
-  const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs path=${s.path} device_path=shared.img`, '--control', other.control]);
+  const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs ${s.at} device_path=shared.img`, '--control', other.control]);
   t.is(theirs.device.state, 'open');
 
-  const end2 = Date.now() + 15_000;
+  const end2 = Date.now() + scaled(15_000);
   let shown = await show(s.client, dev.name);
   while (!/re-OPEN/.test(shown.state_reason) && Date.now() < end2) {
     await new Promise((r) => setTimeout(r, 100));
@@ -180,10 +185,10 @@ test.serial('re-OPEN refused with EPERM (another client took the device for writ
 test('client daemon: reconnect options are validated', async (t) => {
   const dir = tempDir(t, 'reconn-opts');
   const args = ['client', '--control', join(dir, 'c.sock'), '--run-dir', join(dir, 'run')];
-  const bad = await ibnbd([...args, '--max-reconnect-attempts', '-2'], 10_000);
+  const bad = await ibnbd([...args, '--max-reconnect-attempts', '-2'], scaled(10_000));
   t.not(bad.code, 0);
   t.regex(bad.stderr, /EINVAL.*--max-reconnect-attempts/);
-  const badDelay = await ibnbd([...args, '--reconnect-delay-ms', 'soon'], 10_000);
+  const badDelay = await ibnbd([...args, '--reconnect-delay-ms', 'soon'], scaled(10_000));
   t.not(badDelay.code, 0);
   t.regex(badDelay.stderr, /EINVAL.*--reconnect-delay-ms/);
   const help = await ibnbd(['client', '--help']);

@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../src/backend/native.js';
 import { freePort } from './fixtures.js';
+import { TEST_TRANSPORT, scaled, testListen } from './transport-under-test.js';
 
 export const cliPath = join(projectRoot, 'bin', 'ibnbd.js');
 
@@ -16,7 +17,7 @@ export interface CliResult {
 }
 
 /** One `ibnbd …` command, bounded in time. */
-export function ibnbd(args: string[], timeoutMs = 30_000): Promise<CliResult> {
+export function ibnbd(args: string[], timeoutMs = scaled(30_000)): Promise<CliResult> {
   return new Promise((resolve) => {
     execFile(process.execPath, [cliPath, ...args], { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1) : 0;
@@ -47,14 +48,14 @@ function startDaemon(t: ExecutionContext, args: string[], control: string): Prom
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-    const killer = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+    const killer = setTimeout(() => proc.kill('SIGKILL'), scaled(15_000));
     const code = await exited;
     clearTimeout(killer);
     return code;
   };
   t.teardown(() => stop('SIGKILL').then(() => undefined));
   return new Promise((resolve, reject) => {
-    const end = Date.now() + 20_000;
+    const end = Date.now() + scaled(20_000);
     const poll = () => {
       if (existsSync(control)) return resolve({ proc, control, log: () => log, stop });
       if (proc.exitCode !== null || Date.now() > end) return reject(new Error(`daemon ${args[0]} did not start: ${log}`));
@@ -68,11 +69,11 @@ export interface ServerDaemon extends Daemon {
   port: number;
 }
 
-/** port: a given one (a restart on the same address), else a free one. */
+/** port: a given one (a restart on the same address), else a free one. Listens on the transport under test. */
 export async function startServerDaemon(t: ExecutionContext, dir: string, searchPath: string, extra: string[] = [], port?: number): Promise<ServerDaemon> {
   port ??= await freePort();
   const control = join(dir, `server-${port}.sock`);
-  const d = await startDaemon(t, ['server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', searchPath, '--control', control, ...extra], control);
+  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, '--dev-search-path', searchPath, '--control', control, ...extra], control);
   return { ...d, port };
 }
 

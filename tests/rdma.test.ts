@@ -8,14 +8,12 @@
 import test from 'ava';
 import { fileURLToPath } from 'node:url';
 import { loadNative, linkProbe } from '../src/backend/native.js';
+import { guestSanitizerEnv } from './qemu/sanitizer-env.js';
 import { runGuest, type GuestResult } from './qemu/harness.js';
 import { kernelRnbdDir } from './qemu/rnbd-kernel.js';
 
 const scenario = fileURLToPath(new URL('./rdma-guest-scenario.js', import.meta.url));
-// the guest runs the host's node on the same addon build: under the sanitizer job, with ASan too
-const sanitizerEnv = process.env.IBNBD_SANITIZE === '1'
-  ? `env IBNBD_SANITIZE=1 LD_PRELOAD=${process.env.LD_PRELOAD ?? ''} ASAN_OPTIONS=${process.env.ASAN_OPTIONS ?? 'detect_leaks=0'} `
-  : '';
+const sanitizerEnv = guestSanitizerEnv();
 const node = `${sanitizerEnv}${process.execPath}`;
 const RXE = 'rdma link add rxe0 type rxe netdev eth0 || exit 20';
 const GUEST = { mode: 'hostroot' as const, netdev: true, cpus: 2, memMiB: 1024, modules: ['crc32_generic', 'rdma_rxe', 'rdma_ucm', 'ib_uverbs', 'brd', 'dummy'] };

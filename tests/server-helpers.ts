@@ -42,9 +42,10 @@ export const closeMsg = (deviceId: number): Buffer => encode({ type: 'CLOSE', de
 
 import { loadNative } from '../src/backend/native.js';
 import type { NativeClientSessionClass, NativeClientSessionRaw } from '../src/backend/transport.js';
+import { TEST_HOST, TEST_TRANSPORT, scaled } from './transport-under-test.js';
 import { decode as decodeMsg, type IoOp, type OpenRspMsg } from '../src/proto/ibnbd.js';
 
-/** An IBNBD client speaking through the real native transport. errno results are positive. */
+/** An IBNBD client speaking through the real native transport under test. errno results are positive. */
 export class TestClient {
   private constructor(
     readonly sessname: string,
@@ -54,20 +55,25 @@ export class TestClient {
   static async connect(port: number, sessname: string, opts: { host?: string; maxIoSize?: number } = {}): Promise<TestClient> {
     const { NativeClientSession } = loadNative<{ NativeClientSession: NativeClientSessionClass }>();
     const s = new NativeClientSession({
-      transport: 'tcp',
+      transport: TEST_TRANSPORT,
       sessname,
-      paths: [{ dst: { kind: 'ip', addr: opts.host ?? '127.0.0.1', port } }],
+      paths: [{ dst: { kind: 'ip', addr: opts.host ?? TEST_HOST, port } }],
       queueDepth: 64,
       maxIoSize: opts.maxIoSize ?? 128 * 1024,
       reconnectDelayMs: 0,
       maxReconnectAttempts: 0,
     });
-    await s.connect(10_000);
+    await s.connect(scaled(10_000));
     return new TestClient(sessname, s);
   }
 
   close(): Promise<void> {
     return this.s.close();
+  }
+
+  /** The largest IO the session carries (128 KiB over TCP; over RDMA the RTRS chunk minus its header). */
+  get maxIoSize(): number {
+    return this.s.maxIoSize;
   }
 
   paths() {
@@ -151,7 +157,7 @@ export async function startHolder(
   const child = spawn(process.execPath, [script, String(port), sessname, dev, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => child.kill('SIGKILL'));
   const line = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`holder ${sessname} did not open in time`)), 15_000);
+    const timer = setTimeout(() => reject(new Error(`holder ${sessname} did not open in time`)), scaled(15_000));
     child.stdout!.once('data', (d: Buffer) => {
       clearTimeout(timer);
       resolve(d.toString());

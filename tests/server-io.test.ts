@@ -3,22 +3,21 @@
 // io_modes, checks the OPEN refusals with their errno, the access-mode matrix across two
 // sessions (with a session killed), and the introspection tree before and after CLOSE.
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startServer, type RunningServer } from '../src/server/daemon.js';
 import { validateServerOptions } from '../src/server/options.js';
 import { silentLogger } from '../src/server/server.js';
 import { sparseFile, tempDir } from './fixtures.js';
 import { TWO_SESSION_ACCESS_MATRIX, TestClient, loopDevice, pattern, startHolder } from './server-helpers.js';
+import { TEST_TRANSPORT, reportedAddress, scaled, testListen } from './transport-under-test.js';
 
 const E = constants.errno;
 const MiB = 1 << 20;
 
 function serve(t: import('ava').ExecutionContext, devSearchPath: string): { running: RunningServer; port: number } {
-  const opts = validateServerOptions({ listen: ['127.0.0.1:0'], devSearchPath, control: '/unused.sock' });
+  const opts = validateServerOptions({ listen: [testListen(0)], transport: TEST_TRANSPORT, devSearchPath, control: '/unused.sock' });
   const running = startServer(opts, silentLogger);
   t.teardown(() => running.stop());
   const port = Number(running.bound[0]!.split(':').pop());
@@ -31,20 +30,21 @@ async function client(t: import('ava').ExecutionContext, port: number, sessname:
   return c;
 }
 
-/** Random writes 4 KiB…128 KiB at random offsets, mirrored in a shadow copy; then verified reads. */
+/** Random writes 4 KiB…max IO size at random offsets, mirrored in a shadow copy; then verified reads. */
 async function randomWritesVerified(t: import('ava').ExecutionContext, c: TestClient, id: number, size: number, seed: number) {
   const shadow = Buffer.alloc(size);
+  const maxBlocks = Math.floor(c.maxIoSize / 4096);
   let rnd = seed;
   const next = () => (rnd = (Math.imul(rnd, 1103515245) + 12345) >>> 0);
   for (let i = 0; i < 32; i++) {
-    const len = 4096 * (1 + (next() % 32));
+    const len = 4096 * (1 + (next() % maxBlocks));
     const off = 4096 * (next() % ((size - len) / 4096 + 1));
     const data = pattern(seed + i, off, len);
     t.is(await c.write(id, off, data, i % 5 === 0), 0, `write ${len} at ${off}`);
     data.copy(shadow, off);
   }
   for (let i = 0; i < 32; i++) {
-    const len = 4096 * (1 + (next() % 32));
+    const len = 4096 * (1 + (next() % maxBlocks));
     const off = 4096 * (next() % ((size - len) / 4096 + 1));
     const r = await c.read(id, off, len);
     t.is(r.errno, 0);
@@ -105,7 +105,7 @@ for (const kind of ['file', 'loop'] as const) {
       const sess = running.server.sessionList();
       t.is(sess.length, 1);
       t.is(sess[0]!.ver, 2);
-      t.regex(sess[0]!.paths[0]?.src ?? '', /127\.0\.0\.1:\d+$/, 'client address');
+      t.regex(sess[0]!.paths[0]?.src ?? '', reportedAddress(), 'client address');
       t.deepEqual(sess[0]!.devices.map((d) => [d.device_id, d.mapping_path, d.inflight]), [[id, devName, 0]]);
 
       const shadow = await randomWritesVerified(t, c, id, size, kind === 'file' ? 7 : 11);
@@ -162,12 +162,13 @@ test.serial('tmpfs file fileio: verified IO through the inline copy path, EIO pa
   t.is(await c.noData(id, 'FLUSH', 0, 0), 0, 'FLUSH');
   t.true(readFileSync(backing).equals(shadow), 'file content equals the shadow copy');
   truncateSync(backing, size / 2);
-  const r = await c.read(id, size - 128 * 1024, 128 * 1024);
+  const max = c.maxIoSize; // a multiple of 4 KiB on both transports
+  const r = await c.read(id, size - max, max);
   t.is(r.errno, E.EIO, 'read beyond the shrunk end: EIO');
   t.is(r.data, undefined);
-  const head = await c.read(id, 0, 128 * 1024);
+  const head = await c.read(id, 0, max);
   t.is(head.errno, 0);
-  t.true(head.data!.equals(shadow.subarray(0, 128 * 1024)), 'data before the shrunk end still reads');
+  t.true(head.data!.equals(shadow.subarray(0, max)), 'data before the shrunk end still reads');
   t.is(await c.close_(id), 0);
 });
 
@@ -206,8 +207,6 @@ test.serial('OPEN refusals over the wire, each with its errno', async (t) => {
   t.is(await a.sessInfo(1), 1);
 });
 
-const HOLDER = fileURLToPath(new URL('./server-holder.js', import.meta.url));
-
 test.serial('access-mode matrix across two sessions; a killed session releases its writer', async (t) => {
   const dir = tempDir(t, 'srvio');
   sparseFile(join(dir, 'disk'), MiB);
@@ -225,20 +224,12 @@ test.serial('access-mode matrix across two sessions; a killed session releases i
   t.deepEqual(running.server.devices(), []);
 
   // a session in another process opens rw and is killed (SIGKILL: no CLOSE, no goodbye)
-  const child = spawn(process.execPath, [HOLDER, String(port), 'killed', 'disk', 'rw'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => child.kill('SIGKILL'));
-  const line = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('holder did not open in time')), 15_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      clearTimeout(timer);
-      resolve(d.toString());
-    });
-  });
-  t.regex(line, /^opened 0/);
+  const holder = await startHolder(t, port, 'killed', 'disk', 'rw');
+  t.regex(holder.line, /^opened 0/);
   t.is((await a.open('disk', 'rw')).errno, E.EPERM, 'the holder writes');
   t.deepEqual(running.server.devices()[0]!.sessions.map((s) => s.sessname), ['killed']);
-  child.kill('SIGKILL');
-  const deadline = Date.now() + 15_000;
+  holder.child.kill('SIGKILL');
+  const deadline = Date.now() + scaled(15_000);
   while (running.server.devices().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.deepEqual(running.server.devices(), [], 'entry gone when the session died');
   const again = await a.open('disk', 'rw');
@@ -283,7 +274,7 @@ test.serial('devices tree counts opens and writers; a killed rw holder gives bac
   const writer = await client(t, port, 'writer');
   t.is((await writer.open('disk', 'rw')).errno, E.EPERM, 'the holder has the rw slot');
   holder.child.kill('SIGKILL');
-  const deadline = Date.now() + 15_000;
+  const deadline = Date.now() + scaled(15_000);
   while (counts()[0]!.opens > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.deepEqual(counts(), [{ opens: 1, writers: 0, sessions: ['reader'] }], 'the dead session gave back its open and its writer');
   const rw = await writer.open('disk', 'rw');

@@ -6,8 +6,9 @@
 import test from 'ava';
 import { ClientSession, configureIoThreads } from '../src/backend/transport.js';
 import { NativeServer, type NativeServerEvent } from '../src/backend/server-native.js';
+import { TEST_TRANSPORT, scaled, testEndpoint } from './transport-under-test.js';
 
-const LO = { kind: 'ip' as const, addr: '127.0.0.1', port: 0 };
+const LO = testEndpoint();
 
 // Three IO threads: each path has four connections on different threads, so the last
 // connection to close (which reports the session down) races with the others' wake-ups.
@@ -21,7 +22,7 @@ interface Harness {
 
 function startServer(t: import('ava').ExecutionContext): Harness {
   const h: Harness = { server: undefined as unknown as NativeServer, port: 0, events: [] };
-  h.server = new NativeServer({ transport: 'tcp', listen: [LO] }, (ev) => h.events.push(ev));
+  h.server = new NativeServer({ transport: TEST_TRANSPORT, listen: [LO] }, (ev) => h.events.push(ev));
   h.port = h.server.start()[0]!.port;
   t.teardown(() => h.server.stop());
   return h;
@@ -30,7 +31,7 @@ function startServer(t: import('ava').ExecutionContext): Harness {
 async function connectClients(t: import('ava').ExecutionContext, port: number, n: number): Promise<ClientSession[]> {
   const cs = Array.from({ length: n }, (_, i) => {
     const c = new ClientSession({
-      transport: 'tcp',
+      transport: TEST_TRANSPORT,
       sessname: `stop-${process.pid}-${port}-${i}`,
       paths: [{ dst: { ...LO, port } }],
       reconnectDelayMs: 0,
@@ -39,7 +40,7 @@ async function connectClients(t: import('ava').ExecutionContext, port: number, n
     t.teardown(() => c.close());
     return c;
   });
-  await Promise.all(cs.map((c) => c.connect(10_000)));
+  await Promise.all(cs.map((c) => c.connect(scaled(10_000))));
   return cs;
 }
 
@@ -62,7 +63,7 @@ test.serial('stop() waits for a session-down report in progress; nothing reaches
     for (let round = 0; round < 4; round++) {
       const h = startServer(t);
       const [c] = await connectClients(t, h.port, 1);
-      t.true(await waitFor(() => h.events.some((e) => e.type === 'session-up'), 5000), `round ${round}: session up`);
+      t.true(await waitFor(() => h.events.some((e) => e.type === 'session-up'), scaled(5000)), `round ${round}: session up`);
       const closing = c!.close(); // blocks on the held IO thread too: not awaited yet
       await new Promise((r) => setTimeout(r, 100)); // the server saw EOF; its report is held
       const t0 = Date.now();
@@ -70,7 +71,7 @@ test.serial('stop() waits for a session-down report in progress; nothing reaches
       const took = Date.now() - t0;
       t.true(took >= 150, `round ${round}: stop() returned after ${took} ms, before the report finished`);
       // queued before the release: delivered
-      t.true(await waitFor(() => downs(h) === 1, 2000), `round ${round}: session reported down`);
+      t.true(await waitFor(() => downs(h) === 1, scaled(2000)), `round ${round}: session reported down`);
       await closing;
     }
   } finally {
@@ -83,7 +84,7 @@ test.serial('stop() with clients connected, many times: every session reported d
     const h = startServer(t);
     const clients = await connectClients(t, h.port, 2);
     await h.server.stop();
-    t.true(await waitFor(() => downs(h) === 2, 2000), `iteration ${i}: both sessions reported down`);
+    t.true(await waitFor(() => downs(h) === 2, scaled(2000)), `iteration ${i}: both sessions reported down`);
     await Promise.all(clients.map((c) => c.close()));
   }
 });

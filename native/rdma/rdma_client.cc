@@ -20,6 +20,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "rdma/bounce_slots.h"
 #include "rdma/rdma_common.h"
 #include "rdma/rdma_transport.h"
 #include "rdma/rtrs_wire.h"
@@ -57,7 +58,7 @@ struct Path {
   std::vector<std::unique_ptr<Conn>> conns;  // [0] service, [1..] IO
   std::vector<RemoteBuf> rbufs;              // by buf_id; rkey rotated by RKEY_RSP
   RegisteredBuffer iu;                       // per buf_id: usr msg + rtrs msg
-  RegisteredBuffer bounce;                   // per buf_id: max_io_size bytes
+  BounceSlots bounce;                        // per buf_id: max_io_size bytes, registered on use
   RegisteredBuffer info;                     // info_req / info_rsp
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
@@ -436,7 +437,7 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
     ibv_pd* pd = p->conns[0]->pd();
     int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
     rc = p->iu.Allocate(pd, size_t(qd_) * kIuSize, IBV_ACCESS_LOCAL_WRITE);
-    if (!rc) rc = p->bounce.Allocate(pd, size_t(qd_) * max_io_, acc);
+    if (!rc) rc = p->bounce.Reserve(pd, qd_, max_io_, acc);
   }
   if (!rc) {
     std::unique_lock lock(mem_mu_);
@@ -720,12 +721,14 @@ int RdmaClientSession::PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_
   uint32_t lkey_iu = p->iu.mr->lkey;
   thread_local std::vector<LocalSeg> segs;  // per IO thread: no allocation per request
   bool zero_copy = Resolve(p, io, &segs);
-  uint8_t* bounce = p->bounce.data + size_t(buf_id) * max_io_;
+  uint8_t* bounce = p->bounce.slot(buf_id);
   auto use_bounce = [&] {
+    ibv_mr* mr = p->bounce.mr(buf_id);
+    if (!mr) return false;
     *bounced = true;
     bounce_count_++;
-    segs.assign(1, {reinterpret_cast<uintptr_t>(bounce), io->data_len, p->bounce.mr->lkey,
-                    p->bounce.mr->rkey});
+    segs.assign(1, {reinterpret_cast<uintptr_t>(bounce), io->data_len, mr->lkey, mr->rkey});
+    return true;
   };
   memcpy(iu, io->usr, io->usr_len);
   uint32_t iu_len = io->usr_len;
@@ -739,14 +742,14 @@ int RdmaClientSession::PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_
         memcpy(bounce + off, io->iov[i].iov_base, io->iov[i].iov_len);
         off += io->iov[i].iov_len;
       }
-      use_bounce();
+      if (!use_bounce()) return -ENOMEM;
     }
     wire::MsgWrite m = {htole16(wire::kMsgWrite), htole16(io->usr_len)};
     memcpy(iu + iu_len, &m, sizeof(m));
     iu_len += sizeof(m);
   } else {
     // the server RDMA-writes into one client buffer: contiguous registered memory or bounce
-    if (io->data_len && (!zero_copy || segs.size() != 1)) use_bounce();
+    if (io->data_len && (!zero_copy || segs.size() != 1) && !use_bounce()) return -ENOMEM;
     wire::MsgReadHdr m = {htole16(wire::kMsgRead), htole16(io->usr_len), 0,
                           htole16(io->data_len ? 1 : 0)};
     memcpy(iu + iu_len, &m, sizeof(m));
@@ -852,7 +855,7 @@ void RdmaClientSession::Complete(Path* p, uint32_t buf_id, int err) {
   ClientIo* io = r.io;
   if (!io || r.path != p) return;  // a late answer on a path we already gave up
   if (io->dir == Dir::kRead && r.bounce && err == 0) {
-    const uint8_t* src = p->bounce.data + size_t(buf_id) * max_io_;
+    const uint8_t* src = p->bounce.slot(buf_id);
     size_t off = 0;
     for (uint32_t i = 0; i < io->iov_cnt; i++) {
       memcpy(io->iov[i].iov_base, src + off, io->iov[i].iov_len);

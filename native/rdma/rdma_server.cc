@@ -24,6 +24,7 @@
 #include "rdma/rdma_common.h"
 #include "rdma/rdma_transport.h"
 #include "rdma/rtrs_wire.h"
+#include "transport/fault.h"
 
 namespace ibnbd::rdma {
 namespace {
@@ -434,6 +435,9 @@ void RdmaServer::NotifyDown() {
     std::lock_guard lock(mu_);
     down.swap(pending_down_);
   }
+  // the same window as the TCP server's (tests/server-stop.test.ts): a report in progress that
+  // Stop() must wait for; here Stop() joins the CM thread that reports
+  if (!down.empty()) transport::FaultDelay("IBNBD_FAULT_SESSION_DOWN_DELAY_MS");
   for (auto* s : down) handler_->OnSessionDown(s);
 }
 

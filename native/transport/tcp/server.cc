@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "common/event_loop.h"
+#include "transport/fault.h"
 #include "transport/tcp/data_buffers.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
@@ -750,12 +751,9 @@ void TcpServer::ConnClosed(SrvSession* s) {
 // The session stays counted live until the handler has returned: Stop() must not return (and
 // the upper layer free its callbacks' state) while OnSessionDown is still running.
 void TcpServer::ReportDown(SrvSession* s) {
-  if (const char* d = getenv("IBNBD_FAULT_SESSION_DOWN_DELAY_MS")) {
-    // Fault injection for tests: widens the window between the last connection closing and
-    // the report, where Stop() once returned early (tests/server-stop.test.ts).
-    long ms = strtol(d, nullptr, 10);
-    if (ms > 0 && ms <= 10000) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  }
+  // widens the window between the last connection closing and the report, where Stop() once
+  // returned early (tests/server-stop.test.ts)
+  FaultDelay("IBNBD_FAULT_SESSION_DOWN_DELAY_MS");
   handler_->OnSessionDown(s);
   {
     std::lock_guard<std::mutex> lk(mu_);
