@@ -24,10 +24,9 @@ import { runGuest } from './qemu/harness.js';
 import { kernelRnbdGuestOptions, kernelRnbdPrelude } from './qemu/rnbd-kernel.js';
 import { sparseFile, tempDir } from './fixtures.js';
 import { expectedPattern, MiB, tool } from './vhost-helpers.js';
+import { guestSanitizerEnv } from './qemu/sanitizer-env.js';
 
-const sanitizerEnv = process.env.IBNBD_SANITIZE === '1'
-  ? `env IBNBD_SANITIZE=1 LD_PRELOAD=${process.env.LD_PRELOAD ?? ''} ASAN_OPTIONS=${process.env.ASAN_OPTIONS ?? 'detect_leaks=0'} `
-  : '';
+const sanitizerEnv = guestSanitizerEnv();
 
 test('host without RDMA: map defaults to tcp, transport=rdma is ENODEV with the reason, the server serves TCP', async (t) => {
   t.timeout(60_000);
