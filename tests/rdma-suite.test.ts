@@ -24,14 +24,14 @@ const AVA_ARGS = ['--tap', '--serial', '--concurrency', '1'];
 const GUEST_TIME_SCALE = 15;
 
 /** The shared files over TCP on this host, as `npm test` runs them: the tests they declare. */
-function hostTcpRun(): Promise<{ code: number; tests: TapTest[]; ms: number }> {
+function hostTcpRun(): Promise<{ code: number; tests: TapTest[]; ms: number; output: string }> {
   const env: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0' };
   for (const k of ['IBNBD_TEST_TRANSPORT', 'IBNBD_TEST_HOST', 'IBNBD_TEST_TIME_SCALE']) delete env[k];
   const started = Date.now();
   return new Promise((resolve) => {
-    execFile(process.execPath, [AVA_CLI, ...AVA_ARGS, ...sharedSuiteFiles()], { cwd: projectRoot, env, encoding: 'utf8', timeout: 300_000, killSignal: 'SIGKILL', maxBuffer: 64 << 20 }, (err, stdout) => {
+    execFile(process.execPath, [AVA_CLI, ...AVA_ARGS, ...sharedSuiteFiles()], { cwd: projectRoot, env, encoding: 'utf8', timeout: 300_000, killSignal: 'SIGKILL', maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, tests: parseTap(stdout), ms: Date.now() - started });
+      resolve({ code, tests: parseTap(stdout), ms: Date.now() - started, output: `${stdout.slice(-6000)}\n--- stderr ---\n${stderr.slice(-2000)}` });
     });
   });
 }
@@ -39,15 +39,16 @@ function hostTcpRun(): Promise<{ code: number; tests: TapTest[]; ms: number }> {
 function guestScript(): string {
   const env = `env IBNBD_TEST_TRANSPORT=rdma IBNBD_TEST_HOST=${GUEST_IP} IBNBD_TEST_TIME_SCALE=${GUEST_TIME_SCALE} FORCE_COLOR=0`;
   // The guest's /tmp is tmpfs, which on this 6.1 kernel has no O_DIRECT and no zero-range: the
-  // tests' temp files need a real file system, as on the host, so /tmp becomes ext4 (on a loop
-  // device over a file in /run). ava keeps its cache under the project root, read-only here: the
-  // host created the directory, so ava finds it and its cache write fails quietly.
+  // tests' temp files need a real file system, as on the host, so TMPDIR points at an ext4 mount
+  // (a loop device over a file in /run). Not mounted over /tmp: a checkout under /tmp (a fresh
+  // clone in CI) is shared into the guest there. ava keeps its cache under the project root,
+  // read-only here: the host created the directory, so ava finds it and its cache write fails quietly.
   return `set -u
 rdma link add rxe0 type rxe netdev eth0 || exit 20
-truncate -s 1200M /run/scratch.img && mkfs.ext4 -q -F /run/scratch.img && mount -o loop /run/scratch.img /tmp && chmod 1777 /tmp || exit 21
+mkdir -p /run/scratch && truncate -s 1200M /run/scratch.img && mkfs.ext4 -q -F /run/scratch.img && mount -o loop /run/scratch.img /run/scratch && chmod 1777 /run/scratch || exit 21
 cd ${projectRoot} || exit 22
 echo SUITE-START
-${sanitizerEnv}${env} ${process.execPath} ${AVA_CLI} ${AVA_ARGS.join(' ')} --timeout 5m ${sharedSuiteFiles().join(' ')}
+${sanitizerEnv}${env} TMPDIR=/run/scratch ${process.execPath} ${AVA_CLI} ${AVA_ARGS.join(' ')} --timeout 5m ${sharedSuiteFiles().join(' ')}
 echo "SUITE-EXIT $?"`;
 }
 
@@ -96,6 +97,7 @@ test.serial('the shared server/client suite passes over RDMA in a soft-RoCE gues
   t.log(`TCP on the host: ${passedTests(host.tests).length} tests in ${(host.ms / 1000).toFixed(1)} s`);
   logTimings(t, lines);
   t.log(`guest: boot ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, whole run ${(r.durationMs / 1000).toFixed(1)} s`);
+  if (host.code !== 0) t.log(`the TCP run on the host failed:\n${host.output}`);
   t.is(host.code, 0, 'the shared files pass over TCP on this host');
   const expected = passedTests(host.tests).map((x) => `${x.file} › ${x.title}`);
   t.true(expected.length > 0 && expected.length === host.tests.length, `TCP run: ${expected.length} of ${host.tests.length} passed`);
