@@ -43,12 +43,14 @@ function guestScript(): string {
   // (a loop device over a file in /run). Not mounted over /tmp: a checkout under /tmp (a fresh
   // clone in CI) is shared into the guest there. ava keeps its cache under the project root,
   // read-only here: the host created the directory, so ava finds it and its cache write fails quietly.
+  // ava's --timeout is the longest wait between two results: in CI, next to other guests, the
+  // first test of a file (ava's worker start-up included) took 196 s in the guest.
   return `set -u
 rdma link add rxe0 type rxe netdev eth0 || exit 20
 mkdir -p /run/scratch && truncate -s 1200M /run/scratch.img && mkfs.ext4 -q -F /run/scratch.img && mount -o loop /run/scratch.img /run/scratch && chmod 1777 /run/scratch || exit 21
 cd ${projectRoot} || exit 22
 echo SUITE-START
-${sanitizerEnv}${env} TMPDIR=/run/scratch ${process.execPath} ${AVA_CLI} ${AVA_ARGS.join(' ')} --timeout 5m ${sharedSuiteFiles().join(' ')}
+${sanitizerEnv}${env} TMPDIR=/run/scratch ${process.execPath} ${AVA_CLI} ${AVA_ARGS.join(' ')} --timeout 10m ${sharedSuiteFiles().join(' ')}
 echo "SUITE-EXIT $?"`;
 }
 
