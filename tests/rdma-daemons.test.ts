@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { hostHasRdma } from '../src/backend/transport.js';
 import { cliPath, ibnbd, ibnbdJson, startClientDaemon, startServerDaemon } from './daemons.js';
 import { runGuest } from './qemu/harness.js';
-import { kernelRnbdGuestOptions, kernelRnbdPrelude } from './qemu/rnbd-kernel.js';
+import { kernelRnbdGuestOptions, kernelRnbdPrelude, type KernelRnbdGuestInput } from './qemu/rnbd-kernel.js';
 import { sparseFile, tempDir } from './fixtures.js';
 import { expectedPattern, MiB, tool } from './vhost-helpers.js';
 import { guestSanitizerEnv } from './qemu/sanitizer-env.js';
@@ -201,23 +201,36 @@ function devOf(devicesJson: string): { opens: number; writers: number; sessions:
   return (JSON.parse(devicesJson).devices as Array<{ name: string; opens: number; writers: number; sessions: unknown[] }>).find((d) => d.name.endsWith('disk.img'));
 }
 
-test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, our client↔kernel rnbd_server, kernel rnbd_client↔our server, both kinds of client on one device', async (t) => {
-  t.timeout(900_000);
-  const outDir = tempDir(t, 'rdmad-out');
-  const node = `${sanitizerEnv}${process.execPath}`;
+/**
+ * One kernel-peer guest (2 vCPUs, 1 GiB) running `script(node)`, where node is this job's node (with
+ * the sanitizer runtimes under the sanitizer job). Logs the STEP/VERIFY lines, and the tail of the
+ * output when the script failed; asserts exit 0; returns the output.
+ */
+async function runDaemonsGuest(
+  t: import('ava').ExecutionContext,
+  peer: KernelRnbdGuestInput,
+  timeoutMs: number,
+  script: (node: string) => string,
+): Promise<string> {
   const r = await runGuest({
-    ...kernelRnbdGuestOptions({ shares: [{ hostPath: outDir, tag: 'out', guestPath: '/tmp/out' }] }),
+    ...kernelRnbdGuestOptions(peer),
     cpus: 2,
     memMiB: 1024,
-    timeoutMs: 840_000,
-    script: guestScript(node),
+    timeoutMs,
+    script: script(`${sanitizerEnv}${process.execPath}`),
     // progress for whoever watches a slow run: IBNBD_GUEST_LOG=/path
     onSerialLine: process.env.IBNBD_GUEST_LOG ? (l) => appendFileSync(process.env.IBNBD_GUEST_LOG!, `${l}\n`) : undefined,
   });
   t.log(r.output.split('\n').filter((l) => l.startsWith('STEP') || l.startsWith('VERIFY')).join('\n'));
   if (r.exitCode !== 0) t.log(r.output.slice(-6000));
   t.is(r.exitCode, 0);
-  const out = r.output;
+  return r.output;
+}
+
+test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, our client↔kernel rnbd_server, kernel rnbd_client↔our server, both kinds of client on one device', async (t) => {
+  t.timeout(900_000);
+  const outDir = tempDir(t, 'rdmad-out');
+  const out = await runDaemonsGuest(t, { shares: [{ hostPath: outDir, tag: 'out', guestPath: '/tmp/out' }] }, 840_000, guestScript);
   t.regex(line(out, 'SRVLOG'), new RegExp(`10\\.0\\.2\\.15:${PORT} rdma:10\\.0\\.2\\.15:${PORT}`), 'the server listens on TCP and RDMA, same port');
 
   // A
@@ -401,19 +414,7 @@ exit 0`;
 
 test.serial('soft-RoCE guest: two RDMA paths through the daemons; one path\'s address goes away mid-IO and comes back, IO goes on without errors', async (t) => {
   t.timeout(600_000);
-  const node = `${sanitizerEnv}${process.execPath}`;
-  const r = await runGuest({
-    ...kernelRnbdGuestOptions({ modules: ['dummy'] }),
-    cpus: 2,
-    memMiB: 1024,
-    timeoutMs: 540_000,
-    script: multipathScript(node),
-    onSerialLine: process.env.IBNBD_GUEST_LOG ? (l) => appendFileSync(process.env.IBNBD_GUEST_LOG!, `${l}\n`) : undefined,
-  });
-  t.log(r.output.split('\n').filter((l) => l.startsWith('STEP') || l.startsWith('VERIFY')).join('\n'));
-  if (r.exitCode !== 0) t.log(r.output.slice(-6000));
-  t.is(r.exitCode, 0);
-  const out = r.output;
+  const out = await runDaemonsGuest(t, { modules: ['dummy'] }, 540_000, multipathScript);
   t.is(rcJson(out, 'MAP_MP').rc, 0);
   const states = (key: string) => (JSON.parse(line(out, key)).device.path_states as Array<{ dst: string; state: string }>).map((p) => `${p.dst} ${p.state}`);
   t.deepEqual(states('SHOW_MP1'), ['ip:10.0.2.15 connected', 'ip:10.0.3.1 connected'], 'two paths up');
