@@ -277,6 +277,9 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
     SetLastError("no route to " + p->spec.dst.addr + ": " + strerror(-rc));
     return rc;
   }
+  DebugLog("client: connection " + std::to_string(cid) + " to " + p->spec.dst.addr + " resolved: device " +
+           (id->verbs ? ibv_get_device_name(id->verbs->device) : "?") + " port " + std::to_string(id->port_num) +
+           " src " + FormatSockaddr(rdma_get_local_addr(id)) + " dst " + FormatSockaddr(rdma_get_peer_addr(id)));
   auto pd = PdFor(id->verbs);
   if (!pd) return -ENOMEM;
   Conn::Config cfg;
@@ -543,7 +546,7 @@ void RdmaClientSession::ReconnectThread() {
       p->state = PathState::kReconnecting;
       int rc = ConnectPath(p, 5000);
       lock.lock();
-      DebugLog("client: reconnect attempt " + std::to_string(p->reconnect_attempts + 1) + " of path " +
+      DebugLog("client: reconnect attempt (recon_cnt " + std::to_string(p->recon_cnt) + ") of path " +
                p->spec.dst.addr + (rc ? std::string(": ") + strerror(-rc) : std::string(": connected")));
       if (rc == 0) {
         p->reconnect_wanted = false;
