@@ -22,6 +22,7 @@
 
 #include "rdma/bounce_slots.h"
 #include "rdma/rdma_common.h"
+#include "rdma/reaper.h"
 #include "rdma/rdma_transport.h"
 #include "rdma/rtrs_wire.h"
 
@@ -227,6 +228,12 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
   auto conn = std::make_unique<Conn>(id);
   conn->cid = cid;
   conn->owner = p;
+  // an attempt that fails leaves its id to the reaper (see TeardownPath); one that succeeds
+  // has moved it into the path
+  struct ReapOnFailure {
+    std::unique_ptr<Conn>& c;
+    ~ReapOnFailure() { Reaper::Get().Delete(std::move(c)); }
+  } reap_on_failure{conn};
 
   auto wait_for = [&](rdma_cm_event_type want, ConnRspOut* rsp) -> int {
     rdma_cm_event* ev = nullptr;
@@ -270,6 +277,9 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
     SetLastError("no route to " + p->spec.dst.addr + ": " + strerror(-rc));
     return rc;
   }
+  DebugLog("client: connection " + std::to_string(cid) + " to " + p->spec.dst.addr + " resolved: device " +
+           (id->verbs ? ibv_get_device_name(id->verbs->device) : "?") + " port " + std::to_string(id->port_num) +
+           " src " + FormatSockaddr(rdma_get_local_addr(id)) + " dst " + FormatSockaddr(rdma_get_peer_addr(id)));
   auto pd = PdFor(id->verbs);
   if (!pd) return -ENOMEM;
   Conn::Config cfg;
@@ -495,11 +505,21 @@ void RdmaClientSession::TeardownPath(Path* p) {
   p->iu.Reset();
   p->bounce.Reset();
   p->info.Reset();
-  p->conns.clear();  // destroys QPs and cm ids; their PD goes with the last one
   if (p->hb_timer >= 0) close(p->hb_timer);
   p->hb_timer = -1;
-  if (p->ch) rdma_destroy_event_channel(p->ch);
+  // QPs, cm ids (their PD goes with the last one) and then their channel, on the reaper:
+  // rdma_destroy_id may block while the kernel's CM holds an id, and this thread is the one
+  // that brings the path back
+  auto conns = std::make_shared<std::vector<std::unique_ptr<Conn>>>(std::move(p->conns));
+  p->conns.clear();
+  rdma_event_channel* ch = p->ch;
   p->ch = nullptr;
+  if (!conns->empty() || ch) {
+    Reaper::Get().Post([conns, ch] {
+      conns->clear();
+      if (ch) rdma_destroy_event_channel(ch);
+    });
+  }
 }
 
 void RdmaClientSession::ReconnectThread() {
@@ -526,6 +546,8 @@ void RdmaClientSession::ReconnectThread() {
       p->state = PathState::kReconnecting;
       int rc = ConnectPath(p, 5000);
       lock.lock();
+      DebugLog("client: reconnect attempt (recon_cnt " + std::to_string(p->recon_cnt) + ") of path " +
+               p->spec.dst.addr + (rc ? std::string(": ") + strerror(-rc) : std::string(": connected")));
       if (rc == 0) {
         p->reconnect_wanted = false;
         p->reconnect_attempts = 0;

@@ -30,7 +30,12 @@ thread_local std::string last_error;
 
 void SetLastError(const std::string& msg) {
   last_error = msg;
-  if (getenv("IBNBD_RDMA_DEBUG")) fprintf(stderr, "ibnbd rdma: %s\n", msg.c_str());
+  DebugLog(msg);
+}
+
+void DebugLog(const std::string& msg) {
+  static const bool on = getenv("IBNBD_RDMA_DEBUG") != nullptr;
+  if (on) fprintf(stderr, "ibnbd rdma: %s\n", msg.c_str());
 }
 
 const char* LastRdmaError() { return last_error.c_str(); }

@@ -22,6 +22,9 @@ namespace ibnbd::rdma {
 
 // Records the reason for the last failure on this thread (LastRdmaError()) and logs it.
 void SetLastError(const std::string& msg);
+// Logs to stderr when IBNBD_RDMA_DEBUG is set: connection decisions that are not errors of a
+// call (a rejected request, a path closed by the peer) and would otherwise leave no trace.
+void DebugLog(const std::string& msg);
 
 // 0 when at least one verbs device exists, else -ENODEV with the reason recorded.
 int CheckRdmaDevice();

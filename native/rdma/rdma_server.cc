@@ -1,9 +1,15 @@
 // RTRS server (PROTOCOL.md §2) in user space, in the kernel's always_invalidate=N mode: one MR
-// over the session's chunks per path, no rkey rotation (user verbs have no fast-reg), which the
-// kernel's rtrs-client accepts (conn_rsp.flags without NEW_RKEY).
+// over the path's chunks, no rkey rotation (user verbs have no fast-reg), which the kernel's
+// rtrs-client accepts (conn_rsp.flags without NEW_RKEY).
+//
+// Chunks are per path, not per session as in rtrs-srv: a request failed over to another path
+// keeps its buffer id, and the path it left may still be reading file data into that buffer
+// id's chunk; with one chunk per session that read overwrote the re-issued request's message
+// (the guest saw EIO) or a later request's write data. The BufferFence orders the two copies.
 //
 // Threads: one cm thread (listener, connection set-up and tear-down; the only thread that
-// destroys cm ids), and the IoThreads loops, which receive requests, hand them to the handler
+// reads cm events), the reaper (rdma/reaper.h: destroys dead paths' cm ids and QPs, which can
+// block in the kernel), and the IoThreads loops, which receive requests, hand them to the handler
 // and post the responses.
 #include <fcntl.h>
 #include <poll.h>
@@ -21,7 +27,9 @@
 #include <mutex>
 #include <thread>
 
+#include "rdma/buffer_fence.h"
 #include "rdma/rdma_common.h"
+#include "rdma/reaper.h"
 #include "rdma/rdma_transport.h"
 #include "rdma/rtrs_wire.h"
 #include "transport/fault.h"
@@ -55,6 +63,8 @@ struct SrvPath {
   uint16_t cid_num = 0;
   std::vector<std::unique_ptr<Conn>> conns;  // by cid (empty slots until connected)
   unsigned established = 0;
+  uint8_t* chunks = nullptr;  // queue_depth x chunk_size, this path's alone
+  size_t chunks_len = 0;
   ibv_mr* chunk_mr = nullptr;
   RegisteredBuffer tx;  // info response
   std::atomic<PathState> state{PathState::kConnecting};
@@ -66,6 +76,7 @@ struct SrvPath {
   std::string src, dst;
   ~SrvPath() {
     if (chunk_mr) ibv_dereg_mr(chunk_mr);
+    if (chunks) munmap(chunks, chunks_len);
     if (hb_timer >= 0) close(hb_timer);
   }
 };
@@ -86,15 +97,10 @@ struct SrvSession final : transport::ServerSession {
   std::string name;
   uint64_t sid = 0;
   uint32_t qd = 0, chunk_size = 0, mem_bits = 0;
-  uint8_t* chunks = nullptr;
-  size_t chunks_len = 0;
+  std::unique_ptr<BufferFence> fence;  // one request per buffer id across the paths
   std::vector<SrvPath*> paths;  // live paths (owned by the server)
   bool up = false;
   std::atomic<uint64_t> inflight{0};
-
-  ~SrvSession() override {
-    if (chunks) munmap(chunks, chunks_len);
-  }
   const std::string& sessname() const override { return name; }
   std::string uuid() const override { return UuidString(paths_uuid); }
   std::vector<transport::PathInfo> Paths() const override;
@@ -123,12 +129,13 @@ class RdmaServer final : public transport::Server {
   int AcceptConn(rdma_cm_id* id, const wire::ConnReq& req, std::unique_ptr<Conn>* reject_conn);
   void ClosePathLocked(SrvPath* p);
   void NotifyDown();
-  void RequestClose(SrvPath* p);
+  void RequestClose(SrvPath* p, const char* why);
   void CloseSession(SrvSession* s);
   void SweepZombies(bool force);
   void OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc);
   void OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len);
   void OnIoReq(SrvPath* p, Conn* c, uint32_t payload);
+  void StartIo(Slot* slot, uint32_t off);
   void OnHeartbeatTimer(SrvPath* p);
   static void SendImm(Conn* c, uint32_t imm);
   friend void RespondOnLoop(ServerIo* io, int err);
@@ -249,6 +256,8 @@ void RdmaServer::CmThread() {
         Conn* c = static_cast<Conn*>(ev->id->context);
         auto* p = static_cast<SrvPath*>(c->owner);
         std::lock_guard lock(mu_);
+        DebugLog("server: " + std::string(rdma_event_str(t)) + " on connection " + std::to_string(c->cid) +
+                 " of the path from " + p->src);
         if (t == RDMA_CM_EVENT_ESTABLISHED) {
           p->established++;
         } else if (t == RDMA_CM_EVENT_DISCONNECTED || t == RDMA_CM_EVENT_CONNECT_ERROR ||
@@ -259,7 +268,7 @@ void RdmaServer::CmThread() {
         }
       }
       rdma_ack_cm_event(ev);
-      to_destroy.reset();  // a rejected connection's id, after its event is acked
+      Reaper::Get().Delete(std::move(to_destroy));  // a rejected connection's id, after its event is acked
       NotifyDown();
     }
     SweepZombies(false);
@@ -287,6 +296,8 @@ void RdmaServer::OnConnectRequest(rdma_cm_event* ev, std::unique_ptr<Conn>* reje
   }
   if (!err) err = AcceptConn(ev->id, req, reject_conn);
   if (err) {
+    DebugLog("server: connection request from " + FormatSockaddr(rdma_get_peer_addr(ev->id)) + " rejected: " +
+             strerror(-err));
     rsp.errno_ = htole16(static_cast<uint16_t>(static_cast<int16_t>(err)));
     rdma_reject(ev->id, &rsp, sizeof(rsp));
     if (!*reject_conn) reject_conn->reset(new Conn(ev->id));  // destroys the id after the ack
@@ -309,10 +320,7 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
     ns->qd = opts_.queue_depth;
     ns->chunk_size = chunk_size_;
     ns->mem_bits = wire::MemBits(ns->qd);
-    ns->chunks_len = size_t(ns->qd) * chunk_size_;
-    void* m = mmap(nullptr, ns->chunks_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -ENOMEM;
-    ns->chunks = static_cast<uint8_t*>(m);
+    ns->fence = std::make_unique<BufferFence>(ns->qd);
     s = ns.get();
     sessions_[key] = std::move(ns);
   } else {
@@ -322,10 +330,19 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   for (auto* cand : s->paths)
     if (!memcmp(cand->sess_uuid, req.sess_uuid, 16)) p = cand;
   if (p) {
-    if (p->state != PathState::kConnecting || p->cid_num != cid_num || p->conns[cid]) return -ECONNRESET;
+    if (p->state != PathState::kConnecting || p->cid_num != cid_num || p->conns[cid]) {
+      DebugLog("server: connection " + std::to_string(cid) + "/" + std::to_string(cid_num) + " from " +
+               p->src + " refused: its path is " + (p->state == PathState::kConnecting ? "connecting" : "up") +
+               (p->conns[cid] ? " and has this connection" : "") + " (cid_num " + std::to_string(p->cid_num) + ")");
+      return -ECONNRESET;
+    }
   } else {
     if (s->paths.size() >= wire::kMaxPathsPerSession) return -ECONNRESET;
     auto np = std::make_unique<SrvPath>();
+    np->chunks_len = size_t(s->qd) * s->chunk_size;
+    void* m = mmap(nullptr, np->chunks_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -ENOMEM;
+    np->chunks = static_cast<uint8_t*>(m);
     np->sess = s;
     memcpy(np->sess_uuid, req.sess_uuid, 16);
     np->cid_num = cid_num;
@@ -352,7 +369,7 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   cfg.recv_buf_size = cid == 0 ? 512 : 64;  // cid 0 receives the 272-byte info request
   int rc = conn->Setup(pd, cfg);
   if (rc == 0 && !p->chunk_mr) {
-    p->chunk_mr = ibv_reg_mr(pd.get(), s->chunks, s->chunks_len,
+    p->chunk_mr = ibv_reg_mr(pd.get(), p->chunks, p->chunks_len,
                              IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
     if (!p->chunk_mr) rc = -ENOMEM;
     if (rc == 0) rc = p->tx.Allocate(pd.get(), 4096, IBV_ACCESS_LOCAL_WRITE);
@@ -419,7 +436,8 @@ void RdmaServer::ClosePathLocked(SrvPath* p) {
   }
 }
 
-void RdmaServer::RequestClose(SrvPath* p) {
+void RdmaServer::RequestClose(SrvPath* p, const char* why) {
+  DebugLog("server: closing path from " + p->src + ": " + why);
   {
     std::lock_guard lock(mu_);
     close_requests_.push_back(p);
@@ -495,8 +513,16 @@ void RdmaServer::SweepZombies(bool force) {
     IoThreads& pool = IoThreads::Get();
     for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
   }
-  gone.clear();  // destroys QPs and cm ids (this thread only)
   gone_sessions.clear();
+  if (gone.empty()) return;
+  // QPs, cm ids and chunks go on the reaper: rdma_destroy_id may block while the kernel's CM
+  // holds the id, and this thread accepts every client's connections. Their later cm events
+  // find no context and are only acked (here, the one thread reading the channel).
+  for (auto& p : gone)
+    for (auto& c : p->conns)
+      if (c) c->id()->context = nullptr;
+  auto job = std::make_shared<std::vector<std::unique_ptr<SrvPath>>>(std::move(gone));
+  Reaper::Get().Post([job] { job->clear(); });
 }
 
 void RdmaServer::Stop() {
@@ -537,7 +563,12 @@ void RdmaServer::Stop() {
   SweepZombies(true);
   for (auto* id : listeners_) rdma_destroy_id(id);
   listeners_.clear();
-  rdma_destroy_event_channel(ch_);
+  // the channel outlives every id on it: a teardown stuck in the kernel keeps it (leaked)
+  if (Reaper::Get().Drain(10000)) {
+    rdma_destroy_event_channel(ch_);
+  } else {
+    fprintf(stderr, "ibnbd: rdma server: a connection teardown is stuck in the kernel after 10 s; stopping anyway\n");
+  }
   ch_ = nullptr;
   close(wake_fd_);
   wake_fd_ = -1;
@@ -557,7 +588,7 @@ void RdmaServer::SendImm(Conn* c, uint32_t imm) {
 
 void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
   if (wc.status != IBV_WC_SUCCESS) {
-    if (wc.status != IBV_WC_WR_FLUSH_ERR) RequestClose(p);
+    if (wc.status != IBV_WC_WR_FLUSH_ERR) RequestClose(p, ibv_wc_status_str(wc.status));
     return;
   }
   if (WrKindOf(wc.wr_id) != kWrRecv) return;
@@ -565,11 +596,11 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
   p->hb_missed = 0;
   if (wc.opcode == IBV_WC_RECV && !(wc.wc_flags & IBV_WC_WITH_IMM)) {
     if (c->cid == 0) OnInfoReq(p, c, c->RecvBuf(slot), wc.byte_len);
-    if (c->PostRecv(slot)) RequestClose(p);
+    if (c->PostRecv(slot)) RequestClose(p, "cannot post a receive");
     return;
   }
   if (c->PostRecv(slot)) {
-    RequestClose(p);
+    RequestClose(p, "cannot post a receive");
     return;
   }
   uint32_t imm = be32toh(wc.imm_data);
@@ -584,15 +615,15 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
       OnIoReq(p, c, wire::ImmPayload(imm));
       return;
     default:
-      RequestClose(p);
+      RequestClose(p, "unknown immediate type");
   }
 }
 
 void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len) {
   wire::InfoReq req;
-  if (len < sizeof(req)) return RequestClose(p);
+  if (len < sizeof(req)) return RequestClose(p, "short info request");
   memcpy(&req, buf, sizeof(req));
-  if (le16toh(req.type) != wire::kInfoReq) return RequestClose(p);
+  if (le16toh(req.type) != wire::kInfoReq) return RequestClose(p, "not an info request");
   std::string name(req.pathname, strnlen(req.pathname, sizeof(req.pathname)));
   SrvSession* s = p->sess;
   bool first_up = false;
@@ -622,12 +653,12 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
   uint32_t sg_cnt = 1;
   while (uint64_t(s->qd / sg_cnt) * s->chunk_size >= (1ull << 31) || s->qd % sg_cnt) sg_cnt++;
   size_t rsp_len = sizeof(wire::InfoRspHdr) + sg_cnt * sizeof(wire::SgDesc);
-  if (rsp_len > p->tx.len) return RequestClose(p);
+  if (rsp_len > p->tx.len) return RequestClose(p, "info response too large");
   wire::InfoRspHdr hdr = {htole16(wire::kInfoRsp), htole16(static_cast<uint16_t>(sg_cnt)), {}};
   memcpy(p->tx.data, &hdr, sizeof(hdr));
   uint64_t per = uint64_t(s->qd / sg_cnt) * s->chunk_size;
   for (uint32_t i = 0; i < sg_cnt; i++) {
-    wire::SgDesc d = {htole64(reinterpret_cast<uintptr_t>(s->chunks) + i * per),
+    wire::SgDesc d = {htole64(reinterpret_cast<uintptr_t>(p->chunks) + i * per),
                       htole32(p->chunk_mr->rkey), htole32(static_cast<uint32_t>(per))};
     memcpy(p->tx.data + sizeof(hdr) + i * sizeof(d), &d, sizeof(d));
   }
@@ -638,7 +669,7 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
   wr.num_sge = 1;
   wr.opcode = IBV_WR_SEND;
   wr.send_flags = IBV_SEND_SIGNALED;
-  if (c->PostSend(&wr)) return RequestClose(p);
+  if (c->PostSend(&wr)) return RequestClose(p, "cannot send the info response");
   // heartbeats on the service connection's loop (this one)
   p->hb_timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (p->hb_timer >= 0) {
@@ -654,7 +685,7 @@ void RdmaServer::OnHeartbeatTimer(SrvPath* p) {
   uint64_t ticks;
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
-  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) return RequestClose(p);
+  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) return RequestClose(p, "heartbeat timeout");
   if (p->hb_missed++ != 0) return;
   p->hb_sent_ns = NowNs();
   SendImm(p->conns[0].get(), wire::MakeImm(wire::kHbMsgImm, 0));
@@ -662,19 +693,14 @@ void RdmaServer::OnHeartbeatTimer(SrvPath* p) {
 
 void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   SrvSession* s = p->sess;
-  if (p->state != PathState::kConnected) return RequestClose(p);
+  if (p->state != PathState::kConnected) return RequestClose(p, "IO request on a path not connected");
   uint32_t buf_id = payload >> s->mem_bits;
   uint32_t off = payload & ((1u << s->mem_bits) - 1);
   // the rtrs message must lie inside the chunk; anything else is a broken peer
-  if (buf_id >= s->qd || off + sizeof(wire::MsgWrite) > s->chunk_size) return RequestClose(p);
+  if (buf_id >= s->qd || off + sizeof(wire::MsgWrite) > s->chunk_size)
+    return RequestClose(p, "IO request outside the chunks");
   Slot& slot = p->slots[buf_id];
-  if (slot.busy.exchange(true)) return RequestClose(p);  // buffer reused before its response
-  uint8_t* chunk = s->chunks + size_t(buf_id) * s->chunk_size;
-  uint16_t type, usr_len;
-  memcpy(&type, chunk + off, 2);
-  memcpy(&usr_len, chunk + off + 2, 2);
-  type = le16toh(type);
-  usr_len = le16toh(usr_len);
+  if (slot.busy.exchange(true)) return RequestClose(p, "buffer reused before its response");
   ServerIo& io = slot.io;
   io = ServerIo{};
   slot.path = p;
@@ -685,8 +711,33 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   io.loop = c->loop()->index();
   io.transport_private[0] = reinterpret_cast<uintptr_t>(&slot);
   io.transport_private[1] = buf_id;
-  p->inflight++;
+  p->inflight++;  // keeps the path and session while the request waits or runs
   s->inflight++;
+  EventLoop* loop = c->loop();
+  Slot* sp = &slot;
+  if (!s->fence->Enter(buf_id) &&
+      !s->fence->Wait(buf_id, [this, loop, sp, off] { loop->Post([this, sp, off] { StartIo(sp, off); }); })) {
+    DebugLog("server: request with buffer id " + std::to_string(buf_id) + " on the path from " + p->src +
+             " waits for the same buffer id's request on another path");
+    return;
+  }
+  StartIo(sp, off);
+}
+
+// On the loop of the request's connection, with the request holding its buffer id.
+void RdmaServer::StartIo(Slot* sp, uint32_t off) {
+  Slot& slot = *sp;
+  SrvPath* p = slot.path;
+  SrvSession* s = p->sess;
+  ServerIo& io = slot.io;
+  // waited for another path and this one died meanwhile: the client re-issues it elsewhere
+  if (p->state != PathState::kConnected || slot.conn->dead) return SendResponse(sp, -ENOTCONN);
+  uint8_t* chunk = p->chunks + size_t(io.transport_private[1]) * s->chunk_size;
+  uint16_t type, usr_len;
+  memcpy(&type, chunk + off, 2);
+  memcpy(&usr_len, chunk + off + 2, 2);
+  type = le16toh(type);
+  usr_len = le16toh(usr_len);
   int err = 0;
   if (usr_len > off) {
     err = -EINVAL;
@@ -715,7 +766,7 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   if (!err && usr_len > transport::kMaxUsrLen) err = -EMSGSIZE;
   if (err) {
     slot.sg_cnt = 0;
-    SendResponse(&slot, err);
+    SendResponse(sp, err);
     return;
   }
   io.usr_len = usr_len;
@@ -747,9 +798,11 @@ void RdmaServer::SendResponse(Slot* s, int err) {
   // its map_device write never returned.
   bool need_inv = s->io.dir == Dir::kRead && s->sg_cnt == 1 && (s->flags & wire::kFlagNeedInval);
   wire::SgDesc desc = s->desc;
-  uint8_t* chunk = sess->chunks + size_t(buf_id) * sess->chunk_size;
-  // the slot may be reused as soon as the client sees the immediate: release it first
+  uint8_t* chunk = p->chunks + size_t(buf_id) * sess->chunk_size;
+  // the slot may be reused as soon as the client sees the immediate: release it first; the
+  // request's file IO is over, so a copy of it waiting on another path may run
   s->busy.store(false);
+  sess->fence->Release(buf_id);
   if (!c->dead && p->state == PathState::kConnected) {
     ibv_sge sge = {reinterpret_cast<uintptr_t>(chunk), le32toh(desc.len), p->chunk_mr->lkey};
     ibv_send_wr wrs[3] = {};
