@@ -416,9 +416,36 @@ kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $
 exit 0`;
 }
 
+/**
+ * The one way the returning path fails that is the guest kernel's, not ours (docs/rdma-transport.md,
+ * "address removal"): the IO was clean, every reconnect attempt resolved the address and timed out
+ * waiting for ESTABLISHED, the server saw no connection request after it closed the path (it logs
+ * each one, accepted or refused), and rxe1 sent packets it never received back (the CM REQs).
+ */
+function reqsLostInGuestKernel(out: string): boolean {
+  const diag = out.split('\n').find((l) => l.startsWith('DIAG_MP3 ')) ?? '';
+  const net = out.split('\n').find((l) => l.startsWith('DIAG_NET ')) ?? '';
+  const clt = diag.slice(0, diag.indexOf(' srv: '));
+  const srv = diag.slice(diag.indexOf(' srv: '), diag.indexOf(' dmesg: '));
+  const afterClose = srv.slice(srv.lastIndexOf('closing path from ip:10.0.3.1'));
+  const rxe1 = /rxe1 sent_pkts=(\d+) rcvd_pkts=(\d+)/.exec(net);
+  return (
+    /^VERIFY_MP 0 /m.test(out) &&
+    (clt.match(/connection 0 to 10\.0\.3\.1 refused: Connection timed out/g) ?? []).length >= 3 &&
+    !/refused|rejected|ESTABLISHED/.test(afterClose.slice(1)) &&
+    rxe1 !== null && Number(rxe1[1]) > Number(rxe1[2])
+  );
+}
+
 test.serial('soft-RoCE guest: two RDMA paths through the daemons; one path\'s address goes away mid-IO and comes back, IO goes on without errors', async (t) => {
-  t.timeout(600_000);
-  const out = await runDaemonsGuest(t, { modules: ['dummy'] }, 540_000, multipathScript);
+  t.timeout(1_150_000);
+  let out = await runDaemonsGuest(t, { modules: ['dummy'] }, 540_000, multipathScript);
+  if (reqsLostInGuestKernel(out)) {
+    // seen in about 1 run in 15; a new guest starts from a clean kernel. Everything below is
+    // asserted on that run, so the path must come back there.
+    t.log(`the guest kernel did not loop rxe1's CM requests back to it; once more in a new guest:\n${line(out, 'DIAG_MP3')}\n${line(out, 'DIAG_NET')}`);
+    out = await runDaemonsGuest(t, { modules: ['dummy'] }, 540_000, multipathScript);
+  }
   t.is(rcJson(out, 'MAP_MP').rc, 0);
   const states = (key: string) => (JSON.parse(line(out, key)).device.path_states as Array<{ dst: string; state: string }>).map((p) => `${p.dst} ${p.state}`);
   t.deepEqual(states('SHOW_MP1'), ['ip:10.0.2.15 connected', 'ip:10.0.3.1 connected'], 'two paths up');
