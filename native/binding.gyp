@@ -1,7 +1,9 @@
-# Native data path of ibnbd-vhost: one addon (ibnbd.node) built from every .cc under native/
-# (each folder registers its own classes, see common/module.h), plus libvhost-user compiled from
-# the pinned Debian source that scripts/setup.sh unpacks into the cache and links (git-ignored)
-# at native/third_party/libvhost-user.
+# Native data path of ibnbd-vhost: the product addon (ibnbd.node) built from every .cc under
+# native/ but testing/ (each folder registers its own classes, see common/module.h), plus
+# libvhost-user compiled from the pinned Debian source that scripts/setup.sh unpacks into the
+# cache and links (git-ignored) at native/third_party/libvhost-user. The test addon
+# (ibnbd_test.node) holds only testing/ and links against ibnbd.node, so the daemons load no
+# test or benchmark binding while tests still reach the product's objects.
 #
 # Configurations: Release (-O2) is what the daemons load; Debug is the sanitizer build
 # (ASan + UBSan), selected at run time with IBNBD_SANITIZE=1 (see src/backend/native.ts).
@@ -40,7 +42,7 @@
     {
       "target_name": "ibnbd",
       "dependencies": ["vhost_user"],
-      "sources": ["<!@(bash -c 'cd \"<(module_root_dir)\" && find . -name \"*.cc\" -not -path \"./build*\" -not -path \"./third_party/*\" | sort')"],
+      "sources": ["<!@(bash -c 'cd \"<(module_root_dir)\" && find . -name \"*.cc\" -not -path \"./build*\" -not -path \"./third_party/*\" -not -path \"./testing/*\" | sort')"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<(module_root_dir)",
@@ -64,12 +66,37 @@
       "ldflags": ["-Wl,-z,now", "-pthread"],
       "libraries": ["-libverbs", "-lrdmacm", "-luring"]
     },
-    # Benchmark tools (C, outside the addon: the addon's source glob takes *.cc only).
+    {
+      # Test and benchmark bindings (testing/testing.h), linked against the product addon; its
+      # DT_NEEDED names ibnbd.node (its soname), found beside it through $ORIGIN.
+      "target_name": "ibnbd_test",
+      "dependencies": ["ibnbd"],
+      "sources": ["<!@(bash -c 'cd \"<(module_root_dir)\" && ls testing/*.cc')"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<(module_root_dir)",
+        "<(lvu_dir)"
+      ],
+      "defines": [
+        "NAPI_VERSION=9",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NAPI_CPP_EXCEPTIONS",
+        "_GNU_SOURCE"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-pthread"],
+      "cflags_cc": ["-std=gnu++20", "-fexceptions", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers", "-pthread"],
+      "ldflags": ["-Wl,-z,now", "-pthread", "-Wl,-rpath,'$$ORIGIN'"],
+      "libraries": ["<(PRODUCT_DIR)/ibnbd.node"]
+    },
+    # Benchmark tools (C, sources in bench/tools/; outside the addons).
     # ibnbd-blkio-bench: libblkio load generator for any vhost-user-blk socket (ours and peers).
     {
       "target_name": "ibnbd-blkio-bench",
       "type": "executable",
-      "sources": ["tools/blkio_bench.c"],
+      "sources": ["../bench/tools/blkio_bench.c"],
+      "include_dirs": ["tools"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread"],
       "ldflags": ["-pthread"],
       "libraries": ["-lblkio"]
@@ -78,7 +105,8 @@
     {
       "target_name": "ibnbd-tcp-probe",
       "type": "executable",
-      "sources": ["tools/tcp_probe.c"],
+      "sources": ["../bench/tools/tcp_probe.c"],
+      "include_dirs": ["tools"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
     },
     # nodelay_shim.so: LD_PRELOAD'ed into qemu-nbd so its accepted sockets get TCP_NODELAY.
@@ -86,13 +114,14 @@
       "target_name": "nodelay_shim",
       "type": "shared_library",
       "product_extension": "so",
-      "sources": ["tools/nodelay_shim.c"],
+      "sources": ["../bench/tools/nodelay_shim.c"],
       "cflags": ["-std=gnu11", "-fPIC", "-Wall", "-Wextra", "-Werror"],
       "libraries": ["-ldl"]
     },
     {
       # The libblkio vhost-user-blk client used by tests and benchmarks (native/tools/). C, so
-      # the addon's "every .cc" source list does not pick it up.
+      # the addon's "every .cc" source list does not pick it up; tools_common.h is shared with
+      # the benchmark tools.
       "target_name": "ibnbd-blkio",
       "type": "executable",
       "sources": ["tools/ibnbd-blkio.c"],

@@ -1,5 +1,5 @@
 // Errors crossing into JS carry a stable code: the errno name (EINVAL, ENOENT, EPROTO, ...).
-// src/backend/errors.ts turns them into IbnbdError instances with the same code.
+// src/errors.ts turns them into IbnbdError instances with the same code.
 #pragma once
 #include <napi.h>
 #include <string>

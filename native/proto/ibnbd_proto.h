@@ -1,7 +1,7 @@
-// The IBNBD block protocol on the wire (docs/protocol.md, PROTOCOL.md §1): RNBD protocol v2
+// The IBNBD block protocol on the wire (docs/protocol.md, "RNBD/IBNBD messages"): RNBD protocol v2
 // layouts with IBNBD's io_mode in OPEN byte 5. Header-only so that the per-IO path (EncodeIo on
 // the client, DecodeIo on the server) is inlined and allocation-free. src/proto/ibnbd.ts is the
-// same codec in TypeScript; tests/vectors/ibnbd.json holds the golden bytes both are held to.
+// same codec in TypeScript; tests/support/vectors/ibnbd.json holds the golden bytes both are held to.
 //
 // API (stable: other components include this file)
 //   Constants     kProtoVerMajor (2), kProtoVerV1 (1), kNameMax (255), kSectorSize, kDefaultPort

@@ -16,8 +16,7 @@
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
 #include "server/io_path.h"
-#include "rdma/rdma_transport.h"
-#include "transport/options.h"
+#include "transport/binding.h"
 #include "transport/transport.h"
 
 namespace ibnbd::server {
@@ -212,8 +211,8 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       sink_->Close();
       tsfn_.Release();
       released_ = true;
-      ThrowErrno(env, err, "cannot create a " + transport + " server" +
-                               (transport == "rdma" ? std::string(": ") + rdma::LastRdmaError() : ""));
+      const std::string why = transport::LastCreateError();
+      ThrowErrno(env, err, "cannot create a " + transport + " server" + (why.empty() ? "" : ": " + why));
     }
   }
 

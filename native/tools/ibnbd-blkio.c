@@ -1,5 +1,5 @@
 // ibnbd-blkio: a vhost-user-blk client on libblkio (driver virtio-blk-vhost-user) for correctness
-// tests without a VM (load is ibnbd-blkio-bench's job, native/tools/blkio_bench.c). IO buffers
+// tests without a VM (load is ibnbd-blkio-bench's job, bench/tools/blkio_bench.c). IO buffers
 // come from blkio_alloc_mem_region + blkio_map_mem_region (fd-backed, as the driver requires).
 // Every wait has a timeout: a dead back-end makes the tool fail with exit code 2 instead of
 // hanging.

@@ -1,7 +1,7 @@
 // ibnbd-vhost-raw: a hand-written vhost-user front-end for tests. It speaks the wire format
-// byte by byte (PROTOCOL.md §3.1), including fds in SCM_RIGHTS, so tests can ask for the
-// features and config a back-end offers and send it malformed messages that no real front-end
-// would.
+// byte by byte (docs/protocol.md, "vhost-user", "Framing"), including fds in SCM_RIGHTS, so
+// tests can ask for the features and config a back-end offers and send it malformed messages
+// that no real front-end would.
 //
 //   ibnbd-vhost-raw --path SOCK [--timeout-ms T] SCENARIO
 //   probe            GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_CONFIG (96 bytes)

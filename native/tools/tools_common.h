@@ -1,6 +1,6 @@
 // Helpers every C tool here needs alike (header-only): the monotonic clock in nanoseconds and
 // splitmix64, which both generates the tools' pseudo-random numbers and defines the data pattern
-// of ibnbd-blkio (word at device offset o = splitmix64(seed ^ o); tests/vhost-helpers.ts
+// of ibnbd-blkio (word at device offset o = splitmix64(seed ^ o); tests/support/vhost-helpers.ts
 // expectedPattern recomputes it in TypeScript).
 #ifndef IBNBD_TOOLS_COMMON_H
 #define IBNBD_TOOLS_COMMON_H

@@ -1,5 +1,5 @@
 // "ip:<v4>" / "ip:<v6>[%zone]" endpoints as socket addresses, shared by the TCP and RDMA
-// transports, and the IP form of a "gid:" one (RDMA decides when to use it: native/rdma/gid.h).
+// transports, and the IP form of a "gid:" one (RDMA decides when to use it: native/transport/rdma/gid.h).
 #pragma once
 #include <netinet/in.h>
 #include <sys/socket.h>

@@ -1,9 +1,10 @@
-// The transport between an IBNBD client and server, in RTRS's model (PROTOCOL.md §2):
+// The transport between an IBNBD client and server, in RTRS's model (docs/protocol.md, "RTRS transport"):
 //   session (sessname + random uuid, shared queue depth and max IO size)
 //     └ path (one per "path=", service connection + one IO connection per IO thread)
 // A request is READ (data server → client) or WRITE (client → server), carries a user message
 // (the IBNBD message) and a data scatter/gather list, and completes with an errno.
-// Implementations: tcp/ (our framing, docs/tcp-transport.md) and rdma/ (RTRS on the wire).
+// Implementations ("wires"): tcp/ (our framing, docs/tcp-transport.md) and rdma/ (RTRS on the
+// wire); each registers itself (wire.h), so this interface names none of them.
 #pragma once
 #include <sys/uio.h>
 
@@ -92,7 +93,8 @@ class ClientSession {
     std::function<void(LinkEvent)> on_link_event;
   };
 
-  // transport: "tcp" or "rdma". Returns nullptr with *err set (-EINVAL, -ENODEV, ...).
+  // transport: "tcp" or "rdma". Returns nullptr with *err set (-EINVAL, -ENODEV, ...;
+  // -EPROTONOSUPPORT for an unknown name) and, where the wire knows it, LastCreateError().
   static std::shared_ptr<ClientSession> Create(const std::string& transport, Options options,
                                                int* err);
   virtual ~ClientSession() = default;
@@ -195,5 +197,9 @@ class Server {
   virtual void Stop() = 0;
   virtual std::vector<Endpoint> Bound() const = 0;  // actual ports (listen port 0 → ephemeral)
 };
+
+// Why the last ClientSession::Create / Server::Create on this thread failed, in words ("no RDMA
+// device ..."), for the error the JS caller sees; "" when the wire gave no reason.
+const char* LastCreateError();
 
 }  // namespace ibnbd::transport

@@ -48,7 +48,8 @@ BlkConfig BlkConfigSpace(const BlkLimits& l, bool wce) {
     c.write_zeroes_may_unmap = 1;
   }
   if (f & Bit(kFSecureErase)) {
-    // RNBD's convention: secure erase shares the discard limits (PROTOCOL.md §1.6).
+    // RNBD's convention: secure erase shares the discard limits (Linux
+    // drivers/block/rnbd/rnbd-clt.c sets max_secure_erase_sectors from max_discard_sectors).
     c.max_secure_erase_sectors = l.discard_max_sectors;
     c.max_secure_erase_seg = kMaxSegmentsPerRange;
     uint32_t g = l.discard_granularity ? l.discard_granularity : l.logical_block_size;

@@ -7,7 +7,7 @@
 // stream is [IN data or GET_ID bytes][1 status byte]. Each may be cut anywhere across
 // descriptors.
 //
-// virtio-blk → IBNBD (PROTOCOL.md §1.9):
+// virtio-blk → IBNBD (docs/protocol.md, "virtio-blk"; the IBNBD ops and flags: "Messages"):
 //   IN            → READ, data received straight into the guest buffers
 //   OUT           → WRITE (| FUA when the guest turned the write cache off and the server
 //                   honours FUA), data sent straight from the guest buffers
@@ -35,7 +35,7 @@
 
 namespace ibnbd::vhost {
 
-// One IBNBD request to send. op/flags use the wire values of PROTOCOL.md §1.9.
+// One IBNBD request to send. op/flags use the IO wire values (docs/protocol.md, "Messages").
 struct PlannedIo {
   uint8_t op = 0;
   uint32_t flags = 0;

@@ -2,13 +2,19 @@
 // front-end connection at a time (libvhost-user VuDev), and the virtqueues, whose requests go
 // to the IBNBD server through the session's transport without entering JavaScript.
 //
-// Threading (the design choice, see also the top of vhost_blk_device.cc): every piece of a
-// device — accept, vhost-user message dispatch, kick handling, pop, transport submit,
-// completion, push — runs on ONE IoThreads loop, the device's home loop (devices are spread
-// over the pool round-robin). libvhost-user is not thread-safe, and with a single owner thread
-// no lock is needed anywhere on the per-IO path. The transport contract (submit and complete on
-// the same IO thread) is met because that loop is an IoThreads loop. The public methods below
-// may be called from any thread; they hop to the home loop.
+// Threads and locks (details at the top of vhost_blk_device.cc and vhost_blk_internal.h): the
+// device's home loop (an IoThreads loop, devices spread over the pool round-robin) accepts the
+// front-end, reads and dispatches its vhost-user messages and tears the connection down.
+// Virtqueue q runs on IoThreads loop q (mod the pool size): kick, pop, transport submit,
+// completion, used-ring push and notify, so a request stays on one thread and the transport's
+// rule (completion on the submitting IO thread) holds. libvhost-user has no locks, so each
+// front-end connection has a writer-preferring rwlock: the home loop holds the write side while
+// it dispatches a message or tears down, and the per-IO path takes the read side once per
+// event (kick, completion, batch-end notify), waiting only while the home loop holds or awaits
+// the write side. The public methods below may be called from any thread: Start,
+// DisconnectFrontend and Close run their loop-side work on the home loop and block the caller
+// until it is done (Close: until drained or timed out); the others touch only atomics or the
+// limits fixed at construction.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -44,7 +50,9 @@ struct DeviceStats {
 
 class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
  public:
-  // type: "connected", "disconnected", "error"; detail: human-readable. Called on the home loop.
+  // type: "connected", "disconnected", "error"; detail: human-readable. Called on the home
+  // loop, except that a libvhost-user panic met while popping or notifying reports its "error"
+  // from that queue's loop: the callback must be thread-safe (binding.cc queues it to JS).
   using EventFn = std::function<void(const std::string& type, const std::string& detail)>;
 
   VhostBlkDevice(BlkLimits limits, std::string socket_path,
@@ -73,7 +81,7 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   void SetSizeBytes(uint64_t size_bytes) { capacity_sectors_.store(size_bytes >> kSectorShift); }
   uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
 
-  struct Impl;  // the loop-side state (vhost_blk_device.cc)
+  struct Impl;  // the loop-side state (vhost_blk_internal.h)
 
  private:
   BlkLimits limits_;

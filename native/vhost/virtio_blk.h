@@ -1,7 +1,8 @@
-// virtio-blk as the vhost-user-blk back-end sees it (PROTOCOL.md §3.5-3.7): request types,
-// status codes, feature bits and the config space. Declared here rather than taken from
-// <linux/virtio_blk.h> so the layout we answer GET_CONFIG with is pinned by static_assert and
-// does not move with the build host's kernel headers.
+// virtio-blk as the vhost-user-blk back-end sees it (docs/protocol.md, "virtio-blk"; the
+// values and layouts are Linux include/uapi/linux/virtio_blk.h): request types, status codes,
+// feature bits and the config space. Declared here rather than taken from <linux/virtio_blk.h>
+// so the layout we answer GET_CONFIG with is pinned by static_assert and does not move with the
+// build host's kernel headers.
 #pragma once
 #include <cstddef>
 #include <cstdint>

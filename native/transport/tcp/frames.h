@@ -1,5 +1,5 @@
 // The TCP transport's wire format (docs/tcp-transport.md; the TS twin is
-// src/transport/tcp-frames.ts, both checked against tests/vectors/tcp-frames.json).
+// tests/support/tcp-frames.ts, both checked against tests/support/vectors/tcp-frames.json).
 // All integers little-endian. Encoders write into caller buffers; decoders validate what can be
 // validated without session state and return 0 or -EPROTO/-EINVAL.
 #pragma once

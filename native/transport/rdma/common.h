@@ -20,8 +20,11 @@
 
 namespace ibnbd::rdma {
 
-// Records the reason for the last failure on this thread (LastRdmaError()) and logs it.
+// Records the reason for the last failure on this thread (transport::LastCreateError()) and
+// logs it with IBNBD_RDMA_DEBUG.
 void SetLastError(const std::string& msg);
+// The reason recorded last on this thread ("" for none).
+const char* LastRdmaError();
 // Logs to stderr when IBNBD_RDMA_DEBUG is set: connection decisions that are not errors of a
 // call (a rejected request, a path closed by the peer) and would otherwise leave no trace.
 void DebugLog(const std::string& msg);

@@ -1,4 +1,4 @@
-#include "rdma/bounce_slots.h"
+#include "transport/rdma/bounce_slots.h"
 
 #include <sys/mman.h>
 

@@ -1,6 +1,6 @@
-// RTRS wire layouts (PROTOCOL.md §2), byte-exact with the Linux kernel's rtrs-pri.h: all fields
-// little-endian, immediates big-endian in the work request. One description, used by client and
-// server alike.
+// RTRS wire layouts (docs/protocol.md, "RTRS transport"), byte-exact with Linux
+// drivers/infiniband/ulp/rtrs/rtrs-pri.h: all fields little-endian, immediates big-endian in the
+// work request. One description, used by client and server alike.
 #pragma once
 #include <endian.h>
 

@@ -2,7 +2,7 @@
 // once, as the server's IO threads do when requests of one buffer id arrive on two paths, and
 // reports what a test must see: every request ran once, never two of one buffer id at a time.
 // The server's use of the fence can only be provoked by a failover under load in the guest;
-// this makes its hand-over races happen on every run (tests/buffer-fence.test.ts).
+// this makes its hand-over races happen on every run (tests/native/buffer-fence.test.ts).
 #include <napi.h>
 
 #include <atomic>
@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/module.h"
-#include "rdma/buffer_fence.h"
+#include "testing/testing.h"
+#include "transport/rdma/buffer_fence.h"
 
 namespace ibnbd::rdma {
 namespace {
@@ -89,4 +89,4 @@ void Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 }  // namespace ibnbd::rdma
 
-IBNBD_MODULE(rdma_buffer_fence_check, ibnbd::rdma::Init);
+void ibnbd::testing::InitBufferFenceCheck(Napi::Env env, Napi::Object exports) { ibnbd::rdma::Init(env, exports); }

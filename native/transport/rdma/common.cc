@@ -1,4 +1,4 @@
-#include "rdma/rdma_common.h"
+#include "transport/rdma/common.h"
 
 #include "transport/endpoint.h"
 
@@ -19,17 +19,14 @@
 #include <map>
 #include <mutex>
 
-#include "rdma/gid.h"
-#include "rdma/rdma_transport.h"
+#include "transport/rdma/gid.h"
+#include "transport/rdma/rdma.h"
+#include "transport/wire.h"
 
 namespace ibnbd::rdma {
 
-namespace {
-thread_local std::string last_error;
-}
-
 void SetLastError(const std::string& msg) {
-  last_error = msg;
+  transport::SetLastCreateError(msg);
   DebugLog(msg);
 }
 
@@ -38,7 +35,7 @@ void DebugLog(const std::string& msg) {
   if (on) fprintf(stderr, "ibnbd rdma: %s\n", msg.c_str());
 }
 
-const char* LastRdmaError() { return last_error.c_str(); }
+const char* LastRdmaError() { return transport::LastCreateError(); }
 
 int CheckRdmaDevice() {
   int n = 0;

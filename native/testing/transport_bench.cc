@@ -12,10 +12,9 @@
 
 #include "common/errors.h"
 #include "common/event_loop.h"
-#include "common/module.h"
 #include "proto/ibnbd_proto.h"
+#include "testing/testing.h"
 #include "transport/binding.h"
-#include "transport/options.h"
 #include "transport/tcp/net.h"
 
 namespace ibnbd::transport {
@@ -148,11 +147,11 @@ Napi::Value BenchReads(const Napi::CallbackInfo& info) {
   return p;
 }
 
-void Init(Napi::Env env, Napi::Object exports) {
+void InitBench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchReads", Napi::Function::New(env, BenchReads, "benchReads"));
 }
 
 }  // namespace
 }  // namespace ibnbd::transport
 
-IBNBD_MODULE(transport_bench, ibnbd::transport::Init);
+void ibnbd::testing::InitTransportBench(Napi::Env env, Napi::Object exports) { ibnbd::transport::InitBench(env, exports); }

@@ -1,10 +1,10 @@
-// tcpFrames: the C++ frame codec exposed to JS so tests/tcp-frames.test.ts can hold it to the
-// same golden vectors as src/transport/tcp-frames.ts (test-only; the data path never uses it).
+// tcpFrames: the C++ frame codec exposed to JS so tests/native/tcp-frames.test.ts can hold it to the
+// same golden vectors as tests/support/tcp-frames.ts (test-only; the data path never uses it).
 #include <cerrno>
 #include <cstring>
 
 #include "common/errors.h"
-#include "common/module.h"
+#include "testing/testing.h"
 #include "transport/tcp/frames.h"
 
 namespace ibnbd::transport::tcp {
@@ -161,4 +161,4 @@ void Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 }  // namespace ibnbd::transport::tcp
 
-IBNBD_MODULE(transport_tcp_frames, ibnbd::transport::tcp::Init);
+void ibnbd::testing::InitTcpFrames(Napi::Env env, Napi::Object exports) { ibnbd::transport::tcp::Init(env, exports); }

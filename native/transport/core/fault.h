@@ -1,5 +1,5 @@
 // Fault injection for tests, shared by the TCP and RDMA transports: a delay read from the
-// environment that widens a race window a test wants to hit (tests/server-stop.test.ts).
+// environment that widens a race window a test wants to hit (tests/native/server-stop.test.ts).
 #pragma once
 
 namespace ibnbd::transport {

@@ -4,7 +4,8 @@
 // pins, and so makes resident, each of its pages — only with its group, on first use. Registered
 // at once, a session at queue depth 512 held ~62 MiB per path from its connect on, although
 // registered guest memory goes zero copy and bounced requests reuse the lowest permits (the
-// permit stack is LIFO): 256 idle devices cost 2 MiB each (tests/client-daemon.test.ts, scale).
+// permit stack is LIFO): 256 idle devices cost 2 MiB each (tests/daemons/client-daemon.test.ts,
+// scale).
 #pragma once
 #include <infiniband/verbs.h>
 

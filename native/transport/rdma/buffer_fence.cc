@@ -1,4 +1,4 @@
-#include "rdma/buffer_fence.h"
+#include "transport/rdma/buffer_fence.h"
 
 namespace ibnbd::rdma {
 
@@ -20,7 +20,7 @@ void BufferFence::Release(uint32_t buf_id) {
     std::lock_guard lock(mu_);
     auto w = waiting_.find(buf_id);
     if (w == waiting_.end()) {
-      handed_[buf_id]++;  // counted in Acquire, not queued yet
+      handed_[buf_id]++;  // counted in Enter(), not queued yet
       return;
     }
     next = std::move(w->second.front());

@@ -1,4 +1,4 @@
-#include "transport/fault.h"
+#include "transport/core/fault.h"
 
 #include <fcntl.h>
 #include <unistd.h>

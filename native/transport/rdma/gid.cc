@@ -1,4 +1,4 @@
-#include "rdma/gid.h"
+#include "transport/rdma/gid.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

@@ -1,4 +1,4 @@
-#include "rdma/reaper.h"
+#include "transport/rdma/reaper.h"
 
 #include <chrono>
 

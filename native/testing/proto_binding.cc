@@ -1,6 +1,6 @@
 // JS view of the C++ IBNBD codec (ibnbd_proto.h), so tests hold it to the same golden vectors
 // as src/proto/ibnbd.ts. Not on any data path: messages cross as plain objects shaped like the
-// TS Message union (src/backend/proto-native.ts).
+// TS Message union (tests/support/proto-native.ts).
 //   proto.decode(buf)            → message object, or { error: 'EPROTO', field: 'hdr.type' }
 //   proto.encode(msg, version?)  → Buffer; throws an Error with .code = errno name
 //   proto.decodeAs(buf, type)    → decode() through the typed decoder (DecodeIo, ...) of `type`
@@ -13,8 +13,8 @@
 #include <string>
 
 #include "common/errors.h"
-#include "common/module.h"
 #include "proto/ibnbd_proto.h"
+#include "testing/testing.h"
 
 namespace ibnbd::proto {
 namespace {
@@ -292,4 +292,4 @@ void Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 }  // namespace ibnbd::proto
 
-IBNBD_MODULE(proto, ibnbd::proto::Init);
+void ibnbd::testing::InitProtoCodec(Napi::Env env, Napi::Object exports) { ibnbd::proto::Init(env, exports); }

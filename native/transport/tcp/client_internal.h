@@ -1,0 +1,188 @@
+// Private to the TCP client (docs/tcp-transport.md): the classes its three files share.
+//   client_session.cc  the session: permits, path choice (mp_policy), submit / complete /
+//                      fail over, Close(), Paths(), the factory CreateClientSession
+//   client_path.cc     one path: connect + handshake, its service connection (heartbeats),
+//                      failure and teardown, reconnect (Connect(), the reconnector thread)
+//   client_io_conn.cc  one IO connection of a path: requests out, responses in
+// The model (session, paths, shared permits, failover) is RTRS's (docs/protocol.md, "RTRS
+// transport"); the split follows Linux drivers/infiniband/ulp/rtrs/rtrs-clt.c (session vs path).
+// All of it is in namespace tcp::client; the factory is declared in tcp.h.
+//
+// Threads:
+//   * IO thread i: IO connection i of every path (ClientPath::loop_conn[i], handshake index
+//     i + 1); a request submitted on thread i is sent, received and completed there.
+//   * A path's service_loop (an IO thread): its ServiceConn, which runs the heartbeats.
+//   * Connect() and Close() block on the caller's thread (never an IO thread); Connect() and
+//     the reconnector thread ("ibnbd-reconn") run ConnectPath.
+//   * IO thread 0: link events (Options::on_link_event).
+// Ownership and locks:
+//   * A connection object is touched only on its own loop: created there (RunSync from
+//     ConnectPath), destroyed there by TeardownPath (posted when the path fails; RunSync from
+//     Close() or from a connect that failed after installing it).
+//   * ClientPath::mu guards src_str. TcpClientSession::rc_mu_ guards every path's
+//     next_attempt_ns and attempts and pairs with rc_cv_ (the reconnector's wait).
+//     TcpClientSession::close_mu_ orders Close() against ConnectPath installing connections.
+//     Permits has its own mutex (free ids, FIFO of waiters).
+//   * Everything else shared between threads (path state, generation, inflight, heartbeat misses
+//     and round trip, counters, qd_, max_io_, connected_paths_, closed_) is atomic.
+#pragma once
+#include <sys/uio.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "transport/tcp/frames.h"
+#include "transport/transport.h"
+#include "transport/uuid.h"
+
+namespace ibnbd::transport::tcp::client {
+
+// ClientIo::transport_private slots
+constexpr int kTpPermit = 0;
+constexpr int kTpLoop = 1;
+
+class TcpClientSession;
+struct IoConn;
+struct ServiceConn;  // defined in client_path.cc, the only file that touches it
+
+// Request ids 0..queue_depth-1, shared by all paths of a session (client_session.cc).
+class Permits {
+ public:
+  void Init(uint32_t n);
+  // true: *id is ours. false: io waits in FIFO order and is handed a permit by Put().
+  bool GetOrWait(ClientIo* io, uint32_t* id);
+  // Returns the waiter that now owns the permit, or nullptr.
+  ClientIo* Put(uint32_t id);
+  std::deque<ClientIo*> TakeWaiters();
+
+ private:
+  std::mutex mu_;
+  std::vector<uint32_t> free_;
+  std::deque<ClientIo*> waiters_;
+};
+
+struct ClientPath {
+  size_t index = 0;
+  PathSpec spec;
+  std::string dst_str;
+  mutable std::mutex mu;  // src_str
+  std::string src_str;
+  std::atomic<PathState> state{PathState::kConnecting};
+  std::atomic<uint64_t> gen{0};
+  std::atomic<uint64_t> failed_gen{0};
+  std::atomic<int64_t> inflight{0};
+  std::atomic<uint32_t> hb_missed{0};
+  std::atomic<uint64_t> hb_rtt_ns{0};
+  std::atomic<uint32_t> reconnects{0};
+  std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
+  std::atomic<uint64_t> failovers{0};  // moved away from here when it died
+  std::vector<IoConn*> loop_conn;  // slot i only touched on IO thread i
+  ServiceConn* service = nullptr;  // only touched on service_loop
+  unsigned service_loop = 0;
+  // under the session's rc_mu_; attempts is the reconnector thread's only
+  uint64_t next_attempt_ns = 0;
+  int32_t attempts = 0;
+};
+
+class TcpClientSession : public ClientSession {
+ public:
+  explicit TcpClientSession(Options opt);
+  ~TcpClientSession() override { Close(); }
+
+  int Connect(int timeout_ms) override;
+  void Submit(ClientIo* io) override;
+  uint32_t queue_depth() const override { return qd_.load(); }
+  uint32_t max_io_size() const override { return max_io_.load(); }
+  bool connected() const override { return connected_paths_.load() > 0; }
+  std::vector<PathInfo> Paths() const override;
+  std::string uuid() const override { return UuidString(uuid_); }
+  void Close() override;
+
+  // Called by connections (on their loop).
+  void PathFailed(ClientPath* p, uint64_t gen, const char* why);
+  void Finish(ClientIo* io, int err);
+  void Reissue(ClientIo* io, ClientPath* failed);
+  bool closing() const { return closed_.load(); }
+  const Options& opt() const { return opt_; }
+
+ private:
+  // client_path.cc: a path's lifecycle
+  int ConnectPath(ClientPath* p, uint64_t deadline_ns);
+  void TeardownPath(ClientPath* p, uint64_t gen, bool sync);
+  void PathUp(ClientPath* p);
+  void ReconnectLoop();
+  // client_session.cc: requests and session-wide state
+  ClientPath* Choose(unsigned loop, ClientPath* exclude);
+  void Start(ClientIo* io);  // has a permit, on its loop
+  void PostDone(ClientIo* io, int err);
+  void RaiseLink(LinkEvent ev);
+
+  Options opt_;
+  uint8_t uuid_[16];
+  std::vector<std::unique_ptr<ClientPath>> paths_;
+  std::atomic<uint32_t> qd_{0};
+  std::atomic<uint32_t> max_io_{0};
+  Permits permits_;
+  std::atomic<int> connected_paths_{0};
+  std::atomic<bool> ever_connected_{false};
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> connect_called_{false};
+  std::atomic<uint32_t> rr_{0};
+  std::mutex rc_mu_;
+  std::condition_variable rc_cv_;
+  std::thread reconnector_;
+  std::mutex close_mu_;
+};
+
+// IO connection: requests out, responses in; lives on IO thread `loop_index` (client_io_conn.cc).
+// The path creates it, Register()s it and Teardown()s it; the session Send()s on it while it is
+// not dead.
+struct IoConn final : BatchEndTask {
+  TcpClientSession* sess;
+  ClientPath* path;
+  uint64_t gen;
+  int fd;
+  EventLoop* loop;
+  unsigned loop_index;
+  uint32_t qd;
+  std::vector<ClientIo*> inflight;
+  std::vector<uint8_t> hdrs;
+  std::deque<ClientIo*> sendq;
+  size_t head_off = 0;
+  bool want_out = false;
+  bool dead = false;
+  uint8_t rx[kFrameHeaderSize * 64];
+  size_t rx_have = 0;
+  ClientIo* cur = nullptr;  // response whose data is being received
+  uint32_t cur_off = 0;
+  int cur_err = 0;
+  uint32_t reads_pending = 0;  // READs in flight that will bring data back
+
+  IoConn(TcpClientSession* s, ClientPath* p, uint64_t g, int f, EventLoop* l, uint32_t q)
+      : sess(s), path(p), gen(g), fd(f), loop(l), loop_index(l->index()), qd(q), inflight(q),
+        hdrs(static_cast<size_t>(q) * kFrameHeaderSize) {}
+
+  int Register();
+  void Fail(const char* why);
+  void Send(ClientIo* io);
+  void RunBatchEnd() override;
+  size_t FrameLen(const ClientIo* io) const;
+  void Flush();
+  void OnEvent(uint32_t ev);
+  void CompleteCur();
+  void CopyIntoCur(const uint8_t* src, size_t len);
+  int OnHeader(const uint8_t* p);
+  bool CurReceived() const;
+  void OnReadable();
+  void Teardown();
+};
+
+}  // namespace ibnbd::transport::tcp::client

@@ -1,0 +1,403 @@
+// One path of a TCP client session (docs/tcp-transport.md, "Handshake", "Heartbeats and path
+// death", "Multipath and failures (client)"): connecting it, its service connection, its failure
+// and its reconnection. Each connect is a new generation (ClientPath::gen); a failure report or
+// a teardown for an older generation does nothing.
+//
+// Threads:
+//   * Connect() runs on the caller's thread (never an IO thread): ConnectPath for every path,
+//     then, when at least one came up, it starts the reconnector thread "ibnbd-reconn"
+//     (ReconnectLoop), which runs ConnectPath again for each kReconnecting path once its
+//     next_attempt_ns has passed.
+//   * ConnectPath does the handshake with blocking sockets on its calling thread, then, holding
+//     the session's close_mu_ (Close() either sees the connections or runs first), creates each
+//     connection on its own loop with RunSync: IO connection i on IO thread i, the ServiceConn on
+//     the path's service_loop.
+//   * ServiceConn runs on service_loop: each heartbeat interval it counts a miss and, when none
+//     was counted since the path last received anything (any connection of the path resets the
+//     count), sends a HEARTBEAT; more than heartbeat_missed_max misses fail the path.
+//   * PathFailed runs on the loop of the connection that failed (or on the connecting thread,
+//     from PathUp): the path goes to kReconnecting (kClosed once the session is closing),
+//     TeardownPath is posted to every loop, and the next attempt is scheduled under rc_mu_ (which
+//     guards next_attempt_ns and attempts).
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "transport/tcp/client_internal.h"
+#include "transport/tcp/frames.h"
+#include "transport/tcp/net.h"
+#include "transport/uuid.h"
+
+namespace ibnbd::transport::tcp::client {
+namespace {
+
+std::atomic<uint64_t> next_gen{1};
+
+}  // namespace
+
+// --------------------------------------------------------------------------------------------
+// Service connection: heartbeats only, on the path's service_loop. Declared in client_internal.h
+// (ClientPath::service points here), so not in the anonymous namespace.
+
+struct ServiceConn {
+  TcpClientSession* sess = nullptr;
+  ClientPath* path = nullptr;
+  uint64_t gen = 0;
+  int fd = -1;
+  int tfd = -1;
+  EventLoop* loop = nullptr;
+  std::string out;
+  uint8_t rx[kFrameHeaderSize * 8];
+  size_t rx_have = 0;
+  bool dead = false;
+
+  int Register(uint32_t interval_ms) {
+    tfd = PeriodicTimer(interval_ms);
+    if (tfd < 0) return -errno;
+    int rc = loop->Add(fd, EPOLLIN, [this](uint32_t ev) { OnEvent(ev); });
+    if (rc) return rc;
+    return loop->Add(tfd, EPOLLIN, [this](uint32_t) { OnTick(); });
+  }
+
+  void Fail(const char* why) {
+    if (!dead) sess->PathFailed(path, gen, why);
+    dead = true;
+  }
+
+  void SendFrame(FrameKind kind, uint64_t cookie) {
+    FrameHeader h;
+    h.kind = kind;
+    h.cookie = cookie;
+    uint8_t b[kFrameHeaderSize];
+    EncodeFrameHeader(h, b);
+    out.append(reinterpret_cast<char*>(b), sizeof(b));
+    Flush();
+  }
+
+  void Flush() {
+    while (!out.empty() && !dead) {
+      iovec v{out.data(), out.size()};
+      ssize_t w = SendvSome(fd, &v, 1);
+      if (w < 0) {
+        if (w != -EAGAIN) Fail("send failed");
+        break;
+      }
+      out.erase(0, static_cast<size_t>(w));
+    }
+    if (!dead) loop->Modify(fd, out.empty() ? EPOLLIN : (EPOLLIN | EPOLLOUT));
+  }
+
+  void OnTick() {
+    uint64_t ticks;
+    ssize_t n = read(tfd, &ticks, sizeof(ticks));
+    (void)n;
+    if (dead) return;
+    uint32_t missed = path->hb_missed.load();
+    if (missed > sess->opt().heartbeat_missed_max) return Fail("heartbeat missed");
+    path->hb_missed.fetch_add(1);
+    if (missed == 0) SendFrame(FrameKind::kHeartbeat, NowNs());
+  }
+
+  void OnEvent(uint32_t ev) {
+    if (dead) return;
+    if (ev & EPOLLOUT) Flush();
+    if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
+    for (;;) {
+      ssize_t r = RecvSome(fd, rx + rx_have, sizeof(rx) - rx_have);
+      if (r == -EAGAIN) return;
+      if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
+      rx_have += static_cast<size_t>(r);
+      size_t pos = 0;
+      for (; rx_have - pos >= kFrameHeaderSize; pos += kFrameHeaderSize) {
+        FrameHeader h;
+        if (DecodeFrameHeader(rx + pos, &h) != 0 || h.usr_len || h.data_len)
+          return Fail("protocol error from server");
+        path->hb_missed.store(0);
+        if (h.kind == FrameKind::kHeartbeat) {
+          SendFrame(FrameKind::kHeartbeatAck, h.cookie);
+        } else if (h.kind == FrameKind::kHeartbeatAck) {
+          uint64_t now = NowNs();
+          if (h.cookie <= now) path->hb_rtt_ns.store(now - h.cookie);
+        } else {
+          return Fail("unexpected frame on the service connection");
+        }
+        if (dead) return;
+      }
+      memmove(rx, rx + pos, rx_have - pos);
+      rx_have -= pos;
+    }
+  }
+
+  void Teardown() {
+    loop->Remove(fd);
+    loop->Remove(tfd);
+    close(fd);
+    close(tfd);
+    dead = true;
+  }
+};
+
+// --------------------------------------------------------------------------------------------
+// Connecting, failing and tearing down a path.
+
+int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
+  IoThreads& pool = IoThreads::Get();
+  unsigned n = pool.size();
+  uint16_t conn_count = static_cast<uint16_t>(n + 1);
+  sockaddr_storage dst, src;
+  socklen_t dst_len = 0, src_len = 0;
+  int rc = ToSockaddr(p->spec.dst, &dst, &dst_len);
+  if (rc) return rc;
+  if (p->spec.src) {
+    rc = ToSockaddr(*p->spec.src, &src, &src_len);
+    if (rc) return rc;
+    reinterpret_cast<sockaddr_in*>(&src)->sin_port = 0;  // same offset in sockaddr_in6
+  }
+  HandshakeReq req;
+  req.conn_count = conn_count;
+  req.queue_depth = qd_.load() ? qd_.load() : opt_.queue_depth;
+  req.max_io_size = opt_.max_io_size;
+  memcpy(req.session_uuid, uuid_, 16);
+  RandomUuid(req.path_uuid);  // one per path incarnation: a reconnect is a new server path
+  req.sessname = opt_.sessname;
+
+  std::vector<int> fds(conn_count, -1);
+  auto close_all = [&] {
+    for (int& fd : fds)
+      if (fd >= 0) close(fd), fd = -1;
+  };
+  HandshakeRsp first{};
+  for (uint16_t i = 0; i < conn_count && rc == 0; i++) {
+    int fd = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      rc = -errno;
+      break;
+    }
+    fds[i] = fd;
+    SetNoDelay(fd);
+    if (p->spec.src && bind(fd, reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
+      rc = -errno;
+      break;
+    }
+    rc = ConnectBefore(fd, dst, dst_len, deadline_ns);
+    if (rc) break;
+    uint8_t buf[kHandshakeReqSize + kMaxSessnameLen];
+    req.conn_index = i;
+    size_t len = EncodeHandshakeReq(req, buf);
+    rc = SendAllBefore(fd, buf, len, deadline_ns);
+  }
+  for (uint16_t i = 0; i < conn_count && rc == 0; i++) {
+    uint8_t buf[kHandshakeRspSize];
+    rc = RecvAllBefore(fds[i], buf, sizeof(buf), deadline_ns);
+    if (rc) break;
+    HandshakeRsp rsp;
+    rc = DecodeHandshakeRsp(buf, &rsp);
+    if (rc == 0 && rsp.err != 0) rc = rsp.err;
+    if (rc == 0 && (rsp.queue_depth == 0 || rsp.queue_depth > req.queue_depth ||
+                    rsp.max_io_size < kMinMaxIoSize || rsp.max_io_size > req.max_io_size))
+      rc = -EPROTO;
+    if (rc == 0 && i > 0 &&
+        (rsp.queue_depth != first.queue_depth || rsp.max_io_size != first.max_io_size))
+      rc = -EPROTO;
+    if (i == 0) first = rsp;
+  }
+  if (rc) {
+    close_all();
+    return rc;
+  }
+  // Held until the connections are installed: Close() then either sees them or runs first.
+  std::unique_lock<std::mutex> close_lk(close_mu_);
+  {
+    if (closed_.load()) {
+      close_all();
+      return -ECONNABORTED;
+    }
+    if (qd_.load() == 0) {
+      qd_.store(first.queue_depth);
+      max_io_.store(first.max_io_size);
+      permits_.Init(first.queue_depth);
+    } else if (first.queue_depth != qd_.load()) {
+      close_all();  // RTRS refuses a path whose queue depth changed: permits are shared
+      return -EPROTO;
+    } else if (first.max_io_size < max_io_.load()) {
+      max_io_.store(first.max_io_size);
+    }
+  }
+  sockaddr_storage local{};
+  socklen_t ll = sizeof(local);
+  getsockname(fds[0], reinterpret_cast<sockaddr*>(&local), &ll);
+  {
+    std::lock_guard<std::mutex> lk(p->mu);
+    p->src_str = FormatSockaddr(local);
+  }
+  for (int fd : fds) SetNonBlocking(fd, true);
+
+  uint64_t gen = next_gen.fetch_add(1);
+  p->gen.store(gen);
+  p->hb_missed.store(0);
+  p->state.store(PathState::kConnecting);
+  uint32_t qd = qd_.load();
+  int reg_rc = 0;
+  for (unsigned i = 0; i < n; i++) {
+    EventLoop& l = pool.loop(i);
+    int fd = fds[i + 1];
+    l.RunSync([&, fd, i] {
+      auto* c = new IoConn(this, p, gen, fd, &l, qd);
+      p->loop_conn[i] = c;
+      int r = c->Register();
+      if (r) reg_rc = r;
+    });
+  }
+  EventLoop& sl = pool.loop(p->service_loop);
+  sl.RunSync([&] {
+    auto* s = new ServiceConn();
+    s->sess = this;
+    s->path = p;
+    s->gen = gen;
+    s->fd = fds[0];
+    s->loop = &sl;
+    p->service = s;
+    int r = s->Register(opt_.heartbeat_interval_ms);
+    if (r) reg_rc = r;
+  });
+  if (reg_rc != 0 || p->failed_gen.load() == gen) {
+    TeardownPath(p, gen, true);
+    return reg_rc ? reg_rc : -ECONNRESET;
+  }
+  PathUp(p);
+  close_lk.unlock();
+  return 0;
+}
+
+void TcpClientSession::PathUp(ClientPath* p) {
+  p->state.store(PathState::kConnected);
+  if (connected_paths_.fetch_add(1) == 0) {
+    RaiseLink(ever_connected_.exchange(true) ? LinkEvent::kReconnected : LinkEvent::kConnected);
+  }
+  // a failure that raced with the state change above
+  if (p->failed_gen.load() == p->gen.load()) PathFailed(p, p->gen.load(), "failed while connecting");
+}
+
+void TcpClientSession::TeardownPath(ClientPath* p, uint64_t gen, bool sync) {
+  IoThreads& pool = IoThreads::Get();
+  for (unsigned i = 0; i < pool.size(); i++) {
+    auto fn = [p, gen, i] {
+      IoConn* c = p->loop_conn[i];
+      if (c && c->gen == gen) {
+        p->loop_conn[i] = nullptr;
+        c->Teardown();
+        delete c;
+      }
+    };
+    if (sync)
+      pool.loop(i).RunSync(fn);
+    else
+      pool.loop(i).Post(fn);
+  }
+  auto sfn = [p, gen] {
+    ServiceConn* s = p->service;
+    if (s && s->gen == gen) {
+      p->service = nullptr;
+      s->Teardown();
+      delete s;
+    }
+  };
+  if (sync)
+    pool.loop(p->service_loop).RunSync(sfn);
+  else
+    pool.loop(p->service_loop).Post(sfn);
+}
+
+void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) {
+  if (p->gen.load() != gen) return;
+  p->failed_gen.store(gen);
+  PathState expect = PathState::kConnected;
+  PathState next = closed_.load() ? PathState::kClosed : PathState::kReconnecting;
+  if (!p->state.compare_exchange_strong(expect, next)) return;  // not up yet, or already down
+  fprintf(stderr, "ibnbd: tcp session %s path %s: %s\n", opt_.sessname.c_str(),
+          p->dst_str.c_str(), why);
+  TeardownPath(p, gen, false);
+  if (connected_paths_.fetch_sub(1) == 1 && !closed_.load()) RaiseLink(LinkEvent::kDisconnected);
+  {
+    std::lock_guard<std::mutex> lk(rc_mu_);
+    p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+  }
+  rc_cv_.notify_all();
+}
+
+// --------------------------------------------------------------------------------------------
+// First connect and reconnection.
+
+int TcpClientSession::Connect(int timeout_ms) {
+  if (connect_called_.exchange(true)) return connected() ? 0 : -EALREADY;
+  uint64_t deadline = NowNs() + static_cast<uint64_t>(std::max(timeout_ms, 1)) * 1000000ull;
+  int last = -ENOTCONN;
+  int ok = 0;
+  for (auto& p : paths_) {
+    int rc = ConnectPath(p.get(), deadline);
+    if (rc == 0) {
+      ok++;
+    } else {
+      last = rc;
+      std::lock_guard<std::mutex> lk(rc_mu_);
+      p->state.store(PathState::kReconnecting);
+      p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+    }
+  }
+  if (ok == 0) {
+    for (auto& p : paths_) p->state.store(PathState::kClosed);
+    return last;
+  }
+  reconnector_ = std::thread([this] { ReconnectLoop(); });
+  return 0;
+}
+
+void TcpClientSession::ReconnectLoop() {
+  pthread_setname_np(pthread_self(), "ibnbd-reconn");
+  std::unique_lock<std::mutex> lk(rc_mu_);
+  while (!closed_.load()) {
+    uint64_t now = NowNs();
+    uint64_t wake = now + 1000000000ull;
+    for (auto& p : paths_) {
+      if (p->state.load() != PathState::kReconnecting) continue;
+      if (p->next_attempt_ns > now) {
+        wake = std::min(wake, p->next_attempt_ns);
+        continue;
+      }
+      if (opt_.max_reconnect_attempts >= 0 && p->attempts >= opt_.max_reconnect_attempts) {
+        p->state.store(PathState::kClosed);
+        continue;
+      }
+      p->attempts++;
+      p->reconnects.fetch_add(1);
+      lk.unlock();
+      int rc = ConnectPath(p.get(), NowNs() + 5000000000ull);
+      lk.lock();
+      if (rc == 0) {
+        p->attempts = 0;
+      } else if (p->state.load() != PathState::kClosed) {
+        p->state.store(PathState::kReconnecting);
+        p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+      }
+      now = NowNs();
+    }
+    rc_cv_.wait_for(lk, std::chrono::nanoseconds(wake > now ? wake - now : 0));
+  }
+}
+
+}  // namespace ibnbd::transport::tcp::client

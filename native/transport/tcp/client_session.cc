@@ -1,0 +1,254 @@
+// The TCP client session (docs/tcp-transport.md, "Model", "Multipath and failures (client)"):
+// the session-wide state and the way of a request through it. Submit() takes a permit (FIFO wait
+// when none is free); Start() has Choose() pick a connected path by mp_policy and sends on that
+// path's IO connection for the calling thread; Finish() returns the permit (a waiter that gets
+// it is started on its own thread) and completes the request; Reissue() sends a request lost
+// with its path on another path under the same permit (RTRS failover). Also the constructor,
+// Close(), Paths() and the factory. A path's connect, heartbeats and reconnect are in
+// client_path.cc, the IO connection in client_io_conn.cc.
+//
+// Threads: Submit, Start, Finish and Reissue run on the request's IO thread
+// (transport_private[kTpLoop]); link events are posted to IO thread 0. Close() runs on the
+// caller's thread (never an IO thread): it stops the reconnector, tears every path down on its
+// loops (RunSync), completes permit waiters with -ECONNABORTED on their threads and drains every
+// loop twice. Paths() may run on any thread. Locks: Permits' own mutex; close_mu_ orders Close()
+// against ConnectPath installing a path's connections; ClientPath::mu guards src_str.
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "transport/tcp/client_internal.h"
+#include "transport/tcp/frames.h"
+#include "transport/tcp/net.h"
+#include "transport/tcp/tcp.h"
+#include "transport/uuid.h"
+
+namespace ibnbd::transport::tcp::client {
+
+void Permits::Init(uint32_t n) {
+  std::lock_guard<std::mutex> lk(mu_);
+  free_.clear();
+  for (uint32_t i = n; i > 0; i--) free_.push_back(i - 1);
+}
+
+bool Permits::GetOrWait(ClientIo* io, uint32_t* id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (waiters_.empty() && !free_.empty()) {
+    *id = free_.back();
+    free_.pop_back();
+    return true;
+  }
+  waiters_.push_back(io);
+  return false;
+}
+
+ClientIo* Permits::Put(uint32_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!waiters_.empty()) {
+    ClientIo* w = waiters_.front();
+    waiters_.pop_front();
+    w->transport_private[kTpPermit] = id;
+    return w;
+  }
+  free_.push_back(id);
+  return nullptr;
+}
+
+std::deque<ClientIo*> Permits::TakeWaiters() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::deque<ClientIo*> w;
+  w.swap(waiters_);
+  return w;
+}
+
+// --------------------------------------------------------------------------------------------
+
+TcpClientSession::TcpClientSession(Options opt) : opt_(std::move(opt)) {
+  RandomUuid(uuid_);
+  unsigned n = IoThreads::Get().size();
+  for (size_t i = 0; i < opt_.paths.size(); i++) {
+    auto p = std::make_unique<ClientPath>();
+    p->index = i;
+    p->spec = opt_.paths[i];
+    p->dst_str = opt_.paths[i].dst.kind + ":" + opt_.paths[i].dst.addr + ":" +
+                 std::to_string(opt_.paths[i].dst.port);
+    p->loop_conn.assign(n, nullptr);
+    p->service_loop = static_cast<unsigned>(i % n);
+    paths_.push_back(std::move(p));
+  }
+}
+
+void TcpClientSession::RaiseLink(LinkEvent ev) {
+  if (!opt_.on_link_event) return;
+  auto cb = opt_.on_link_event;
+  IoThreads::Get().loop(0).Post([cb, ev] { cb(ev); });
+}
+
+ClientPath* TcpClientSession::Choose(unsigned loop, ClientPath* exclude) {
+  ClientPath* best = nullptr;
+  size_t np = paths_.size();
+  if (opt_.mp_policy == "round-robin") {
+    uint32_t start = rr_.fetch_add(1, std::memory_order_relaxed);
+    for (size_t k = 0; k < np; k++) {
+      ClientPath* p = paths_[(start + k) % np].get();
+      if (p != exclude && p->state.load() == PathState::kConnected && p->loop_conn[loop] &&
+          !p->loop_conn[loop]->dead)
+        return p;
+    }
+    return nullptr;
+  }
+  bool latency = opt_.mp_policy == "min-latency";
+  uint64_t best_v = UINT64_MAX;
+  for (auto& up : paths_) {
+    ClientPath* p = up.get();
+    if (p == exclude || p->state.load() != PathState::kConnected || !p->loop_conn[loop] ||
+        p->loop_conn[loop]->dead)
+      continue;
+    uint64_t v = latency ? p->hb_rtt_ns.load() : static_cast<uint64_t>(p->inflight.load());
+    if (best == nullptr || v < best_v) {
+      best = p;
+      best_v = v;
+    }
+  }
+  return best;
+}
+
+void TcpClientSession::PostDone(ClientIo* io, int err) {
+  EventLoop* l = EventLoop::Current();
+  if (l)
+    l->Post([io, err] { io->done(io, err); });
+  else
+    io->done(io, err);
+}
+
+void TcpClientSession::Submit(ClientIo* io) {
+  EventLoop* l = EventLoop::Current();
+  if (l == nullptr || l->index() >= IoThreads::Get().size()) {
+    fprintf(stderr, "ibnbd: ClientSession::Submit outside an IO thread\n");
+    return PostDone(io, -EINVAL);
+  }
+  io->transport_private[kTpLoop] = l->index();
+  if (io->usr_len > kMaxUsrLen || io->data_len > max_io_.load() ||
+      (io->data_len > 0 && io->iov == nullptr))
+    return PostDone(io, -EINVAL);
+  if (closed_.load()) return PostDone(io, -ECONNABORTED);
+  if (connected_paths_.load() == 0) return PostDone(io, -ENOTCONN);
+  uint32_t id;
+  if (!permits_.GetOrWait(io, &id)) return;  // Put() hands it over later
+  io->transport_private[kTpPermit] = id;
+  Start(io);
+}
+
+void TcpClientSession::Start(ClientIo* io) {
+  if (closed_.load()) return Finish(io, -ECONNABORTED);
+  unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
+  ClientPath* p = Choose(loop, nullptr);
+  if (!p) return Finish(io, -ENOTCONN);
+  p->loop_conn[loop]->Send(io);
+}
+
+void TcpClientSession::Reissue(ClientIo* io, ClientPath* failed) {
+  unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
+  ClientPath* p = Choose(loop, failed);
+  if (!p) return Finish(io, -EIO);
+  failed->failovers.fetch_add(1, std::memory_order_relaxed);
+  p->loop_conn[loop]->Send(io);  // same permit, as RTRS fails over
+}
+
+void TcpClientSession::Finish(ClientIo* io, int err) {
+  uint32_t id = static_cast<uint32_t>(io->transport_private[kTpPermit]);
+  ClientIo* next = permits_.Put(id);
+  io->done(io, err);
+  if (next) {
+    unsigned loop = static_cast<unsigned>(next->transport_private[kTpLoop]);
+    IoThreads::Get().loop(loop).Post([this, next] { Start(next); });
+  }
+}
+
+void TcpClientSession::Close() {
+  {
+    std::lock_guard<std::mutex> lk(close_mu_);
+    if (closed_.exchange(true)) return;
+  }
+  rc_cv_.notify_all();
+  if (reconnector_.joinable()) reconnector_.join();
+  for (auto& p : paths_) {
+    PathState prev = p->state.exchange(PathState::kClosed);
+    TeardownPath(p.get(), p->gen.load(), true);
+    if (prev == PathState::kConnected) connected_paths_.fetch_sub(1);
+  }
+  for (ClientIo* io : permits_.TakeWaiters()) {
+    unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
+    IoThreads::Get().loop(loop).Post([io] { io->done(io, -ECONNABORTED); });
+  }
+  // Twice: completions posted while the first pass ran (a Submit that raced with Close) are
+  // delivered before Close returns, so callers may free what done() uses right after.
+  IoThreads& pool = IoThreads::Get();
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
+}
+
+std::vector<PathInfo> TcpClientSession::Paths() const {
+  std::vector<PathInfo> out;
+  for (auto& p : paths_) {
+    PathInfo pi;
+    {
+      std::lock_guard<std::mutex> lk(p->mu);
+      pi.src = p->src_str;
+    }
+    pi.dst = p->dst_str;
+    pi.state = p->state.load();
+    int64_t inf = p->inflight.load();
+    pi.inflight = inf > 0 ? static_cast<uint64_t>(inf) : 0;
+    pi.reconnects = p->reconnects.load();
+    pi.hb_rtt_ns = p->hb_rtt_ns.load();
+    pi.requests = p->requests.load(std::memory_order_relaxed);
+    pi.failovers = p->failovers.load(std::memory_order_relaxed);
+    out.push_back(pi);
+  }
+  return out;
+}
+
+}  // namespace ibnbd::transport::tcp::client
+
+namespace ibnbd::transport::tcp {
+
+std::shared_ptr<ClientSession> CreateClientSession(ClientSession::Options options, int* err) {
+  if (options.paths.empty() || options.paths.size() > kMaxPaths) {
+    *err = -EINVAL;
+    return nullptr;
+  }
+  if (ValidateSessname(options.sessname) != 0 || options.queue_depth == 0 ||
+      options.queue_depth > kMaxQueueDepth || options.max_io_size < kMinMaxIoSize ||
+      options.max_io_size > kMaxMaxIoSize || options.heartbeat_interval_ms == 0) {
+    *err = -EINVAL;
+    return nullptr;
+  }
+  if (options.mp_policy != "min-inflight" && options.mp_policy != "round-robin" &&
+      options.mp_policy != "min-latency") {
+    *err = -EINVAL;
+    return nullptr;
+  }
+  for (auto& ps : options.paths) {
+    sockaddr_storage ss;
+    socklen_t l;
+    int rc = ToSockaddr(ps.dst, &ss, &l);
+    if (rc == 0 && ps.src) rc = ToSockaddr(*ps.src, &ss, &l);
+    if (rc) {
+      *err = rc;
+      return nullptr;
+    }
+  }
+  *err = 0;
+  return std::make_shared<client::TcpClientSession>(std::move(options));
+}
+
+}  // namespace ibnbd::transport::tcp

@@ -1,0 +1,338 @@
+// The queue side of a vhost-user-blk device: a kick pops the ring, each request is planned
+// (blk_request.h) and sent to the transport as one ClientIo per chunk, the last chunk's
+// completion answers the guest on the used ring, and the driver is notified once per loop
+// batch. The end of a connection is here too (teardown, finalize), because it is paced by the
+// requests still at the transport. The message side is vhost_connection.cc; the state both
+// share is vhost_blk_internal.h.
+//
+// Threads and locks: queue q's kick, pop, transport Submit, completion, used-ring push and
+// notify all run on IoThreads loop q (mod the pool size), so a request never changes threads
+// and the transport's rule (completion on the submitting IO thread) holds. Each of these
+// events holds the connection's read lock (ReadGuard) for that event only, so H can take the
+// write lock between two of them to dispatch a message; a Submit that completes inline
+// re-enters on the same thread, which tl_reading detects so the lock is not taken twice. The
+// read lock, not a per-queue lock, is enough because a queue is only touched by its own loop
+// or by H under the write lock. Teardown and finalize run on H and take the write lock
+// themselves: teardown may answer requests still in flight (IOERR) and stops the kicks;
+// finalize does nothing while the transport still holds a request (the Settle of the last one
+// posts it again to H), so guest memory is unregistered and unmapped only after that.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <new>
+#include <string>
+
+#include "proto/ibnbd_proto.h"
+#include "vhost/vhost_blk_internal.h"
+
+namespace ibnbd::vhost {
+namespace {
+
+// Read side for queue work; a no-op when this thread already holds it for the connection
+// (an inline completion inside Submit).
+thread_local Connection* tl_reading = nullptr;
+class ReadGuard {
+ public:
+  explicit ReadGuard(Connection* c) : c_(tl_reading == c ? nullptr : c) {
+    if (c_) c_->lock.ReadLock(), prev_ = tl_reading, tl_reading = c_;
+  }
+  ~ReadGuard() {
+    if (c_) tl_reading = prev_, c_->lock.Unlock();
+  }
+
+ private:
+  Connection* c_;
+  Connection* prev_ = nullptr;
+};
+
+// Used-ring notifications of one queue loop, sent once at the end of its batch: the responses
+// one socket read brings are pushed one by one, and the driver is signalled (an eventfd write)
+// once, not once per request. Until then the requests still count as in flight on their
+// connection (Impl::Settle runs after the notify), so a held-back message that stops or remaps
+// the rings is dispatched only once every completion has been signalled.
+class PendingNotifies final : public BatchEndTask {
+ public:
+  struct Item {
+    ConnPtr conn;
+    int qidx;
+    uint64_t requests;
+  };
+  // false: not on a loop or the connection is being finalized; the caller notifies itself.
+  static bool Add(Connection* c, int qidx) {
+    EventLoop* loop = EventLoop::Current();
+    if (!loop) return false;
+    PendingNotifies& p = ThisThread();
+    for (Item& it : p.items_)
+      if (it.conn.get() == c && it.qidx == qidx) return it.requests++, true;
+    ConnPtr sc = c->weak.lock();
+    if (!sc) return false;
+    p.items_.push_back({std::move(sc), qidx, 1});
+    loop->AtBatchEnd(&p);
+    return true;
+  }
+  void RunBatchEnd() override;
+
+ private:
+  static PendingNotifies& ThisThread() {
+    thread_local PendingNotifies p;  // IO threads live as long as the process
+    return p;
+  }
+  std::vector<Item> items_;
+};
+
+void PendingNotifies::RunBatchEnd() {
+  std::vector<Item> now;
+  now.swap(items_);
+  for (Item& it : now) {
+    Connection* c = it.conn.get();
+    ReadGuard r(c);
+    VuVirtq* vq = vu_get_queue(&c->dev, it.qidx);
+    if (!c->dead && vu_queue_started(&c->dev, vq)) vu_queue_notify(&c->dev, vq);
+    c->impl->Settle(c, it.requests);
+  }
+}
+
+}  // namespace
+
+// ---- kicks (queue loops, read lock) -----------------------------------------------------
+
+// Queue loop: a kick. Static: after teardown the device may be gone, only c is alive.
+void VhostBlkDevice::Impl::OnKickFd(Connection* c, int fd, int dup_fd) {
+  ReadGuard r(c);
+  auto it = c->watches.find(fd);
+  if (c->dead || c->broken || it == c->watches.end() || it->second.dup_fd != dup_fd) {
+    eventfd_t v;
+    eventfd_read(dup_fd, &v);  // stale watch: just consume (removal is posted)
+    return;
+  }
+  if (c->draining) {  // rings wait; the pass after the drain picks the requests up
+    eventfd_t v;
+    eventfd_read(dup_fd, &v);
+    return;
+  }
+  Watch w = it->second;
+  w.cb(&c->dev, VU_WATCH_IN, w.data);  // vu_kick_cb: reads the eventfd, calls OnKick
+  if (c->dev.broken) c->impl->ScheduleTeardown(c, false, "");
+}
+
+void VhostBlkDevice::Impl::OnKick(VuDev* d, int qidx) {  // queue loop, read lock held by OnKickFd
+  Connection* c = Conn(d);
+  c->impl->ProcessQueue(c, qidx);
+}
+
+void VhostBlkDevice::Impl::PostProcess(Connection* c, int qidx) {  // H
+  ConnPtr sc = Shared(c);
+  if (!sc) return;
+  QueueLoop(qidx).Post([this, sc, keep = sc->keep, qidx] {
+    ReadGuard r(sc.get());
+    ProcessQueue(sc.get(), qidx);
+  });
+}
+
+void VhostBlkDevice::Impl::PostProcessAll(Connection* c) {  // H
+  for (int q = 0; q < limits().queues; q++) PostProcess(c, q);
+}
+
+void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
+  VuVirtq* vq = vu_get_queue(&c->dev, qidx);
+  while (!c->dead && !c->broken && !c->draining && !c->dev.broken) {
+    if (!vu_queue_started(&c->dev, vq) || !vu_queue_enabled(&c->dev, vq)) break;
+    void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
+    if (!mem) break;
+    VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
+    Request* r = new (mem) Request();
+    r->elem = elem;
+    r->conn = c;
+    r->qidx = qidx;
+    StartRequest(r);
+  }
+  if (c->dev.broken) ScheduleTeardown(c, false, "");
+}
+
+// ---- requests (queue loops, read lock) --------------------------------------------------
+
+void VhostBlkDevice::Impl::StartRequest(Request* r) {
+  Connection* c = r->conn;
+  PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(),
+              self->capacity_sectors(), wce, &r->plan);
+  c->requests[r->qidx].insert(r);
+  c->inflight++;
+  counters[r->qidx].inflight++;
+  if (r->plan.local) {
+    if (!r->plan.error.empty()) LogRequest("request failed: " + r->plan.error);
+    return Finish(r, r->plan.local_status);
+  }
+  if (!self->session_->connected()) return Finish(r, kBlkSIoErr);
+  // read once: every chunk of a request goes to the same server device
+  const uint64_t server_device = self->server_device_.load(std::memory_order_acquire);
+  if (server_device == kNoServerDevice) return Finish(r, kBlkSIoErr);
+  const size_t n = r->plan.ios.size();
+  r->chunks.resize(n);
+  if (n > 1 && r->plan.data_bytes) counters[r->qidx].splits++;
+  r->pending = uint32_t(n) + 1;  // +1: held while submitting (a Submit may complete inline)
+  for (size_t i = 0; i < n; i++) {
+    const PlannedIo& p = r->plan.ios[i];
+    Chunk& ch = r->chunks[i];
+    ch.req = r;
+    proto::IoMsg m{};
+    m.device_id = uint32_t(server_device);
+    m.sector = p.sector;
+    m.op = proto::IoOp(p.op);
+    m.flags = p.flags;
+    m.bi_size = p.bytes;
+    if (proto::EncodeIo(m, ch.msg, sizeof ch.msg) != 0) {
+      ReleaseChunk(r, -EINVAL);
+      continue;
+    }
+    ch.io.dir = p.read ? transport::Dir::kRead : transport::Dir::kWrite;
+    ch.io.usr = ch.msg;
+    ch.io.usr_len = proto::kIoSize;
+    ch.io.iov = p.iov_count ? &r->plan.iov[p.iov_first] : nullptr;
+    ch.io.iov_cnt = p.iov_count;
+    ch.io.data_len = p.iov_count ? p.bytes : 0;
+    ch.io.done = &Impl::ChunkDone;
+    ch.io.ctx = &ch;
+    self->session_->Submit(&ch.io);
+  }
+  ReleaseChunk(r, 0);
+}
+
+// Transport completion: on the queue's loop, which submitted the request.
+void VhostBlkDevice::Impl::ChunkDone(transport::ClientIo* io, int err) {
+  Request* r = static_cast<Chunk*>(io->ctx)->req;
+  Connection* c = r->conn;
+  ReadGuard g(c);
+  c->impl->ReleaseChunk(r, err);
+}
+
+void VhostBlkDevice::Impl::ReleaseChunk(Request* r, int err) {
+  if (err && !r->first_err) r->first_err = err;
+  if (--r->pending) return;
+  if (r->first_err) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "IBNBD request failed: %s", std::strerror(-r->first_err));
+    LogRequest(buf);
+  }
+  Finish(r, r->first_err ? kBlkSIoErr : kBlkSOk);
+}
+
+// Answers (unless already answered) and frees a request.
+void VhostBlkDevice::Impl::Finish(Request* r, uint8_t status) {
+  Connection* c = r->conn;
+  const int qidx = r->qidx;
+  bool deferred = false;
+  if (!r->answered && !c->dead) {
+    Answer(c, r, status);
+    deferred = PendingNotifies::Add(c, qidx);
+    if (!deferred) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, qidx));
+  }
+  counters[qidx].inflight--;
+  c->requests[qidx].erase(r);
+  r->~Request();
+  std::free(r);
+  if (!deferred) Settle(c, 1);
+}
+
+// Read lock held. Called after the used-ring notify of n finished requests.
+void VhostBlkDevice::Impl::Settle(Connection* c, uint64_t n) {
+  if ((c->inflight -= n) == 0 && (c->dead || c->draining)) {
+    // the home loop finalizes a dead connection or resumes the held message
+    home().Post([this, sc = c->keep, c] { AfterDrain(c); });
+  }
+  if (c->dev.broken) ScheduleTeardown(c, false, "");
+}
+
+// Queue loop (read lock), or H under the write lock when teardown fails what is in flight.
+void VhostBlkDevice::Impl::Answer(Connection* c, Request* r, uint8_t status) {
+  QueueCounters& q = counters[r->qidx];
+  uint32_t len = 0;
+  if (r->plan.status) {
+    *r->plan.status = status;
+    len = status == kBlkSOk ? r->plan.used_len : 1;
+  }
+  if (status == kBlkSOk) {
+    if (r->plan.type == kBlkTIn) q.read_bytes += r->plan.data_bytes;
+    if (r->plan.type == kBlkTOut) q.write_bytes += r->plan.data_bytes;
+  } else {
+    q.errors++;
+  }
+  q.requests++;
+  r->answered = true;
+  if (!c->dev.broken) vu_queue_push(&c->dev, vu_get_queue(&c->dev, r->qidx), &r->elem, len);
+}
+
+void VhostBlkDevice::Impl::LogRequest(const std::string& what) {
+  int64_t now = int64_t(std::time(nullptr));
+  int64_t win = log_window.load();
+  if (win != now && log_window.compare_exchange_strong(win, now)) {
+    uint64_t n = log_in_window.exchange(0);
+    if (n > kRequestLogBurst)
+      Log(std::to_string(n - kRequestLogBurst) + " request failures not logged");
+  }
+  if (log_in_window++ < kRequestLogBurst) Log(what);
+}
+
+// ---- teardown, finalize (H, write lock) -------------------------------------------------
+
+// Any loop, either lock side (or none): only flags the connection and posts the work to H.
+void VhostBlkDevice::Impl::ScheduleTeardown(Connection* c, bool fail_inflight,
+                                            const std::string& why) {
+  c->broken = true;
+  if (c->teardown_posted.exchange(true) || c->dead) return;
+  if (!why.empty()) Log(why);
+  home().Post([this, keep = c->keep, c, fail_inflight] {
+    if (Shared(c)) Teardown(c, fail_inflight);
+  });
+}
+
+void VhostBlkDevice::Impl::Teardown(Connection* c, bool fail_inflight) {
+  if (c->teardown_done) return;
+  c->teardown_done = true;
+  {
+    WriteGuard w(c);
+    if (fail_inflight && !c->dev.broken) {
+      for (auto& set : c->requests)
+        for (Request* r : set)
+          if (!r->answered) Answer(c, r, kBlkSIoErr);
+      for (int q = 0; q < limits().queues; q++) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+    }
+    c->dead = true;
+    for (auto& w : c->watches) UnwatchLater(w.second);
+    c->watches.clear();
+  }
+  WatchSocket(c, false);
+  if (c->draining) CloseFds(&c->held);
+  CloseFds(&c->rx);
+  close(c->sock);
+  c->sock = -1;
+  c->dev.sock = -1;
+  if (conn.get() == c) {
+    conn.reset();
+    self->connected_ = false;
+    if (!self->closed_) SetAccepting(true);
+  }
+  Emit("disconnected", "");
+  MaybeFinalize(c);
+}
+
+void VhostBlkDevice::Impl::MaybeFinalize(Connection* c) {
+  ConnPtr sc = Shared(c);
+  if (!sc || !c->dead || !c->teardown_done || c->inflight) return;
+  std::shared_ptr<VhostBlkDevice> keep;
+  {
+    WriteGuard w(c);
+    UnregisterGuestMemory(c);  // no request in flight: the MRs go before the mappings
+    vu_deinit(&c->dev);  // unmaps guest memory: nothing of ours points there any more
+    keep = std::move(c->keep);
+  }
+  all.erase(c);
+  // Tasks still posted with the connection keep its memory; the device reference goes here
+  // (keep is destroyed before sc: nothing touches the device after this line).
+}
+
+}  // namespace ibnbd::vhost
