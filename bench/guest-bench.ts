@@ -6,7 +6,7 @@ import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BenchOptions } from './options.js';
 import type { Workload } from './workloads.js';
-import { startGuest, type GuestOptions, type GuestResult } from '../tests/qemu/harness.js';
+import { startGuest, type GuestOptions, type GuestResult } from '../harness/qemu/harness.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 

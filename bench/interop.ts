@@ -17,7 +17,7 @@ import {
   errText, f1, f2, failedRun, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell,
   STEP_SHELL, STOP_OUR_DAEMONS_SHELL, type GuestPaths, type LoadRun,
 } from './guest-bench.js';
-import { GUEST_IP, kernelRnbdGuestOptions, kernelRnbdPrelude } from '../tests/qemu/rnbd-kernel.js';
+import { GUEST_IP, kernelRnbdGuestOptions, kernelRnbdPrelude } from '../harness/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 

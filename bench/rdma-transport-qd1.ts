@@ -3,12 +3,12 @@
 // split our round trip into "transport" and "vhost-user hop + client daemon". Opens the device
 // read-only (the client daemon holds it rw). Prints one JSON line.
 // Usage: node dist/bench/rdma-transport-qd1.js ADDR PORT DEVICE MS
-import { loadNative } from '../src/backend/native.js';
+import { loadTestAddon } from '../harness/test-addon.js';
 import { ClientSession } from '../src/backend/transport.js';
 import { decode, encode } from '../src/proto/ibnbd.js';
 
 type BenchResult = { ios: number; errors: number; seconds: number; p50Us: number; p99Us: number };
-const { benchReads } = loadNative<{ benchReads(s: unknown, o: object): Promise<BenchResult> }>();
+const { benchReads } = loadTestAddon<{ benchReads(s: unknown, o: object): Promise<BenchResult> }>();
 
 const [addr = '10.0.2.15', port = '4321', device = 'bench.img', ms = '3000'] = process.argv.slice(2);
 const s = new ClientSession({ transport: 'rdma', sessname: 'bench-transport', paths: [{ dst: { kind: 'ip', addr, port: Number(port) } }], queueDepth: 64 });

@@ -1,6 +1,6 @@
 // `npm run bench -- --rdma`: ours over RTRS on soft-RoCE, inside one QEMU guest (hostroot mode,
-// rxe0 on eth0 = 10.0.2.15, LAB.md §4), next to perftest's ib_send_lat and ib_write_lat in the same
-// guest. The guest writes raw results (the load generator's JSON lines, perftest's text) into a
+// rxe0 on eth0 = 10.0.2.15, docs/testing.md "Soft-RoCE in a guest"), next to perftest's
+// ib_send_lat and ib_write_lat in the same guest. The guest writes raw results (the load generator's JSON lines, perftest's text) into a
 // writable 9p share; this side parses them, prints the table and saves bench.json / table.txt.
 // The guest runs under TCG: every figure is slow in absolute terms, and only the ratio within the
 // guest means something. See docs/performance.md ("RDMA in a soft-RoCE guest").
@@ -12,7 +12,7 @@ import { GUEST_WORKLOAD_IDS, WORKLOADS, type Workload } from './workloads.js';
 import {
   f1, f2, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell, STEP_SHELL, STOP_OUR_DAEMONS_SHELL,
 } from './guest-bench.js';
-import { RXE_MODULES } from '../tests/qemu/rnbd-kernel.js';
+import { RXE_MODULES } from '../harness/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 

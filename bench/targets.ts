@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BenchOptions, TargetId } from './options.js';
-import { freePort } from '../tests/fixtures.js';
+import { freePort } from '../harness/fixtures.js';
 import { Daemon, fileExists, runTool, tcpAccepts, waitFor, type ToolResult } from './procs.js';
 import { isReadLike, type Workload } from './workloads.js';
 

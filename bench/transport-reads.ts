@@ -3,13 +3,13 @@
 // no JS per IO) and the JS admin client (one Buffer round trip per IO), at QD1 and QD32.
 // Run: npx tsc -p . && [IBNBD_IO_THREADS=n] node dist/bench/transport-reads.js [/path/to/file-or-device]
 import { closeSync, fstatSync, ftruncateSync, openSync, unlinkSync, writeSync } from 'node:fs';
-import { loadNative } from '../src/backend/native.js';
+import { loadTestAddon } from '../harness/test-addon.js';
 import { encode } from '../src/proto/ibnbd.js';
 import { ClientSession, configureIoThreads } from '../src/backend/transport.js';
 import { NativeServer, probeDevice } from '../src/backend/server-native.js';
 
 type BenchResult = { ios: number; errors: number; seconds: number; p50Us: number; p99Us: number };
-const { benchReads } = loadNative<{ benchReads(s: unknown, o: object): Promise<BenchResult> }>();
+const { benchReads } = loadTestAddon<{ benchReads(s: unknown, o: object): Promise<BenchResult> }>();
 
 configureIoThreads(Number(process.env.IBNBD_IO_THREADS ?? 1));
 const arg = process.argv[2];

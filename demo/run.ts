@@ -10,8 +10,8 @@ import { existsSync, mkdtempSync, openSync, readSync, closeSync, rmSync, ftrunca
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../src/backend/native.js';
-import { freePort } from '../tests/fixtures.js';
-import { startGuest, type GuestHandle } from '../tests/qemu/harness.js';
+import { freePort } from '../harness/fixtures.js';
+import { startGuest, type GuestHandle } from '../harness/qemu/harness.js';
 
 const DISK_MIB = 256;
 const PATTERN_MIB = 32;

@@ -1,6 +1,6 @@
 // Typed view of the native export server (native/server/binding.cc) and probeDevice.
 // IO never passes through here: only admin requests, session events and device tables.
-import { IbnbdError, toIbnbdError } from './errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { loadNative } from './native.js';
 import type { Endpoint, TransportKind } from '../transport/paths.js';
 import { checkEndpoint, checkInt, type PathInfo } from './transport.js';

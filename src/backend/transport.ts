@@ -1,7 +1,7 @@
 // Typed view of the native transport client (native/transport/binding.cc): NativeClientSession
 // for JS admin requests and tests, and the IO thread pool size. Options are validated here with
 // precise errors before the thin C++ class sees them.
-import { IbnbdError, toIbnbdError } from './errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
 import { linkProbe, loadNative } from './native.js';
 

@@ -2,7 +2,7 @@
 // mapped device. Options are validated here with precise EINVAL messages (better-sqlite3
 // style); the C++ class re-checks only what would be unsafe natively.
 import { loadNative } from './native.js';
-import { IbnbdError, toIbnbdError } from './errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 
 export const VHOST_MAX_QUEUES = 16;
 export const VIRTIO_BLK_ID_BYTES = 20;

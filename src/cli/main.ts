@@ -1,7 +1,7 @@
 // The ibnbd command line: one program, its commands registered by the modules listed below.
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import * as clientCommands from './commands/client.js';
 import * as libvirtCommands from './commands/libvirt.js';
 import * as mapCommands from './commands/map.js';

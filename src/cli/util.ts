@@ -2,7 +2,7 @@
 // printing results (JSON or readable), and turning any failure into "ibnbd: <ERRNO>: <message>".
 import { Command, CommanderError } from 'commander';
 import { constants } from 'node:os';
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { controlRequest } from '../control/client.js';
 import { DEFAULT_CLIENT_SOCKET } from '../control/paths.js';
 import type { ControlResult } from '../control/protocol.js';

@@ -1,7 +1,7 @@
-// The client's side of IBNBD's admin messages (IBNBD.txt "Protocol"): SESS_INFO once per session,
-// OPEN per mapped device, CLOSE on unmap. They travel as transport requests like any IO: SESS_INFO
+// The client's side of IBNBD's admin messages (docs/protocol.md, "RNBD/IBNBD messages"):
+// SESS_INFO once per session, OPEN per mapped device, CLOSE on unmap. They travel as transport requests like any IO: SESS_INFO
 // and OPEN as READs whose data buffer receives the response, CLOSE as a WRITE with no data.
-import { IbnbdError, errnoName } from '../backend/errors.js';
+import { IbnbdError, errnoName } from '../errors.js';
 import type { ClientSession as TransportSession } from '../backend/transport.js';
 import {
   decode,

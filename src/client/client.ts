@@ -1,11 +1,11 @@
-// The client's semantics (IBNBD.txt, "Client Sysfs Interface", on a vhost-user face):
+// The client's semantics (IBNBD's client interface on a vhost-user face, docs/client.md):
 //   map    → session found or created, OPEN, vhost-user-blk socket ibnbd<N>.sock, devices/<id>
 //   unmap  → EBUSY while a front-end is connected unless forced; CLOSE; socket removed;
 //            the session closed with its last device
 //   list / show → name, device_id, socket, state, session, mapping_path, ...
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { deviceIdOf, type MapRequest } from '../proto/map-string.js';
 import type { TransportKind as Transport } from '../transport/paths.js';
@@ -213,8 +213,8 @@ export class IbnbdClient {
   }
 
   // RNBD's client: on DISCONNECTED every device goes MAPPED_DISCONNECTED; on RECONNECTED it sends
-  // SESS_INFO and re-OPENs each device (PROTOCOL.md §1.10). The server may be a new process that
-  // knows none of our device ids, or hands out the old ids to other devices: a device's IO is
+  // SESS_INFO and re-OPENs each device (docs/protocol.md, "The client's session life"). The server
+  // may be a new process that knows none of our device ids, or hands out the old ids to other devices: a device's IO is
   // cut off here, synchronously, before any re-OPEN of this session can be sent.
   private onSessionState(session: ClientSession, state: SessionState): void {
     const devs = this.sessionDevices(session);

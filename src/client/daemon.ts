@@ -3,7 +3,7 @@
 // remove every socket it made.
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
 import { parseMapString } from '../proto/map-string.js';

@@ -3,7 +3,7 @@
 // sessname share it; it is closed when its last device is unmapped. When every path is lost the
 // transport dials again (reconnectDelayMs, maxReconnectAttempts); the observer hears 'closed' and
 // 'open' and re-opens the devices (client.ts).
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { ClientSession as TransportSession, type LinkEvent } from '../backend/transport.js';
 import type { MapRequest } from '../proto/map-string.js';
 import type { PathSpec, TransportKind as Transport } from '../transport/paths.js';

@@ -1,6 +1,6 @@
 // The client side of a control socket: one request, one reply, then the connection is closed.
 import net from 'node:net';
-import { IbnbdError, isErrnoName } from '../backend/errors.js';
+import { IbnbdError, isErrnoName } from '../errors.js';
 import { LineSplitter } from './framing.js';
 import { decodeReply, type ControlResult } from './protocol.js';
 

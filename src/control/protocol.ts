@@ -1,6 +1,6 @@
 // The control protocol's messages: one JSON object per line each way (docs/control-socket.md).
 // Requests are untrusted: anything that is not a well-formed request becomes an EINVAL reply.
-import { IbnbdError, isErrnoName, type ErrnoName } from '../backend/errors.js';
+import { IbnbdError, isErrnoName, type ErrnoName } from '../errors.js';
 
 export interface ControlRequest {
   cmd: string;

@@ -4,7 +4,7 @@
 import { mkdir, lstat, chmod, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { LineSplitter, MAX_LINE_BYTES, type LineEvent } from './framing.js';
 import { encodeErrorReply, encodeOkReply, parseRequestLine, quoteForMessage } from './protocol.js';
 

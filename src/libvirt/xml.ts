@@ -4,7 +4,7 @@
 // options on vhostuser disks (the device's serial and read-only state come from the backend:
 // VIRTIO_BLK_T_GET_ID and VIRTIO_BLK_F_RO), so this module does not offer them.
 import { isAbsolute } from 'node:path';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 
 export interface LibvirtDiskOptions {
   /** the mapping's vhost-user-blk unix socket, absolute */

@@ -1,9 +1,9 @@
-// The IBNBD block protocol codec (PROTOCOL.md §1, docs/protocol.md): RNBD protocol v2 layouts
+// The IBNBD block protocol codec (docs/protocol.md, "RNBD/IBNBD messages"): RNBD protocol v2 layouts
 // with IBNBD's io_mode in OPEN byte 5. A pure codec, no I/O: encode() builds the bytes of one
 // message, decode() checks and reads one message and never throws. The same layouts and the
 // same checks, in the same order, are native/proto/ibnbd_proto.h; both are held to the golden
-// bytes of tests/vectors/ibnbd.json.
-import { IbnbdError, type ErrnoName } from '../backend/errors.js';
+// bytes of tests/support/vectors/ibnbd.json.
+import { IbnbdError, type ErrnoName } from '../errors.js';
 
 // ---- constants ------------------------------------------------------------------------------
 

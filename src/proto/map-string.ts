@@ -1,4 +1,4 @@
-// The seed's map_device grammar (IBNBD.txt, "map_device"), plus the extensions of ibnbd-vhost:
+// IBNBD's map_device grammar (docs/client.md, "The map string"), plus the extensions of ibnbd-vhost:
 //
 //   sessname=<name> path=<[src,]dst> [path=...] device_path=<path>
 //   [access_mode=ro|rw|migration] [io_mode=fileio|blockio]
@@ -8,7 +8,7 @@
 // violation is an EINVAL whose message starts with the key at fault ("sessname: ..."), the way a
 // user fixes it. The same rules serve the CLI's flag form (mapRequestFromFields).
 import { isIP } from 'node:net';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
 import { ACCESS_MODES, IO_MODES, type AccessMode, type IoMode } from './ibnbd.js';
 
@@ -29,7 +29,7 @@ export interface MapRequest {
 
 /** RTRS_PORT / IBTRS_PORT. */
 export const DEFAULT_PORT = 1234;
-/** The seed: "a string not bigger than 256 chars". */
+/** IBNBD's limit on sessname (docs/client.md, "The map string"). */
 export const SESSNAME_MAX_BYTES = 256;
 /** NAME_MAX: size of the dev_name field of the OPEN message. */
 export const DEVICE_PATH_MAX_BYTES = 255;
@@ -94,7 +94,7 @@ function byteLength(s: string): number {
 const CONTROL_CHAR = /[\u0000-\u001f\u007f]/;
 const WHITESPACE = /\s/;
 
-/** The device_id rule of IBNBD.txt: every "/" of device_path becomes "!". */
+/** IBNBD's device_id rule (docs/client.md, "The map string"): every "/" of device_path becomes "!". */
 export function deviceIdOf(devicePath: string): string {
   return devicePath.replaceAll('/', '!');
 }

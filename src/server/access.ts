@@ -1,7 +1,7 @@
-// The "RW only once" rule (IBNBD.txt access_mode, PROTOCOL.md 1.10), counted per exported device
-// across all sessions. ro never counts; rw needs no writer; migration needs fewer than two, so a VM
+// The "RW only once" rule (docs/protocol.md, "Access modes"; docs/server.md, "Access modes"),
+// counted per exported device across all sessions. ro never counts; rw needs no writer; migration needs fewer than two, so a VM
 // can be live-migrated: the source holds rw and the destination opens with migration.
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import { ACCESS_MODES, type AccessMode } from '../proto/ibnbd.js';
 
 /** ACCESS_MODES is indexed by the wire value of rnbd_access_mode. */

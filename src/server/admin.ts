@@ -3,7 +3,7 @@
 // and, for SESS_INFO and OPEN, the response the client's READ buffer receives. Every error —
 // malformed bytes, refused path, access mode — becomes the errno; nothing thrown escapes.
 import { constants } from 'node:os';
-import { toIbnbdError } from '../backend/errors.js';
+import { toIbnbdError } from '../errors.js';
 import {
   OPEN_RSP_SIZE,
   SECTOR_SIZE,
@@ -13,7 +13,7 @@ import {
   type OpenRspMsg,
 } from '../proto/ibnbd.js';
 import type { DeviceGeometry } from '../backend/server-native.js';
-import type { Logger } from './server.js';
+import type { Logger } from '../logger.js';
 import type { ExportSession } from './session.js';
 
 /** errno: 0 or a positive errno number; data: the response for a READ-carried message. */

@@ -1,6 +1,6 @@
 // The server's control socket commands. Requests come from anyone who can reach the socket:
 // arguments are checked, errors are IbnbdErrors (the control layer sends them as {code,message}).
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import type { ControlHandler } from '../control/server.js';
 import type { ExportServer } from './server.js';
 

@@ -1,19 +1,14 @@
 // The export server daemon: validated options → native transport server → ExportServer →
 // control socket; runs in the foreground, logs to stderr, and on SIGTERM/SIGINT closes every
 // session (devices released, descriptors closed), removes the control socket and returns 0.
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { ControlServer } from '../control/server.js';
 import { serverCommands } from './control-commands.js';
 import { startNativeServer } from './native-port.js';
 import { validateServerOptions, type RawServerOptions, type ServerOptions } from './options.js';
 import { probe } from './probe.js';
-import { ExportServer, type Logger, type ServerEvent } from './server.js';
-
-export function stderrLogger(prefix = 'ibnbd-server'): Logger {
-  const line = (level: string, msg: string) =>
-    process.stderr.write(`${new Date().toISOString()} ${prefix} ${level}: ${msg}\n`);
-  return { info: (m) => line('info', m), warn: (m) => line('warn', m) };
-}
+import { ExportServer, type ServerEvent } from './server.js';
+import { stderrLogger, type Logger } from '../logger.js';
 
 export interface RunningServer {
   server: ExportServer;
@@ -50,7 +45,7 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
  * Runs until SIGTERM/SIGINT, then stops cleanly and resolves. Invalid options or a failed start
  * (address in use, control socket taken...) throw an IbnbdError before anything keeps running.
  */
-export async function runServerDaemon(raw: RawServerOptions, log: Logger = stderrLogger()): Promise<void> {
+export async function runServerDaemon(raw: RawServerOptions, log: Logger = stderrLogger('ibnbd-server')): Promise<void> {
   const opts = validateServerOptions(raw);
   const running = startServer(opts, log);
   const { server } = running;

@@ -1,4 +1,4 @@
-// Where an OPEN's device_path lands on the server (IBNBD.txt "dev_search_path", PROTOCOL.md 1.10).
+// Where an OPEN's device_path lands on the server (docs/server.md, "Search path rules (OPEN)").
 // The client names a device relative to the server's search path; the server must never let that
 // name reach outside it. Two layers: a pure check of the name (no "..", no NUL, bounded length),
 // then, on the real filesystem, the symlink-resolved path must still be inside the (resolved)
@@ -6,7 +6,7 @@
 // closes the window between this check and open().
 import { realpathSync } from 'node:fs';
 import { posix } from 'node:path';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 
 export const SESSNAME_TOKEN = '%SESSNAME%';
 /** Linux PATH_MAX, terminating NUL included: RNBD refuses search path + name >= PATH_MAX. */

@@ -6,7 +6,7 @@
 // last of them.
 import { closeSync, constants as fsc, fstatSync, openSync, statSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { basename } from 'node:path';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import type { DeviceGeometry } from '../backend/server-native.js';
 import type { AccessMode, IoMode } from '../proto/ibnbd.js';
 import { WriterCount } from './access.js';

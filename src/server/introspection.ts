@@ -1,4 +1,4 @@
-// The server's introspection tree: the seed's sysfs layout
+// The server's introspection tree: IBNBD's server sysfs layout (docs/server.md, "Introspection")
 //   devices/<device_name>/block_dev
 //   devices/<device_name>/sessions/<sessname>/{read_only,mapping_path}
 // plus, per session, its paths (client addresses), device ids and in-flight counts. Plain data

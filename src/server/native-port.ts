@@ -2,7 +2,7 @@
 // server: started with the daemon's options, its events passed on as ServerEvents, and the
 // NativePort the ExportServer drives (respond, attach/detach, in-flight counts, paths).
 // The only file here that knows the binding's shape.
-import { toIbnbdError } from '../backend/errors.js';
+import { toIbnbdError } from '../errors.js';
 import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
 import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/transport.js';
 import type { Endpoint } from '../transport/paths.js';

@@ -1,7 +1,7 @@
 // `ibnbd server` options: validated here, with an error that names the option and the value,
 // before anything native is created.
 import { isIP } from 'node:net';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
 
 export const DEFAULT_PORT = 1234;

@@ -2,12 +2,11 @@
 // cache policy. Block devices are described by their own sysfs queue (the kernel's limits);
 // a regular file by its size and the queue of the block device under its filesystem, with
 // discard (punch hole) and write-zeroes (zero range) advertised only on filesystems that have
-// both. The native probeDevice(fd), when the addon exports it, is preferred: it asks the kernel
-// through the descriptor itself (ioctls, a real fallocate test).
+// both. The native probeDevice(fd) asks the kernel through the descriptor itself (ioctls, a real
+// fallocate test); sysfs fills in only the fields it leaves out.
 import { fstatSync, readFileSync, readlinkSync, statfsSync } from 'node:fs';
-import { loadNative } from '../backend/native.js';
 import { probeDevice, type DeviceGeometry } from '../backend/server-native.js';
-import { IbnbdError } from '../backend/errors.js';
+import { IbnbdError } from '../errors.js';
 
 const SECTOR = 512;
 /** Discard / write-zeroes on a file need no data transfer: 1 GiB per request. */
@@ -22,31 +21,13 @@ const PUNCH_AND_ZERO_FS = new Set([
   0xf2f52010, // f2fs
 ]);
 
-type NativeProbe = (fd: number) => Partial<DeviceGeometry> & { sizeBytes: number };
-
-let nativeProbe: NativeProbe | null | undefined;
-
-/** probeDevice of the addon; null only when the addon predates it (then sysfs answers). */
-function native(): NativeProbe | null {
-  if (nativeProbe === undefined) {
-    try {
-      nativeProbe = typeof loadNative<{ probeDevice?: unknown }>().probeDevice === 'function' ? probeDevice : null;
-    } catch {
-      nativeProbe = null;
-    }
-  }
-  return nativeProbe;
-}
-
 /**
  * Probes through `fd`. Pass a writable descriptor when the mapping is writable: discard and
  * write-zeroes of a file are found by a real fallocate, which a read-only descriptor cannot do
  * (and a read-only mapping must not advertise them anyway).
  */
 export function probe(fd: number, blockDevice: boolean): DeviceGeometry {
-  const n = native();
-  if (!n) return sysfsProbe(fd, blockDevice);
-  const g = n(fd);
+  const g = probeDevice(fd);
   const fallback = (): DeviceGeometry => sysfsProbe(fd, blockDevice);
   let fb: DeviceGeometry | undefined;
   const pick = <K extends keyof DeviceGeometry>(k: K): DeviceGeometry[K] =>

@@ -3,7 +3,7 @@
 // life cycle come up as events, are answered here, and OPEN/CLOSE attach/detach devices to the
 // native IO path. Also builds the introspection tree.
 import { constants } from 'node:os';
-import { IbnbdError, toIbnbdError } from '../backend/errors.js';
+import { IbnbdError, toIbnbdError } from '../errors.js';
 import { handleAdmin, type AdminReply } from './admin.js';
 import { ExportTable, type ProbeDevice } from './exports.js';
 import {
@@ -14,6 +14,7 @@ import {
   type SessionPathEntry,
 } from './introspection.js';
 import { ExportSession, type AttachSpec, type DataPath } from './session.js';
+import { silentLogger, type Logger } from '../logger.js';
 
 /** What the server needs from the native transport server (adapted in native-port.ts). */
 export interface NativePort {
@@ -30,13 +31,6 @@ export type ServerEvent =
   | { type: 'session-up'; sessionId: string; sessname: string; paths?: SessionPathEntry[] }
   | { type: 'session-down'; sessionId: string }
   | { type: 'request'; sessionId: string; requestId: number; dir: 'read' | 'write'; usr: Buffer; dataLen: number };
-
-export interface Logger {
-  info(msg: string): void;
-  warn(msg: string): void;
-}
-
-export const silentLogger: Logger = { info: () => {}, warn: () => {} };
 
 export interface ExportServerOptions {
   devSearchPath: string;

@@ -1,7 +1,8 @@
 // One client session as the export server sees it (RNBD's srv_sess): the negotiated protocol
 // version and the devices it opened, each with a device id private to the session. Applies the
-// OPEN/CLOSE rules of PROTOCOL.md 1.10; the bytes are decoded and encoded elsewhere (admin.ts).
-import { IbnbdError } from '../backend/errors.js';
+// OPEN/CLOSE rules of docs/protocol.md ("Server rules for OPEN and CLOSE", "Access modes"); the
+// bytes are decoded and encoded elsewhere (admin.ts).
+import { IbnbdError } from '../errors.js';
 import type { DeviceGeometry } from '../backend/server-native.js';
 import type { AccessMode, IoMode } from '../proto/ibnbd.js';
 import { probeFd, type Export, type ExportTable, type FdSet } from './exports.js';

@@ -1,7 +1,7 @@
 // `ibnbd client`: runs the client daemon in the foreground (vhost-user-blk sockets for mapped
 // devices, driven by `ibnbd map/unmap/list/show` through its control socket).
 import type { Command } from 'commander';
-import { IbnbdError } from '../../backend/errors.js';
+import { IbnbdError } from '../../errors.js';
 import { CLIENT_DEFAULTS, runClientDaemon } from '../../client/daemon.js';
 
 /** -1 or a non-negative integer (-1: forever). */

@@ -1,7 +1,7 @@
 // `ibnbd libvirt-xml <device>`: the <disk type='vhostuser'> element for a mapped device, asked of the
 // client daemon (its socket path and queue count), for `virsh attach-device` or a domain's <devices>.
 import type { Command } from 'commander';
-import { IbnbdError } from '../../backend/errors.js';
+import { IbnbdError } from '../../errors.js';
 import { libvirtDiskXml, libvirtDomainXml, libvirtMemoryBackingXml } from '../../libvirt/xml.js';
 import { addControlOptions, checkDeviceArg, sendRequest, type ControlOptions } from '../util.js';
 

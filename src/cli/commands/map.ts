@@ -2,7 +2,7 @@
 // control socket. Everything that can be checked here is checked before any socket I/O, so a
 // typo is an EINVAL from the CLI with the same message the daemon would give.
 import type { Command } from 'commander';
-import { IbnbdError } from '../../backend/errors.js';
+import { IbnbdError } from '../../errors.js';
 import { MAP_USAGE, deviceIdOf, formatMapString, mapRequestFromFields, parseMapString, type MapRequest } from '../../proto/map-string.js';
 import {
   addControlOptions,

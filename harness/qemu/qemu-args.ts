@@ -1,0 +1,71 @@
+// The qemu-system-x86_64 command line for a test guest (docs/testing.md, "Guests under TCG").
+// Pure: paths in, argv out.
+export interface DiskSpec {
+  /** vhost-user-blk unix socket of the backend (ours or qemu-storage-daemon). */
+  socket: string;
+  /** virtqueues the guest driver gets (vhost-user-blk-pci num-queues); default 1. */
+  numQueues?: number;
+  /** reconnect=1 on the chardev: QEMU redials a backend that went away, every second. */
+  reconnect?: boolean;
+}
+
+export interface ShareSpec {
+  /** host directory exported writable over 9p */
+  hostPath: string;
+  /** 9p mount tag, [A-Za-z0-9_-], at most 31 characters */
+  tag: string;
+  /** where the guest mounts it; default the same path as on the host */
+  guestPath?: string;
+}
+
+export interface QemuArgsInput {
+  kernel: string;
+  initrd: string;
+  memMiB: number;
+  /** vCPUs; the guest's virtio_blk uses at most one queue per vCPU */
+  cpus?: number;
+  controlSocket: string;
+  disks: DiskSpec[];
+  hostRoot: boolean;
+  shares: ShareSpec[];
+  net: boolean;
+  append?: string;
+}
+
+/** QEMU option values separate on ',': a literal comma is written ',,'. */
+function optValue(s: string): string {
+  return s.replace(/,/g, ',,');
+}
+
+export function qemuArgs(a: QemuArgsInput): string[] {
+  const args = [
+    '-machine', 'q35,memory-backend=mem', '-accel', 'tcg', '-cpu', 'max', '-smp', String(a.cpus ?? 1),
+    '-m', `${a.memMiB}M`,
+    // vhost-user backends map guest RAM: it must be a shareable fd (without it the backend
+    // fails on SET_VRING_ADDR and the guest just hangs)
+    '-object', `memory-backend-memfd,id=mem,size=${a.memMiB}M,share=on`,
+    '-kernel', a.kernel, '-initrd', a.initrd,
+    '-append', `console=ttyS0 panic=-1 quiet${a.append ? ' ' + a.append : ''}`,
+    '-display', 'none', '-no-reboot', '-nodefaults',
+    // ttyS0: console on our stdout; ttyS1: host -> guest control lines over a unix socket the
+    // harness listens on (QEMU dials it at start-up, so it is connected before the guest boots)
+    '-chardev', 'stdio,id=ser0,signal=off', '-serial', 'chardev:ser0',
+    '-chardev', `socket,id=ctl,path=${optValue(a.controlSocket)}`, '-serial', 'chardev:ctl',
+  ];
+  a.disks.forEach((d, i) => {
+    args.push(
+      '-chardev', `socket,id=vub${i},path=${optValue(d.socket)}${d.reconnect ? ',reconnect=1' : ''}`,
+      '-device', `vhost-user-blk-pci,id=vblk${i},chardev=vub${i},num-queues=${d.numQueues ?? 1}`,
+    );
+  });
+  if (a.hostRoot) {
+    // multidevs=remap: the host root spans several filesystems; without it inode numbers
+    // collide and /proc, /sys misbehave in the guest
+    args.push('-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot');
+  }
+  for (const s of a.shares) {
+    args.push('-virtfs', `local,path=${optValue(s.hostPath)},mount_tag=${s.tag},security_model=none,multidevs=remap,id=fs_${s.tag}`);
+  }
+  if (a.net) args.push('-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
+  return args;
+}

@@ -1,0 +1,252 @@
+// The client daemon as a user drives it: `ibnbd server` + `ibnbd client` child processes, the
+// `ibnbd` CLI over the control socket, libblkio (ibnbd-blkio) as the VM on the vhost-user socket,
+// and the bytes checked in the server's file.
+import test, { type ExecutionContext } from 'ava';
+import { existsSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { join } from 'node:path';
+import { controlRequest } from '../../src/control/index.js';
+import { ibnbd, ibnbdJson, rssBytes, startClientDaemon, startServerDaemon } from '../support/daemons.js';
+import { sparseFile, tempDir } from '../../harness/fixtures.js';
+import { blkio, blkioBench, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
+import { reportedAddress, scaled, testMapTarget } from '../support/transport-under-test.js';
+
+async function setup(t: ExecutionContext, files: Record<string, number>, clientExtra: string[] = []) {
+  const dir = tempDir(t, 'clientd');
+  const exportsDir = join(dir, 'exports');
+  await import('node:fs/promises').then((fs) => fs.mkdir(exportsDir));
+  for (const [name, size] of Object.entries(files)) sparseFile(join(exportsDir, name), size);
+  const server = await startServerDaemon(t, dir, exportsDir);
+  const client = await startClientDaemon(t, dir, clientExtra);
+  const map = (s: string) => ibnbd(['map', s, '--control', client.control]);
+  const mapJson = (s: string) => ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control]);
+  // at: the map-string words that reach the server
+  return { dir, exportsDir, server, client, map, mapJson, at: testMapTarget(server.port) };
+}
+
+test.serial('the seed\'s map string maps a device served over vhost-user-blk; libblkio data lands in the server file', async (t) => {
+  const s = await setup(t, { 'disk0.img': 256 * MiB, 'disk1.img': 128 * MiB });
+  // verbatim shape of IBNBD's example (docs/control-socket.md; address and device adapted to this host)
+  const { device } = await s.mapJson(`sessname=blya ${s.at} device_path=disk0.img`);
+  t.is(device.name, 'ibnbd0');
+  t.is(device.device_id, 'disk0.img');
+  t.is(device.socket, join(s.client.runDir, 'vhost', 'ibnbd0.sock'));
+  t.is(device.state, 'open');
+  t.is(device.size, 256 * MiB);
+  t.is(readlinkSync(join(s.client.runDir, 'devices', 'disk0.img')), join('..', 'vhost', 'ibnbd0.sock'));
+
+  // QD1 and QD32, 512 B … 1 MiB (above the 128 KiB max IO: split), 4 queues
+  const qd1 = await blkio(['--path', device.socket, '--qd', '1', '--count', '48', '--seed', '3', '--min-size', '512', '--max-size', String(MiB), '--span', String(64 * MiB), 'verify']);
+  t.is(qd1.code, 0, JSON.stringify(qd1.json));
+  // the same session maps a second device with the queues extension: 4 virtqueues
+  const mq = (await s.mapJson(`sessname=blya ${s.at} device_path=disk1.img queues=4`)).device;
+  t.is(mq.name, 'ibnbd1');
+  t.is(mq.queues, 4);
+  const qd32 = await blkio(['--path', mq.socket, '--queues', '4', '--qd', '32', '--count', '60', '--seed', '4', '--min-size', '4096', '--max-size', String(MiB), '--offset', String(64 * MiB), '--span', String(64 * MiB), 'verify']);
+  t.is(qd32.code, 0, JSON.stringify(qd32.json));
+  const base = 192 * MiB;
+  const w = await blkio(['--path', device.socket, '--queues', '1', '--qd', '8', '--count', '16', '--seed', '5', '--sequential', '--min-size', String(MiB), '--max-size', String(MiB), '--offset', String(base), 'write']);
+  t.is(w.code, 0, JSON.stringify(w.json));
+  t.is((await blkio(['--path', device.socket, 'flush'])).code, 0);
+  t.true(fileBytes(join(s.exportsDir, 'disk0.img'), base, 16 * MiB).equals(expectedPattern(5, base, 16 * MiB)), 'the server file holds the pattern');
+
+  const list = await ibnbdJson<{ devices: any[] }>(['list', '--control', s.client.control]);
+  t.deepEqual(list.devices.map((d) => d.name), ['ibnbd0', 'ibnbd1']);
+  t.is((await ibnbd(['unmap', 'ibnbd1', '--control', s.client.control])).code, 0);
+  const shown = await ibnbdJson<{ device: any }>(['show', 'disk0.img', '--control', s.client.control]);
+  t.is(shown.device.session, 'blya');
+  t.is(shown.device.mapping_path, 'disk0.img');
+  t.is(shown.device.access_mode, 'rw');
+  t.is(shown.device.io_mode, 'blockio');
+  t.true(shown.device.stats.requests > 0);
+  t.is(shown.device.path_states.length, 1);
+  t.like(shown.device.path_states[0], { state: 'connected', inflight: 0, reconnects: 0 });
+  t.regex(shown.device.path_states[0].dst, reportedAddress(s.server.port), 'the path the map string named');
+  t.is(shown.device.path_states[0].failovers, 0, 'one path: nothing to fail over to');
+  t.true(shown.device.path_states[0].requests >= shown.device.stats.requests, 'every guest request completed on the one path (plus admin messages)');
+  const human = (await ibnbd(['show', 'disk0.img', '--control', s.client.control])).stdout;
+  t.regex(human, /^path_states\[0\]\.requests: +[1-9]\d*$/m, human);
+  t.regex(human, /^path_states\[0\]\.failovers: +0$/m, human);
+
+  t.is((await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control])).code, 0);
+  t.false(existsSync(device.socket), 'socket removed');
+  t.false(existsSync(join(s.client.runDir, 'devices', 'disk0.img')), 'devices/<device_id> removed');
+  const srv = await ibnbdJson<Record<string, any>>(['server', 'sessions', '--control', s.server.control]);
+  t.is(JSON.stringify(srv).includes('blya'), false, 'the session closed with its last device');
+});
+
+test.serial('access_mode=ro: RO advertised, writes fail, the server shows read_only 1', async (t) => {
+  const s = await setup(t, { 'ro.img': 16 * MiB });
+  const { device } = await s.mapJson(`sessname=r1 ${s.at} device_path=ro.img access_mode=ro`);
+  t.is(device.read_only, true);
+  const noFlag = await blkio(['--path', device.socket, 'info']);
+  t.not(noFlag.code, 0, 'libblkio refuses a writable start: the device advertises VIRTIO_BLK_F_RO');
+  const w = await blkio(['--path', device.socket, '--read-only', '--count', '4', '--seed', '9', 'write']);
+  t.not(w.code, 0, 'a write fails');
+  const r = await blkio(['--path', device.socket, '--read-only', '--count', '4', '--seed', '9', '--min-size', '4096', '--max-size', '4096', 'check']);
+  t.truthy(r.json, 'reads are served');
+  const tree = (await ibnbd(['server', 'devices', '--control', s.server.control])).stdout;
+  t.regex(tree, /sessions\/r1\/read_only: 1/);
+  t.regex(tree, /sessions\/r1\/mapping_path: ro\.img/);
+});
+
+test.serial('map errors: EINVAL, ENOENT, EEXIST, EPERM through the CLI with exit codes', async (t) => {
+  const s = await setup(t, { 'a.img': 8 * MiB });
+  const bad = await s.map(`sessname=x ${s.at}`);
+  t.is(bad.code, 22);
+  t.regex(bad.stderr, /^ibnbd: EINVAL: .*device_path/m);
+  const missing = await s.map(`sessname=x ${s.at} device_path=nope.img`);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /^ibnbd: ENOENT: /m);
+  t.is((await s.map(`sessname=x ${s.at} device_path=a.img`)).code, 0);
+  const again = await s.map(`sessname=x ${s.at} device_path=a.img`);
+  t.is(again.code, 17);
+  t.regex(again.stderr, /^ibnbd: EEXIST: /m);
+  const writer2 = await s.map(`sessname=y ${s.at} device_path=a.img access_mode=rw`);
+  t.is(writer2.code, 1);
+  t.regex(writer2.stderr, /^ibnbd: EPERM: /m);
+  t.is((await s.map(`sessname=y ${s.at} device_path=a.img access_mode=migration`)).code, 0, 'migration is the second writer RNBD allows');
+  t.is((await s.map(`sessname=z ${s.at} device_path=a.img access_mode=ro`)).code, 0);
+  const list = await ibnbdJson<{ devices: any[] }>(['list', '--control', s.client.control]);
+  t.deepEqual(list.devices.map((d) => d.name), ['ibnbd0', 'ibnbd1', 'ibnbd2']);
+  const unknown = await ibnbd(['unmap', 'ibnbd9', '--control', s.client.control]);
+  t.is(unknown.code, 2);
+  // a device_id mapped by several sessions is ambiguous; the name is not
+  t.is((await ibnbd(['unmap', 'a.img', '--control', s.client.control])).code, 22);
+  t.is((await ibnbd(['unmap', 'ibnbd1', '--control', s.client.control])).code, 0);
+  // smallest free N again
+  t.is((await s.mapJson(`sessname=w ${s.at} device_path=a.img access_mode=ro`)).device.name, 'ibnbd1');
+});
+
+test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO and the daemon stays healthy', async (t) => {
+  const s = await setup(t, { 'busy.img': 64 * MiB, 'other.img': 16 * MiB });
+  const { device } = await s.mapJson(`sessname=b ${s.at} device_path=busy.img`);
+  const bench = blkioBench(['--path', device.socket, '--timeout-ms', '5000', '--rw', 'randwrite', '--qd', '32', '--runtime-ms', '20000'], scaled(60_000));
+  const end = Date.now() + scaled(10_000);
+  while (!(await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.frontend_connected) {
+    if (Date.now() > end) t.fail('libblkio never connected');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 300)); // QD32 in flight
+  const busy = await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control]);
+  t.is(busy.code, 16);
+  t.regex(busy.stderr, /^ibnbd: EBUSY: /m);
+  const t0 = Date.now();
+  const forced = await ibnbd(['unmap', 'ibnbd0', '--force', '--control', s.client.control]);
+  t.is(forced.code, 0, forced.stderr);
+  const r = await bench;
+  t.true(Date.now() - t0 < 15_000, 'every in-flight request completed (libblkio did not hang)');
+  t.not(r.code, -1, 'libblkio exited on its own');
+  t.false(existsSync(device.socket));
+  // healthy: maps and serves again
+  const other = await s.mapJson(`sessname=b ${s.at} device_path=other.img`);
+  t.is(other.device.name, 'ibnbd0');
+  const v = await blkio(['--path', other.device.socket, '--qd', '8', '--count', '32', '--seed', '7', 'verify']);
+  t.is(v.code, 0, JSON.stringify(v.json));
+});
+
+test.serial('server killed: the device goes closed within the heartbeat window and IO fails, not hangs', async (t) => {
+  const s = await setup(t, { 'k.img': 16 * MiB }, ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3']);
+  const { device } = await s.mapJson(`sessname=k ${s.at} device_path=k.img`);
+  t.is((await blkio(['--path', device.socket, '--count', '8', '--seed', '1', 'verify'])).code, 0);
+  await s.server.stop('SIGKILL');
+  const end = Date.now() + 5_000;
+  let state = 'open';
+  while (state !== 'closed' && Date.now() < end) {
+    state = (await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.state;
+    if (state !== 'closed') await new Promise((r) => setTimeout(r, 50));
+  }
+  t.is(state, 'closed');
+  const t0 = Date.now();
+  const io = await blkio(['--path', device.socket, '--timeout-ms', '5000', '--count', '4', '--seed', '2', 'verify'], scaled(20_000));
+  t.is(io.code, 1, `IO errors reported: ${JSON.stringify(io.json)}`);
+  t.true(Date.now() - t0 < 8_000, 'requests failed quickly');
+  t.is((await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control])).code, 0, 'a closed device unmaps');
+});
+
+/** GET_FEATURES on a vhost-user socket: proves a back-end answers there. */
+function vhostGetFeatures(path: string): Promise<bigint> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(path);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no answer on ${path}`));
+    }, scaled(5_000));
+    let buf = Buffer.alloc(0);
+    sock.on('connect', () => {
+      const hdr = Buffer.alloc(12);
+      hdr.writeUInt32LE(1, 0); // VHOST_USER_GET_FEATURES
+      hdr.writeUInt32LE(1, 4); // version 1
+      sock.write(hdr);
+    });
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 20) {
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(buf.readBigUInt64LE(12));
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
+test.serial('scale: 256 devices mapped on one client daemon, every socket answering; memory per idle device', async (t) => {
+  t.timeout(scaled(240_000));
+  const files: Record<string, number> = {};
+  for (let i = 0; i < 256; i++) files[`d${i}.img`] = MiB;
+  const s = await setup(t, files);
+  // warm up: one session and device, so the baseline includes the daemon's fixed costs
+  await s.mapJson(`sessname=warm ${s.at} device_path=d0.img access_mode=ro`);
+  await ibnbd(['unmap', 'ibnbd0', '--control', s.client.control]);
+  const before = rssBytes(s.client.proc.pid!);
+  // straight to the control socket: the CLI's own start-up would be most of the test's time
+  for (let i = 0; i < 256; i++) {
+    await controlRequest(s.client.control, { cmd: 'map', map: `sessname=s${i % 8} ${s.at} device_path=d${i}.img` });
+  }
+  const after = rssBytes(s.client.proc.pid!);
+  const list = await ibnbdJson<{ devices: any[] }>(['list', '--control', s.client.control]);
+  t.is(list.devices.length, 256);
+  const features = await Promise.all(list.devices.map((d) => vhostGetFeatures(d.socket)));
+  t.true(features.every((f) => (f & (1n << 32n)) !== 0n), 'every socket answers GET_FEATURES with VERSION_1');
+  const perDevice = (after - before) / 256;
+  t.log(`client daemon RSS ${(before / MiB).toFixed(1)} MiB → ${(after / MiB).toFixed(1)} MiB: ${(perDevice / 1024).toFixed(1)} KiB per idle mapped device`);
+  t.true(perDevice <= MiB, `at most 1 MiB per idle device (measured ${(perDevice / 1024).toFixed(1)} KiB)`);
+});
+
+test.serial('SIGTERM: front-ends disconnected, sessions closed, sockets removed', async (t) => {
+  const s = await setup(t, { 'q.img': 8 * MiB });
+  const { device } = await s.mapJson(`sessname=q ${s.at} device_path=q.img`);
+  t.is(await s.client.stop('SIGTERM'), 0);
+  t.false(existsSync(device.socket));
+  t.false(existsSync(s.client.control));
+  const sessions = await ibnbdJson<Record<string, any>>(['server', 'sessions', '--control', s.server.control]);
+  t.false(JSON.stringify(sessions).includes('"q"'), 'the server no longer lists the session');
+});
+
+test.serial('ibnbd libvirt-xml: the disk element of a mapped device, and a whole domain libvirt validates', async (t) => {
+  const s = await setup(t, { 'lv.img': 8 * MiB });
+  const { device } = await s.mapJson(`sessname=lv ${s.at} device_path=lv.img queues=2`);
+  const disk = await ibnbd(['libvirt-xml', 'ibnbd0', '--target', 'vdb', '--control', s.client.control]);
+  t.is(disk.code, 0, disk.stderr);
+  t.true(disk.stdout.includes(`<source type='unix' path='${device.socket}'`), disk.stdout);
+  t.regex(disk.stdout, /<disk type='vhostuser' device='disk'>/);
+  t.regex(disk.stdout, /<driver name='qemu' type='raw' queues='2'\/>/);
+  t.regex(disk.stdout, /<target dev='vdb' bus='virtio'\/>/);
+  t.regex(disk.stderr, /<access mode='shared'\/>/, 'the shared-memory requirement is printed as a note');
+  const domain = await ibnbd(['libvirt-xml', 'lv.img', '--domain', 'vm1', '--control', s.client.control]);
+  t.is(domain.code, 0, domain.stderr);
+  const file = join(s.dir, 'vm1.xml');
+  writeFileSync(file, domain.stdout);
+  const v = spawnSync('virt-xml-validate', [file, 'domain'], { encoding: 'utf8', timeout: scaled(30_000) });
+  t.is(v.status, 0, `${v.stdout}${v.stderr}`);
+  const tooMany = await ibnbd(['libvirt-xml', 'ibnbd0', '--queues', '3', '--control', s.client.control]);
+  t.is(tooMany.code, 22);
+  t.regex(tooMany.stderr, /^ibnbd: EINVAL: --queues/m);
+  const unknown = await ibnbd(['libvirt-xml', 'nope', '--control', s.client.control]);
+  t.is(unknown.code, 2);
+});

@@ -1,0 +1,60 @@
+// What the client daemon does to a vhost-user-blk device after a re-OPEN (client-reconnect.test.ts
+// drives it through real daemons): VhostBlk.setServerDeviceId switches the server device id the
+// native IO path encodes — null cuts the device off with IOERR — and setSizeBytes changes the
+// capacity the bounds checks and the config space use. In-process, so the sanitizer suite runs it.
+import test from 'ava';
+import { join } from 'node:path';
+import { decode, encode } from '../../src/proto/ibnbd.js';
+import { sparseFile } from '../../harness/fixtures.js';
+import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice } from '../support/vhost-helpers.js';
+
+const pattern = (seed: number, offset: number, count: number, size: number) => [
+  '--seed', String(seed), '--count', String(count), '--sequential', '--min-size', String(size), '--max-size', String(size), '--offset', String(offset),
+];
+
+test.serial('setServerDeviceId: new requests carry the new id, null fails them with IOERR; setSizeBytes moves the end', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const otherFile = sparseFile(join(srv.dir, 'other.img'), 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  // a second device on the same session: the id the vhost device will be switched to
+  const r = await m.session.request({ dir: 'read', usr: encode({ type: 'OPEN', accessMode: 'rw', ioMode: 'fileio', devName: 'other.img' }), readLen: 56 });
+  t.is(r.errno, 0);
+  const d = decode(r.data!);
+  if (!d.ok || d.msg.type !== 'OPEN_RSP') return t.fail('bad OPEN_RSP');
+  const otherId = d.msg.deviceId;
+  t.not(otherId, m.rsp.deviceId);
+
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'd.sock')));
+  const w1 = await blkio(['--path', dev.socket, ...pattern(41, 0, 4, 64 * 1024), 'verify']);
+  t.is(w1.code, 0, JSON.stringify(w1.json));
+  t.true(fileBytes(srv.file, 0, 256 * 1024).equals(expectedPattern(41, 0, 256 * 1024)));
+
+  // cut off: requests answered IOERR, nothing reaches either file
+  dev.vhost.setServerDeviceId(null);
+  const cut = await blkio(['--path', dev.socket, '--timeout-ms', '8000', ...pattern(42, MiB, 4, 64 * 1024), 'write']);
+  t.is(cut.code, 1, JSON.stringify(cut.json));
+  t.true(fileBytes(srv.file, MiB, 256 * 1024).equals(Buffer.alloc(256 * 1024)));
+  t.true(fileBytes(otherFile, MiB, 256 * 1024).equals(Buffer.alloc(256 * 1024)));
+  t.true(dev.vhost.stats().errors >= 1);
+
+  // switched: the same socket now writes other.img
+  dev.vhost.setServerDeviceId(otherId);
+  const w2 = await blkio(['--path', dev.socket, ...pattern(43, MiB, 4, 64 * 1024), 'verify']);
+  t.is(w2.code, 0, JSON.stringify(w2.json));
+  t.true(fileBytes(otherFile, MiB, 256 * 1024).equals(expectedPattern(43, MiB, 256 * 1024)), 'the new id addressed other.img');
+  t.true(fileBytes(srv.file, MiB, 256 * 1024).equals(Buffer.alloc(256 * 1024)), 'disk.img untouched');
+
+  // capacity: a front-end connecting now reads 8 MiB in the config space and can use all of it
+  dev.vhost.setSizeBytes(8 * MiB);
+  const info = await blkio(['--path', dev.socket, 'info']);
+  t.is(info.json.capacity, 8 * MiB, JSON.stringify(info.json));
+  const inside = await blkio(['--path', dev.socket, ...pattern(44, 8 * MiB - 64 * 1024, 1, 64 * 1024), 'verify']);
+  t.is(inside.code, 0, JSON.stringify(inside.json));
+
+  t.throws(() => dev.vhost.setServerDeviceId(-1), { code: 'EINVAL' });
+  t.throws(() => dev.vhost.setServerDeviceId(2 ** 32), { code: 'EINVAL' });
+  t.throws(() => dev.vhost.setSizeBytes(1000), { code: 'EINVAL' });
+  t.throws(() => dev.vhost.setSizeBytes(0), { code: 'EINVAL' });
+  await dev.vhost.close();
+  t.throws(() => dev.vhost.setServerDeviceId(0), { code: 'EBADF' });
+});

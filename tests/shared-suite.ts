@@ -1,9 +1,0 @@
-// The server and client test files that run unchanged over either transport (they take it from
-// transport-under-test.ts): over TCP on this host with the rest of the suite, and over RDMA in a
-// soft-RoCE guest (rdma-suite.test.ts). The one list both runs use.
-import { join } from 'node:path';
-
-export const SHARED_SUITE = ['server-io', 'server-access', 'server-native', 'server-stop', 'client-daemon', 'client-reconnect'] as const;
-
-/** The compiled files, relative to the project root (where ava runs). */
-export const sharedSuiteFiles = (): string[] => SHARED_SUITE.map((name) => join('dist', 'tests', `${name}.test.js`));

@@ -1,0 +1,95 @@
+// The two daemons as a user runs them: `ibnbd server` and `ibnbd client` child processes driven by
+// the `ibnbd` CLI over their control sockets. Shared by the client-daemon, VM and server tests.
+import type { ExecutionContext } from 'ava';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { projectRoot } from '../../src/backend/native.js';
+import { freePort } from '../../harness/fixtures.js';
+import { TEST_TRANSPORT, scaled, testListen } from './transport-under-test.js';
+
+export const cliPath = join(projectRoot, 'bin', 'ibnbd.js');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** One `ibnbd …` command, bounded in time. */
+export function ibnbd(args: string[], timeoutMs = scaled(30_000)): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cliPath, ...args], { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `ibnbd … --json` that must succeed; its parsed result. */
+export async function ibnbdJson<T = Record<string, any>>(args: string[], timeoutMs?: number): Promise<T> {
+  const r = await ibnbd([...args, '--json'], timeoutMs);
+  if (r.code !== 0) throw new Error(`ibnbd ${args.join(' ')} → ${r.code}: ${r.stderr.trim()}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+export interface Daemon {
+  proc: ChildProcess;
+  control: string;
+  log(): string;
+  /** SIGTERM (or the given signal); resolves with the exit code once it exited. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+function startDaemon(t: ExecutionContext, args: string[], control: string): Promise<Daemon> {
+  const proc = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+    const killer = setTimeout(() => proc.kill('SIGKILL'), scaled(15_000));
+    const code = await exited;
+    clearTimeout(killer);
+    return code;
+  };
+  t.teardown(() => stop('SIGKILL').then(() => undefined));
+  return new Promise((resolve, reject) => {
+    const end = Date.now() + scaled(20_000);
+    const poll = () => {
+      if (existsSync(control)) return resolve({ proc, control, log: () => log, stop });
+      if (proc.exitCode !== null || Date.now() > end) return reject(new Error(`daemon ${args[0]} did not start: ${log}`));
+      setTimeout(poll, 25);
+    };
+    poll();
+  });
+}
+
+export interface ServerDaemon extends Daemon {
+  port: number;
+}
+
+/** port: a given one (a restart on the same address), else a free one. Listens on the transport under test. */
+export async function startServerDaemon(t: ExecutionContext, dir: string, searchPath: string, extra: string[] = [], port?: number): Promise<ServerDaemon> {
+  port ??= await freePort();
+  const control = join(dir, `server-${port}.sock`);
+  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, '--dev-search-path', searchPath, '--control', control, ...extra], control);
+  return { ...d, port };
+}
+
+export interface ClientDaemon extends Daemon {
+  runDir: string;
+}
+
+export async function startClientDaemon(t: ExecutionContext, dir: string, extra: string[] = []): Promise<ClientDaemon> {
+  const control = join(dir, 'client.sock');
+  const runDir = join(dir, 'run');
+  const d = await startDaemon(t, ['client', '--control', control, '--run-dir', runDir, ...extra], control);
+  return { ...d, runDir };
+}
+
+/** Resident set of a process in bytes (/proc/<pid>/status VmRSS). */
+export function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
