@@ -116,7 +116,8 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     opt.mp_policy = StringField(o, "mpPolicy", "min-inflight");
     opt.heartbeat_interval_ms = U32Field(o, "heartbeatMs", kHeartbeatIntervalMs, 1, 3600000);
     opt.heartbeat_missed_max = U32Field(o, "heartbeatMissedMax", kHeartbeatMissedMax, 0, 1000);
-    opt.reconnect_delay_ms = U32Field(o, "reconnectDelayMs", 30000, 0, 86400000);
+    opt.reconnect_delay_ms = U32Field(o, "reconnectDelayMs", 2000, 0, 86400000);
+    opt.io_timeout_ms = U32Field(o, "ioTimeoutMs", 30000, 0, 86400000);
     Napi::Value mra = o.Get("maxReconnectAttempts");
     if (mra.IsNumber()) opt.max_reconnect_attempts = mra.As<Napi::Number>().Int32Value();
 

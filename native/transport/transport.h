@@ -68,8 +68,9 @@ struct ClientIo {
   uint32_t iov_cnt = 0;
   uint32_t data_len = 0;        // sum of iov lengths, ≤ max_io_size()
   // Called exactly once, on the IO thread that submitted the request: err = 0 or -errno
-  // (-ENOTCONN when no path is connected, -EIO when the request was lost with its path and
-  // could not be re-issued, or the server's errno).
+  // (-ENOTCONN when no path is connected or the request was lost with its path and could not be
+  // re-issued on another: core::kLostWithPath, safe to send again once the session is back;
+  // -ECONNABORTED when the session was closed; or the server's errno).
   void (*done)(ClientIo* io, int err) = nullptr;
   void* ctx = nullptr;
   uintptr_t transport_private[4] = {};  // the transport's bookkeeping; callers leave it alone
@@ -86,8 +87,12 @@ class ClientSession {
     // Path liveness (RTRS defaults); shorter values are for tests.
     uint32_t heartbeat_interval_ms = kHeartbeatIntervalMs;
     uint32_t heartbeat_missed_max = kHeartbeatMissedMax;
-    // A lost path is re-established after this delay (RNBD: 30 s), forever when -1.
-    uint32_t reconnect_delay_ms = 30000;
+    // A lost path is dialled again at once, then with a back-off doubling from 100 ms up to this
+    // (core/policy.h); attempts stop after max_reconnect_attempts (-1: never).
+    uint32_t reconnect_delay_ms = 2000;
+    // A path with requests outstanding that completes none for this long is dead (failover,
+    // reconnect): core/liveness.h. 0: no timeout, heartbeats alone decide.
+    uint32_t io_timeout_ms = 30000;
     int32_t max_reconnect_attempts = -1;
     // Link events (first path up / last path down / back up); called on an IO thread.
     std::function<void(LinkEvent)> on_link_event;

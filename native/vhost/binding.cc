@@ -7,7 +7,9 @@
 //   disconnectFrontend() → Promise<boolean> in-flight requests answered with IOERR
 //   stats() → { queues: [...], connections, protocolErrors, ... totals }
 //   close() → Promise<boolean>              true when every transport request drained
-//   setServerDeviceId(id | null)            the id of a re-OPEN; null: not open, IO fails IOERR
+//   setServerDeviceId(id | null, wait?)     the id of a re-OPEN; null: not open, IO waits (wait)
+//                                           or fails IOERR (vhost_blk_device.h)
+//   options.holdOnLoss (default true)       requests lost with their path wait for the session
 //   setSizeBytes(n)                         the size a re-OPEN reported
 #include <napi.h>
 
@@ -155,6 +157,9 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
           });
           if (st != napi_ok) delete ev;
         });
+    Napi::Value hold = o.Get("holdOnLoss");
+    if (!hold.IsUndefined() && !hold.IsBoolean()) ThrowErrno(env, EINVAL, "holdOnLoss must be a boolean");
+    device_->SetHoldOnLoss(!hold.IsBoolean() || hold.As<Napi::Boolean>().Value());
   }
 
   ~NativeVhostBlk() override {
@@ -189,7 +194,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     Napi::Env env = info.Env();
     if (!device_) ThrowErrno(env, EBADF, "closed");
     if (info[0].IsNull()) {
-      device_->SetServerDeviceId(std::nullopt);
+      if (!info[1].IsUndefined() && !info[1].IsBoolean()) ThrowErrno(env, EINVAL, "wait must be a boolean");
+      device_->SetServerDeviceId(std::nullopt, info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value());
       return env.Undefined();
     }
     if (!info[0].IsNumber()) ThrowErrno(env, EINVAL, "deviceId must be a number or null");
@@ -225,6 +231,7 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       o.Set("errors", double(q.errors));
       o.Set("splits", double(q.splits));
       o.Set("inflight", double(q.inflight));
+      o.Set("waiting", double(q.waiting));
       return o;
     };
     for (size_t i = 0; i < s.queues.size(); i++) {
@@ -232,7 +239,7 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       queues[i] = counters(q);
       total.requests += q.requests, total.read_bytes += q.read_bytes,
           total.write_bytes += q.write_bytes, total.errors += q.errors, total.splits += q.splits,
-          total.inflight += q.inflight;
+          total.inflight += q.inflight, total.waiting += q.waiting;
     }
     Napi::Object o = counters(total);
     o.Set("connections", double(s.connections));

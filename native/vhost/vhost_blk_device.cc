@@ -11,7 +11,12 @@
 //   that one thread, so a request never changes threads. The public methods below run on the
 //   caller's thread: Start, DisconnectFrontend and Close hand their loop-side work to H with
 //   RunSync, which blocks the caller (Close then polls H until every connection is finalized
-//   or the timeout passes); Stats and SetServerDeviceId only touch atomics.
+//   or the timeout passes); Stats only reads atomics; SetServerDeviceId stores atomics and posts
+//   the release of held requests to H, which posts it to each queue's loop.
+// * Waiting through a server's absence: while the device is not open on the server and its
+//   policy waits, the rings are not popped and requests that cannot go out are held on their
+//   queue (Request memory they already had); reopening sends them again in order. See
+//   SetServerDeviceId in vhost_blk_device.h.
 // * Locking, the scheme of QEMU's C virtiofsd (tools/virtiofsd/fuse_virtio.c,
 //   vu_dispatch_rwlock). libvhost-user has no locks, so each connection has a writer-preferring
 //   rwlock: vu_dispatch and teardown run under the write side (they remap memory and rewrite
@@ -78,8 +83,14 @@ VhostBlkDevice::~VhostBlkDevice() {
   if (impl_->listen_fd >= 0) close(impl_->listen_fd);
 }
 
-void VhostBlkDevice::SetServerDeviceId(std::optional<uint32_t> id) {
+void VhostBlkDevice::SetServerDeviceId(std::optional<uint32_t> id, bool wait) {
+  wait_.store(!id && wait, std::memory_order_release);
   server_device_.store(id ? uint64_t(*id) : kNoServerDevice, std::memory_order_release);
+  if (id)
+    impl_->PostToQueues([impl = impl_.get()](Connection* c, int q) { impl->ResumeHeld(c, q); });
+  else if (!wait)
+    impl_->PostToQueues([impl = impl_.get()](Connection* c, int q) { impl->FailHeld(c, q); });
+  // nullopt + wait: nothing to post; kicks find the rings paused (RingsPaused)
 }
 
 int VhostBlkDevice::Start() {
@@ -157,7 +168,7 @@ DeviceStats VhostBlkDevice::Stats() const {
   for (unsigned i = 0; i < limits_.queues; i++) {
     const QueueCounters& c = impl_->counters[i];
     s.queues.push_back({c.requests.load(), c.read_bytes.load(), c.write_bytes.load(),
-                        c.errors.load(), c.splits.load(), c.inflight.load()});
+                        c.errors.load(), c.splits.load(), c.inflight.load(), c.waiting.load()});
   }
   s.connections = impl_->connections.load();
   s.protocol_errors = impl_->protocol_errors.load();

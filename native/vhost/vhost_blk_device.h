@@ -40,6 +40,7 @@ struct QueueStats {
   uint64_t errors = 0;  // completed with IOERR or UNSUPP
   uint64_t splits = 0;  // requests that needed more than one IBNBD data request
   uint64_t inflight = 0;
+  uint64_t waiting = 0;  // held while the device is not open on the server (counted in inflight)
 };
 
 struct DeviceStats {
@@ -72,11 +73,23 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   DeviceStats Stats() const;
   const BlkLimits& limits() const { return limits_; }
 
-  // After a session reconnect the server knows the device under a new id (re-OPEN). Requests
-  // started after the call carry the new id; those already encoded keep theirs. nullopt: the
-  // device is not open on the server (disconnected, or the re-OPEN failed): requests are
-  // answered VIRTIO_BLK_S_IOERR without reaching the transport. Any thread.
-  void SetServerDeviceId(std::optional<uint32_t> id);
+  // Where the device stands on the server, and what its requests do about it. Any thread.
+  //  * id: open under that id (a re-OPEN after a reconnect may change it). Requests held while
+  //    it was not open are sent again first, in the order they were held, then the rings are
+  //    served again; requests already encoded keep the id they carry.
+  //  * nullopt, wait: not open, and the session is reconnecting: requests wait. New ones stay in
+  //    the virtqueue (not popped); popped ones that cannot go out, or come back lost with their
+  //    path (transport::core::kLostWithPath), are held on their queue without an answer, in the
+  //    memory they already had. A front-end message that must wait for an empty queue
+  //    (GET_VRING_BASE, SET_MEM_TABLE, ...) answers the held ones IOERR, so QEMU never waits on
+  //    a server that is away.
+  //  * nullopt, !wait: not open (the seed's closed device): held and new requests are answered
+  //    VIRTIO_BLK_S_IOERR without reaching the transport.
+  void SetServerDeviceId(std::optional<uint32_t> id, bool wait = false);
+  // Whether a request lost with its path while the device is open is held (the reconnect
+  // policy waits; JS sets wait mode once it hears of the loss) or failed at once (the seed's
+  // behaviour, ctrl_loss_tmo=0). Set once after construction; default true.
+  void SetHoldOnLoss(bool hold) { hold_on_loss_.store(hold); }
   // A re-OPEN reported another size: bounds checks and GET_CONFIG use it from now on. Any thread.
   void SetSizeBytes(uint64_t size_bytes) { capacity_sectors_.store(size_bytes >> kSectorShift); }
   uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
@@ -95,6 +108,19 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   // per request each; kNoServerDevice = not open on the server.
   static constexpr uint64_t kNoServerDevice = UINT64_MAX;
   std::atomic<uint64_t> server_device_;
+  std::atomic<bool> wait_{false};          // meaningful while server_device_ is kNoServerDevice
+  std::atomic<bool> hold_on_loss_{true};
+  // true: a request that cannot go out now is held rather than answered IOERR.
+  bool HoldsRequests() const {
+    return server_device_.load(std::memory_order_acquire) == kNoServerDevice
+               ? wait_.load(std::memory_order_acquire)
+               : hold_on_loss_.load(std::memory_order_relaxed);
+  }
+  // true: the rings are not popped (not open, waiting).
+  bool RingsPaused() const {
+    return server_device_.load(std::memory_order_acquire) == kNoServerDevice &&
+           wait_.load(std::memory_order_acquire);
+  }
   std::atomic<uint64_t> capacity_sectors_;
   std::unique_ptr<Impl> impl_;
   friend struct Impl;

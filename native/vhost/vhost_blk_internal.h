@@ -26,6 +26,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -63,12 +65,13 @@ struct Request {
   std::vector<Chunk> chunks;
   uint32_t pending = 0;
   int first_err = 0;
+  bool lost = false;      // a chunk came back kLostWithPath: the whole request may go again
   bool answered = false;  // already pushed (front-end forcibly disconnected)
 };
 
 struct QueueCounters {
   std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, splits{0},
-      inflight{0};
+      inflight{0}, waiting{0};
 };
 
 struct Watch {
@@ -120,6 +123,9 @@ struct Connection {
   // by libvhost-user's fd; written under the write lock, read by kicks under the read lock
   std::unordered_map<int, Watch> watches;
   std::vector<std::unordered_set<Request*>> requests;  // per queue: its loop (read) or H (write)
+  // Per queue, in arrival order: requests held while the device waits for its server (a subset
+  // of `requests`, counted in inflight, not at the transport). Same rule as `requests`.
+  std::vector<std::deque<Request*>> waiting;
   std::weak_ptr<Connection> weak;  // lets a queue loop hold the connection until its batch end
   // Guest memory regions registered with the session (zero copy on RDMA; TCP: no-op handles).
   // Changed under the write lock, only while no request is in flight.
@@ -219,6 +225,11 @@ struct VhostBlkDevice::Impl {
   void PostProcessAll(Connection* c);
   void ProcessQueue(Connection* c, int qidx);
   void StartRequest(Request* r);
+  void SubmitRequest(Request* r);  // planned and counted: encode each chunk and send it
+  void Hold(Request* r);
+  void ResumeHeld(Connection* c, int qidx);  // device open again: send the held ones in order
+  void FailHeld(Connection* c, int qidx);    // device closed for good: answer them IOERR
+  void PostToQueues(std::function<void(Connection*, int)> fn);  // any thread; via H
   static void ChunkDone(transport::ClientIo* io, int err);
   void ReleaseChunk(Request* r, int err);
   void Finish(Request* r, uint8_t status);
@@ -228,6 +239,9 @@ struct VhostBlkDevice::Impl {
   // ---- teardown, finalize (H, write lock; vhost_queue.cc) -------------------------------
   // ScheduleTeardown: any loop, any lock side; it only flags the connection and posts to H.
   void ScheduleTeardown(Connection* c, bool fail_inflight, const std::string& why);
+  // H, write lock: releases every held request, answering it IOERR when `answer` and the
+  // front-end can still hear it (a drain before GET_VRING_BASE & co., a teardown).
+  void DropHeld(Connection* c, bool answer);
   void Teardown(Connection* c, bool fail_inflight);
   void MaybeFinalize(Connection* c);
 

@@ -69,6 +69,7 @@ void VhostBlkDevice::Impl::OnAccept() {
   c->impl = this;
   c->keep = self->shared_from_this();
   c->requests.resize(limits().queues);
+  c->waiting.resize(limits().queues);
   if (!vu_init(&c->dev, limits().queues, fd, &Impl::OnPanic, &Impl::ReadMsg, &Impl::SetWatch,
                &Impl::RemoveWatch, &iface)) {
     close(fd);
@@ -173,6 +174,9 @@ void VhostBlkDevice::Impl::HandleMessage(Connection* c, VhostUserMsg* m) {
     c->held = *m;
     c->draining = true;
     WatchSocket(c, false);
+    // Requests waiting for a server that is away would hold QEMU's main loop for as long as the
+    // server stays away: they never reached the transport, so they can be answered now.
+    DropHeld(c, true);
     return;
   }
   Dispatch(c, m);

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "proto/ibnbd_proto.h"
+#include "transport/core/policy.h"
 #include "vhost/vhost_blk_internal.h"
 
 namespace ibnbd::vhost {
@@ -142,6 +143,9 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
   VuVirtq* vq = vu_get_queue(&c->dev, qidx);
   while (!c->dead && !c->broken && !c->draining && !c->dev.broken) {
     if (!vu_queue_started(&c->dev, vq) || !vu_queue_enabled(&c->dev, vq)) break;
+    // waiting for the server: new requests stay in the ring (no memory of ours); reopening
+    // posts this again
+    if (self->RingsPaused()) break;
     void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
     if (!mem) break;
     VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
@@ -167,10 +171,18 @@ void VhostBlkDevice::Impl::StartRequest(Request* r) {
     if (!r->plan.error.empty()) LogRequest("request failed: " + r->plan.error);
     return Finish(r, r->plan.local_status);
   }
-  if (!self->session_->connected()) return Finish(r, kBlkSIoErr);
+  SubmitRequest(r);
+}
+
+// Planned and counted (in `requests` and inflight): sends every chunk, or holds the request when
+// it cannot go out now and the device's policy waits, or answers IOERR.
+void VhostBlkDevice::Impl::SubmitRequest(Request* r) {
   // read once: every chunk of a request goes to the same server device
   const uint64_t server_device = self->server_device_.load(std::memory_order_acquire);
-  if (server_device == kNoServerDevice) return Finish(r, kBlkSIoErr);
+  if (server_device == kNoServerDevice || !self->session_->connected())
+    return self->HoldsRequests() ? Hold(r) : Finish(r, kBlkSIoErr);
+  r->first_err = 0;
+  r->lost = false;
   const size_t n = r->plan.ios.size();
   r->chunks.resize(n);
   if (n > 1 && r->plan.data_bytes) counters[r->qidx].splits++;
@@ -211,14 +223,101 @@ void VhostBlkDevice::Impl::ChunkDone(transport::ClientIo* io, int err) {
 }
 
 void VhostBlkDevice::Impl::ReleaseChunk(Request* r, int err) {
-  if (err && !r->first_err) r->first_err = err;
+  if (err == transport::core::kLostWithPath)
+    r->lost = true;  // nothing known of it on the server: it may go again as a whole
+  else if (err && !r->first_err)
+    r->first_err = err;
   if (--r->pending) return;
+  if (r->lost && !r->first_err) {
+    if (self->HoldsRequests() && !r->answered && !r->conn->dead) return Hold(r);
+    r->first_err = transport::core::kLostWithPath;
+  }
   if (r->first_err) {
     char buf[96];
     std::snprintf(buf, sizeof buf, "IBNBD request failed: %s", std::strerror(-r->first_err));
     LogRequest(buf);
   }
   Finish(r, r->first_err ? kBlkSIoErr : kBlkSOk);
+}
+
+// Queue loop, read lock: the request waits on its queue, unanswered, for the device to be open
+// again (ResumeHeld) or closed for good (FailHeld); a drain or a teardown drops it (DropHeld).
+void VhostBlkDevice::Impl::Hold(Request* r) {
+  // a message already waits for the queues to empty: waiting would hold QEMU's main loop too
+  if (r->conn->draining) return Finish(r, kBlkSIoErr);
+  r->chunks.clear();
+  r->pending = 0;
+  r->conn->waiting[r->qidx].push_back(r);
+  counters[r->qidx].waiting++;
+}
+
+// Queue loop: the device is open again. Held requests go first, in the order they were held,
+// then whatever the ring gathered meanwhile.
+void VhostBlkDevice::Impl::ResumeHeld(Connection* c, int qidx) {
+  std::deque<Request*> now;
+  now.swap(c->waiting[qidx]);
+  for (Request* r : now) {
+    counters[qidx].waiting--;
+    if (c->dead) {  // teardown ran first and dropped nothing of these: free them unanswered
+      Finish(r, kBlkSIoErr);
+      continue;
+    }
+    SubmitRequest(r);
+  }
+  ProcessQueue(c, qidx);
+}
+
+// Queue loop: the device will not be open again soon (fast_io_fail_tmo, ctrl_loss_tmo, a failed
+// re-OPEN): what waited is answered IOERR, and popping resumes so that new requests fail too.
+void VhostBlkDevice::Impl::FailHeld(Connection* c, int qidx) {
+  std::deque<Request*> now;
+  now.swap(c->waiting[qidx]);
+  if (!now.empty()) LogRequest(std::to_string(now.size()) + " waiting requests failed: the device is closed");
+  for (Request* r : now) {
+    counters[qidx].waiting--;
+    Finish(r, kBlkSIoErr);
+  }
+  ProcessQueue(c, qidx);
+}
+
+// Any thread: runs fn(c, q) on queue q's loop, under c's read lock, for every queue of every
+// connection still alive. Hops through H, which owns the set of connections.
+void VhostBlkDevice::Impl::PostToQueues(std::function<void(Connection*, int)> fn) {
+  home().Post([this, keep = self->shared_from_this(), fn = std::move(fn)] {
+    for (auto& [raw, sc] : all) {
+      if (raw->dead) continue;
+      for (int q = 0; q < limits().queues; q++) {
+        QueueLoop(q).Post([sc = sc, keep = sc->keep, q, fn] {
+          ReadGuard r(sc.get());
+          if (!sc->dead) fn(sc.get(), q);
+        });
+      }
+    }
+  });
+}
+
+// H, write lock (exclusive: no queue loop touches the rings or the held lists meanwhile).
+void VhostBlkDevice::Impl::DropHeld(Connection* c, bool answer) {
+  uint64_t n = 0;
+  for (int q = 0; q < limits().queues; q++) {
+    std::deque<Request*> now;
+    now.swap(c->waiting[q]);
+    if (now.empty()) continue;
+    const bool speak = answer && !c->dead && !c->dev.broken;
+    for (Request* r : now) {
+      counters[q].waiting--;
+      if (speak && !r->answered) Answer(c, r, kBlkSIoErr);
+      counters[q].inflight--;
+      c->requests[q].erase(r);
+      r->~Request();
+      std::free(r);
+      n++;
+    }
+    if (speak) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+    LogRequest(std::to_string(now.size()) + " waiting requests " + (speak ? "answered IOERR" : "dropped") +
+               (c->dead ? ": the front-end is gone" : ": the front-end stops the rings"));
+  }
+  if (n) Settle(c, n);
 }
 
 // Answers (unless already answered) and frees a request.
@@ -302,6 +401,7 @@ void VhostBlkDevice::Impl::Teardown(Connection* c, bool fail_inflight) {
       for (int q = 0; q < limits().queues; q++) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
     }
     c->dead = true;
+    DropHeld(c, false);  // answered above when fail_inflight; never at the transport
     for (auto& w : c->watches) UnwatchLater(w.second);
     c->watches.clear();
   }

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "transport/core/liveness.h"
 #include "transport/rdma/bounce_slots.h"
 #include "transport/rdma/common.h"
 #include "transport/rdma/rtrs_wire.h"
@@ -62,6 +63,7 @@ struct Path {
   RegisteredBuffer info;                     // info_req / info_rsp
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
+  transport::core::ProgressClock progress;  // io_timeout (core/liveness.h)
   std::atomic<uint64_t> hb_rtt_ns{0};
   std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
   std::atomic<uint64_t> failovers{0};  // moved away from here when it died

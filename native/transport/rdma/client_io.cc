@@ -193,6 +193,7 @@ void RdmaClientSession::Complete(Path* p, uint32_t buf_id, int err) {
   r.io = nullptr;
   p->inflight--;
   p->requests.fetch_add(1, std::memory_order_relaxed);
+  p->progress.OnComplete(transport::core::MonotonicNs());
   ReleasePermit(buf_id);
   io->done(io, err);
 }

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <string>
 
+#include "transport/core/policy.h"
 #include "transport/rdma/client_internal.h"
 #include "transport/rdma/reaper.h"
 
@@ -318,6 +319,7 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
   }
   bool first = !connected();
   p->hb_missed = 0;
+  p->progress.Reset(NowNs());
   p->state = PathState::kConnected;
   if (first && opts_.on_link_event)
     opts_.on_link_event(p->recon_cnt > 1 ? transport::LinkEvent::kReconnected : transport::LinkEvent::kConnected);
@@ -374,8 +376,13 @@ void RdmaClientSession::ReconnectThread() {
       return false;
     });
     if (closed_) return;
-    // RTRS waits reconnect_delay before each attempt
-    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(opts_.reconnect_delay_ms), [&] { return closed_.load(); });
+    // The first attempt after a loss goes at once, then the back-off grows up to
+    // reconnect_delay (core/policy.h; RTRS waits reconnect_delay before every attempt).
+    uint32_t attempt = UINT32_MAX;
+    for (auto& p : paths_)
+      if (p->reconnect_wanted) attempt = std::min(attempt, static_cast<uint32_t>(p->reconnect_attempts));
+    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(transport::core::ReconnectBackoffMs(attempt, opts_.reconnect_delay_ms)),
+                           [&] { return closed_.load(); });
     if (closed_) return;
     for (auto& up : paths_) {
       Path* p = up.get();
@@ -395,7 +402,8 @@ void RdmaClientSession::ReconnectThread() {
         p->reconnect_attempts = 0;
       } else {
         p->state = PathState::kReconnecting;
-        if (opts_.max_reconnect_attempts >= 0 && ++p->reconnect_attempts >= opts_.max_reconnect_attempts) {
+        ++p->reconnect_attempts;
+        if (opts_.max_reconnect_attempts >= 0 && p->reconnect_attempts >= opts_.max_reconnect_attempts) {
           p->reconnect_wanted = false;  // given up: the path stays closed
           p->state = PathState::kClosed;
         }
@@ -489,6 +497,10 @@ void RdmaClientSession::OnHeartbeatTimer(Path* p) {
   uint64_t ticks;
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
+  if (p->progress.Stalled(NowNs(), p->inflight, opts_.io_timeout_ms)) {
+    FailPath(p, "io_timeout: no request completed on the path in time");
+    return;
+  }
   // RTRS: more than 5 intervals without any receive = the peer is dead
   if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) {
     FailPath(p, "heartbeat timeout");

@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "transport/core/policy.h"
 #include "transport/rdma/client_internal.h"
 #include "transport/rdma/rdma.h"
 
@@ -142,7 +143,7 @@ void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, 
     r.io = io;
     r.path = p;
     r.loop = loop;
-    p->inflight++;
+    p->progress.OnSubmit(transport::core::MonotonicNs(), p->inflight++);
     bool bounced = false;
     int rc = PostRequest(p, c, io, buf_id, &bounced);
     r.bounce = bounced;
@@ -181,7 +182,8 @@ void RdmaClientSession::ReleasePermit(uint32_t buf_id) {
 // Failover
 
 // A path is lost: its QPs go to the error state; every request on it is re-issued on another
-// connected path with the same buffer id (RTRS failover) or fails with -EIO.
+// connected path with the same buffer id (RTRS failover) or fails with kLostWithPath (-ENOTCONN:
+// the caller may send it again once the session is back).
 void RdmaClientSession::FailPath(Path* p, const char* why) {
   PathState expected = PathState::kConnected;
   if (!p->state.compare_exchange_strong(expected, PathState::kClosed)) return;
@@ -212,7 +214,7 @@ void RdmaClientSession::FailPath(Path* p, const char* why) {
           self->StartIo(io, b, loop, p);  // failover, same permit
         } else {
           self->ReleasePermit(b);
-          io->done(io, self->closed_ ? -ECONNABORTED : -EIO);
+          io->done(io, self->closed_ ? -ECONNABORTED : transport::core::kLostWithPath);
         }
       }
     });
@@ -306,6 +308,11 @@ std::shared_ptr<transport::ClientSession> CreateRdmaClientSession(
       options.queue_depth > wire::kMaxQueueDepth || options.max_io_size == 0 ||
       options.sessname.empty() || options.sessname.size() > 254) {
     SetLastError("invalid RDMA session options (paths, queue_depth, max_io_size, sessname)");
+    *err = -EINVAL;
+    return nullptr;
+  }
+  if (!transport::core::ValidMpPolicy(options.mp_policy)) {
+    SetLastError("invalid mp_policy '" + options.mp_policy + "' (round-robin, min-inflight or min-latency)");
     *err = -EINVAL;
     return nullptr;
   }

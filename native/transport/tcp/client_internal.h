@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/liveness.h"
 #include "transport/tcp/frames.h"
 #include "transport/transport.h"
 #include "transport/uuid.h"
@@ -84,6 +85,7 @@ struct ClientPath {
   std::atomic<uint32_t> reconnects{0};
   std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
   std::atomic<uint64_t> failovers{0};  // moved away from here when it died
+  core::ProgressClock progress;         // io_timeout (core/liveness.h)
   std::vector<IoConn*> loop_conn;  // slot i only touched on IO thread i
   ServiceConn* service = nullptr;  // only touched on service_loop
   unsigned service_loop = 0;
@@ -119,6 +121,8 @@ class TcpClientSession : public ClientSession {
   void TeardownPath(ClientPath* p, uint64_t gen, bool sync);
   void PathUp(ClientPath* p);
   void ReconnectLoop();
+  // ns before reconnect attempt `attempt` (0: the first after a loss; core/policy.h)
+  uint64_t Backoff(uint32_t attempt) const;
   // client_session.cc: requests and session-wide state
   ClientPath* Choose(unsigned loop, ClientPath* exclude);
   void Start(ClientIo* io);  // has a permit, on its loop

@@ -54,7 +54,8 @@ void IoConn::Send(ClientIo* io) {
   uint32_t id = static_cast<uint32_t>(io->transport_private[kTpPermit]);
   inflight[id] = io;
   if (io->dir == Dir::kRead && io->data_len > 0) reads_pending++;
-  path->inflight.fetch_add(1, std::memory_order_relaxed);
+  const int64_t before = path->inflight.fetch_add(1, std::memory_order_relaxed);
+  path->progress.OnSubmit(NowNs(), before > 0 ? uint64_t(before) : 0);
   FrameHeader h;
   h.kind = io->dir == Dir::kRead ? FrameKind::kReadReq : FrameKind::kWriteReq;
   h.usr_len = io->usr_len;
@@ -151,6 +152,7 @@ void IoConn::CompleteCur() {
   cur = nullptr;
   path->inflight.fetch_sub(1, std::memory_order_relaxed);
   path->requests.fetch_add(1, std::memory_order_relaxed);
+  path->progress.OnComplete(NowNs());
   sess->Finish(io, cur_err);
 }
 

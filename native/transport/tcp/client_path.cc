@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/policy.h"
 #include "transport/tcp/client_internal.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
@@ -107,6 +108,9 @@ struct ServiceConn {
     ssize_t n = read(tfd, &ticks, sizeof(ticks));
     (void)n;
     if (dead) return;
+    int64_t inflight = path->inflight.load(std::memory_order_relaxed);
+    if (path->progress.Stalled(NowNs(), inflight > 0 ? uint64_t(inflight) : 0, sess->opt().io_timeout_ms))
+      return Fail("io_timeout: no request completed on the path in time");
     uint32_t missed = path->hb_missed.load();
     if (missed > sess->opt().heartbeat_missed_max) return Fail("heartbeat missed");
     path->hb_missed.fetch_add(1);
@@ -285,6 +289,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
 }
 
 void TcpClientSession::PathUp(ClientPath* p) {
+  p->progress.Reset(NowNs());
   p->state.store(PathState::kConnected);
   if (connected_paths_.fetch_add(1) == 0) {
     RaiseLink(ever_connected_.exchange(true) ? LinkEvent::kReconnected : LinkEvent::kConnected);
@@ -323,6 +328,10 @@ void TcpClientSession::TeardownPath(ClientPath* p, uint64_t gen, bool sync) {
     pool.loop(p->service_loop).Post(sfn);
 }
 
+uint64_t TcpClientSession::Backoff(uint32_t attempt) const {
+  return core::ReconnectBackoffMs(attempt, opt_.reconnect_delay_ms) * 1000000ull;
+}
+
 void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) {
   if (p->gen.load() != gen) return;
   p->failed_gen.store(gen);
@@ -335,7 +344,8 @@ void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) 
   if (connected_paths_.fetch_sub(1) == 1 && !closed_.load()) RaiseLink(LinkEvent::kDisconnected);
   {
     std::lock_guard<std::mutex> lk(rc_mu_);
-    p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+    p->attempts = 0;
+    p->next_attempt_ns = NowNs() + Backoff(0);
   }
   rc_cv_.notify_all();
 }
@@ -356,7 +366,7 @@ int TcpClientSession::Connect(int timeout_ms) {
       last = rc;
       std::lock_guard<std::mutex> lk(rc_mu_);
       p->state.store(PathState::kReconnecting);
-      p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+      p->next_attempt_ns = NowNs() + Backoff(1);
     }
   }
   if (ok == 0) {
@@ -392,7 +402,7 @@ void TcpClientSession::ReconnectLoop() {
         p->attempts = 0;
       } else if (p->state.load() != PathState::kClosed) {
         p->state.store(PathState::kReconnecting);
-        p->next_attempt_ns = NowNs() + static_cast<uint64_t>(opt_.reconnect_delay_ms) * 1000000ull;
+        p->next_attempt_ns = NowNs() + Backoff(static_cast<uint32_t>(p->attempts));
       }
       now = NowNs();
     }

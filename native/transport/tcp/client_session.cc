@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/policy.h"
 #include "transport/tcp/client_internal.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
@@ -158,7 +159,7 @@ void TcpClientSession::Start(ClientIo* io) {
 void TcpClientSession::Reissue(ClientIo* io, ClientPath* failed) {
   unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
   ClientPath* p = Choose(loop, failed);
-  if (!p) return Finish(io, -EIO);
+  if (!p) return Finish(io, core::kLostWithPath);
   failed->failovers.fetch_add(1, std::memory_order_relaxed);
   p->loop_conn[loop]->Send(io);  // same permit, as RTRS fails over
 }
@@ -232,8 +233,7 @@ std::shared_ptr<ClientSession> CreateClientSession(ClientSession::Options option
     *err = -EINVAL;
     return nullptr;
   }
-  if (options.mp_policy != "min-inflight" && options.mp_policy != "round-robin" &&
-      options.mp_policy != "min-latency") {
+  if (!core::ValidMpPolicy(options.mp_policy)) {
     *err = -EINVAL;
     return nullptr;
   }

@@ -1,0 +1,32 @@
+// Session rules both wires apply the same way, written once (the start of the shared session
+// core): which multipath policies exist, how long to wait before each reconnect attempt, and
+// which request errors mean "lost with the connection" rather than "the server said no".
+#pragma once
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+namespace ibnbd::transport::core {
+
+// RTRS's policies (docs/protocol.md, "Multipath"); anything else is refused with -EINVAL at
+// session creation, on both wires.
+inline bool ValidMpPolicy(const std::string& p) {
+  return p == "min-inflight" || p == "round-robin" || p == "min-latency";
+}
+
+// The delay before reconnect attempt `attempt` of a lost path, counted from 0 for the first
+// attempt after the loss: that one goes at once (a restarted server is often back already),
+// then 100 ms doubling up to max_ms, like NVMe-oF's reconnect_delay with a short start.
+inline uint64_t ReconnectBackoffMs(uint32_t attempt, uint32_t max_ms) {
+  if (attempt == 0) return 0;
+  uint64_t d = 100;
+  for (uint32_t i = 1; i < attempt && d < max_ms; i++) d *= 2;
+  return d < max_ms ? d : max_ms;
+}
+
+// The error a request completes with when its path went away and no other path could take it
+// (nothing of it is known to have been executed or not): the caller may send it again once the
+// session is back. -ECONNABORTED stays the error of a session closed on purpose.
+constexpr int kLostWithPath = -ENOTCONN;
+
+}  // namespace ibnbd::transport::core
