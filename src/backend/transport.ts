@@ -18,6 +18,8 @@ export interface ClientSessionOptions {
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
   reconnectDelayMs?: number;
+  /** A path with requests outstanding that completes none for this long is dead (0: off). */
+  ioTimeoutMs?: number;
   maxReconnectAttempts?: number;
 }
 
@@ -115,6 +117,7 @@ export function validateClientOptions(o: ClientSessionOptions): void {
   checkInt('heartbeatMs', o.heartbeatMs, 1, 3_600_000);
   checkInt('heartbeatMissedMax', o.heartbeatMissedMax, 0, 1000);
   checkInt('reconnectDelayMs', o.reconnectDelayMs, 0, 86_400_000);
+  checkInt('ioTimeoutMs', o.ioTimeoutMs, 0, 86_400_000);
   checkInt('maxReconnectAttempts', o.maxReconnectAttempts, -1, 1 << 30);
   if (o.mpPolicy !== undefined && !['min-inflight', 'round-robin', 'min-latency'].includes(o.mpPolicy)) {
     throw new IbnbdError('EINVAL', "mpPolicy must be 'min-inflight', 'round-robin' or 'min-latency'");

@@ -29,6 +29,10 @@ export interface VhostBlkOptions {
   writeback?: boolean;
   /** Server honours FUA (used for writes while the guest runs the cache write-through). */
   fua?: boolean;
+  /** A request lost with the session's last path while the device is open: held until the
+   *  client decides (setServerDeviceId), or answered IOERR at once (false: RNBD's behaviour,
+   *  ctrl_loss_tmo=0). Default true. */
+  holdOnLoss?: boolean;
 }
 
 export type VhostEvent =
@@ -43,6 +47,9 @@ export interface VhostQueueStats {
   errors: number;
   splits: number;
   inflight: number;
+  /** Requests held while the device waits for its server (setServerDeviceId(null, true)):
+   *  those the transport lost when the last path went; new ones wait in the virtqueue uncounted. */
+  waiting: number;
 }
 
 export interface VhostStats extends VhostQueueStats {
@@ -56,7 +63,7 @@ interface NativeVhostBlkInstance {
   readonly frontendConnected: boolean;
   disconnectFrontend(): Promise<boolean>;
   stats(): VhostStats;
-  setServerDeviceId(id: number | null): void;
+  setServerDeviceId(id: number | null, wait?: boolean): void;
   setSizeBytes(bytes: number): void;
   close(): Promise<boolean>;
 }
@@ -96,7 +103,7 @@ export function validateVhostOptions(o: VhostBlkOptions): VhostBlkOptions {
   if (size % BigInt(lbs) !== 0n) invalid(`sizeBytes ${size} not a multiple of logicalBlockSize ${lbs}`);
   const queues = o.queues ?? 1;
   if (!Number.isInteger(queues) || queues < 1 || queues > VHOST_MAX_QUEUES) invalid(`queues must be an integer 1..${VHOST_MAX_QUEUES}, got ${String(o.queues)}`);
-  for (const key of ['readOnly', 'secureErase', 'writeback', 'fua'] as const) {
+  for (const key of ['readOnly', 'secureErase', 'writeback', 'fua', 'holdOnLoss'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'boolean') invalid(`${key} must be a boolean`);
   }
   if (o.discard != null) {
@@ -148,18 +155,29 @@ export class VhostBlk {
   }
 
   stats(): VhostStats {
-    return this.#native.stats();
+    const s = this.#native.stats();
+    // The device's total of held requests is summed here from the queues (the one counter whose
+    // total the native side need not keep); an addon without the counter reports 0.
+    for (const q of s.queues) q.waiting ??= 0;
+    s.waiting = s.queues.reduce((n, q) => n + q.waiting, 0);
+    return s;
   }
 
   /**
-   * The server's id of the device after a re-OPEN (session reconnect): requests started from
-   * now on carry it, those in flight keep theirs. null: the device is not open on the server;
-   * its requests are answered VIRTIO_BLK_S_IOERR without reaching the transport.
+   * The server's id of the device after a re-OPEN (session reconnect): requests held while
+   * waiting are re-submitted with it first, in order, then the rings are served again; requests
+   * in flight keep the id they were sent with.
+   * null: the device is not open on the server. With wait, its requests wait: new ones stay in
+   * the virtqueue, those the transport lost are held, the guest sees no error. Without, held and
+   * new requests are answered VIRTIO_BLK_S_IOERR without reaching the transport.
    */
-  setServerDeviceId(id: number | null): void {
+  setServerDeviceId(id: number | null, wait = false): void {
     if (id !== null && !isU32(id)) invalid(`deviceId must be an integer 0..4294967295 or null, got ${String(id)}`);
+    if (typeof wait !== 'boolean') invalid('wait must be a boolean');
+    if (id !== null && wait) invalid('wait applies to a device that is not open (id null)');
     try {
-      this.#native.setServerDeviceId(id);
+      if (id === null) this.#native.setServerDeviceId(null, wait);
+      else this.#native.setServerDeviceId(id);
     } catch (e) {
       throw toIbnbdError(e);
     }

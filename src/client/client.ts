@@ -2,34 +2,63 @@
 //   map    → session found or created, OPEN, vhost-user-blk socket ibnbd<N>.sock, devices/<id>
 //   unmap  → EBUSY while a front-end is connected unless forced; CLOSE; socket removed;
 //            the session closed with its last device
-//   list / show → name, device_id, socket, state, session, mapping_path, ...
+//   list / show → name, device_id, socket, state, session, mapping_path, the reconnect policy
+//            (with the session's reconnect_delay and io_timeout), ...
+//   path loss → per device: wait for the server (reconnecting, bounded by ctrl_loss_tmo), or
+//            closed at once (ctrl_loss_tmo=0, RNBD); reconnect → SESS_INFO and re-OPEN
+// Ordering ("the control plane never hangs on one server"): each session has its own queue
+// (session.ts) for its slow admin I/O: connect + SESS_INFO, OPEN, CLOSE, the re-open pass; every
+// admin request is bounded by the admin timeout (admin.ts). What must stay exact across sessions
+// is done in steps that cannot interleave: the EEXIST check and the find-or-create of the session
+// have no await (one step of the event loop); picking a name and a link, making the vhost socket
+// and inserting the device (attach), and removing a device's files and giving its name back, run
+// under one global lock, whose jobs never wait for a server. A job holding a session's queue may
+// take the lock; a job holding the lock never waits for a queue.
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IbnbdError } from '../errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
-import { deviceIdOf, type MapRequest } from '../proto/map-string.js';
-import type { TransportKind as Transport } from '../transport/paths.js';
+import { RECONNECT_DEFAULTS, deviceIdOf, policyConflict, type MapRequest } from '../proto/map-string.js';
 import { hostHasRdma } from '../backend/transport.js';
+import type { OpenRspMsg } from '../proto/ibnbd.js';
 import { closeDevice, openDevice, sessInfo } from './admin.js';
-import { MappedDevice, type DeviceInfo } from './device.js';
+import { MappedDevice, type DeviceInfo, type MappedRequest } from './device.js';
 import { NameAllocator } from './names.js';
-import { SerialQueue } from './serialize.js';
-import { ClientSessions, type ClientSession, type SessionOptions, type SessionState } from './session.js';
+import { QUEUE_BUSY, SerialQueue } from './serialize.js';
+import {
+  ADMIN_TIMEOUT_DEFAULT_MS,
+  ClientSessions,
+  type ClientSession,
+  type SessionOptions,
+  type SessionState,
+} from './session.js';
 
 export interface IbnbdClientOptions extends Partial<SessionOptions> {
   runDir: string;
   log?: (line: string) => void;
+  /** ctrl_loss_tmo of maps that do not name one (s; -1 = for ever, 0 = RNBD: fail at once). */
+  ctrlLossTmo?: number;
+  /** fast_io_fail_tmo of maps that do not name one (s; -1 = off). */
+  fastIoFailTmo?: number;
 }
 
 export class IbnbdClient {
   private readonly devices = new Map<string, MappedDevice>(); // by name
+  /** sessname + device_path of the maps under way (EEXIST for a second one). */
+  private readonly mapping = new Set<string>();
+  /** Unmaps under way (a second unmap of the device waits for the first). */
+  private readonly unmapping = new Map<MappedDevice, Promise<void>>();
   private readonly names = new NameAllocator();
-  private readonly serial = new SerialQueue();
+  /** The global lock: short local steps only (names, sockets, links, the device table). */
+  private readonly lock = new SerialQueue();
   private readonly sessions: ClientSessions;
   private readonly log: (line: string) => void;
+  private readonly adminTimeoutMs: number;
+  private stopping: Promise<void> | undefined;
 
   constructor(private readonly opts: IbnbdClientOptions) {
     this.log = opts.log ?? (() => undefined);
+    this.adminTimeoutMs = opts.adminTimeoutMs ?? ADMIN_TIMEOUT_DEFAULT_MS;
     this.sessions = new ClientSessions(
       { onSessionState: (s, state) => this.onSessionState(s, state) },
       {
@@ -37,7 +66,9 @@ export class IbnbdClient {
         heartbeatMs: opts.heartbeatMs,
         heartbeatMissedMax: opts.heartbeatMissedMax,
         reconnectDelayMs: opts.reconnectDelayMs,
+        ioTimeoutMs: opts.ioTimeoutMs,
         maxReconnectAttempts: opts.maxReconnectAttempts,
+        adminTimeoutMs: this.adminTimeoutMs,
       },
     );
   }
@@ -50,12 +81,77 @@ export class IbnbdClient {
     return join(this.opts.runDir, 'devices');
   }
 
-  map(req: MapRequest): Promise<DeviceInfo> {
-    return this.serial.run(() => this.mapLocked(req));
+  /** Session found or created, then in the session's queue: connect + SESS_INFO (a new
+   *  session), OPEN, and under the global lock the name, the vhost socket and the link. */
+  async map(given: MapRequest): Promise<DeviceInfo> {
+    const req = this.resolve(given);
+    // from here to the queue: no await, so no other map can slip in between check and insert
+    if (this.stopping) throw shuttingDown();
+    for (const d of this.devices.values()) {
+      if (d.session.sessname === req.sessname && d.request.devicePath === req.devicePath) {
+        throw new IbnbdError(
+          'EEXIST',
+          `device_path '${req.devicePath}' is already mapped by session '${req.sessname}' as ${d.name}`,
+        );
+      }
+    }
+    const key = `${req.sessname}\n${req.devicePath}`;
+    if (this.mapping.has(key)) {
+      throw new IbnbdError('EEXIST', `device_path '${req.devicePath}' is being mapped by session '${req.sessname}' already`);
+    }
+    const session = this.sessions.acquire(req);
+    this.mapping.add(key);
+    let mapped = false;
+    try {
+      const info = await session.queue.run(() => this.mapInSession(req, session));
+      mapped = true;
+      return info;
+    } catch (e) {
+      if (e instanceof IbnbdError && e.code === 'ETIMEDOUT') this.log(`map of ${req.devicePath} failed: ${e.message}`);
+      throw e;
+    } finally {
+      this.mapping.delete(key);
+      session.users--;
+      if (!mapped) await this.sessions.releaseIfUnused(session);
+    }
   }
 
-  unmap(nameOrId: string, force: boolean): Promise<DeviceInfo> {
-    return this.serial.run(() => this.unmapLocked(nameOrId, force));
+  /** unmap: EBUSY while a front-end is attached, unless forced; in the device's session queue.
+   *  Forced: the device goes at once; its CLOSE waits for the session queue at most the admin
+   *  timeout (no CLOSE then: the server drops the device when the session closes). */
+  async unmap(nameOrId: string, force: boolean): Promise<DeviceInfo> {
+    const dev = this.find(nameOrId);
+    if (force) {
+      const info = dev.info();
+      await this.teardown(dev, { force: true, inQueue: false, deadline: Date.now() + this.adminTimeoutMs });
+      this.log(`unmapped ${dev.name} (force)`);
+      return info;
+    }
+    this.checkNotBusy(dev);
+    const session = dev.session;
+    session.users++;
+    try {
+      return await session.queue.run(async () => {
+        // unmapped (or being unmapped by a forced unmap) while this one waited: gone
+        if (this.devices.get(dev.name) !== dev || this.unmapping.has(dev)) {
+          throw new IbnbdError('ENOENT', `no mapped device named '${nameOrId}'`);
+        }
+        this.checkNotBusy(dev);
+        const info = dev.info();
+        await this.teardown(dev, { force: false, inQueue: true, deadline: Date.now() + this.adminTimeoutMs });
+        this.log(`unmapped ${dev.name}`);
+        return info;
+      });
+    } finally {
+      session.users--;
+      await this.sessions.releaseIfUnused(session);
+    }
+  }
+
+  private checkNotBusy(dev: MappedDevice): void {
+    if (dev.vhost.frontendConnected) {
+      throw new IbnbdError('EBUSY', `${dev.name} is in use by a vhost-user front-end (a VM); use --force to unmap anyway`);
+    }
   }
 
   list(): DeviceInfo[] {
@@ -97,40 +193,86 @@ export class IbnbdClient {
     throw new IbnbdError('ENOENT', `no mapped device named '${nameOrId}'`);
   }
 
-  /** Daemon shutdown: front-ends disconnected, devices closed on their servers, sessions closed. */
+  /** Daemon shutdown: front-ends disconnected, devices closed on their servers, sessions closed.
+   *  Sessions in parallel, each bounded by the admin timeout: a CLOSE that cannot be sent in it
+   *  is left out (the server drops the devices with the session). Maps under way fail. */
   shutdown(): Promise<void> {
-    return this.serial.run(async () => {
-      for (const dev of [...this.devices.values()]) {
-        await this.teardown(dev, true).catch((e) => this.log(`unmap ${dev.name} at shutdown: ${String(e)}`));
-      }
+    this.stopping ??= (async () => {
+      const bySession = new Map<ClientSession, MappedDevice[]>();
+      for (const dev of this.devices.values()) bySession.set(dev.session, [...(bySession.get(dev.session) ?? []), dev]);
+      await Promise.all(
+        [...bySession.values()].map((devs) => {
+          const deadline = Date.now() + this.adminTimeoutMs;
+          return Promise.all(
+            devs.map((dev) =>
+              this.teardown(dev, { force: true, inQueue: false, deadline }).catch((e) =>
+                this.log(`unmap ${dev.name} at shutdown: ${String(e)}`),
+              ),
+            ),
+          );
+        }),
+      );
       await this.sessions.closeAll();
-    });
+    })();
+    return this.stopping;
   }
 
-  private async mapLocked(given: MapRequest): Promise<DeviceInfo> {
-    // No transport= in the map string: decided here, per map (gid: addresses exist only on RDMA).
-    const req: MapRequest & { transport: Transport } = {
+  /** The request with what the map string left to the daemon decided: transport, the policy. */
+  private resolve(given: MapRequest): MappedRequest {
+    const req: MappedRequest = {
       ...given,
+      // gid: addresses exist only on RDMA
       transport: given.transport ?? (hostHasRdma() || given.paths.some((p) => p.dst.kind === 'gid') ? 'rdma' : 'tcp'),
+      ctrlLossTmo: given.ctrlLossTmo ?? this.opts.ctrlLossTmo ?? RECONNECT_DEFAULTS.ctrlLossTmo,
+      fastIoFailTmo: given.fastIoFailTmo ?? this.opts.fastIoFailTmo ?? RECONNECT_DEFAULTS.fastIoFailTmo,
     };
-    for (const d of this.devices.values()) {
-      if (d.session.sessname === req.sessname && d.request.devicePath === req.devicePath) {
-        throw new IbnbdError(
-          'EEXIST',
-          `device_path '${req.devicePath}' is already mapped by session '${req.sessname}' as ${d.name}`,
-        );
-      }
+    // Both in the map string were checked by the grammar. A fast_io_fail_tmo the map asks for
+    // beside the daemon's ctrl_loss_tmo is held to the same rule; the daemon's fast_io_fail_tmo
+    // beside a map's ctrl_loss_tmo is not (ctrl_loss_tmo=0 must stay RNBD's behaviour under any
+    // daemon): it just never fires, the device being closed first.
+    if (given.fastIoFailTmo !== undefined && policyConflict(req.fastIoFailTmo, req.ctrlLossTmo) !== null) {
+      throw new IbnbdError(
+        'EINVAL',
+        `fast_io_fail_tmo: ${req.fastIoFailTmo} s is longer than ctrl_loss_tmo (${req.ctrlLossTmo} s, the client ` +
+          "daemon's --ctrl-loss-tmo), which closes the device (failing its IO) first; give ctrl_loss_tmo too, or a shorter fast_io_fail_tmo",
+      );
     }
-    const session = await this.sessions.getOrCreate(req);
-    let open;
+    return req;
+  }
+
+  /** In the session's queue: connect + SESS_INFO the first time, OPEN, attach. */
+  private async mapInSession(req: MappedRequest, session: ClientSession): Promise<DeviceInfo> {
+    if (this.stopping) throw shuttingDown();
+    await this.sessions.ready(session);
+    if (this.stopping) throw shuttingDown();
+    if (session.state !== 'open') {
+      throw new IbnbdError('EIO', `session '${req.sessname}' is disconnected from its server`);
+    }
+    const epoch = session.linkEpoch;
+    const open = await openDevice(session, req.devicePath, req.accessMode, req.ioMode, (late) =>
+      this.undoLateOpen(session, epoch, req.devicePath, late),
+    );
     try {
-      open = await openDevice(session.native, req.devicePath, req.accessMode, req.ioMode);
       if (open.logicalBlockSize === 0) throw new IbnbdError('EINVAL', 'server reported logical_block_size 0');
+      if (this.stopping) throw shuttingDown();
+      const dev = await this.lock.run(() => this.attach(req, session, open));
+      if (session.linkEpoch !== epoch) {
+        // the link went down (and maybe up) since the OPEN: the session's loss reached its other
+        // devices only; this one follows now (a re-open pass queued behind this job re-opens it)
+        dev.sessionLost();
+        this.log(`${dev.name}: the session lost its link while it was being mapped; ${dev.stateReason}`);
+      }
+      return dev.info();
     } catch (e) {
-      await this.sessions.releaseIfUnused(session).catch(() => undefined);
+      if (session.linkEpoch === epoch && !session.closed) {
+        await closeDevice(session, open.deviceId).catch(() => undefined);
+      }
       throw e;
     }
+  }
 
+  /** Under the global lock: name, socket, link, the device in the tables. Local steps only. */
+  private async attach(req: MappedRequest, session: ClientSession, open: OpenRspMsg): Promise<MappedDevice> {
     const { index, name } = this.names.allocate();
     const deviceId = deviceIdOf(req.devicePath);
     const socketPath = join(this.vhostDir, `${name}.sock`);
@@ -156,53 +298,121 @@ export class IbnbdClient {
           secureErase: open.secureDiscard !== 0 && open.maxDiscardSectors > 0,
           writeback: open.cachePolicy.writeback,
           fua: open.cachePolicy.fua,
+          // ctrl_loss_tmo=0: what the last path had in flight fails with it, as in RNBD; else it
+          // is held until sessionLost() applies the device's policy
+          holdOnLoss: req.ctrlLossTmo !== 0,
         },
         (ev: VhostEvent) => this.log(`${name}: ${describeEvent(ev)}`),
       );
       vhost.start();
       await rm(linkPath, { force: true });
       await symlink(join('..', 'vhost', `${name}.sock`), linkPath);
+      if (this.stopping) throw shuttingDown();
     } catch (e) {
       await vhost?.close().catch(() => undefined);
       await rm(socketPath, { force: true });
+      await rm(linkPath, { force: true });
       this.names.release(index);
-      await closeDevice(session.native, open.deviceId).catch(() => undefined);
-      await this.sessions.releaseIfUnused(session).catch(() => undefined);
       throw e;
     }
-    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, req, session, open, vhost);
+    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, req, session, open, vhost, this.log);
     this.devices.set(name, dev);
     session.devices.add(name);
     this.log(`mapped ${req.devicePath} of session ${req.sessname} as ${name} (${socketPath})`);
-    return dev.info();
+    return dev;
   }
 
-  private async unmapLocked(nameOrId: string, force: boolean): Promise<DeviceInfo> {
-    const dev = this.find(nameOrId);
-    if (!force && dev.vhost.frontendConnected) {
-      throw new IbnbdError('EBUSY', `${dev.name} is in use by a vhost-user front-end (a VM); use --force to unmap anyway`);
+  /** Unmap, forced or not, and shutdown: front-end (forced: disconnected, its requests fail),
+   *  vhost device, the tables, socket and link, name, then CLOSE on the server. inQueue: the
+   *  caller holds the session's queue; else the CLOSE waits for it until the deadline. */
+  private teardown(dev: MappedDevice, how: { force: boolean; inQueue: boolean; deadline: number }): Promise<void> {
+    const running = this.unmapping.get(dev);
+    if (running) return running;
+    const done = this.teardownOnce(dev, how).finally(() => this.unmapping.delete(dev));
+    this.unmapping.set(dev, done);
+    return done;
+  }
+
+  private async teardownOnce(dev: MappedDevice, how: { force: boolean; inQueue: boolean; deadline: number }): Promise<void> {
+    const session = dev.session;
+    session.users++; // the session stays until the CLOSE is sent or given up
+    try {
+      dev.dispose(); // its policy timers are void from here on
+      // the front-end goes first: forced, its in-flight requests fail with VIRTIO_BLK_S_IOERR
+      if (how.force) await dev.vhost.disconnectFrontend();
+      await dev.vhost.close();
+      // One step: the device leaves the tables and its CLOSE takes its turn in the session's
+      // queue, before any later OPEN of the same device_path (which the server would answer
+      // with the same id: a CLOSE after it would close the new mapping).
+      this.devices.delete(dev.name);
+      session.devices.delete(dev.name);
+      const epoch = session.linkEpoch;
+      const closing = how.inQueue ? this.closeOnServer(dev, epoch, how.deadline) : this.closeInTurn(dev, epoch, how.deadline);
+      await this.lock.run(async () => {
+        await rm(dev.socketPath, { force: true });
+        await rm(dev.linkPath, { force: true });
+        this.names.release(dev.index); // only now: a new ibnbd<N> must not lose its socket to our rm
+      });
+      await closing;
+    } finally {
+      session.users--;
+      await this.sessions.releaseIfUnused(session);
     }
-    const info = dev.info();
-    await this.teardown(dev, force);
-    this.log(`unmapped ${dev.name}${force ? ' (force)' : ''}`);
-    return info;
   }
 
-  private async teardown(dev: MappedDevice, force: boolean): Promise<void> {
-    // the front-end goes first: forced, its in-flight requests fail with VIRTIO_BLK_S_IOERR
-    if (force) await dev.vhost.disconnectFrontend();
-    await dev.vhost.close();
-    this.devices.delete(dev.name);
-    dev.session.devices.delete(dev.name);
-    this.names.release(dev.index);
-    await rm(dev.socketPath, { force: true });
-    await rm(dev.linkPath, { force: true });
-    if (dev.state === 'open' && dev.session.state === 'open') {
-      await closeDevice(dev.session.native, dev.open.deviceId).catch((e) =>
-        this.log(`CLOSE of ${dev.name} on the server failed: ${String(e)}`),
+  /** closeOnServer in the session's queue, unless the queue does not get free by the deadline. */
+  private async closeInTurn(dev: MappedDevice, epoch: number, deadline: number): Promise<void> {
+    const s = dev.session;
+    const r = await s.queue.runWithin(deadline - Date.now(), () => this.closeOnServer(dev, epoch, deadline));
+    if (r === QUEUE_BUSY && dev.state === 'open') {
+      this.log(
+        `${dev.name}: no CLOSE sent for server device ${dev.open.deviceId}: session ${s.sessname} is not usable, its ` +
+          `earlier admin requests (waiting for the server) did not finish within the ${this.adminTimeoutMs / 1000} s ` +
+          'admin timeout; the server keeps the device open until that session closes',
       );
     }
-    await this.sessions.releaseIfUnused(dev.session);
+  }
+
+  /** CLOSE of a removed device, when the server has it open under the id we know. Never throws. */
+  private async closeOnServer(dev: MappedDevice, epoch: number, deadline: number): Promise<void> {
+    if (dev.state !== 'open') return; // closed or waiting for the server: it has no such device
+    const s = dev.session;
+    const id = dev.open.deviceId;
+    const why =
+      s.closed ? 'closed' : s.state !== 'open' ? 'disconnected' : s.linkEpoch !== epoch ? 'reconnected since' : undefined;
+    if (why) {
+      this.log(`${dev.name}: no CLOSE sent for server device ${id}: session ${s.sessname} is ${why}, the server dropped the device with it`);
+      return;
+    }
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      this.log(`${dev.name}: no CLOSE sent for server device ${id}: no time left of the ${this.adminTimeoutMs / 1000} s admin timeout`);
+      return;
+    }
+    await closeDevice(s, id, left).catch((e) => this.log(`CLOSE of ${dev.name} on the server failed: ${String(e)}`));
+  }
+
+  /** An OPEN answered after its timeout: the server has a device open that no mapping uses;
+   *  CLOSE it in the session's turn, unless the id is a mapping's (the server answers a later
+   *  OPEN of the same device_path with the same id) or the session moved on. */
+  private undoLateOpen(session: ClientSession, epoch: number, devicePath: string, open: OpenRspMsg): void {
+    const id = open.deviceId;
+    const what = `session ${session.sessname}: OPEN of '${devicePath}' answered after the admin timeout (server device ${id})`;
+    void session.queue
+      .run(async () => {
+        if (session.closed || session.linkEpoch !== epoch) {
+          this.log(`${what}: the session closed or lost its link since; nothing to undo`);
+          return;
+        }
+        const user = this.sessionDevices(session).find((d) => d.state === 'open' && d.open.deviceId === id);
+        if (user) {
+          this.log(`${what}: ${user.name} has that id now; kept`);
+          return;
+        }
+        this.log(`${what}: sending CLOSE`);
+        await closeDevice(session, id).catch((e) => this.log(`${what}: CLOSE failed: ${errorText(e)}`));
+      })
+      .catch(() => undefined);
   }
 
   private sessionDevices(session: ClientSession): MappedDevice[] {
@@ -213,32 +423,45 @@ export class IbnbdClient {
   }
 
   // RNBD's client: on DISCONNECTED every device goes MAPPED_DISCONNECTED; on RECONNECTED it sends
-  // SESS_INFO and re-OPENs each device (docs/protocol.md, "The client's session life"). The server
-  // may be a new process that knows none of our device ids, or hands out the old ids to other devices: a device's IO is
-  // cut off here, synchronously, before any re-OPEN of this session can be sent.
+  // SESS_INFO and re-OPENs each device (docs/protocol.md, "The client's session life"). Ours, by
+  // each device's policy (docs/client.md, "Path loss, waiting and the reconnect policy"): it waits
+  // for the server (reconnecting: guest IO held, no error) until ctrl_loss_tmo closes it, or is
+  // closed at once (ctrl_loss_tmo=0, RNBD's). The server may be a new process that knows none of
+  // our device ids, or hands out the old ids to other devices: either way a device's IO is cut
+  // off from the server id here, synchronously, before any re-OPEN of this session can be sent.
   private onSessionState(session: ClientSession, state: SessionState): void {
     const devs = this.sessionDevices(session);
-    const names = devs.map((d) => d.name).join(', ') || 'no devices';
     if (state === 'closed') {
-      for (const dev of devs) dev.markClosed('session disconnected: every path to the server is lost; reconnecting');
-      this.log(`session ${session.sessname}: every path lost, devices closed (${names}); their IO fails with IOERR`);
+      for (const dev of devs) dev.sessionLost();
+      const by = (s: string) => devs.filter((d) => d.state === s).map((d) => d.name).join(', ');
+      const waiting = by('reconnecting');
+      const closed = by('closed');
+      this.log(
+        `session ${session.sessname}: every path lost; reconnecting` +
+          (waiting ? `; waiting (IO held by ctrl_loss_tmo/fast_io_fail_tmo): ${waiting}` : '') +
+          (closed ? `; closed (IO fails with IOERR): ${closed}` : '') +
+          (devs.length === 0 ? '; no devices' : ''),
+      );
       return;
     }
+    const names = devs.map((d) => d.name).join(', ') || 'no devices';
     this.log(`session ${session.sessname}: connected again; re-opening ${names}`);
     const epoch = session.linkEpoch;
-    // serialized with map/unmap: the set of devices and their names cannot change under it
-    void this.serial
+    // in the session's queue, after the maps and unmaps of it queued before: its set of devices
+    // changes under it only by a forced unmap (checked after each await)
+    void session.queue
       .run(() => this.reopenLocked(session, epoch))
       .catch((e) => this.log(`session ${session.sessname}: re-open failed: ${String(e)}`));
   }
 
   private async reopenLocked(session: ClientSession, epoch: number): Promise<void> {
     // a later disconnect (or the session's close) voids this pass; the next reconnect redoes it
-    const stale = () => session.linkEpoch !== epoch || this.sessions.get(session.sessname) !== session;
+    const stale = () =>
+      session.linkEpoch !== epoch || session.closed || this.sessions.get(session.sessname) !== session || !!this.stopping;
     if (stale()) return;
     const devs = this.sessionDevices(session);
     try {
-      session.protocolVersion = await sessInfo(session.native);
+      session.protocolVersion = await sessInfo(session);
     } catch (e) {
       if (stale()) return;
       const why = `SESS_INFO after reconnect failed: ${errorText(e)}`;
@@ -251,17 +474,25 @@ export class IbnbdClient {
       if (this.devices.get(dev.name) !== dev) continue;
       let open;
       try {
-        open = await openDevice(session.native, dev.request.devicePath, dev.request.accessMode, dev.request.ioMode);
+        open = await openDevice(session, dev.request.devicePath, dev.request.accessMode, dev.request.ioMode, (late) =>
+          this.undoLateOpen(session, epoch, dev.request.devicePath, late),
+        );
       } catch (e) {
         if (stale()) return;
+        if (this.devices.get(dev.name) !== dev) continue; // unmapped (forced) meanwhile
         dev.markClosed(`re-OPEN after reconnect failed: ${errorText(e)}`);
         this.log(`${dev.name}: ${dev.stateReason}; it stays closed (IO fails) until the next reconnect or unmap`);
         continue;
       }
       if (stale()) return; // answered by a connection that is gone again: nothing to rely on
+      if (this.devices.get(dev.name) !== dev) {
+        // unmapped (forced) while its OPEN was out: nobody uses what the server opened
+        await closeDevice(session, open.deviceId).catch(() => undefined);
+        continue;
+      }
       if (open.logicalBlockSize !== dev.open.logicalBlockSize) {
         // the guest formatted against the old block size: serving it would corrupt its view
-        await closeDevice(session.native, open.deviceId).catch(() => undefined);
+        await closeDevice(session, open.deviceId).catch(() => undefined);
         dev.markClosed(
           `re-OPEN after reconnect: logical block size changed from ${dev.open.logicalBlockSize} to ${open.logicalBlockSize}`,
         );
@@ -273,18 +504,35 @@ export class IbnbdClient {
         try {
           dev.vhost.setSizeBytes(newSize);
         } catch (e) {
-          await closeDevice(session.native, open.deviceId).catch(() => undefined);
+          await closeDevice(session, open.deviceId).catch(() => undefined);
           dev.markClosed(`re-OPEN after reconnect: unusable size ${newSize}: ${errorText(e)}`);
           this.log(`${dev.name}: ${dev.stateReason}`);
           continue;
         }
         this.log(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
       }
-      dev.vhost.setServerDeviceId(open.deviceId);
+      const held = dev.state === 'reconnecting' ? heldRequests(dev) : 0;
+      dev.vhost.setServerDeviceId(open.deviceId); // held requests are re-submitted first, in order
       dev.markReopened(open);
-      this.log(`${dev.name}: re-opened ${dev.request.devicePath} as server device ${open.deviceId}`);
+      this.log(
+        `${dev.name}: re-opened ${dev.request.devicePath} as server device ${open.deviceId}` +
+          (held > 0 ? `; ${held} held requests resubmitted` : ''),
+      );
     }
   }
+}
+
+/** Requests the device holds for its server (for the log only: a failure to read them is 0). */
+function heldRequests(dev: MappedDevice): number {
+  try {
+    return dev.vhost.stats().waiting;
+  } catch {
+    return 0;
+  }
+}
+
+function shuttingDown(): IbnbdError {
+  return new IbnbdError('ECANCELED', 'the client daemon is shutting down');
 }
 
 function errorText(e: unknown): string {

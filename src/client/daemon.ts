@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { IbnbdError } from '../errors.js';
 import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
-import { parseMapString } from '../proto/map-string.js';
+import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
 
 export interface ClientDaemonOptions {
@@ -15,19 +15,47 @@ export interface ClientDaemonOptions {
   ioThreads: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
-  /** Delay before a lost path is dialled again; RNBD: 30 s. */
+  /** Default reconnect_delay in seconds (--reconnect-delay); resolved into reconnectDelayMs. */
+  reconnectDelay?: number;
+  /** The same default in ms (--reconnect-delay-ms, sub-second for tests): the longest pause
+   *  between attempts to dial a lost path (the first at once, then 100 ms doubling); RNBD: 30 s flat. */
   reconnectDelayMs?: number;
   /** Attempts per lost path, -1 = forever (RNBD). */
   maxReconnectAttempts?: number;
+  /** Default ctrl_loss_tmo (s): how long guest IO waits for a lost server; -1 for ever, 0 RNBD's. */
+  ctrlLossTmo?: number;
+  /** Default fast_io_fail_tmo (s): waiting IO fails after it; -1 off. */
+  fastIoFailTmo?: number;
+  /** Default io_timeout (s) of new sessions: a path with requests outstanding that completes
+   *  none for this long is declared dead (failover, reconnect); 0 off. */
+  ioTimeout?: number;
+  /** How long an admin request (SESS_INFO, OPEN, CLOSE) waits for the server's answer (s),
+   *  then fails with ETIMEDOUT; also bounds a forced unmap's and the shutdown's wait for a session. */
+  adminTimeout?: number;
 }
+
+/** --admin-timeout's range (s). */
+export const ADMIN_TIMEOUT_MAX = 3600;
 
 export const CLIENT_DEFAULTS = {
   control: '/run/ibnbd/client.sock',
   runDir: '/run/ibnbd',
   ioThreads: 1,
-  reconnectDelayMs: 30_000,
+  reconnectDelayMs: RECONNECT_DEFAULTS.reconnectDelay * 1000,
   maxReconnectAttempts: -1,
+  ctrlLossTmo: RECONNECT_DEFAULTS.ctrlLossTmo,
+  fastIoFailTmo: RECONNECT_DEFAULTS.fastIoFailTmo,
+  ioTimeout: RECONNECT_DEFAULTS.ioTimeout,
+  adminTimeout: 30,
 } as const;
+
+/** -1 or an integer 0..max; EINVAL naming the option. */
+function checkTmo(flag: string, v: number): number {
+  if (!Number.isInteger(v) || v < -1 || v > TMO_MAX) {
+    throw new IbnbdError('EINVAL', `${flag}: ${v} is not -1 or a number of seconds from 0 to ${TMO_MAX}`);
+  }
+  return v;
+}
 
 export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDaemonOptions {
   const control = o.control ?? CLIENT_DEFAULTS.control;
@@ -41,9 +69,27 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   for (const [k, v] of [['heartbeat-ms', o.heartbeatMs], ['heartbeat-missed-max', o.heartbeatMissedMax]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new IbnbdError('EINVAL', `--${k}: ${v} is not a positive integer`);
   }
-  const reconnectDelayMs = o.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs;
+  if (o.reconnectDelay !== undefined && o.reconnectDelayMs !== undefined) {
+    throw new IbnbdError('EINVAL', '--reconnect-delay and --reconnect-delay-ms set the same default: give one of them');
+  }
+  if (o.reconnectDelay !== undefined && (!Number.isInteger(o.reconnectDelay) || o.reconnectDelay < 1 || o.reconnectDelay > RECONNECT_DELAY_MAX)) {
+    throw new IbnbdError('EINVAL', `--reconnect-delay: ${o.reconnectDelay} is not a number of seconds from 1 to ${RECONNECT_DELAY_MAX}`);
+  }
+  const reconnectDelayMs = o.reconnectDelayMs ?? (o.reconnectDelay !== undefined ? o.reconnectDelay * 1000 : CLIENT_DEFAULTS.reconnectDelayMs);
   if (!Number.isInteger(reconnectDelayMs) || reconnectDelayMs < 0 || reconnectDelayMs > 86_400_000) {
     throw new IbnbdError('EINVAL', `--reconnect-delay-ms: ${reconnectDelayMs} is not an integer from 0 to 86400000`);
+  }
+  const ctrlLossTmo = checkTmo('--ctrl-loss-tmo', o.ctrlLossTmo ?? CLIENT_DEFAULTS.ctrlLossTmo);
+  const fastIoFailTmo = checkTmo('--fast-io-fail-tmo', o.fastIoFailTmo ?? CLIENT_DEFAULTS.fastIoFailTmo);
+  const conflict = policyConflict(fastIoFailTmo, ctrlLossTmo);
+  if (conflict) throw new IbnbdError('EINVAL', `--fast-io-fail-tmo: ${conflict} (--ctrl-loss-tmo); give at most --ctrl-loss-tmo, or -1`);
+  const ioTimeout = o.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout;
+  if (!Number.isInteger(ioTimeout) || ioTimeout < 0 || ioTimeout > IO_TIMEOUT_MAX) {
+    throw new IbnbdError('EINVAL', `--io-timeout: ${ioTimeout} is not 0 (off) or a number of seconds from 1 to ${IO_TIMEOUT_MAX}`);
+  }
+  const adminTimeout = o.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout;
+  if (!Number.isInteger(adminTimeout) || adminTimeout < 1 || adminTimeout > ADMIN_TIMEOUT_MAX) {
+    throw new IbnbdError('EINVAL', `--admin-timeout: ${adminTimeout} is not a number of seconds from 1 to ${ADMIN_TIMEOUT_MAX}`);
   }
   const maxReconnectAttempts = o.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
   if (!Number.isInteger(maxReconnectAttempts) || maxReconnectAttempts < -1 || maxReconnectAttempts > 1 << 30) {
@@ -57,6 +103,10 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     heartbeatMissedMax: o.heartbeatMissedMax,
     reconnectDelayMs,
     maxReconnectAttempts,
+    ctrlLossTmo,
+    fastIoFailTmo,
+    ioTimeout,
+    adminTimeout,
   };
 }
 
@@ -78,7 +128,11 @@ export class ClientDaemon {
       heartbeatMs: opts.heartbeatMs,
       heartbeatMissedMax: opts.heartbeatMissedMax,
       reconnectDelayMs: opts.reconnectDelayMs,
+      ioTimeoutMs: (opts.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout) * 1000,
       maxReconnectAttempts: opts.maxReconnectAttempts,
+      ctrlLossTmo: opts.ctrlLossTmo,
+      fastIoFailTmo: opts.fastIoFailTmo,
+      adminTimeoutMs: (opts.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout) * 1000,
     });
     this.control = new ControlServer(opts.control, {
       map: async (args) => ({ device: await this.client.map(parseMapString(stringArg(args, 'map'))) }),
@@ -92,10 +146,19 @@ export class ClientDaemon {
     configureIoThreads(this.opts.ioThreads);
     await this.control.listen();
     const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
+    const ctrl = this.opts.ctrlLossTmo ?? CLIENT_DEFAULTS.ctrlLossTmo;
+    const fast = this.opts.fastIoFailTmo ?? CLIENT_DEFAULTS.fastIoFailTmo;
+    const ioTimeout = this.opts.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout;
+    const adminTimeout = this.opts.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout;
     this.log(
       `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, ` +
-        `lost paths redialled every ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms ` +
-        (attempts < 0 ? 'forever' : `at most ${attempts} times`),
+        `lost paths redialled at most ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms apart ` +
+        `${attempts < 0 ? 'forever' : `at most ${attempts} times`}; ` +
+        (ioTimeout > 0 ? `a path completing no request for ${ioTimeout} s is dead (io_timeout); ` : 'no io_timeout; ') +
+        `admin requests (SESS_INFO, OPEN, CLOSE) time out after ${adminTimeout} s; ` +
+        'by default guest IO ' +
+        (ctrl === 0 ? 'fails at once when every path is lost (ctrl_loss_tmo 0)' : `waits ${ctrl < 0 ? 'for ever' : `${ctrl} s`} for a lost server`) +
+        (fast >= 0 && ctrl !== 0 ? `, failing after ${fast} s (fast_io_fail_tmo)` : ''),
     );
   }
 

@@ -3,6 +3,8 @@
 //   sessname=<name> path=<[src,]dst> [path=...] device_path=<path>
 //   [access_mode=ro|rw|migration] [io_mode=fileio|blockio]
 //   [transport=tcp|rdma] [queues=<1..16>] [mp_policy=round-robin|min-inflight|min-latency]
+//   [reconnect_delay=<1..3600>] [ctrl_loss_tmo=<-1|0..86400>] [fast_io_fail_tmo=<-1|0..86400>]
+//   [io_timeout=<0..3600>]
 //
 // The string is untrusted (it arrives on the control socket), so every rule is checked here and a
 // violation is an EINVAL whose message starts with the key at fault ("sessname: ..."), the way a
@@ -25,6 +27,21 @@ export interface MapRequest {
   queues: number;
   /** Extension: RTRS multipath policy for sessions with several paths. */
   mpPolicy: MpPolicy;
+  // The reconnect policy (NVMe-oF host's names and meanings; docs/client.md, "Path loss, waiting
+  // and the reconnect policy"). Absent: the client daemon's default, decided at map time, so the
+  // CLI never bakes its own idea of the default into the string it sends.
+  /** Extension: the longest pause in seconds between reconnect attempts of the session (a
+   *  property of the session: set by the map that creates it). */
+  reconnectDelay?: number;
+  /** Extension: seconds guest IO waits after every path is lost before the device is closed;
+   *  -1: waits for ever; 0: closed at once, IO fails (RNBD). */
+  ctrlLossTmo?: number;
+  /** Extension: seconds after every path is lost until waiting IO fails (the device still
+   *  reconnecting); -1: off. */
+  fastIoFailTmo?: number;
+  /** Extension: seconds a path with requests outstanding may complete none of them before it is
+   *  declared dead (failover, reconnect); 0: off. A property of the session, like reconnectDelay. */
+  ioTimeout?: number;
 }
 
 /** RTRS_PORT / IBTRS_PORT. */
@@ -39,6 +56,21 @@ export const MAX_QUEUES = 16;
 /** No RTRS limit, but untrusted input must be bounded: more paths than this is a typo or an attack. */
 export const MAX_PATHS = 16;
 
+export const RECONNECT_DELAY_MAX = 3600;
+/** Upper bound of io_timeout (0 turns it off). */
+export const IO_TIMEOUT_MAX = 3600;
+/** Upper bound of ctrl_loss_tmo and fast_io_fail_tmo: a day; -1 says "for ever" / "off". */
+export const TMO_MAX = 86_400;
+
+/** The client daemon's defaults for keys of the reconnect policy absent from a map string
+ *  (`ibnbd client --reconnect-delay/--ctrl-loss-tmo/--fast-io-fail-tmo/--io-timeout` change them). */
+export const RECONNECT_DEFAULTS = {
+  reconnectDelay: 2,
+  ctrlLossTmo: 600, // NVMe-oF's default: a server restart is waited out, a dead server fails in 10 min
+  fastIoFailTmo: -1,
+  ioTimeout: 30, // the Linux block layer's default request timeout
+} as const;
+
 export const MAP_DEFAULTS = {
   accessMode: 'rw',
   ioMode: 'blockio',
@@ -51,6 +83,7 @@ const MP_POLICIES: readonly MpPolicy[] = ['round-robin', 'min-inflight', 'min-la
 
 const KNOWN_KEYS = [
   'sessname', 'path', 'device_path', 'access_mode', 'io_mode', 'transport', 'queues', 'mp_policy',
+  'reconnect_delay', 'ctrl_loss_tmo', 'fast_io_fail_tmo', 'io_timeout',
 ] as const;
 type MapKey = (typeof KNOWN_KEYS)[number];
 
@@ -59,7 +92,9 @@ export const MAP_USAGE = `Usage: ibnbd map "sessname=<name of the ibtrs session>
 [access_mode=<ro|rw|migration>]
 [io_mode=<fileio|blockio>]
 [transport=<tcp|rdma>] [queues=<1..${MAX_QUEUES}>]
-[mp_policy=<round-robin|min-inflight|min-latency>]"
+[mp_policy=<round-robin|min-inflight|min-latency>]
+[reconnect_delay=<1..${RECONNECT_DELAY_MAX}>] [ctrl_loss_tmo=<-1|0..${TMO_MAX}>]
+[fast_io_fail_tmo=<-1|0..${TMO_MAX}>] [io_timeout=<0..${IO_TIMEOUT_MAX}>]"
 
 addr ::= [ ip:<ipv4> | ip:<ipv6> | gid:<gid> ]
 
@@ -75,6 +110,22 @@ Extensions of ibnbd-vhost (not in IBNBD):
                               gid: addresses need rdma
   queues=<1..${MAX_QUEUES}>              vhost-user-blk queues offered to the VM, default 1
   mp_policy=<...>             multipath policy, default min-inflight
+  reconnect_delay=<s>         once every path is lost: the longest pause between
+                              reconnect attempts (the first is at once, then 0.1 s
+                              doubling up to this); a property of the session, set
+                              by the map that creates it
+  ctrl_loss_tmo=<s>           once every path is lost, guest IO waits this long for
+                              the server, then the device is closed and IO fails;
+                              -1 = wait for ever, 0 = fail at once (RNBD's behaviour)
+  fast_io_fail_tmo=<s>        waiting IO fails after this long, while reconnecting
+                              goes on; -1 = off; at most ctrl_loss_tmo
+  io_timeout=<s>              a path with requests outstanding that completes none
+                              of them for this long is declared dead (failover,
+                              reconnect); 0 = off (heartbeats alone decide); a
+                              property of the session, set by the map that creates it
+  Absent, these four take the client daemon's defaults (ibnbd client
+  --reconnect-delay, --ctrl-loss-tmo, --fast-io-fail-tmo, --io-timeout:
+  ${RECONNECT_DEFAULTS.reconnectDelay}, ${RECONNECT_DEFAULTS.ctrlLossTmo}, ${RECONNECT_DEFAULTS.fastIoFailTmo}, ${RECONNECT_DEFAULTS.ioTimeout} unless changed).
 
 Defaults: access_mode=rw io_mode=blockio.
 sessname: at most ${SESSNAME_MAX_BYTES} bytes, no '/', not '.' or '..'.
@@ -127,6 +178,22 @@ function checkQueues(v: string): number {
   const n = Number(v);
   if (n < 1 || n > MAX_QUEUES) throw invalid('queues', `${n} is out of range 1..${MAX_QUEUES}`);
   return n;
+}
+
+/** A whole number of seconds, or -1 where allowed (the "for ever" / "off" of ctrl_loss_tmo and
+ *  fast_io_fail_tmo); digits only, so "1e3", "0x10" and " 5" are refused. */
+function checkSeconds(key: string, v: string, min: number, max: number): number {
+  const what = min < 0 ? `-1 or a number of seconds 0..${max}` : `a number of seconds ${min}..${max}`;
+  if (!/^(-1|[0-9]{1,6})$/.test(v)) throw invalid(key, `'${v}' is not ${what}`);
+  const n = Number(v);
+  if (n < min || n > max) throw invalid(key, `${n} is out of range: ${what}`);
+  return n;
+}
+
+/** fast_io_fail_tmo can fail IO only before ctrl_loss_tmo closes the device; null when they agree. */
+export function policyConflict(fastIoFailTmo: number, ctrlLossTmo: number): string | null {
+  if (fastIoFailTmo < 0 || ctrlLossTmo < 0 || fastIoFailTmo <= ctrlLossTmo) return null;
+  return `${fastIoFailTmo} s is longer than ctrl_loss_tmo (${ctrlLossTmo} s), which closes the device (failing its IO) first`;
 }
 
 function checkPort(text: string): number {
@@ -237,6 +304,10 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
       case 'transport': req.transport = checkChoice(k, value, TRANSPORTS); break;
       case 'mp_policy': req.mpPolicy = checkChoice(k, value, MP_POLICIES); break;
       case 'queues': req.queues = checkQueues(value); break;
+      case 'reconnect_delay': req.reconnectDelay = checkSeconds(k, value, 1, RECONNECT_DELAY_MAX); break;
+      case 'ctrl_loss_tmo': req.ctrlLossTmo = checkSeconds(k, value, -1, TMO_MAX); break;
+      case 'fast_io_fail_tmo': req.fastIoFailTmo = checkSeconds(k, value, -1, TMO_MAX); break;
+      case 'io_timeout': req.ioTimeout = checkSeconds(k, value, 0, IO_TIMEOUT_MAX); break;
       case 'path': {
         const p = checkPath(value);
         if (paths.some((q) => samePath(p, q))) throw invalid('path', `'${value}' is given twice`);
@@ -258,7 +329,17 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
     ...(req.transport ? { transport: req.transport } : {}),
     queues: req.queues ?? MAP_DEFAULTS.queues,
     mpPolicy: req.mpPolicy ?? MAP_DEFAULTS.mpPolicy,
+    ...(req.reconnectDelay !== undefined ? { reconnectDelay: req.reconnectDelay } : {}),
+    ...(req.ctrlLossTmo !== undefined ? { ctrlLossTmo: req.ctrlLossTmo } : {}),
+    ...(req.fastIoFailTmo !== undefined ? { fastIoFailTmo: req.fastIoFailTmo } : {}),
+    ...(req.ioTimeout !== undefined ? { ioTimeout: req.ioTimeout } : {}),
   };
+  // Only when both are in the string: with one of them the daemon's default, the client daemon
+  // decides (a default fast_io_fail_tmo must not make ctrl_loss_tmo=0 an error).
+  if (out.fastIoFailTmo !== undefined && out.ctrlLossTmo !== undefined) {
+    const conflict = policyConflict(out.fastIoFailTmo, out.ctrlLossTmo);
+    if (conflict) throw invalid('fast_io_fail_tmo', `${conflict}; give fast_io_fail_tmo <= ctrl_loss_tmo, or -1 (off)`);
+  }
   // GIDs name RDMA ports (InfiniBand, or RoCE's IP-derived ones): there is no TCP to them. Said
   // explicitly rather than guessed.
   if (out.transport === 'tcp' && paths.some((p) => p.dst.kind === 'gid')) {
@@ -290,6 +371,8 @@ function formatEndpoint(ep: Endpoint, withPort: boolean): string {
 /**
  * The canonical map string of a request: required keys first, the optional ones only when they
  * differ from the defaults, so a request using no extension formats as a string the seed accepts.
+ * The reconnect policy keys appear whenever set: absent means the daemon's default, which the
+ * formatter cannot know, so an explicit value equal to ours is still sent.
  */
 export function formatMapString(req: MapRequest): string {
   const out = [`sessname=${req.sessname}`];
@@ -303,5 +386,9 @@ export function formatMapString(req: MapRequest): string {
   if (req.transport) out.push(`transport=${req.transport}`);
   if (req.queues !== MAP_DEFAULTS.queues) out.push(`queues=${req.queues}`);
   if (req.mpPolicy !== MAP_DEFAULTS.mpPolicy) out.push(`mp_policy=${req.mpPolicy}`);
+  if (req.reconnectDelay !== undefined) out.push(`reconnect_delay=${req.reconnectDelay}`);
+  if (req.ctrlLossTmo !== undefined) out.push(`ctrl_loss_tmo=${req.ctrlLossTmo}`);
+  if (req.fastIoFailTmo !== undefined) out.push(`fast_io_fail_tmo=${req.fastIoFailTmo}`);
+  if (req.ioTimeout !== undefined) out.push(`io_timeout=${req.ioTimeout}`);
   return out.join(' ');
 }

@@ -16,11 +16,18 @@ import type { DeviceGeometry } from '../backend/server-native.js';
 import type { Logger } from '../logger.js';
 import type { ExportSession } from './session.js';
 
-/** errno: 0 or a positive errno number; data: the response for a READ-carried message. */
+/** errno: 0 or a positive errno number; data: the response for a READ-carried message;
+ *  noReply: the request is left unanswered (the test-only fault hook below). */
 export interface AdminReply {
   errno: number;
   data?: Buffer;
+  noReply?: true;
 }
+
+/** Test-only fault hook (docs/server.md, "Test-only fault hooks"): an OPEN whose device_path is
+ *  IBNBD_FAULT_DROP_OPEN is never answered, a server that answers heartbeats but not OPEN. Read
+ *  once, when the module loads. */
+const DROP_OPEN = process.env.IBNBD_FAULT_DROP_OPEN || undefined;
 
 /** RTRS's max_segments; the client uses its own transport limit, as in RNBD. */
 const MAX_SEGMENTS = 128;
@@ -47,6 +54,10 @@ export function handleAdmin(
         return { errno: 0, data: encode({ type: 'SESS_INFO_RSP', ver }) };
       }
       case 'OPEN': {
+        if (DROP_OPEN !== undefined && msg.devName === DROP_OPEN) {
+          log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(msg.devName)} left unanswered (IBNBD_FAULT_DROP_OPEN, a test hook)`);
+          return { errno: 0, noReply: true };
+        }
         needReadBuffer(dir, dataLen, OPEN_RSP_SIZE);
         const res = s.open({ accessMode: msg.accessMode, ioMode: msg.ioMode, devName: msg.devName });
         if (!res.reused) {

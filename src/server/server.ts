@@ -103,6 +103,7 @@ export class ExportServer {
     } else {
       reply = handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log);
     }
+    if (reply.noReply) return;
     this.port.respond(ev.requestId, reply.errno, reply.data);
   }
 

@@ -148,7 +148,8 @@ test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO a
 
 test.serial('server killed: the device goes closed within the heartbeat window and IO fails, not hangs', async (t) => {
   const s = await setup(t, { 'k.img': 16 * MiB }, ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3']);
-  const { device } = await s.mapJson(`sessname=k ${s.at} device_path=k.img`);
+  // ctrl_loss_tmo=0: RNBD's behaviour (the daemon's default waits for the server instead)
+  const { device } = await s.mapJson(`sessname=k ${s.at} device_path=k.img ctrl_loss_tmo=0`);
   t.is((await blkio(['--path', device.socket, '--count', '8', '--seed', '1', 'verify'])).code, 0);
   await s.server.stop('SIGKILL');
   const end = Date.now() + 5_000;

@@ -1,7 +1,8 @@
 // The client daemon across a server restart, as RNBD behaves (docs/protocol.md, "The client's
-// session life" and "Heartbeat and reconnect"): every path
-// lost → the devices go closed and their IO fails; the transport dials again after
-// --reconnect-delay-ms; on reconnect the daemon sends SESS_INFO and re-OPENs each device, and the
+// session life" and "Heartbeat and reconnect"; here the maps ask for it with ctrl_loss_tmo=0, the
+// daemon's default being to wait, docs/client.md "Path loss, waiting and the reconnect policy"):
+// every path lost → the devices go closed and their IO fails; the transport dials again (at once,
+// then backing off up to --reconnect-delay-ms); on reconnect the daemon sends SESS_INFO and re-OPENs each device, and the
 // vhost-user socket serves the new server's file under the new device id. Real daemons as child
 // processes, libblkio (ibnbd-blkio) as the VM, bytes checked in the server's file.
 import test, { type ExecutionContext } from 'ava';
@@ -58,7 +59,7 @@ const pattern = (seed: number, offset: number, count: number, size: number) => [
 
 test.serial('server restart: devices go closed, IO fails, then SESS_INFO + re-OPEN bring them back with the data intact', async (t) => {
   const s = await setup(t, ['disk.img']);
-  const dev = await s.map(`sessname=rc1 ${s.at} device_path=disk.img`);
+  const dev = await s.map(`sessname=rc1 ${s.at} device_path=disk.img ctrl_loss_tmo=0`);
   t.is(dev.state, 'open');
   t.is(dev.state_reason, '');
 
@@ -107,8 +108,8 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
   const s = await setup(t, ['gone.img', 'kept.img']);
   // gone.img is opened first: on the restarted server kept.img is re-opened alone and may get
   // the id gone.img had; gone.img's IO must not follow that id
-  const gone = await s.map(`sessname=rc2 ${s.at} device_path=gone.img`);
-  const kept = await s.map(`sessname=rc2 ${s.at} device_path=kept.img`);
+  const gone = await s.map(`sessname=rc2 ${s.at} device_path=gone.img ctrl_loss_tmo=0`);
+  const kept = await s.map(`sessname=rc2 ${s.at} device_path=kept.img ctrl_loss_tmo=0`);
   t.not(gone.server_device_id, kept.server_device_id);
 
   await s.server.stop();
@@ -158,13 +159,16 @@ test.serial('re-OPEN refused with EPERM (another client took the device for writ
   const otherDir = join(s.dir, 'other');
   await mkdir(otherDir);
   const other = await startClientDaemon(t, otherDir, FAST);
-  const dev = await s.map(`sessname=ours ${s.at} device_path=shared.img`);
+  const dev = await s.map(`sessname=ours ${s.at} device_path=shared.img ctrl_loss_tmo=0`);
 
   await s.server.stop();
   await waitState(t, s.client, dev.name, 'closed', 10_000);
-  // right after a failed attempt: the next one is a whole window away
-  const end = Date.now() + scaled(15_000);
-  while ((await show(s.client, dev.name)).path_states[0].reconnects < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  // The transport redials at once, then after pauses of 0.1 s doubling up to the window: once
+  // they reached it, right after a failed attempt the next one is a whole window away (one
+  // attempt more than the doubling needs, in case the first is not counted).
+  const cappedAfter = 2 + Math.ceil(Math.log2(window / 100));
+  const end = Date.now() + scaled(15_000) + 3 * window;
+  while ((await show(s.client, dev.name)).path_states[0].reconnects < cappedAfter && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
   await s.restartServer();
   const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs ${s.at} device_path=shared.img`, '--control', other.control]);
   t.is(theirs.device.state, 'open');
@@ -193,6 +197,7 @@ test('client daemon: reconnect options are validated', async (t) => {
   t.not(badDelay.code, 0);
   t.regex(badDelay.stderr, /EINVAL.*--reconnect-delay-ms/);
   const help = await ibnbd(['client', '--help']);
-  t.regex(help.stdout, /--reconnect-delay-ms <ms>[\s\S]*default:\s+30000/);
+  t.regex(help.stdout, /--reconnect-delay <s>[\s\S]*default:\s+2\)/);
+  t.regex(help.stdout, /--reconnect-delay-ms <ms>/);
   t.regex(help.stdout, /--max-reconnect-attempts <n>[\s\S]*-1\s+=\s+forever/);
 });

@@ -258,7 +258,8 @@ test('closeSession drops the client: session-down on the server, DISCONNECTED an
   const port = server.start()[0]!.port;
   t.teardown(() => server.stop());
   const links: string[] = [];
-  const client = new ClientSession({ transport: TEST_TRANSPORT, sessname: 'closing', paths: [{ dst: { ...LO, port } }], reconnectDelayMs: 60_000 }, (e) => links.push(e));
+  // no reconnect: the first attempt after a loss goes at once, and this test is about the drop itself
+  const client = new ClientSession({ transport: TEST_TRANSPORT, sessname: 'closing', paths: [{ dst: { ...LO, port } }], maxReconnectAttempts: 0 }, (e) => links.push(e));
   t.teardown(() => client.close());
   await client.connect(scaled(5000));
   const wait = async (cond: () => boolean, what: string): Promise<void> => {

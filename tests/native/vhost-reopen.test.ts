@@ -58,3 +58,37 @@ test.serial('setServerDeviceId: new requests carry the new id, null fails them w
   await dev.vhost.close();
   t.throws(() => dev.vhost.setServerDeviceId(0), { code: 'EBADF' });
 });
+
+test.serial('setServerDeviceId(null, wait): requests wait unanswered, the id again sends them in order; (null) fails those that wait', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'w.sock')));
+  t.is((await blkio(['--path', dev.socket, ...pattern(51, 0, 2, 64 * 1024), 'verify'])).code, 0);
+
+  // waiting: a writer at QD4 gets no answer while the device is not open
+  dev.vhost.setServerDeviceId(null, true);
+  const writer = blkio(['--path', dev.socket, '--timeout-ms', '20000', '--qd', '4', ...pattern(52, MiB, 16, 64 * 1024), 'verify'], 30_000);
+  await new Promise((r) => setTimeout(r, 1500));
+  const during = dev.vhost.stats();
+  t.is(during.errors, 0, 'nothing failed while waiting');
+  t.true(fileBytes(srv.file, MiB, 16 * 64 * 1024).equals(Buffer.alloc(16 * 64 * 1024)), 'nothing reached the server');
+  // open again under the same id: everything completes, verified, no error
+  dev.vhost.setServerDeviceId(m.rsp.deviceId);
+  const w = await writer;
+  t.is(w.code, 0, JSON.stringify(w.json));
+  t.true(fileBytes(srv.file, MiB, 16 * 64 * 1024).equals(expectedPattern(52, MiB, 16 * 64 * 1024)));
+  t.is(dev.vhost.stats().errors, 0);
+  t.is(dev.vhost.stats().waiting, 0);
+
+  // waiting, then closed for good: what waited is answered IOERR, promptly
+  dev.vhost.setServerDeviceId(null, true);
+  const doomed = blkio(['--path', dev.socket, '--timeout-ms', '20000', '--qd', '4', ...pattern(53, 2 * MiB, 8, 64 * 1024), 'write'], 30_000);
+  await new Promise((r) => setTimeout(r, 1000));
+  const t0 = Date.now();
+  dev.vhost.setServerDeviceId(null);
+  const f = await doomed;
+  t.is(f.code, 1, JSON.stringify(f.json));
+  t.true(Date.now() - t0 < 5000, 'failed promptly once closed');
+  t.true(dev.vhost.stats().errors >= 1);
+  t.throws(() => dev.vhost.setServerDeviceId(1, true as never), { code: 'EINVAL' });
+});

@@ -212,10 +212,10 @@ test.serial('disconnectFrontend: front-end dropped, the socket accepts the next 
   t.is(dev.vhost.stats().inflight, 0);
 });
 
-test.serial('session without a path: requests complete with IOERR, no hang', async (t) => {
+test.serial('session without a path, holdOnLoss off (RNBD): requests complete with IOERR, no hang', async (t) => {
   const srv = serveFile(t, 16 * MiB);
   const m = await mapDevice(t, srv.port, 'disk.img');
-  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'np.sock')));
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'np.sock'), { holdOnLoss: false }));
   t.is((await blkio(['--path', dev.socket, '--count', '4', 'verify'])).code, 0);
   srv.running.stop();
   t.true(await waitFor(() => !m.session.connected, 10_000), 'session lost its only path');

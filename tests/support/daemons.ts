@@ -3,6 +3,7 @@
 import type { ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { projectRoot } from '../../src/backend/native.js';
 import { freePort } from '../../harness/fixtures.js';
@@ -41,8 +42,12 @@ export interface Daemon {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-function startDaemon(t: ExecutionContext, args: string[], control: string): Promise<Daemon> {
-  const proc = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+/** env: added to this process's environment (e.g. a test-only fault hook, docs/server.md). */
+function startDaemon(t: ExecutionContext, args: string[], control: string, env?: Record<string, string>): Promise<Daemon> {
+  const proc = spawn(process.execPath, [cliPath, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: env ? { ...process.env, ...env } : process.env,
+  });
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
@@ -57,9 +62,18 @@ function startDaemon(t: ExecutionContext, args: string[], control: string): Prom
   return new Promise((resolve, reject) => {
     const end = Date.now() + scaled(20_000);
     const poll = () => {
-      if (existsSync(control)) return resolve({ proc, control, log: () => log, stop });
       if (proc.exitCode !== null || Date.now() > end) return reject(new Error(`daemon ${args[0]} did not start: ${log}`));
-      setTimeout(poll, 25);
+      if (!existsSync(control)) return void setTimeout(poll, 25);
+      // the socket file appears at bind(), a moment before listen(): ready once it accepts
+      const probe = net.connect(control);
+      probe.once('connect', () => {
+        probe.destroy();
+        resolve({ proc, control, log: () => log, stop });
+      });
+      probe.once('error', () => {
+        probe.destroy();
+        setTimeout(poll, 25);
+      });
     };
     poll();
   });
@@ -69,11 +83,19 @@ export interface ServerDaemon extends Daemon {
   port: number;
 }
 
-/** port: a given one (a restart on the same address), else a free one. Listens on the transport under test. */
-export async function startServerDaemon(t: ExecutionContext, dir: string, searchPath: string, extra: string[] = [], port?: number): Promise<ServerDaemon> {
+/** port: a given one (a restart on the same address), else a free one. Listens on the transport
+ *  under test. env: added to the daemon's environment. */
+export async function startServerDaemon(
+  t: ExecutionContext,
+  dir: string,
+  searchPath: string,
+  extra: string[] = [],
+  port?: number,
+  env?: Record<string, string>,
+): Promise<ServerDaemon> {
   port ??= await freePort();
   const control = join(dir, `server-${port}.sock`);
-  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, '--dev-search-path', searchPath, '--control', control, ...extra], control);
+  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, '--dev-search-path', searchPath, '--control', control, ...extra], control, env);
   return { ...d, port };
 }
 

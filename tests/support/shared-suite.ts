@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 
 /** Paths below tests/, without the .test.ts suffix. */
-export const SHARED_SUITE = ['daemons/server-io', 'unit/server-access', 'native/server-native', 'native/server-stop', 'daemons/client-daemon', 'daemons/client-reconnect'] as const;
+export const SHARED_SUITE = ['daemons/server-io', 'unit/server-access', 'native/server-native', 'native/server-stop', 'daemons/client-daemon', 'daemons/client-reconnect', 'daemons/fault-wait', 'daemons/admin-timeout'] as const;
 
 /** The compiled files, relative to the project root (where ava runs). */
 export const sharedSuiteFiles = (): string[] => SHARED_SUITE.map((name) => join('dist', 'tests', `${name}.test.js`));

@@ -4,13 +4,14 @@
 // malformed request never reaches the socket.
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IbnbdError } from '../../src/errors.js';
 import { ControlServer, type ControlHandler } from '../../src/control/index.js';
 import { MAP_USAGE } from '../../src/proto/map-string.js';
+import { CLIENT_DEFAULTS, validateClientOptions } from '../../src/client/daemon.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/ibnbd.js', import.meta.url));
 const dirs: string[] = [];
@@ -78,12 +79,14 @@ test('map "<map string>": sends the canonical string, prints the result, exits 0
 test('the flag form sends exactly what the string form sends', async (t) => {
   const d = await fakeDaemon();
   const asString =
-    'sessname=s1 path=ip:10.0.0.1,ip:10.0.0.2 path=ip:[fe80::1]:4000 device_path=vg/lv access_mode=ro io_mode=fileio transport=rdma queues=4 mp_policy=round-robin';
+    'sessname=s1 path=ip:10.0.0.1,ip:10.0.0.2 path=ip:[fe80::1]:4000 device_path=vg/lv access_mode=ro io_mode=fileio transport=rdma queues=4 mp_policy=round-robin' +
+    ' reconnect_delay=5 ctrl_loss_tmo=-1 fast_io_fail_tmo=30 io_timeout=10';
   const r1 = await ibnbd(['map', asString, '--control', d.sock]);
   const r2 = await ibnbd([
     'map', '--control', d.sock, '--sessname', 's1', '--path', 'ip:10.0.0.1,ip:10.0.0.2', '--path', 'ip:[fe80::1]:4000',
     '--device-path', 'vg/lv', '--access-mode', 'ro', '--io-mode', 'fileio', '--transport', 'rdma', '--queues', '4',
-    '--mp-policy', 'round-robin',
+    '--mp-policy', 'round-robin', '--reconnect-delay', '5', '--ctrl-loss-tmo', '-1', '--fast-io-fail-tmo', '30',
+    '--io-timeout', '10',
   ]);
   // unquoted, as a user in a hurry types it
   const r3 = await ibnbd(['map', '--control', d.sock, ...asString.split(' ')]);
@@ -162,6 +165,12 @@ test('a malformed map is an EINVAL of the CLI, before any socket I/O', async (t)
     [['map', '--sessname', 'a/b', '--path', 'ip:1.2.3.4', '--device-path', 'd'], /^ibnbd: EINVAL: sessname: contains '\/'\n$/],
     [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--queues', '17'], /^ibnbd: EINVAL: queues: /],
     [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--access-mode', 'rx'], /^ibnbd: EINVAL: access_mode: /],
+    [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--reconnect-delay', '0'], /^ibnbd: EINVAL: reconnect_delay: /],
+    [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--io-timeout', '3601'], /^ibnbd: EINVAL: io_timeout: 3601 is out of range/],
+    [['map', 'sessname=s path=ip:1.2.3.4 device_path=d io_timeout=-1'], /^ibnbd: EINVAL: io_timeout: /],
+    [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--ctrl-loss-tmo', '-2'], /^ibnbd: EINVAL: ctrl_loss_tmo: /],
+    [['map', '--sessname', 's', '--path', 'ip:1.2.3.4', '--device-path', 'd', '--fast-io-fail-tmo', 'soon'], /^ibnbd: EINVAL: fast_io_fail_tmo: /],
+    [['map', 'sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=0 fast_io_fail_tmo=5'], /^ibnbd: EINVAL: fast_io_fail_tmo: 5 s is longer than ctrl_loss_tmo \(0 s\)/],
     [['map', 'sessname=s path=ip:1.2.3.4 device_path=d', '--queues', '2'], /^ibnbd: EINVAL: map: give either/],
     [['map'], /^ibnbd: EINVAL: sessname: missing\n$/],
     [['unmap', ''], /^ibnbd: EINVAL: device: empty\n$/],
@@ -175,6 +184,77 @@ test('a malformed map is an EINVAL of the CLI, before any socket I/O', async (t)
   }
   t.is(d.server.connectionsAccepted, 0, 'no connection was ever made');
   t.deepEqual(d.requests, []);
+});
+
+test('ibnbd client: the reconnect policy defaults, validated before the daemon starts', (t) => {
+  const o = validateClientOptions({});
+  t.is(o.reconnectDelayMs, 2000);
+  t.is(o.ctrlLossTmo, 600);
+  t.is(o.fastIoFailTmo, -1);
+  t.is(o.ioTimeout, 30);
+  t.is(CLIENT_DEFAULTS.reconnectDelayMs, 2000);
+  t.is(CLIENT_DEFAULTS.ioTimeout, 30);
+  t.is(validateClientOptions({ ioTimeout: 0 }).ioTimeout, 0, 'off');
+  t.is(validateClientOptions({ ioTimeout: 3600 }).ioTimeout, 3600);
+  t.is(o.adminTimeout, 30, 'admin requests wait 30 s for their answer by default');
+  t.is(validateClientOptions({ adminTimeout: 1 }).adminTimeout, 1);
+  t.is(validateClientOptions({ adminTimeout: 3600 }).adminTimeout, 3600);
+  t.is(validateClientOptions({ reconnectDelay: 5 }).reconnectDelayMs, 5000);
+  t.is(validateClientOptions({ reconnectDelayMs: 300 }).reconnectDelayMs, 300, 'sub-second for tests');
+  t.like(validateClientOptions({ ctrlLossTmo: -1, fastIoFailTmo: 86400 }), { ctrlLossTmo: -1, fastIoFailTmo: 86400 });
+  t.like(validateClientOptions({ ctrlLossTmo: 0 }), { ctrlLossTmo: 0, fastIoFailTmo: -1 });
+  t.like(validateClientOptions({ ctrlLossTmo: 30, fastIoFailTmo: 30 }), { ctrlLossTmo: 30, fastIoFailTmo: 30 });
+  const bad: Array<[Parameters<typeof validateClientOptions>[0], RegExp]> = [
+    [{ reconnectDelay: 2, reconnectDelayMs: 500 }, /^--reconnect-delay and --reconnect-delay-ms /],
+    [{ reconnectDelay: 0 }, /^--reconnect-delay: 0 /],
+    [{ reconnectDelay: 3601 }, /^--reconnect-delay: 3601 /],
+    [{ ioTimeout: -1 }, /^--io-timeout: -1 /],
+    [{ ioTimeout: 3601 }, /^--io-timeout: 3601 /],
+    [{ ioTimeout: 2.5 }, /^--io-timeout: 2\.5 /],
+    [{ adminTimeout: 0 }, /^--admin-timeout: 0 is not a number of seconds from 1 to 3600/],
+    [{ adminTimeout: 3601 }, /^--admin-timeout: 3601 /],
+    [{ adminTimeout: 1.5 }, /^--admin-timeout: 1\.5 /],
+    [{ ctrlLossTmo: -2 }, /^--ctrl-loss-tmo: -2 /],
+    [{ ctrlLossTmo: 86401 }, /^--ctrl-loss-tmo: 86401 /],
+    [{ fastIoFailTmo: 1.5 }, /^--fast-io-fail-tmo: 1\.5 /],
+    [{ ctrlLossTmo: 10, fastIoFailTmo: 20 }, /^--fast-io-fail-tmo: 20 s is longer than ctrl_loss_tmo \(10 s\).*--ctrl-loss-tmo/],
+  ];
+  for (const [opts, message] of bad) {
+    const err = t.throws(() => validateClientOptions(opts), { instanceOf: IbnbdError }, JSON.stringify(opts));
+    t.is(err!.code, 'EINVAL');
+    t.regex(err!.message, message);
+  }
+});
+
+test('ibnbd client: bad reconnect policy flags are EINVAL of the CLI, and --help names the defaults', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ibnbd-cli-'));
+  dirs.push(dir);
+  const args = ['client', '--control', join(dir, 'c.sock'), '--run-dir', join(dir, 'run')];
+  const cases: Array<[string[], RegExp]> = [
+    [['--reconnect-delay', '2', '--reconnect-delay-ms', '500'], /^ibnbd: EINVAL: --reconnect-delay and --reconnect-delay-ms /],
+    [['--reconnect-delay', 'soon'], /^ibnbd: EINVAL: --reconnect-delay: 'soon' /],
+    [['--io-timeout', '-1'], /^ibnbd: EINVAL: --io-timeout: '-1' /],
+    [['--io-timeout', '3601'], /^ibnbd: EINVAL: --io-timeout: 3601 /],
+    [['--admin-timeout', '0'], /^ibnbd: EINVAL: --admin-timeout: 0 is not a number of seconds from 1 to 3600/],
+    [['--admin-timeout', 'soon'], /^ibnbd: EINVAL: --admin-timeout: 'soon' /],
+    [['--ctrl-loss-tmo', '-2'], /^ibnbd: EINVAL: --ctrl-loss-tmo: '-2' /],
+    [['--ctrl-loss-tmo', '90000'], /^ibnbd: EINVAL: --ctrl-loss-tmo: 90000 /],
+    [['--fast-io-fail-tmo', '700'], /^ibnbd: EINVAL: --fast-io-fail-tmo: 700 s is longer than ctrl_loss_tmo \(600 s\)/],
+  ];
+  for (const [extra, stderr] of cases) {
+    const r = await ibnbd([...args, ...extra]);
+    t.is(r.code, 22, extra.join(' '));
+    t.regex(r.stderr, stderr);
+  }
+  t.false(existsSync(join(dir, 'c.sock')), 'no daemon was started');
+  const help = await ibnbd(['client', '--help']);
+  t.is(help.code, 0);
+  t.regex(help.stdout, /--reconnect-delay <s>[\s\S]*default:\s+2\)/);
+  t.regex(help.stdout, /--reconnect-delay-ms <ms>/);
+  t.regex(help.stdout, /--io-timeout <s>[\s\S]*default:\s+30\)/);
+  t.regex(help.stdout, /--admin-timeout <s>[\s\S]*ETIMEDOUT[\s\S]*default:\s+30\)/);
+  t.regex(help.stdout, /--ctrl-loss-tmo <s>[\s\S]*default:\s+600\)/);
+  t.regex(help.stdout, /--fast-io-fail-tmo <s>[\s\S]*default:\s+-1\)/);
 });
 
 test('usage errors of the command line are EINVAL in the same form', async (t) => {

@@ -110,6 +110,46 @@ test('extensions: transport, queues, mp_policy', (t) => {
   t.is(parseMapString('sessname=s path=ip:1.2.3.4 device_path=d mp_policy=min-latency').mpPolicy, 'min-latency');
 });
 
+test('extensions: the reconnect policy, reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo', (t) => {
+  const req = parseMapString('sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=5 ctrl_loss_tmo=120 fast_io_fail_tmo=30');
+  t.is(req.reconnectDelay, 5);
+  t.is(req.ctrlLossTmo, 120);
+  t.is(req.fastIoFailTmo, 30);
+  // absent: left to the client daemon's defaults, not filled in by the grammar
+  const bare = parseMapString('sessname=s path=ip:10.0.0.1 device_path=d');
+  for (const k of ['reconnectDelay', 'ctrlLossTmo', 'fastIoFailTmo', 'ioTimeout']) t.false(k in bare, k);
+  const policy = (extra: string) => {
+    const r = parseMapString(`sessname=s path=ip:10.0.0.1 device_path=d ${extra}`);
+    return [r.reconnectDelay, r.ctrlLossTmo, r.fastIoFailTmo];
+  };
+  t.deepEqual(policy('reconnect_delay=1'), [1, undefined, undefined]);
+  t.deepEqual(policy('reconnect_delay=3600'), [3600, undefined, undefined]);
+  t.deepEqual(policy('ctrl_loss_tmo=0'), [undefined, 0, undefined], "RNBD's behaviour");
+  t.deepEqual(policy('ctrl_loss_tmo=-1 fast_io_fail_tmo=86400'), [undefined, -1, 86400], 'waits for ever, fails IO after a day');
+  t.deepEqual(policy('ctrl_loss_tmo=86400 fast_io_fail_tmo=-1'), [undefined, 86400, -1]);
+  t.deepEqual(policy('ctrl_loss_tmo=30 fast_io_fail_tmo=30'), [undefined, 30, 30], 'fast_io_fail_tmo may equal ctrl_loss_tmo');
+  t.deepEqual(policy('ctrl_loss_tmo=0 fast_io_fail_tmo=0'), [undefined, 0, 0]);
+  t.deepEqual(policy('fast_io_fail_tmo=5000'), [undefined, undefined, 5000], 'alone: the daemon weighs it against its ctrl_loss_tmo');
+});
+
+test('extensions: io_timeout, seconds 0..3600, 0 = off', (t) => {
+  const io = (extra: string) => parseMapString(`sessname=s path=ip:10.0.0.1 device_path=d ${extra}`).ioTimeout;
+  t.is(io('io_timeout=30'), 30);
+  t.is(io('io_timeout=0'), 0, 'off: heartbeats alone decide');
+  t.is(io('io_timeout=1'), 1);
+  t.is(io('io_timeout=3600'), 3600);
+  t.is(io('reconnect_delay=5 io_timeout=10 ctrl_loss_tmo=-1'), 10, 'beside the other policy keys, in any order');
+  t.is(io(''), undefined, "absent: the client daemon's default");
+});
+
+test('fast_io_fail_tmo longer than ctrl_loss_tmo: EINVAL naming both', (t) => {
+  for (const s of ['ctrl_loss_tmo=10 fast_io_fail_tmo=11', 'fast_io_fail_tmo=1 ctrl_loss_tmo=0']) {
+    const err = t.throws(() => parseMapString(`sessname=s path=ip:1.2.3.4 device_path=d ${s}`), { instanceOf: IbnbdError });
+    t.is(err!.code, 'EINVAL');
+    t.regex(err!.message, /^fast_io_fail_tmo: \d+ s is longer than ctrl_loss_tmo \(\d+ s\)/, s);
+  }
+});
+
 test('sessname of 256 bytes is accepted, device_path of 255 bytes too', (t) => {
   const req = parseMapString(`sessname=${'s'.repeat(256)} path=ip:1.2.3.4 device_path=${'d'.repeat(255)}`);
   t.is(req.sessname.length, 256);
@@ -178,6 +218,29 @@ const BAD: Array<[string, string]> = [
   ['sessname=s path=ip:1.2.3.4 device_path=d queues=2.5', 'queues'],
   ['sessname=s path=ip:1.2.3.4 device_path=d queues=-1', 'queues'],
   ['sessname=s path=ip:1.2.3.4 device_path=d mp_policy=random', 'mp_policy'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=0', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=3601', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=-1', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=1.5', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=2s', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d reconnect_delay=2 reconnect_delay=3', 'reconnect_delay'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=-1', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=3601', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=1.5', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=30s', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=off', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d io_timeout=5 io_timeout=5', 'io_timeout'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=-2', 'ctrl_loss_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=86401', 'ctrl_loss_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=1e3', 'ctrl_loss_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=forever', 'ctrl_loss_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=-0', 'ctrl_loss_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d fast_io_fail_tmo=-2', 'fast_io_fail_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d fast_io_fail_tmo=86401', 'fast_io_fail_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d fast_io_fail_tmo=0x10', 'fast_io_fail_tmo'],
+  ['sessname=s path=ip:1.2.3.4 device_path=d ctrl_loss_tmo=5 fast_io_fail_tmo=6', 'fast_io_fail_tmo'],
   ['sessname=s path=ip:1.2.3.4 device_path=d colour=blue', 'colour'],
   ['sessname=s path=ip:1.2.3.4 device_path=d Sessname=x', 'Sessname'],
   ['sessname=s path=ip:1.2.3.4 device_path=d rw', 'rw'],
@@ -211,6 +274,10 @@ test('round trip: parse(format(x)) equals x, and defaults are left out', (t) => 
     'sessname=s path=ip:[fe80::1%eth0]:7 path=ip:::1 device_path=d queues=4 mp_policy=min-latency',
     'sessname=s path=gid:fe80::1,gid:[fe80::2]:1234 path=gid:fe80:0000:0000:0000:0002:c903:0010:c0d5 device_path=x transport=rdma access_mode=ro',
     'sessname=s path=gid:::ffff:10.0.2.15 path=gid:[fe80::1%eth0]:4321 device_path=x transport=rdma',
+    'sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=5 ctrl_loss_tmo=-1 fast_io_fail_tmo=30',
+    'sessname=s path=ip:10.0.0.1 device_path=d ctrl_loss_tmo=0',
+    'sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=5 io_timeout=10',
+    'sessname=s path=ip:10.0.0.1 device_path=d io_timeout=0',
   ];
   for (const s of samples) {
     const req: MapRequest = parseMapString(s);
@@ -221,6 +288,15 @@ test('round trip: parse(format(x)) equals x, and defaults are left out', (t) => 
   t.is(
     formatMapString(parseMapString('device_path=/dev/ram0 access_mode=rw path=ip:10.50.100.66:1234 sessname=blya')),
     'sessname=blya path=ip:10.50.100.66 device_path=/dev/ram0',
+  );
+  // the policy keys stay when given, even at our default values: absent means the daemon's default
+  t.is(
+    formatMapString(parseMapString('fast_io_fail_tmo=-1 ctrl_loss_tmo=600 reconnect_delay=2 sessname=s path=ip:10.0.0.1 device_path=d')),
+    'sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=2 ctrl_loss_tmo=600 fast_io_fail_tmo=-1',
+  );
+  t.is(
+    formatMapString(parseMapString('io_timeout=30 sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=2')),
+    'sessname=s path=ip:10.0.0.1 device_path=d reconnect_delay=2 io_timeout=30',
   );
 });
 
@@ -235,6 +311,11 @@ test('MAP_USAGE follows the seed\'s usage text and documents the extensions', (t
     'transport=<tcp|rdma>',
     'queues=<1..16>',
     'mp_policy=<round-robin|min-inflight|min-latency>',
+    'reconnect_delay=<1..3600>',
+    'ctrl_loss_tmo=<-1|0..86400>',
+    'fast_io_fail_tmo=<-1|0..86400>',
+    'io_timeout=<0..3600>',
+    '0 = fail at once (RNBD',
   ]) {
     t.true(MAP_USAGE.includes(piece), piece);
   }

@@ -3,7 +3,7 @@
 // typo is an EINVAL from the CLI with the same message the daemon would give.
 import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
-import { MAP_USAGE, deviceIdOf, formatMapString, mapRequestFromFields, parseMapString, type MapRequest } from '../../proto/map-string.js';
+import { IO_TIMEOUT_MAX, MAP_USAGE, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, deviceIdOf, formatMapString, mapRequestFromFields, parseMapString, type MapRequest } from '../../proto/map-string.js';
 import {
   addControlOptions,
   checkDeviceArg,
@@ -25,6 +25,10 @@ interface MapFlags extends ControlOptions {
   transport?: string;
   queues?: string;
   mpPolicy?: string;
+  reconnectDelay?: string;
+  ctrlLossTmo?: string;
+  fastIoFailTmo?: string;
+  ioTimeout?: string;
 }
 
 // Flag → map string key, in the order the fields are checked (so the first error is the first flag).
@@ -36,6 +40,10 @@ const FLAG_KEYS: Array<[Exclude<keyof MapFlags, keyof ControlOptions | 'path'>, 
   ['transport', 'transport'],
   ['queues', 'queues'],
   ['mpPolicy', 'mp_policy'],
+  ['reconnectDelay', 'reconnect_delay'],
+  ['ctrlLossTmo', 'ctrl_loss_tmo'],
+  ['fastIoFailTmo', 'fast_io_fail_tmo'],
+  ['ioTimeout', 'io_timeout'],
 ];
 
 function collect(value: string, previous: string[]): string[] {
@@ -84,6 +92,11 @@ export function register(program: Command): void {
       .option('--transport <tcp|rdma>', 'default: rdma if the client host has an RDMA device, else tcp')
       .option('--queues <n>', 'vhost-user-blk queues, 1..16, default 1')
       .option('--mp-policy <policy>', 'round-robin|min-inflight|min-latency, default min-inflight')
+      // no defaults here: absent, the client daemon's own defaults apply
+      .option('--reconnect-delay <s>', `the session's longest pause between reconnect attempts, 1..${RECONNECT_DELAY_MAX} (daemon default ${RECONNECT_DEFAULTS.reconnectDelay})`)
+      .option('--ctrl-loss-tmo <s>', `guest IO waits this long for a lost server, then fails; -1 = for ever, 0 = at once (RNBD), up to ${TMO_MAX} (daemon default ${RECONNECT_DEFAULTS.ctrlLossTmo})`)
+      .option('--fast-io-fail-tmo <s>', `waiting IO fails after this long while reconnecting goes on; -1 = off, up to ${TMO_MAX} (daemon default ${RECONNECT_DEFAULTS.fastIoFailTmo})`)
+      .option('--io-timeout <s>', `the session's paths: one with requests outstanding that completes none for this long is dead (failover, reconnect); 0 = off, up to ${IO_TIMEOUT_MAX} (daemon default ${RECONNECT_DEFAULTS.ioTimeout})`)
       .addHelpText('after', `\n${MAP_USAGE}`),
   ).action(async (words: string[], flags: MapFlags) => {
     const req = mapRequestOfCommandLine(words, flags);
