@@ -76,7 +76,8 @@ CLT=$!
 # a second client daemon, SIGKILLed in D: its session must die on the server without an unmap
 ${node} ${cliPath} client --control /tmp/clt2.sock --run-dir /tmp/run2 --heartbeat-ms 500 --heartbeat-missed-max 4 2> /tmp/clt2.log &
 CLT2=$!
-i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ] || [ ! -S /tmp/clt2.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log /tmp/clt2.log; exit 23; }; sleep 0.1; done
+# ready = the server logged its listening line (its control socket file exists a moment before)
+i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ] || [ ! -S /tmp/clt2.sock ] || ! grep -q 'listening on' /tmp/srv.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log /tmp/clt2.log; exit 23; }; sleep 0.1; done
 devs() { ${IB} server devices --control /tmp/srv.sock --json | tr -d '\n'; }
 step daemons up
 echo "SRVLOG $(grep -o 'listening on [^;]*' /tmp/srv.log)"
