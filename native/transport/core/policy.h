@@ -15,9 +15,14 @@ inline bool ValidMpPolicy(const std::string& p) {
 }
 
 // The delay before reconnect attempt `attempt` of a lost path, counted from 0 for the first
-// attempt after the loss: that one goes at once (a restarted server is often back already),
-// then 100 ms doubling up to max_ms, like NVMe-oF's reconnect_delay with a short start.
-inline uint64_t ReconnectBackoffMs(uint32_t attempt, uint32_t max_ms) {
+// attempt after the loss. While the session has no path, IO waits on it: the first attempt goes
+// at once (a restarted server is often back already), then 100 ms doubling up to max_ms, like
+// NVMe-oF's reconnect_delay with a short start. While another path still carries the session's
+// IO nothing waits on this one, and it is dialled every max_ms as RTRS does (rapid attempts at an
+// address that is gone also made soft-RoCE's loopback lose the returning path's CM requests far
+// more often: docs/rdma-transport.md, "address removal").
+inline uint64_t ReconnectBackoffMs(uint32_t attempt, uint32_t max_ms, bool other_path_up) {
+  if (other_path_up) return max_ms;
   if (attempt == 0) return 0;
   uint64_t d = 100;
   for (uint32_t i = 1; i < attempt && d < max_ms; i++) d *= 2;

@@ -376,13 +376,14 @@ void RdmaClientSession::ReconnectThread() {
       return false;
     });
     if (closed_) return;
-    // The first attempt after a loss goes at once, then the back-off grows up to
-    // reconnect_delay (core/policy.h; RTRS waits reconnect_delay before every attempt).
+    // No path left: the first attempt goes at once, then the back-off grows up to
+    // reconnect_delay; with another path up, reconnect_delay flat, as RTRS (core/policy.h).
     uint32_t attempt = UINT32_MAX;
     for (auto& p : paths_)
       if (p->reconnect_wanted) attempt = std::min(attempt, static_cast<uint32_t>(p->reconnect_attempts));
-    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(transport::core::ReconnectBackoffMs(attempt, opts_.reconnect_delay_ms)),
-                           [&] { return closed_.load(); });
+    const uint64_t delay_ms =
+        transport::core::ReconnectBackoffMs(attempt, opts_.reconnect_delay_ms, connected());
+    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(delay_ms), [&] { return closed_.load(); });
     if (closed_) return;
     for (auto& up : paths_) {
       Path* p = up.get();

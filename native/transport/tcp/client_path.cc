@@ -329,7 +329,8 @@ void TcpClientSession::TeardownPath(ClientPath* p, uint64_t gen, bool sync) {
 }
 
 uint64_t TcpClientSession::Backoff(uint32_t attempt) const {
-  return core::ReconnectBackoffMs(attempt, opt_.reconnect_delay_ms) * 1000000ull;
+  return core::ReconnectBackoffMs(attempt, opt_.reconnect_delay_ms, connected_paths_.load() > 0) *
+         1000000ull;
 }
 
 void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) {
