@@ -39,6 +39,7 @@ Napi::Value EncodeReq(const Napi::CallbackInfo& info) {
   r.conn_count = static_cast<uint16_t>(U32(o, "connCount"));
   r.queue_depth = U32(o, "queueDepth");
   r.max_io_size = U32(o, "maxIoSize");
+  r.incarnation = U32(o, "incarnation");
   memcpy(r.session_uuid, o.Get("sessionUuid").As<Napi::Buffer<uint8_t>>().Data(), 16);
   memcpy(r.path_uuid, o.Get("pathUuid").As<Napi::Buffer<uint8_t>>().Data(), 16);
   r.sessname = o.Get("sessname").As<Napi::String>().Utf8Value();
@@ -66,6 +67,7 @@ Napi::Value DecodeReq(const Napi::CallbackInfo& info) {
   v.Set("connCount", r.conn_count);
   v.Set("queueDepth", r.queue_depth);
   v.Set("maxIoSize", r.max_io_size);
+  v.Set("incarnation", r.incarnation);
   v.Set("sessionUuid", Napi::Buffer<uint8_t>::Copy(env, r.session_uuid, 16));
   v.Set("pathUuid", Napi::Buffer<uint8_t>::Copy(env, r.path_uuid, 16));
   v.Set("sessname", r.sessname);
@@ -106,6 +108,8 @@ const char* KindName(FrameKind k) {
     case FrameKind::kResponse: return "RESPONSE";
     case FrameKind::kHeartbeat: return "HEARTBEAT";
     case FrameKind::kHeartbeatAck: return "HEARTBEAT_ACK";
+    case FrameKind::kFence: return "FENCE";
+    case FrameKind::kFenceAck: return "FENCE_ACK";
   }
   return "?";
 }
@@ -116,7 +120,7 @@ Napi::Value EncodeHdr(const Napi::CallbackInfo& info) {
   std::string kind = o.Get("kind").As<Napi::String>().Utf8Value();
   FrameHeader h;
   bool found = false;
-  for (int k = 1; k <= 5; k++)
+  for (int k = 1; k <= 7; k++)
     if (kind == KindName(static_cast<FrameKind>(k))) h.kind = static_cast<FrameKind>(k), found = true;
   if (!found) ThrowErrno(env, EINVAL, "unknown kind");
   h.usr_len = static_cast<uint16_t>(U32(o, "usrLen"));

@@ -15,7 +15,7 @@ export const MIN_MAX_IO_SIZE = 4096;
 export const MAX_MAX_IO_SIZE = 16 * 1024 * 1024;
 export const MAX_USR_LEN = 512;
 
-export const FRAME_KINDS = { READ_REQ: 1, WRITE_REQ: 2, RESPONSE: 3, HEARTBEAT: 4, HEARTBEAT_ACK: 5 } as const;
+export const FRAME_KINDS = { READ_REQ: 1, WRITE_REQ: 2, RESPONSE: 3, HEARTBEAT: 4, HEARTBEAT_ACK: 5, FENCE: 6, FENCE_ACK: 7 } as const;
 export type FrameKind = keyof typeof FRAME_KINDS;
 const KIND_BY_VALUE = new Map<number, FrameKind>(Object.entries(FRAME_KINDS).map(([k, v]) => [v, k as FrameKind]));
 
@@ -25,8 +25,9 @@ export interface HandshakeReq {
   connCount: number;
   queueDepth: number;
   maxIoSize: number;
+  incarnation: number; // the path's connect attempt; a higher one retires older connections
   sessionUuid: Buffer; // 16 bytes
-  pathUuid: Buffer; // 16 bytes
+  pathUuid: Buffer; // 16 bytes, the same across the path's reconnects
   sessname: string;
 }
 
@@ -62,6 +63,7 @@ export function encodeHandshakeReq(r: HandshakeReq): Buffer {
   b.writeUInt16LE(name.length, 10);
   b.writeUInt32LE(r.queueDepth, 12);
   b.writeUInt32LE(r.maxIoSize, 16);
+  b.writeUInt32LE(r.incarnation, 20);
   r.sessionUuid.copy(b, 24);
   r.pathUuid.copy(b, 40);
   name.copy(b, HANDSHAKE_REQ_SIZE);
@@ -74,12 +76,13 @@ export function decodeHandshakeReq(b: Buffer): Decoded<HandshakeReq> {
   if (b.readUInt32LE(0) !== MAGIC) return bad('EPROTO', 'magic');
   const version = b.readUInt16LE(4);
   if (version !== VERSION) return bad('EPROTONOSUPPORT', 'version');
-  if (!allZero(b.subarray(20, 24)) || !allZero(b.subarray(56, 64))) return bad('EPROTO', 'reserved');
+  if (!allZero(b.subarray(56, 64))) return bad('EPROTO', 'reserved');
   const connIndex = b.readUInt16LE(6);
   const connCount = b.readUInt16LE(8);
   const nameLen = b.readUInt16LE(10);
   const queueDepth = b.readUInt32LE(12);
   const maxIoSize = b.readUInt32LE(16);
+  const incarnation = b.readUInt32LE(20);
   const sessionUuid = Buffer.from(b.subarray(24, 40));
   const pathUuid = Buffer.from(b.subarray(40, 56));
   if (nameLen === 0 || nameLen > MAX_SESSNAME_LEN) return bad('EINVAL', 'sessname_len');
@@ -93,7 +96,7 @@ export function decodeHandshakeReq(b: Buffer): Decoded<HandshakeReq> {
   if (nameBytes.some((c) => c < 0x20 || c === 0x7f || c === 0x2f)) return bad('EINVAL', 'sessname');
   const sessname = nameBytes.toString('latin1');
   if (sessname === '.' || sessname === '..') return bad('EINVAL', 'sessname');
-  return { ok: true, value: { version, connIndex, connCount, queueDepth, maxIoSize, sessionUuid, pathUuid, sessname: nameBytes.toString('utf8') } };
+  return { ok: true, value: { version, connIndex, connCount, queueDepth, maxIoSize, incarnation, sessionUuid, pathUuid, sessname: nameBytes.toString('utf8') } };
 }
 
 export function encodeHandshakeRsp(r: HandshakeRsp): Buffer {

@@ -4,6 +4,8 @@
 //   client_path.cc     one path: connect + handshake, its service connection (heartbeats),
 //                      failure and teardown, reconnect (Connect(), the reconnector thread)
 //   client_io_conn.cc  one IO connection of a path: requests out, responses in
+//   client_fence.cc    requests lost with a path: held until the server has fenced the lost
+//                      connections, then sent again (failover) or handed back (no path left)
 // The model (session, paths, shared permits, failover) is RTRS's (docs/protocol.md, "RTRS
 // transport"); the split follows Linux drivers/infiniband/ulp/rtrs/rtrs-clt.c (session vs path).
 // All of it is in namespace tcp::client; the factory is declared in tcp.h.
@@ -72,6 +74,8 @@ class Permits {
 
 struct ClientPath {
   size_t index = 0;
+  uint8_t uuid[16];                       // the server's name for this path, kept on reconnect
+  std::atomic<uint32_t> incarnation{0};  // connect attempts so far (the handshake's incarnation)
   PathSpec spec;
   std::string dst_str;
   mutable std::mutex mu;  // src_str
@@ -111,7 +115,13 @@ class TcpClientSession : public ClientSession {
   // Called by connections (on their loop).
   void PathFailed(ClientPath* p, uint64_t gen, const char* why);
   void Finish(ClientIo* io, int err);
+  // client_fence.cc: a request lost with `failed` (on its loop), a FENCE_ACK (on `via`'s
+  // service loop)
   void Reissue(ClientIo* io, ClientPath* failed);
+  void OnFenceAck(ClientPath* via, uint64_t gen, uint64_t cookie);
+  // client_path.cc, on via's service loop: one FENCE frame, if generation gen is still up
+  void SendFence(ClientPath* via, uint64_t gen, const uint8_t* uuid, uint32_t incarnation,
+                 uint64_t cookie);
   bool closing() const { return closed_.load(); }
   const Options& opt() const { return opt_; }
 
@@ -123,6 +133,20 @@ class TcpClientSession : public ClientSession {
   void ReconnectLoop();
   // ns before reconnect attempt `attempt` (0: the first after a loss; core/policy.h)
   uint64_t Backoff(uint32_t attempt) const;
+  // client_fence.cc: the lost paths' fences
+  struct Lost {
+    ClientPath* path;
+    uint32_t incarnation;
+  };
+  struct Parked {
+    ClientIo* io;
+    ClientPath* failed;
+  };
+  void NoteLost(ClientPath* p);
+  void StartFenceRoundLocked();
+  void Resend(ClientIo* io, ClientPath* failed);
+  int FenceBeforeUp(ClientPath* p, int service_fd, uint64_t deadline_ns);
+  std::vector<Parked> TakeParked();
   // client_session.cc: requests and session-wide state
   ClientPath* Choose(unsigned loop, ClientPath* exclude);
   void Start(ClientIo* io);  // has a permit, on its loop
@@ -144,6 +168,17 @@ class TcpClientSession : public ClientSession {
   std::condition_variable rc_cv_;
   std::thread reconnector_;
   std::mutex close_mu_;
+  // fence_mu_: incarnations lost and not yet fenced on the server, the requests they lost while
+  // another path was up, and the fence round in flight (its path, generation and cookie, the
+  // acks still due and what it covers)
+  std::mutex fence_mu_;
+  std::vector<Lost> unfenced_;
+  std::vector<Parked> parked_;
+  ClientPath* fence_via_ = nullptr;
+  uint64_t fence_gen_ = 0;
+  uint64_t fence_cookie_ = 0;
+  uint32_t fence_acks_left_ = 0;
+  std::vector<Lost> fence_round_;
 };
 
 // IO connection: requests out, responses in; lives on IO thread `loop_index` (client_io_conn.cc).

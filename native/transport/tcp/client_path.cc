@@ -80,13 +80,16 @@ struct ServiceConn {
     dead = true;
   }
 
-  void SendFrame(FrameKind kind, uint64_t cookie) {
+  void SendFrame(FrameKind kind, uint64_t cookie, const uint8_t* uuid = nullptr, uint32_t id = 0) {
     FrameHeader h;
     h.kind = kind;
     h.cookie = cookie;
+    h.id = id;
+    h.usr_len = uuid ? 16 : 0;
     uint8_t b[kFrameHeaderSize];
     EncodeFrameHeader(h, b);
     out.append(reinterpret_cast<char*>(b), sizeof(b));
+    if (uuid) out.append(reinterpret_cast<const char*>(uuid), 16);
     Flush();
   }
 
@@ -137,6 +140,8 @@ struct ServiceConn {
         } else if (h.kind == FrameKind::kHeartbeatAck) {
           uint64_t now = NowNs();
           if (h.cookie <= now) path->hb_rtt_ns.store(now - h.cookie);
+        } else if (h.kind == FrameKind::kFenceAck) {
+          sess->OnFenceAck(path, gen, h.cookie);
         } else {
           return Fail("unexpected frame on the service connection");
         }
@@ -155,6 +160,12 @@ struct ServiceConn {
     dead = true;
   }
 };
+
+void TcpClientSession::SendFence(ClientPath* via, uint64_t gen, const uint8_t* uuid,
+                                 uint32_t incarnation, uint64_t cookie) {
+  ServiceConn* s = via->service;
+  if (s && s->gen == gen && !s->dead) s->SendFrame(FrameKind::kFence, cookie, uuid, incarnation);
+}
 
 // --------------------------------------------------------------------------------------------
 // Connecting, failing and tearing down a path.
@@ -177,7 +188,10 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
   req.queue_depth = qd_.load() ? qd_.load() : opt_.queue_depth;
   req.max_io_size = opt_.max_io_size;
   memcpy(req.session_uuid, uuid_, 16);
-  RandomUuid(req.path_uuid);  // one per path incarnation: a reconnect is a new server path
+  // the path keeps its uuid; each attempt counts up, so the server retires what an older one
+  // left behind and refuses an older attempt that arrives late (server_fence.cc)
+  memcpy(req.path_uuid, p->uuid, 16);
+  req.incarnation = p->incarnation.fetch_add(1) + 1;
   req.sessname = opt_.sessname;
 
   std::vector<int> fds(conn_count, -1);
@@ -220,6 +234,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
       rc = -EPROTO;
     if (i == 0) first = rsp;
   }
+  if (rc == 0) rc = FenceBeforeUp(p, fds[0], deadline_ns);
   if (rc) {
     close_all();
     return rc;
@@ -341,6 +356,9 @@ void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) 
   if (!p->state.compare_exchange_strong(expect, next)) return;  // not up yet, or already down
   fprintf(stderr, "ibnbd: tcp session %s path %s: %s\n", opt_.sessname.c_str(),
           p->dst_str.c_str(), why);
+  // before the teardown hands its requests to Reissue: they are sent again only once the server
+  // has fenced this incarnation (client_fence.cc)
+  NoteLost(p);
   TeardownPath(p, gen, false);
   if (connected_paths_.fetch_sub(1) == 1 && !closed_.load()) RaiseLink(LinkEvent::kDisconnected);
   {

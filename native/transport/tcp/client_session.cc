@@ -2,15 +2,15 @@
 // the session-wide state and the way of a request through it. Submit() takes a permit (FIFO wait
 // when none is free); Start() has Choose() pick a connected path by mp_policy and sends on that
 // path's IO connection for the calling thread; Finish() returns the permit (a waiter that gets
-// it is started on its own thread) and completes the request; Reissue() sends a request lost
-// with its path on another path under the same permit (RTRS failover). Also the constructor,
-// Close(), Paths() and the factory. A path's connect, heartbeats and reconnect are in
+// it is started on its own thread) and completes the request; a request lost with its path goes
+// to client_fence.cc, which sends it again on another path once the server has fenced the lost
+// one (RTRS failover, fenced). Also the constructor, Close(), Paths() and the factory. A path's connect, heartbeats and reconnect are in
 // client_path.cc, the IO connection in client_io_conn.cc.
 //
-// Threads: Submit, Start, Finish and Reissue run on the request's IO thread
+// Threads: Submit, Start and Finish run on the request's IO thread
 // (transport_private[kTpLoop]); link events are posted to IO thread 0. Close() runs on the
 // caller's thread (never an IO thread): it stops the reconnector, tears every path down on its
-// loops (RunSync), completes permit waiters with -ECONNABORTED on their threads and drains every
+// loops (RunSync), completes parked requests and permit waiters with -ECONNABORTED on their threads and drains every
 // loop twice. Paths() may run on any thread. Locks: Permits' own mutex; close_mu_ orders Close()
 // against ConnectPath installing a path's connections; ClientPath::mu guards src_str.
 #include <sys/socket.h>
@@ -83,6 +83,7 @@ TcpClientSession::TcpClientSession(Options opt) : opt_(std::move(opt)) {
                  std::to_string(opt_.paths[i].dst.port);
     p->loop_conn.assign(n, nullptr);
     p->service_loop = static_cast<unsigned>(i % n);
+    RandomUuid(p->uuid);
     paths_.push_back(std::move(p));
   }
 }
@@ -156,14 +157,6 @@ void TcpClientSession::Start(ClientIo* io) {
   p->loop_conn[loop]->Send(io);
 }
 
-void TcpClientSession::Reissue(ClientIo* io, ClientPath* failed) {
-  unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
-  ClientPath* p = Choose(loop, failed);
-  if (!p) return Finish(io, core::kLostWithPath);
-  failed->failovers.fetch_add(1, std::memory_order_relaxed);
-  p->loop_conn[loop]->Send(io);  // same permit, as RTRS fails over
-}
-
 void TcpClientSession::Finish(ClientIo* io, int err) {
   uint32_t id = static_cast<uint32_t>(io->transport_private[kTpPermit]);
   ClientIo* next = permits_.Put(id);
@@ -185,6 +178,10 @@ void TcpClientSession::Close() {
     PathState prev = p->state.exchange(PathState::kClosed);
     TeardownPath(p.get(), p->gen.load(), true);
     if (prev == PathState::kConnected) connected_paths_.fetch_sub(1);
+  }
+  for (const Parked& pk : TakeParked()) {
+    unsigned loop = static_cast<unsigned>(pk.io->transport_private[kTpLoop]);
+    IoThreads::Get().loop(loop).Post([io = pk.io] { io->done(io, -ECONNABORTED); });
   }
   for (ClientIo* io : permits_.TakeWaiters()) {
     unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);

@@ -41,6 +41,7 @@ size_t EncodeHandshakeReq(const HandshakeReq& req, uint8_t* out) {
   Put16(out + 10, static_cast<uint16_t>(req.sessname.size()));
   Put32(out + 12, req.queue_depth);
   Put32(out + 16, req.max_io_size);
+  Put32(out + 20, req.incarnation);
   memcpy(out + 24, req.session_uuid, 16);
   memcpy(out + 40, req.path_uuid, 16);
   memcpy(out + kHandshakeReqSize, req.sessname.data(), req.sessname.size());
@@ -56,9 +57,10 @@ int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sess
   *sessname_len = Get16(in + 10);
   req->queue_depth = Get32(in + 12);
   req->max_io_size = Get32(in + 16);
+  req->incarnation = Get32(in + 20);
   memcpy(req->session_uuid, in + 24, 16);
   memcpy(req->path_uuid, in + 40, 16);
-  if (!AllZero(in + 20, 4) || !AllZero(in + 56, 8)) return -EPROTO;
+  if (!AllZero(in + 56, 8)) return -EPROTO;
   if (*sessname_len == 0 || *sessname_len > kMaxSessnameLen) return -EINVAL;
   if (req->conn_count < 2 || req->conn_count > kMaxConnsPerPath) return -EINVAL;
   if (req->conn_index >= req->conn_count) return -EINVAL;
@@ -109,7 +111,7 @@ void EncodeFrameHeader(const FrameHeader& h, uint8_t* out) {
 
 int DecodeFrameHeader(const uint8_t* in, FrameHeader* h) {
   uint8_t kind = in[0];
-  if (kind < 1 || kind > 5 || in[1] != 0) return -EPROTO;
+  if (kind < 1 || kind > 7 || in[1] != 0) return -EPROTO;
   h->kind = static_cast<FrameKind>(kind);
   h->usr_len = Get16(in + 2);
   h->id = Get32(in + 4);

@@ -26,6 +26,10 @@ enum class FrameKind : uint8_t {
   kResponse = 3,  // server → client: err; data_len bytes follow (READ success only)
   kHeartbeat = 4,     // either way, on the service connection; cookie = sender's clock
   kHeartbeatAck = 5,  // answer, cookie echoed
+  // client → server on a service connection: retire the path whose uuid is the 16-byte usr and
+  // whose incarnation is id (or older), and answer once none of its requests is still running
+  kFence = 6,
+  kFenceAck = 7,  // server → client: the fence of `cookie` holds
 };
 
 struct HandshakeReq {
@@ -35,7 +39,9 @@ struct HandshakeReq {
   uint32_t queue_depth = 0;
   uint32_t max_io_size = 0;
   uint8_t session_uuid[16] = {};
-  uint8_t path_uuid[16] = {};
+  uint8_t path_uuid[16] = {};  // the client's path, the same across its reconnects
+  // the path's connect attempt, counting up: a higher one retires the path's older connections
+  uint32_t incarnation = 0;
   std::string sessname;
 };
 

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -108,6 +109,9 @@ int TcpServer::Start() {
     }
     sweep_fd_ = PeriodicTimer(1000);
     l0.Add(sweep_fd_, EPOLLIN, [this](uint32_t) { Sweep(); });
+    drain_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);  // armed on demand
+    if (drain_fd_ < 0) rc = -errno;
+    else l0.Add(drain_fd_, EPOLLIN, [this](uint32_t) { OnDrainTick(); });
   });
   if (rc) {
     l0.RunSync([&] {
@@ -115,6 +119,7 @@ int TcpServer::Start() {
       l0.Remove(sweep_fd_);
       close(sweep_fd_);
       sweep_fd_ = -1;
+      if (drain_fd_ >= 0) l0.Remove(drain_fd_), close(drain_fd_), drain_fd_ = -1;
     });
     return fail(rc);
   }
@@ -210,6 +215,8 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
   std::string key(reinterpret_cast<char*>(req.session_uuid), 16);
   std::shared_ptr<SrvSession> sess;
   std::shared_ptr<SrvConn> conn;
+  std::vector<std::shared_ptr<SrvConn>> retired;
+  std::string retired_from;
   bool fire_up = false;
   int err = 0;
   std::string why;
@@ -243,6 +250,15 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
         if (req.queue_depth < sess->qd) err = -EINVAL, why = "queue depth below the session's";
         for (auto& p : sess->paths)
           if (memcmp(p->uuid, req.path_uuid, 16) == 0) path = p;
+        // a newer incarnation of a path retires the old one (server_fence.cc); an older one is
+        // a dial the client gave up on, arriving late
+        if (!err && path && req.incarnation > path->incarnation) {
+          RetireLocked(sess.get(), path, &retired);
+          retired_from = path->client_addr;
+          path = nullptr;
+        } else if (!err && ((path && req.incarnation < path->incarnation) || StaleLocked(key, req))) {
+          err = -ESTALE, why = "an older incarnation of a path that has reconnected since";
+        }
       }
       if (!err && !path) {
         if (sess->paths.size() >= kMaxPaths) {
@@ -250,6 +266,8 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
         } else {
           path = std::make_shared<SrvPath>();
           memcpy(path->uuid, req.path_uuid, 16);
+          path->incarnation = req.incarnation;
+          path->sess_key = key;
           path->conn_count = req.conn_count;
           path->conns.resize(req.conn_count);
           path->client_addr = pend->peer;
@@ -279,6 +297,10 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
       }
     }
   }
+  if (!retired.empty())
+    fprintf(stderr, "ibnbd: tcp server: session '%s' path from %s retired: it reconnected\n",
+            req.sessname.c_str(), retired_from.c_str());
+  for (auto& c : retired) c->loop->Post([c] { c->Close(); });
   if (err) return Reject(pend, err, why);
   if (fire_up) {
     handler_->OnSessionUp(sess.get());
@@ -299,6 +321,12 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
   int fd = pend->fd;
   IoThreads::Get().loop(0).Remove(fd);
   pending_.erase(fd);  // the connection owns fd now
+  {
+    // the path's requests go out once this answer is in: not while a lost path of the session
+    // still has requests running here (server_fence.cc)
+    std::lock_guard<std::mutex> lk(mu_);
+    if (DrainingLocked(key)) return HoldAnswerLocked(conn, b);
+  }
   ssize_t n = send(fd, b, sizeof(b), MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n != static_cast<ssize_t>(sizeof(b))) {
     KillPath(conn->path, "cannot send the handshake response");
@@ -320,6 +348,7 @@ void TcpServer::KillPath(const std::shared_ptr<SrvPath>& p, const char* why) {
       name = s->name;
       auto& v = s->paths;
       v.erase(std::remove(v.begin(), v.end(), p), v.end());
+      retired_.push_back(p);  // its requests may still run (server_fence.cc)
       if (v.empty() && !s->down_pending) {
         s->down_pending = true;
         sessions_.erase(std::string(reinterpret_cast<char*>(s->uuid_bytes), 16));
@@ -390,6 +419,11 @@ void TcpServer::Stop() {
       l0.Remove(sweep_fd_);
       close(sweep_fd_);
       sweep_fd_ = -1;
+    }
+    if (drain_fd_ >= 0) {
+      l0.Remove(drain_fd_);
+      close(drain_fd_);
+      drain_fd_ = -1;
     }
     std::vector<int> fds;
     for (auto& [fd, p] : pending_) fds.push_back(fd);

@@ -132,8 +132,15 @@ void SrvConn::OnEvent(uint32_t ev) {
 }
 
 void SrvConn::Dispatch(SrvReq* r) {
+  // Counted before dead is read, the reverse of RetireLocked (server_fence.cc): either the fence
+  // waits for this request or this request sees the fence and never runs.
+  path->inflight.fetch_add(1);
+  if (path->dead.load()) {
+    path->inflight.fetch_sub(1);
+    delete r;
+    return;
+  }
   busy[r->id] = 1;
-  path->inflight.fetch_add(1, std::memory_order_relaxed);
   srv->handler()->OnRequest(&r->io);
 }
 
@@ -161,7 +168,18 @@ bool SrvConn::ParseFrames() {
       }
       continue;
     }
-    if (h.kind == FrameKind::kResponse) return BadFrame("response frame from a client"), false;
+    if (h.kind == FrameKind::kFence) {
+      if (index != 0 || h.usr_len != 16 || h.data_len || h.err)
+        return BadFrame("malformed fence"), false;
+      if (rx_have - rx_pos < kFrameHeaderSize + 16) break;  // wait for the path uuid
+      uint8_t uuid[16];
+      memcpy(uuid, p + kFrameHeaderSize, 16);
+      rx_pos += kFrameHeaderSize + 16;
+      srv->Fence(shared_from_this(), uuid, h.id, h.cookie);
+      continue;
+    }
+    if (h.kind == FrameKind::kResponse || h.kind == FrameKind::kFenceAck)
+      return BadFrame("response frame from a client"), false;
     if (h.usr_len > kMaxUsrLen) return BadFrame("user message too long"), false;
     if (h.data_len > sess->max_io) return BadFrame("data longer than max_io_size"), false;
     if (h.id >= sess->qd) return BadFrame("request id beyond queue depth"), false;

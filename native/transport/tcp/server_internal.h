@@ -4,6 +4,8 @@
 //                   session up / down, Stop(), the factory CreateServer
 //   server_conn.cc  one accepted connection on its IO thread: requests in, responses out,
 //                   heartbeats
+//   server_fence.cc retiring a path's old connections (a newer incarnation of the path, or a
+//                   FENCE from another path) and holding answers until their requests are done
 // The model is RTRS's (docs/protocol.md, "RTRS transport"), as in Linux
 // drivers/infiniband/ulp/rtrs/rtrs-srv.c. All of it is in namespace tcp::server; the factory is
 // declared in tcp.h.
@@ -66,6 +68,8 @@ struct OutItem {
 
 struct SrvPath {
   uint8_t uuid[16];
+  uint32_t incarnation = 0;  // the handshake's; a higher one retires this path
+  std::string sess_key;      // the session's uuid bytes (outlives the session, for the drain)
   uint16_t conn_count = 0;
   std::vector<std::shared_ptr<SrvConn>> conns;  // server mutex
   uint16_t accepted = 0;
@@ -114,6 +118,9 @@ class TcpServer : public Server {
   }
 
   void KillPath(const std::shared_ptr<SrvPath>& p, const char* why);
+  // server_fence.cc. On `from`'s loop: a FENCE frame arrived on it.
+  void Fence(const std::shared_ptr<SrvConn>& from, const uint8_t* path_uuid, uint32_t incarnation,
+             uint64_t cookie);
   void ConnClosed(SrvSession* s);
   void ReportDown(SrvSession* s);
   const Options& opt() const { return opt_; }
@@ -135,6 +142,20 @@ class TcpServer : public Server {
   void ClosePending(int fd);
   void Handshake(Pending* p, HandshakeReq& req);
   void Sweep();
+  // server_fence.cc, all but the tick under mu_
+  void RetireLocked(SrvSession* s, const std::shared_ptr<SrvPath>& p,
+                    std::vector<std::shared_ptr<SrvConn>>* to_close);
+  bool StaleLocked(const std::string& key, const HandshakeReq& req) const;
+  bool DrainingLocked(const std::string& key);
+  void HoldAnswerLocked(const std::shared_ptr<SrvConn>& c, const uint8_t* rsp);
+  void HoldFenceAckLocked(const std::shared_ptr<SrvConn>& c, uint64_t cookie);
+  void OnDrainTick();
+
+  struct HeldAnswer {
+    std::shared_ptr<SrvConn> conn;
+    std::vector<uint8_t> rsp;  // a handshake response; empty: a FENCE_ACK of `cookie`
+    uint64_t cookie = 0;
+  };
 
   Options opt_;
   ServerHandler* handler_;
@@ -143,6 +164,11 @@ class TcpServer : public Server {
   std::vector<Endpoint> bound_;
   std::map<int, std::unique_ptr<Pending>> pending_;  // loop 0 only
   std::map<std::string, std::shared_ptr<SrvSession>> sessions_;  // by uuid bytes; mu_
+  // mu_: paths closed or retired whose requests may still run, and the answers that wait for
+  // them (server_fence.cc); drain_fd_ (loop 0) ticks while any answer waits
+  std::vector<std::shared_ptr<SrvPath>> retired_;
+  std::vector<HeldAnswer> held_;
+  int drain_fd_ = -1;
   std::condition_variable cv_;
   // mu_: sessions created and whose OnSessionDown has not yet *returned*. Stop() waits for 0,
   // so once it returns no handler call is running or will come: the upper layer may free what
