@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +24,7 @@
 
 #include "common/event_loop.h"
 #include "proto/ibnbd_proto.h"
+#include "transport/core/fault.h"
 
 namespace ibnbd::server {
 namespace {
@@ -275,6 +277,19 @@ int Validate(const ServerIo* io, const proto::IoMsg& m, const Device& dev, Op* o
   return 0;
 }
 
+// Validated: on its way to the file or device, on the IO thread.
+void Run(Op* op) {
+  const Device& dev = *op->dev;
+  bool ioctl_op = dev.block_device &&
+                  (op->op == IoOp::kDiscard || op->op == IoOp::kWriteZeroes || op->op == IoOp::kSecureErase);
+  if (ioctl_op) return IoctlHelper::Get().Run(op, EventLoop::Current());
+  if (dev.memory_backed && (op->op == IoOp::kRead || op->op == IoOp::kWrite))
+    return Finish(op, CopyInline(op));
+  Ring* ring = Ring::ForThisThread();
+  if (!ring) return Finish(op, -ENOMEM);
+  ring->Submit(op);
+}
+
 }  // namespace
 
 bool IsMemoryBacked(int fd) {
@@ -294,14 +309,16 @@ void ExecuteIo(ServerIo* io, SessionDevices* devices) {
   rc = Validate(io, m, *dev, op);
   if (rc != 0 || (op->len == 0 && m.op != IoOp::kFlush)) return Finish(op, rc);
   if (op->fd < 0) return Finish(op, -EBADF);
-  bool ioctl_op = dev->block_device &&
-                  (m.op == IoOp::kDiscard || m.op == IoOp::kWriteZeroes || m.op == IoOp::kSecureErase);
-  if (ioctl_op) return IoctlHelper::Get().Run(op, EventLoop::Current());
-  if (dev->memory_backed && (m.op == IoOp::kRead || m.op == IoOp::kWrite))
-    return Finish(op, CopyInline(op));
-  Ring* ring = Ring::ForThisThread();
-  if (!ring) return Finish(op, -ENOMEM);
-  ring->Submit(op);
+  unsigned stall_ms = 0;
+  if (m.op == IoOp::kWrite && transport::FaultStallWrite(op->off, &stall_ms)) {
+    EventLoop* loop = EventLoop::Current();
+    std::thread([op, loop, stall_ms] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(stall_ms));
+      loop->Post([op] { Run(op); });
+    }).detach();
+    return;
+  }
+  Run(op);
 }
 
 }  // namespace ibnbd::server

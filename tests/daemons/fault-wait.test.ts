@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/control/index.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbdJson, startClientDaemon, startServerDaemon } from '../support/daemons.js';
+import { ibnbdJson, startClientDaemon, startServerDaemon, until } from '../support/daemons.js';
 import { blkio, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { scaled, testMapTarget } from '../support/transport-under-test.js';
 
@@ -42,17 +42,6 @@ async function setup(t: ExecutionContext, file: string, size: number) {
     server = await startServerDaemon(t, d, exportsDir, [], port);
   };
   return { dir, exportsDir, client, map, show, kill, killUnderIo, restart, at: testMapTarget(port) };
-}
-
-/** Polls `show` (over the control socket, a few ms a call) until cond holds; the last answer. */
-async function until(show: () => Promise<Record<string, any>>, cond: (d: Record<string, any>) => boolean, boundMs: number, what: string): Promise<Record<string, any>> {
-  const end = Date.now() + scaled(boundMs);
-  for (;;) {
-    const d = await show();
-    if (cond(d)) return d;
-    if (Date.now() > end) throw new Error(`${what}: not within ${scaled(boundMs)} ms: ${JSON.stringify(d)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 test.serial('server SIGKILLed under a verifying writer at QD16 and back 5 s later: no error reaches the writer, the bytes are on the server', async (t) => {

@@ -115,3 +115,15 @@ export function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+/** Polls `show` (over the control socket, a few ms a call) until cond holds; the last answer.
+ *  boundMs only guards against a hang (scaled). */
+export async function until(show: () => Promise<Record<string, any>>, cond: (d: Record<string, any>) => boolean, boundMs: number, what: string): Promise<Record<string, any>> {
+  const end = Date.now() + scaled(boundMs);
+  for (;;) {
+    const d = await show();
+    if (cond(d)) return d;
+    if (Date.now() > end) throw new Error(`${what}: not within ${scaled(boundMs)} ms: ${JSON.stringify(d)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

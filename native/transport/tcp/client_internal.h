@@ -168,6 +168,8 @@ class TcpClientSession : public ClientSession {
   std::condition_variable rc_cv_;
   std::thread reconnector_;
   std::mutex close_mu_;
+  std::mutex dial_mu_;        // with closed_: the sockets of handshakes in progress
+  std::vector<int> dialing_;
   // fence_mu_: incarnations lost and not yet fenced on the server, the requests they lost while
   // another path was up, and the fence round in flight (its path, generation and cookie, the
   // acks still due and what it covers)

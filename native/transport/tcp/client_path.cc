@@ -195,7 +195,14 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
   req.sessname = opt_.sessname;
 
   std::vector<int> fds(conn_count, -1);
+  // While the handshake blocks, Close() may shut these down (dialing_) so it need not wait out
+  // the deadline; they leave dialing_ before they are closed or handed to the connections.
+  auto undial = [&] {
+    std::lock_guard<std::mutex> lk(dial_mu_);
+    for (int fd : fds) dialing_.erase(std::remove(dialing_.begin(), dialing_.end(), fd), dialing_.end());
+  };
   auto close_all = [&] {
+    undial();
     for (int& fd : fds)
       if (fd >= 0) close(fd), fd = -1;
   };
@@ -207,6 +214,14 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
       break;
     }
     fds[i] = fd;
+    {
+      std::lock_guard<std::mutex> lk(dial_mu_);
+      if (closed_.load()) {
+        rc = -ECONNABORTED;
+        break;
+      }
+      dialing_.push_back(fd);
+    }
     SetNoDelay(fd);
     if (p->spec.src && bind(fd, reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
       rc = -errno;
@@ -239,6 +254,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
     close_all();
     return rc;
   }
+  undial();
   // Held until the connections are installed: Close() then either sees them or runs first.
   std::unique_lock<std::mutex> close_lk(close_mu_);
   {

@@ -172,6 +172,11 @@ void TcpClientSession::Close() {
     std::lock_guard<std::mutex> lk(close_mu_);
     if (closed_.exchange(true)) return;
   }
+  {
+    // a handshake blocked on a server that does not answer ends now, not at its deadline
+    std::lock_guard<std::mutex> lk(dial_mu_);
+    for (int fd : dialing_) shutdown(fd, SHUT_RDWR);
+  }
   rc_cv_.notify_all();
   if (reconnector_.joinable()) reconnector_.join();
   for (auto& p : paths_) {
