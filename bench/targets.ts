@@ -242,7 +242,7 @@ class Ours extends VhostTarget {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
     const clientControl = join(ctx.work, 'a-client.ctl');
     const client = new Daemon('ibnbd client', process.execPath, [
-      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), ...threads,
+      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), '--state-dir', join(ctx.work, 'a-state'), ...threads,
     ], join(ctx.work, 'a-client.log'));
     this.procs.push(client);
     await waitFor('ibnbd client', START_TIMEOUT_MS, fileExists(clientControl), this.procs);

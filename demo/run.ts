@@ -124,7 +124,7 @@ async function main(): Promise<void> {
   step('starting the export server and the client daemon on loopback');
   const port = await freePort();
   daemon('server', ['server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', exportsDir, '--control', serverSock]);
-  daemon('client', ['client', '--control', clientSock, '--run-dir', runDir]);
+  daemon('client', ['client', '--control', clientSock, '--run-dir', runDir, '--state-dir', join(runDir, 'state')]);
   await waitFor('the daemons\' control sockets', () => existsSync(serverSock) && existsSync(clientSock), 20_000);
 
   step('mapping the device through the CLI');

@@ -172,7 +172,12 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
   Napi::Value Start(const Napi::CallbackInfo& info) {
     if (!device_) ThrowErrno(info.Env(), EBADF, "closed");
     if (started_) ThrowErrno(info.Env(), EALREADY, "already started");
-    if (int err = device_->Start()) ThrowErrno(info.Env(), -err, "cannot listen on the vhost-user socket");
+    if (int err = device_->Start()) {
+      ThrowErrno(info.Env(), -err,
+                 err == -EADDRINUSE ? "cannot listen on the vhost-user socket: another process listens on that path"
+                 : err == -EEXIST   ? "cannot listen on the vhost-user socket: that path exists and is not a socket"
+                                    : "cannot listen on the vhost-user socket");
+    }
     started_ = true;
     return info.Env().Undefined();
   }

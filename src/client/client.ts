@@ -18,12 +18,15 @@ import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IbnbdError } from '../errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
-import { RECONNECT_DEFAULTS, deviceIdOf, policyConflict, type MapRequest } from '../proto/map-string.js';
+import { RECONNECT_DEFAULTS, deviceIdOf, formatMapString, policyConflict, type MapRequest } from '../proto/map-string.js';
 import { hostHasRdma } from '../backend/transport.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import { closeDevice, openDevice, sessInfo } from './admin.js';
 import { MappedDevice, type DeviceInfo, type MappedRequest } from './device.js';
 import { NameAllocator } from './names.js';
+import { PendingMappings } from './pending.js';
+import { restoreMappings } from './restore.js';
+import type { StateFile } from './state-file.js';
 import { QUEUE_BUSY, SerialQueue } from './serialize.js';
 import {
   ADMIN_TIMEOUT_DEFAULT_MS,
@@ -40,6 +43,8 @@ export interface IbnbdClientOptions extends Partial<SessionOptions> {
   ctrlLossTmo?: number;
   /** fast_io_fail_tmo of maps that do not name one (s; -1 = off). */
   fastIoFailTmo?: number;
+  /** Where the mappings are kept across restarts (--state-dir); none: they are not. */
+  state?: StateFile;
 }
 
 export class IbnbdClient {
@@ -49,6 +54,10 @@ export class IbnbdClient {
   /** Unmaps under way (a second unmap of the device waits for the first). */
   private readonly unmapping = new Map<MappedDevice, Promise<void>>();
   private readonly names = new NameAllocator();
+  /** Mappings of the state file not restored yet (pending.ts). */
+  private readonly pending: PendingMappings;
+  /** Orders `list` by when a mapping was made (restored ones in the state file's order). */
+  private seq = 0;
   /** The global lock: short local steps only (names, sockets, links, the device table). */
   private readonly lock = new SerialQueue();
   private readonly sessions: ClientSessions;
@@ -71,6 +80,11 @@ export class IbnbdClient {
         adminTimeoutMs: this.adminTimeoutMs,
       },
     );
+    this.pending = new PendingMappings(
+      (name, request, wanted) => this.restoreOne(name, request, wanted),
+      (request) => Math.max(1000, request.reconnectDelay !== undefined ? request.reconnectDelay * 1000 : opts.reconnectDelayMs ?? RECONNECT_DEFAULTS.reconnectDelay * 1000),
+      this.log,
+    );
   }
 
   get vhostDir(): string {
@@ -87,6 +101,10 @@ export class IbnbdClient {
     const req = this.resolve(given);
     // from here to the queue: no await, so no other map can slip in between check and insert
     if (this.stopping) throw shuttingDown();
+    const waiting = this.pending.findByDevice(req.sessname, req.devicePath);
+    if (waiting) {
+      throw new IbnbdError('EEXIST', `device_path '${req.devicePath}' of session '${req.sessname}' is mapped as ${waiting} (not restored yet)`);
+    }
     for (const d of this.devices.values()) {
       if (d.session.sessname === req.sessname && d.request.devicePath === req.devicePath) {
         throw new IbnbdError(
@@ -99,27 +117,99 @@ export class IbnbdClient {
     if (this.mapping.has(key)) {
       throw new IbnbdError('EEXIST', `device_path '${req.devicePath}' is being mapped by session '${req.sessname}' already`);
     }
-    const session = this.sessions.acquire(req);
-    this.mapping.add(key);
-    let mapped = false;
+    if (req.name !== undefined && !this.names.claim(req.name)) {
+      throw new IbnbdError('EEXIST', `name '${req.name}' is taken by another mapping`);
+    }
+    let session: ClientSession;
     try {
-      const info = await session.queue.run(() => this.mapInSession(req, session));
-      mapped = true;
-      return info;
+      session = this.sessions.acquire(req);
+    } catch (e) {
+      if (req.name !== undefined) this.names.release(req.name);
+      throw e;
+    }
+    this.mapping.add(key);
+    let dev: MappedDevice | undefined;
+    try {
+      dev = await session.queue.run(() => this.mapInSession(req, session));
+      // recorded before it is acknowledged: a daemon killed from here on serves it again
+      await this.persist().catch(async (e: unknown) => {
+        await this.teardown(dev!, { force: true, inQueue: false, deadline: Date.now() + this.adminTimeoutMs }).catch(() => undefined);
+        throw e;
+      });
+      return dev.info();
     } catch (e) {
       if (e instanceof IbnbdError && e.code === 'ETIMEDOUT') this.log(`map of ${req.devicePath} failed: ${e.message}`);
+      if (!dev && req.name !== undefined) this.names.release(req.name);
       throw e;
     } finally {
       this.mapping.delete(key);
       session.users--;
-      if (!mapped) await this.sessions.releaseIfUnused(session);
+      if (!dev) await this.sessions.releaseIfUnused(session);
     }
+  }
+
+  /** The state file, read before the control socket answers (restore.ts). */
+  restore(): Promise<string[]> {
+    const state = this.opts.state;
+    if (!state) return Promise.resolve([]);
+    return restoreMappings({
+      state,
+      resolve: (req) => this.resolve(req),
+      claim: (name) => this.names.claim(name),
+      restoreOne: (name, req) => this.restoreOne(name, req, () => !this.stopping),
+      keepPending: (name, req, reason) => this.pending.add(name, req, join(this.vhostDir, `${name}.sock`), reason),
+      persist: () => this.persist(),
+    });
+  }
+
+  /** One restore of a persisted mapping under its name (already claimed), not persisted again. */
+  private async restoreOne(name: string, request: MappedRequest, wanted: () => boolean): Promise<void> {
+    if (this.stopping) throw shuttingDown();
+    const session = this.sessions.acquire(request);
+    let dev: MappedDevice | undefined;
+    try {
+      dev = await session.queue.run(() => this.mapInSession({ ...request, name }, session));
+      if (!wanted()) {
+        await this.teardown(dev, { force: true, inQueue: false, deadline: Date.now() + this.adminTimeoutMs });
+        throw new IbnbdError('ECANCELED', `${name} was unmapped while it was being restored`);
+      }
+    } finally {
+      session.users--;
+      if (!dev) await this.sessions.releaseIfUnused(session);
+    }
+  }
+
+  /** Writes the mappings as they are now (the state file's whole content). */
+  private persist(): Promise<void> {
+    const state = this.opts.state;
+    if (!state) return Promise.resolve();
+    const made = [...this.devices.values()]
+      .sort((a, b) => a.index - b.index)
+      .map((d) => ({ name: d.name, map: formatMapString({ ...d.request, name: d.name }) }));
+    const waiting = this.pending.all().map((p) => ({ name: p.name, map: formatMapString({ ...p.request, name: p.name }) }));
+    return state.save([...made, ...waiting]);
   }
 
   /** unmap: EBUSY while a front-end is attached, unless forced; in the device's session queue.
    *  Forced: the device goes at once; its CLOSE waits for the session queue at most the admin
    *  timeout (no CLOSE then: the server drops the device when the session closes). */
   async unmap(nameOrId: string, force: boolean): Promise<DeviceInfo> {
+    const waiting = this.pending.info(nameOrId);
+    if (waiting && this.pending.remove(nameOrId)) {
+      this.names.release(nameOrId);
+      await this.persist();
+      this.log(`unmapped ${nameOrId} (it was not restored)`);
+      return waiting;
+    }
+    const info = await this.unmapMapped(nameOrId, force);
+    // gone for good: a restarted daemon must not bring it back
+    await this.persist().catch((e: unknown) => {
+      throw new IbnbdError('EIO', `${info.name} is unmapped, but ${errorText(e)}: a restart would map it again`);
+    });
+    return info;
+  }
+
+  private async unmapMapped(nameOrId: string, force: boolean): Promise<DeviceInfo> {
     const dev = this.find(nameOrId);
     if (force) {
       const info = dev.info();
@@ -155,13 +245,16 @@ export class IbnbdClient {
   }
 
   list(): DeviceInfo[] {
-    return [...this.devices.values()].sort((a, b) => a.index - b.index).map((d) => d.info());
+    const made = [...this.devices.values()].sort((a, b) => a.index - b.index).map((d) => d.info());
+    return [...made, ...this.pending.all().map((p) => this.pending.info(p.name)!)];
   }
 
   /** list's fields plus the vhost counters, each transport path (state, in-flight, reconnects,
    *  requests completed on it, requests failed over from it) and the session's bounce count: requests that did not go zero-copy (RDMA: data outside
    *  registered guest memory; always 0 on TCP). */
   show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[]; bounce_count: number } {
+    const waiting = this.pending.info(nameOrId);
+    if (waiting) return { ...waiting, stats: null, path_states: [], bounce_count: 0 };
     const dev = this.find(nameOrId);
     const pathStates = dev.session.native.paths().map((p) => ({
       src: p.src,
@@ -198,6 +291,7 @@ export class IbnbdClient {
    *  is left out (the server drops the devices with the session). Maps under way fail. */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
+      this.pending.stop();
       const bySession = new Map<ClientSession, MappedDevice[]>();
       for (const dev of this.devices.values()) bySession.set(dev.session, [...(bySession.get(dev.session) ?? []), dev]);
       await Promise.all(
@@ -241,7 +335,7 @@ export class IbnbdClient {
   }
 
   /** In the session's queue: connect + SESS_INFO the first time, OPEN, attach. */
-  private async mapInSession(req: MappedRequest, session: ClientSession): Promise<DeviceInfo> {
+  private async mapInSession(req: MappedRequest, session: ClientSession): Promise<MappedDevice> {
     if (this.stopping) throw shuttingDown();
     await this.sessions.ready(session);
     if (this.stopping) throw shuttingDown();
@@ -262,7 +356,7 @@ export class IbnbdClient {
         dev.sessionLost();
         this.log(`${dev.name}: the session lost its link while it was being mapped; ${dev.stateReason}`);
       }
-      return dev.info();
+      return dev;
     } catch (e) {
       if (session.linkEpoch === epoch && !session.closed) {
         await closeDevice(session, open.deviceId).catch(() => undefined);
@@ -273,7 +367,9 @@ export class IbnbdClient {
 
   /** Under the global lock: name, socket, link, the device in the tables. Local steps only. */
   private async attach(req: MappedRequest, session: ClientSession, open: OpenRspMsg): Promise<MappedDevice> {
-    const { index, name } = this.names.allocate();
+    // a name given (name=, or a restored mapping's) was claimed by the caller
+    const name = req.name ?? this.names.allocate();
+    const index = this.seq++;
     const deviceId = deviceIdOf(req.devicePath);
     const socketPath = join(this.vhostDir, `${name}.sock`);
     const linkPath = join(this.devicesDir, linkNameFor(deviceId, session.sessname, this.devices));
@@ -312,10 +408,10 @@ export class IbnbdClient {
       await vhost?.close().catch(() => undefined);
       await rm(socketPath, { force: true });
       await rm(linkPath, { force: true });
-      this.names.release(index);
+      if (req.name === undefined) this.names.release(name); // a claimed name is its caller's to give back
       throw e;
     }
-    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, req, session, open, vhost, this.log);
+    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, { ...req, name }, session, open, vhost, this.log);
     this.devices.set(name, dev);
     session.devices.add(name);
     this.log(`mapped ${req.devicePath} of session ${req.sessname} as ${name} (${socketPath})`);
@@ -351,7 +447,7 @@ export class IbnbdClient {
       await this.lock.run(async () => {
         await rm(dev.socketPath, { force: true });
         await rm(dev.linkPath, { force: true });
-        this.names.release(dev.index); // only now: a new ibnbd<N> must not lose its socket to our rm
+        this.names.release(dev.name); // only now: a new mapping of this name must not lose its socket to our rm
       });
       await closing;
     } finally {

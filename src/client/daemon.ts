@@ -1,6 +1,8 @@
 // `ibnbd client`: the client daemon. Foreground, logs to stderr, driven through its control socket
-// (docs/control-socket.md); SIGTERM/SIGINT disconnect the front-ends, close the sessions and
-// remove every socket it made.
+// (docs/control-socket.md). At start it restores the mappings of its state file before the
+// control socket answers; SIGTERM/SIGINT disconnect the front-ends, close the sessions and
+// remove every socket it made, and keep the mappings in the state file for the next start
+// (`ibnbd unmap` is what removes one for good).
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IbnbdError } from '../errors.js';
@@ -8,10 +10,13 @@ import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
+import { StateFile } from './state-file.js';
 
 export interface ClientDaemonOptions {
   control: string;
   runDir: string;
+  /** Where the mappings are kept across restarts (mappings.json). */
+  stateDir: string;
   ioThreads: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
@@ -40,6 +45,7 @@ export const ADMIN_TIMEOUT_MAX = 3600;
 export const CLIENT_DEFAULTS = {
   control: '/run/ibnbd/client.sock',
   runDir: '/run/ibnbd',
+  stateDir: '/var/lib/ibnbd/client',
   ioThreads: 1,
   reconnectDelayMs: RECONNECT_DEFAULTS.reconnectDelay * 1000,
   maxReconnectAttempts: -1,
@@ -60,6 +66,8 @@ function checkTmo(flag: string, v: number): number {
 export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDaemonOptions {
   const control = o.control ?? CLIENT_DEFAULTS.control;
   const runDir = o.runDir ?? CLIENT_DEFAULTS.runDir;
+  const stateDir = o.stateDir ?? CLIENT_DEFAULTS.stateDir;
+  if (!stateDir.startsWith('/')) throw new IbnbdError('EINVAL', `--state-dir: '${stateDir}' is not an absolute path`);
   const ioThreads = o.ioThreads ?? CLIENT_DEFAULTS.ioThreads;
   if (!control.startsWith('/')) throw new IbnbdError('EINVAL', `--control: '${control}' is not an absolute path`);
   if (!runDir.startsWith('/')) throw new IbnbdError('EINVAL', `--run-dir: '${runDir}' is not an absolute path`);
@@ -98,6 +106,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   return {
     control,
     runDir,
+    stateDir,
     ioThreads,
     heartbeatMs: o.heartbeatMs,
     heartbeatMissedMax: o.heartbeatMissedMax,
@@ -124,6 +133,7 @@ export class ClientDaemon {
   constructor(readonly opts: ClientDaemonOptions, private readonly log: (line: string) => void) {
     this.client = new IbnbdClient({
       runDir: opts.runDir,
+      state: new StateFile(opts.stateDir),
       log,
       heartbeatMs: opts.heartbeatMs,
       heartbeatMissedMax: opts.heartbeatMissedMax,
@@ -144,6 +154,9 @@ export class ClientDaemon {
 
   async start(): Promise<void> {
     configureIoThreads(this.opts.ioThreads);
+    // the mappings first: a VM reconnecting to its socket finds its own disk there, and no map
+    // can take a name a persisted mapping holds
+    for (const line of await this.client.restore()) this.log(line);
     await this.control.listen();
     const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
     const ctrl = this.opts.ctrlLossTmo ?? CLIENT_DEFAULTS.ctrlLossTmo;
@@ -151,7 +164,7 @@ export class ClientDaemon {
     const ioTimeout = this.opts.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout;
     const adminTimeout = this.opts.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout;
     this.log(
-      `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, ` +
+      `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, state dir ${this.opts.stateDir}, ` +
         `lost paths redialled at most ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms apart ` +
         `${attempts < 0 ? 'forever' : `at most ${attempts} times`}; ` +
         (ioTimeout > 0 ? `a path completing no request for ${ioTimeout} s is dead (io_timeout); ` : 'no io_timeout; ') +

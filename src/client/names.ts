@@ -1,22 +1,26 @@
-// Device names: ibnbd<N> with the smallest free N, as IBNBD numbered /dev/ibnbd<N>.
+// Mapping names. A mapping keeps its name (and so its socket <run-dir>/vhost/<name>.sock) for its
+// whole life, across daemon restarts (the state file): a name is never handed to another mapping
+// while one holds it. Unnamed maps get ibnbd<N> with the smallest free N, as IBNBD numbered
+// /dev/ibnbd<N>; `name=` picks one (map-string.ts checks its form).
 export class NameAllocator {
-  private readonly used = new Set<number>();
+  private readonly used = new Set<string>();
 
-  allocate(): { index: number; name: string } {
+  /** The smallest free ibnbd<N>, now taken. */
+  allocate(): string {
     let n = 0;
-    while (this.used.has(n)) n++;
-    this.used.add(n);
-    return { index: n, name: `ibnbd${n}` };
+    while (this.used.has(`ibnbd${n}`)) n++;
+    this.used.add(`ibnbd${n}`);
+    return `ibnbd${n}`;
   }
 
-  /** Claim a specific index (re-mapping on the same socket path after a restart). */
-  claim(index: number): boolean {
-    if (this.used.has(index)) return false;
-    this.used.add(index);
+  /** Takes this name; false when a mapping holds it. */
+  claim(name: string): boolean {
+    if (this.used.has(name)) return false;
+    this.used.add(name);
     return true;
   }
 
-  release(index: number): void {
-    this.used.delete(index);
+  release(name: string): void {
+    this.used.delete(name);
   }
 }

@@ -67,8 +67,13 @@ export class ClientSession implements AdminChannel {
   }
 
   describePaths(): string[] {
-    return this.paths.map((p) => (p.src ? `${endpoint(p.src)},${endpoint(p.dst)}` : endpoint(p.dst)));
+    return describePathSpecs(this.paths);
   }
+}
+
+/** Paths as `show` lists them: "[src,]dst" each. */
+export function describePathSpecs(paths: PathSpec[]): string[] {
+  return paths.map((p) => (p.src ? `${endpoint(p.src)},${endpoint(p.dst)}` : endpoint(p.dst)));
 }
 
 function endpoint(e: { kind: string; addr: string; port: number }): string {

@@ -4,7 +4,7 @@
 //   [access_mode=ro|rw|migration] [io_mode=fileio|blockio]
 //   [transport=tcp|rdma] [queues=<1..16>] [mp_policy=round-robin|min-inflight|min-latency]
 //   [reconnect_delay=<1..3600>] [ctrl_loss_tmo=<-1|0..86400>] [fast_io_fail_tmo=<-1|0..86400>]
-//   [io_timeout=<0..3600>]
+//   [io_timeout=<0..3600>] [name=<mapping name>]
 //
 // The string is untrusted (it arrives on the control socket), so every rule is checked here and a
 // violation is an EINVAL whose message starts with the key at fault ("sessname: ..."), the way a
@@ -42,7 +42,13 @@ export interface MapRequest {
   /** Extension: seconds a path with requests outstanding may complete none of them before it is
    *  declared dead (failover, reconnect); 0: off. A property of the session, like reconnectDelay. */
   ioTimeout?: number;
+  /** Extension: the mapping's name, hence its socket <run-dir>/vhost/<name>.sock, for its whole
+   *  life (across daemon restarts). Absent: the client daemon picks ibnbd<N>, the smallest free N. */
+  name?: string;
 }
+
+/** A mapping's name (the `name` key): a socket file name of a few safe characters. */
+export const MAPPING_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$/;
 
 /** RTRS_PORT / IBTRS_PORT. */
 export const DEFAULT_PORT = 1234;
@@ -83,7 +89,7 @@ const MP_POLICIES: readonly MpPolicy[] = ['round-robin', 'min-inflight', 'min-la
 
 const KNOWN_KEYS = [
   'sessname', 'path', 'device_path', 'access_mode', 'io_mode', 'transport', 'queues', 'mp_policy',
-  'reconnect_delay', 'ctrl_loss_tmo', 'fast_io_fail_tmo', 'io_timeout',
+  'reconnect_delay', 'ctrl_loss_tmo', 'fast_io_fail_tmo', 'io_timeout', 'name',
 ] as const;
 type MapKey = (typeof KNOWN_KEYS)[number];
 
@@ -94,7 +100,8 @@ export const MAP_USAGE = `Usage: ibnbd map "sessname=<name of the ibtrs session>
 [transport=<tcp|rdma>] [queues=<1..${MAX_QUEUES}>]
 [mp_policy=<round-robin|min-inflight|min-latency>]
 [reconnect_delay=<1..${RECONNECT_DELAY_MAX}>] [ctrl_loss_tmo=<-1|0..${TMO_MAX}>]
-[fast_io_fail_tmo=<-1|0..${TMO_MAX}>] [io_timeout=<0..${IO_TIMEOUT_MAX}>]"
+[fast_io_fail_tmo=<-1|0..${TMO_MAX}>] [io_timeout=<0..${IO_TIMEOUT_MAX}>]
+[name=<mapping name>]"
 
 addr ::= [ ip:<ipv4> | ip:<ipv6> | gid:<gid> ]
 
@@ -123,6 +130,10 @@ Extensions of ibnbd-vhost (not in IBNBD):
                               of them for this long is declared dead (failover,
                               reconnect); 0 = off (heartbeats alone decide); a
                               property of the session, set by the map that creates it
+  name=<name>                 the mapping's name and socket <run-dir>/vhost/<name>.sock,
+                              kept for the mapping's life, across daemon restarts;
+                              1..64 of A-Z a-z 0-9 _ . + -, not starting with one of
+                              the last four; default ibnbd<N>, the smallest N free
   Absent, these four take the client daemon's defaults (ibnbd client
   --reconnect-delay, --ctrl-loss-tmo, --fast-io-fail-tmo, --io-timeout:
   ${RECONNECT_DEFAULTS.reconnectDelay}, ${RECONNECT_DEFAULTS.ctrlLossTmo}, ${RECONNECT_DEFAULTS.fastIoFailTmo}, ${RECONNECT_DEFAULTS.ioTimeout} unless changed).
@@ -308,6 +319,10 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
       case 'ctrl_loss_tmo': req.ctrlLossTmo = checkSeconds(k, value, -1, TMO_MAX); break;
       case 'fast_io_fail_tmo': req.fastIoFailTmo = checkSeconds(k, value, -1, TMO_MAX); break;
       case 'io_timeout': req.ioTimeout = checkSeconds(k, value, 0, IO_TIMEOUT_MAX); break;
+      case 'name':
+        if (!MAPPING_NAME_PATTERN.test(value)) throw invalid(k, `'${value.slice(0, 80)}' is not 1..64 of A-Z a-z 0-9 _ . + - starting with a letter or digit`);
+        req.name = value;
+        break;
       case 'path': {
         const p = checkPath(value);
         if (paths.some((q) => samePath(p, q))) throw invalid('path', `'${value}' is given twice`);
@@ -333,6 +348,7 @@ export function mapRequestFromFields(fields: Iterable<readonly [string, string]>
     ...(req.ctrlLossTmo !== undefined ? { ctrlLossTmo: req.ctrlLossTmo } : {}),
     ...(req.fastIoFailTmo !== undefined ? { fastIoFailTmo: req.fastIoFailTmo } : {}),
     ...(req.ioTimeout !== undefined ? { ioTimeout: req.ioTimeout } : {}),
+    ...(req.name !== undefined ? { name: req.name } : {}),
   };
   // Only when both are in the string: with one of them the daemon's default, the client daemon
   // decides (a default fast_io_fail_tmo must not make ctrl_loss_tmo=0 an error).
@@ -390,5 +406,6 @@ export function formatMapString(req: MapRequest): string {
   if (req.ctrlLossTmo !== undefined) out.push(`ctrl_loss_tmo=${req.ctrlLossTmo}`);
   if (req.fastIoFailTmo !== undefined) out.push(`fast_io_fail_tmo=${req.fastIoFailTmo}`);
   if (req.ioTimeout !== undefined) out.push(`io_timeout=${req.ioTimeout}`);
+  if (req.name !== undefined) out.push(`name=${req.name}`);
   return out.join(' ');
 }

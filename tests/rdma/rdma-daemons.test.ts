@@ -71,10 +71,10 @@ rnbd_client_load || exit 22
 mkdir -p /tmp/exp /tmp/run /tmp/run2 && truncate -s 128M /tmp/exp/disk.img
 ${node} ${cliPath} server --listen 10.0.2.15:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
 SRV=$!
-${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run 2> /tmp/clt.log &
+${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state 2> /tmp/clt.log &
 CLT=$!
 # a second client daemon, SIGKILLed in D: its session must die on the server without an unmap
-${node} ${cliPath} client --control /tmp/clt2.sock --run-dir /tmp/run2 --heartbeat-ms 500 --heartbeat-missed-max 4 2> /tmp/clt2.log &
+${node} ${cliPath} client --control /tmp/clt2.sock --run-dir /tmp/run2 --state-dir /tmp/clt2-state --heartbeat-ms 500 --heartbeat-missed-max 4 2> /tmp/clt2.log &
 CLT2=$!
 # ready = the server logged its listening line (its control socket file exists a moment before)
 i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ] || [ ! -S /tmp/clt2.sock ] || ! grep -q 'listening on' /tmp/srv.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log /tmp/clt2.log; exit 23; }; sleep 0.1; done
@@ -364,7 +364,7 @@ rxe_up || exit 20
 mkdir -p /tmp/exp /tmp/run && truncate -s 128M /tmp/exp/disk.img
 IBNBD_RDMA_DEBUG=1 ${node} ${cliPath} server --listen [::]:${PORT} --dev-search-path /tmp/exp --control /tmp/srv.sock --queue-depth 64 2> /tmp/srv.log &
 SRV=$!
-IBNBD_RDMA_DEBUG=1 ${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --heartbeat-ms 300 --heartbeat-missed-max 3 --reconnect-delay-ms 1000 2> /tmp/clt.log &
+IBNBD_RDMA_DEBUG=1 ${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state --heartbeat-ms 300 --heartbeat-missed-max 3 --reconnect-delay-ms 1000 2> /tmp/clt.log &
 CLT=$!
 i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv.log /tmp/clt.log; exit 23; }; sleep 0.1; done
 ${IB} map "sessname=mp path=ip:10.0.2.15:${PORT} path=ip:10.0.3.1:${PORT} device_path=disk.img mp_policy=round-robin" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_MP $? $(tr -d '\\n' < /tmp/m.json)"

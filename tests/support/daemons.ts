@@ -106,7 +106,9 @@ export interface ClientDaemon extends Daemon {
 export async function startClientDaemon(t: ExecutionContext, dir: string, extra: string[] = []): Promise<ClientDaemon> {
   const control = join(dir, 'client.sock');
   const runDir = join(dir, 'run');
-  const d = await startDaemon(t, ['client', '--control', control, '--run-dir', runDir, ...extra], control);
+  // a state dir of the test's own unless it names one (the default is the host's /var/lib)
+  const state = extra.includes('--state-dir') ? [] : ['--state-dir', join(dir, 'state')];
+  const d = await startDaemon(t, ['client', '--control', control, '--run-dir', runDir, ...state, ...extra], control);
   return { ...d, runDir };
 }
 

@@ -320,3 +320,13 @@ test('MAP_USAGE follows the seed\'s usage text and documents the extensions', (t
     t.true(MAP_USAGE.includes(piece), piece);
   }
 });
+
+test('name=: a mapping name of safe characters, formatted back; anything else EINVAL naming the key', (t) => {
+  const req = parseMapString('sessname=s path=ip:10.0.0.1 device_path=d name=vm-7.disk0');
+  t.is(req.name, 'vm-7.disk0');
+  t.deepEqual(parseMapString(formatMapString(req)), req);
+  for (const bad of ['', '.hidden', '-x', 'a/b', '../x', 'x'.repeat(65), 'sp ace', 'ä']) {
+    const e = t.throws(() => mapRequestFromFields([['sessname', 's'], ['path', 'ip:10.0.0.1'], ['device_path', 'd'], ['name', bad]]));
+    t.true(e instanceof IbnbdError && e.code === 'EINVAL' && e.message.startsWith('name: '), `${JSON.stringify(bad)}: ${e?.message}`);
+  }
+});

@@ -268,6 +268,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           memcpy(path->uuid, req.path_uuid, 16);
           path->incarnation = req.incarnation;
           path->sess_key = key;
+          path->sess_name = sess->name;
           path->conn_count = req.conn_count;
           path->conns.resize(req.conn_count);
           path->client_addr = pend->peer;
@@ -325,7 +326,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
     // the path's requests go out once this answer is in: not while a lost path of the session
     // still has requests running here (server_fence.cc)
     std::lock_guard<std::mutex> lk(mu_);
-    if (DrainingLocked(key)) return HoldAnswerLocked(conn, b);
+    if (DrainingLocked(sess.get())) return HoldAnswerLocked(conn, b);
   }
   ssize_t n = send(fd, b, sizeof(b), MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n != static_cast<ssize_t>(sizeof(b))) {

@@ -9,9 +9,10 @@
 // live path's service connection retires the named path. A retired path is marked dead at once
 // (SrvConn::Dispatch drops whatever it reads after that), its connections are closed on their
 // loops, and it is kept in retired_ until its inflight count is 0. The handshake responses of a
-// session, and its FENCE_ACKs, are held back while any path of that session (by uuid, so a
-// session re-created after its last path died counts too) is retired with requests running; a
-// timer on IO thread 0 releases them. The client sends nothing on a path before its handshake
+// session, and its FENCE_ACKs, are held back while any path of that session is retired with
+// requests running (by uuid or by name: a session re-created after its last path died, or the
+// session of a restarted client daemon, which comes with a new uuid, count too); a timer on IO
+// thread 0 releases them. The client sends nothing on a path before its handshake
 // responses, and re-sends nothing on another path before the FENCE_ACK.
 //
 // Threads: RetireLocked, StaleLocked, DrainingLocked and the Hold* functions run under mu_ (from
@@ -66,14 +67,15 @@ bool TcpServer::StaleLocked(const std::string& key, const HandshakeReq& req) con
   return false;
 }
 
-bool TcpServer::DrainingLocked(const std::string& key) {
+bool TcpServer::DrainingLocked(const SrvSession* s) {
+  const std::string key(reinterpret_cast<const char*>(s->uuid_bytes), 16);
   bool draining = false;
   for (auto it = retired_.begin(); it != retired_.end();) {
     if ((*it)->inflight.load() <= 0) {
       it = retired_.erase(it);
       continue;
     }
-    if ((*it)->sess_key == key) draining = true;
+    if ((*it)->sess_key == key || (*it)->sess_name == s->name) draining = true;
     ++it;
   }
   return draining;
@@ -103,7 +105,7 @@ void TcpServer::Fence(const std::shared_ptr<SrvConn>& from, const uint8_t* path_
         who = p->client_addr;
         RetireLocked(s, p, &to_close);
       }
-    wait = DrainingLocked(from->path->sess_key);
+    wait = DrainingLocked(from->sess.get());
     if (wait) HoldFenceAckLocked(from, cookie);
   }
   if (!to_close.empty())
@@ -121,7 +123,7 @@ void TcpServer::OnDrainTick() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto it = held_.begin(); it != held_.end();) {
-      if (DrainingLocked(it->conn->path->sess_key)) {
+      if (DrainingLocked(it->conn->sess.get())) {
         ++it;
         continue;
       }

@@ -69,7 +69,8 @@ struct OutItem {
 struct SrvPath {
   uint8_t uuid[16];
   uint32_t incarnation = 0;  // the handshake's; a higher one retires this path
-  std::string sess_key;      // the session's uuid bytes (outlives the session, for the drain)
+  std::string sess_key;      // the session's uuid bytes and name (outlive the session: the drain
+  std::string sess_name;     // holds a new session of the name too, e.g. of a restarted client)
   uint16_t conn_count = 0;
   std::vector<std::shared_ptr<SrvConn>> conns;  // server mutex
   uint16_t accepted = 0;
@@ -146,7 +147,7 @@ class TcpServer : public Server {
   void RetireLocked(SrvSession* s, const std::shared_ptr<SrvPath>& p,
                     std::vector<std::shared_ptr<SrvConn>>* to_close);
   bool StaleLocked(const std::string& key, const HandshakeReq& req) const;
-  bool DrainingLocked(const std::string& key);
+  bool DrainingLocked(const SrvSession* s);
   void HoldAnswerLocked(const std::shared_ptr<SrvConn>& c, const uint8_t* rsp);
   void HoldFenceAckLocked(const std::shared_ptr<SrvConn>& c, uint64_t cookie);
   void OnDrainTick();

@@ -42,6 +42,7 @@ export function register(program: Command): void {
     .description('Run the client daemon in the foreground: each mapped device becomes a vhost-user-blk socket <run-dir>/vhost/ibnbd<N>.sock.')
     .option('--control <sock>', 'control socket', CLIENT_DEFAULTS.control)
     .option('--run-dir <dir>', 'where the vhost-user sockets and devices/ links are made', CLIENT_DEFAULTS.runDir)
+    .option('--state-dir <dir>', 'where the mappings are kept (mappings.json), so a restarted daemon serves each on the same socket again', CLIENT_DEFAULTS.stateDir)
     .option('--io-threads <n>', 'native IO threads (virtqueues and transport connections)', positiveInt('--io-threads'), CLIENT_DEFAULTS.ioThreads)
     .option('--heartbeat-ms <ms>', 'transport heartbeat interval (default 5000)', positiveInt('--heartbeat-ms'))
     .option('--heartbeat-missed-max <n>', 'missed heartbeats before a path is dead (default 5)', positiveInt('--heartbeat-missed-max'))
@@ -85,6 +86,7 @@ export function register(program: Command): void {
     .action(async (o: {
       control: string;
       runDir: string;
+      stateDir: string;
       ioThreads: number;
       heartbeatMs?: number;
       heartbeatMissedMax?: number;

@@ -29,6 +29,7 @@ interface MapFlags extends ControlOptions {
   ctrlLossTmo?: string;
   fastIoFailTmo?: string;
   ioTimeout?: string;
+  name?: string;
 }
 
 // Flag → map string key, in the order the fields are checked (so the first error is the first flag).
@@ -44,6 +45,7 @@ const FLAG_KEYS: Array<[Exclude<keyof MapFlags, keyof ControlOptions | 'path'>, 
   ['ctrlLossTmo', 'ctrl_loss_tmo'],
   ['fastIoFailTmo', 'fast_io_fail_tmo'],
   ['ioTimeout', 'io_timeout'],
+  ['name', 'name'],
 ];
 
 function collect(value: string, previous: string[]): string[] {
@@ -97,6 +99,7 @@ export function register(program: Command): void {
       .option('--ctrl-loss-tmo <s>', `guest IO waits this long for a lost server, then fails; -1 = for ever, 0 = at once (RNBD), up to ${TMO_MAX} (daemon default ${RECONNECT_DEFAULTS.ctrlLossTmo})`)
       .option('--fast-io-fail-tmo <s>', `waiting IO fails after this long while reconnecting goes on; -1 = off, up to ${TMO_MAX} (daemon default ${RECONNECT_DEFAULTS.fastIoFailTmo})`)
       .option('--io-timeout <s>', `the session's paths: one with requests outstanding that completes none for this long is dead (failover, reconnect); 0 = off, up to ${IO_TIMEOUT_MAX} (daemon default ${RECONNECT_DEFAULTS.ioTimeout})`)
+      .option('--name <name>', 'the mapping\'s name and socket <run-dir>/vhost/<name>.sock, kept across daemon restarts (default ibnbd<N>)')
       .addHelpText('after', `\n${MAP_USAGE}`),
   ).action(async (words: string[], flags: MapFlags) => {
     const req = mapRequestOfCommandLine(words, flags);

@@ -1,0 +1,116 @@
+// Mappings of the state file not restored (yet) when the daemon started: the server did not
+// answer, the device could not be opened, the socket path is taken by another process. Each is
+// kept (its name stays reserved, `list` shows it, `unmap` removes it for good) and tried again
+// every reconnect_delay until it is restored. Its socket appears when it is: until then a VM
+// configured with the socket and `reconnect=1` keeps retrying, its IO waiting in QEMU.
+import { RECONNECT_DEFAULTS } from '../proto/map-string.js';
+import type { DeviceInfo, MappedRequest } from './device.js';
+import { describePathSpecs } from './session.js';
+
+interface Pending {
+  name: string;
+  request: MappedRequest;
+  socketPath: string;
+  reason: string;
+  since: Date;
+  attempts: number;
+  timer?: NodeJS.Timeout;
+}
+
+export class PendingMappings {
+  readonly #byName = new Map<string, Pending>();
+  #stopped = false;
+
+  constructor(
+    /** One restore attempt; throws with the reason it failed. wanted() turns false once the
+     *  mapping is unmapped meanwhile: the attempt then undoes what it made. */
+    private readonly attempt: (name: string, request: MappedRequest, wanted: () => boolean) => Promise<void>,
+    private readonly retryMs: (request: MappedRequest) => number,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  has(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
+  all(): Array<{ name: string; request: MappedRequest }> {
+    return [...this.#byName.values()].map((p) => ({ name: p.name, request: p.request }));
+  }
+
+  /** The mapping of this session and device_path, if one waits. */
+  findByDevice(sessname: string, devicePath: string): string | undefined {
+    for (const p of this.#byName.values()) if (p.request.sessname === sessname && p.request.devicePath === devicePath) return p.name;
+    return undefined;
+  }
+
+  add(name: string, request: MappedRequest, socketPath: string, reason: string): void {
+    const p: Pending = { name, request, socketPath, reason, since: new Date(), attempts: 1 };
+    this.#byName.set(name, p);
+    this.log(`${name}: not restored: ${reason}; trying again every ${this.retryMs(request) / 1000} s`);
+    this.#schedule(p);
+  }
+
+  /** Gone for good (unmap); false when no such mapping waits. */
+  remove(name: string): boolean {
+    const p = this.#byName.get(name);
+    if (!p) return false;
+    clearTimeout(p.timer);
+    this.#byName.delete(name);
+    return true;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    for (const p of this.#byName.values()) clearTimeout(p.timer);
+  }
+
+  info(name: string): DeviceInfo | undefined {
+    const p = this.#byName.get(name);
+    if (!p) return undefined;
+    const r = p.request;
+    return {
+      name: p.name,
+      device_id: r.devicePath.replaceAll('/', '!'),
+      socket: p.socketPath,
+      state: 'reconnecting',
+      state_reason: `not restored since the daemon started (${p.attempts} attempts): ${p.reason}`,
+      state_since: p.since.toISOString(),
+      session: r.sessname,
+      mapping_path: r.devicePath,
+      access_mode: r.accessMode,
+      io_mode: r.ioMode,
+      transport: r.transport,
+      size: 0,
+      logical_block_size: 0,
+      physical_block_size: 0,
+      queues: r.queues,
+      read_only: r.accessMode === 'ro',
+      frontend_connected: false,
+      server_device_id: -1,
+      paths: describePathSpecs(r.paths),
+      reconnect_delay: r.reconnectDelay ?? RECONNECT_DEFAULTS.reconnectDelay,
+      io_timeout: r.ioTimeout ?? RECONNECT_DEFAULTS.ioTimeout,
+      ctrl_loss_tmo: r.ctrlLossTmo,
+      fast_io_fail_tmo: r.fastIoFailTmo,
+    };
+  }
+
+  #schedule(p: Pending): void {
+    if (this.#stopped) return;
+    p.timer = setTimeout(() => {
+      if (this.#byName.get(p.name) !== p || this.#stopped) return;
+      this.attempt(p.name, p.request, () => this.#byName.get(p.name) === p && !this.#stopped).then(
+        () => {
+          if (this.#byName.get(p.name) === p) this.#byName.delete(p.name);
+          this.log(`${p.name}: restored after ${p.attempts + 1} attempts`);
+        },
+        (e: unknown) => {
+          if (this.#byName.get(p.name) !== p) return;
+          p.attempts++;
+          p.reason = e instanceof Error ? e.message : String(e);
+          this.#schedule(p);
+        },
+      );
+    }, this.retryMs(p.request));
+  }
+}

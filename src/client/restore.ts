@@ -1,0 +1,67 @@
+// Restoring the state file's mappings when the client daemon starts (docs/client.md, "Mappings
+// across restarts"), before its control socket answers: the file read (a bad one is moved aside
+// by state-file.ts), every name reserved first, then every mapping made again under its name, in
+// parallel; what cannot be made yet is kept and retried (pending.ts). Entries the file holds but
+// no daemon could use are written aside as they were, never dropped. Returns the lines to log.
+import { writeFile } from 'node:fs/promises';
+import type { MapRequest } from '../proto/map-string.js';
+import type { MappedRequest } from './device.js';
+import type { StateFile } from './state-file.js';
+
+export interface RestoreHost {
+  state: StateFile;
+  /** The request with the daemon's decisions (transport, policy); throws when it cannot be. */
+  resolve(req: MapRequest): MappedRequest;
+  /** Reserves a name; false when taken. */
+  claim(name: string): boolean;
+  /** One mapping made again under its (reserved) name; throws why it could not be. */
+  restoreOne(name: string, req: MappedRequest): Promise<void>;
+  /** Kept, listed and retried (pending.ts). */
+  keepPending(name: string, req: MappedRequest, reason: string): void;
+  /** The state file rewritten as the mappings are now. */
+  persist(): Promise<void>;
+}
+
+export async function restoreMappings(host: RestoreHost): Promise<string[]> {
+  const { state } = host;
+  const loaded = await state.load();
+  const report: string[] = [];
+  if (loaded.quarantined) {
+    report.push(`state file unusable (${loaded.quarantined.reason}); kept as ${loaded.quarantined.path}; starting with no mappings`);
+  }
+  if (loaded.rejected.length > 0) {
+    const aside = `${state.path}.rejected-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    // as they were, with why: nothing of the user's is dropped
+    await writeFile(aside, `${JSON.stringify(loaded.rejected.map((r) => ({ reason: r.reason, entry: r.raw })), null, 1)}\n`, { mode: 0o600 });
+    for (const r of loaded.rejected) report.push(`mapping ${r.entry} not restored: ${r.reason} (kept in ${aside})`);
+  }
+  const todo: Array<{ name: string; request: MappedRequest }> = [];
+  for (const m of loaded.mappings) {
+    let request: MappedRequest;
+    try {
+      request = host.resolve(m.request);
+    } catch (e) {
+      report.push(`mapping ${m.name} not restored: ${errorText(e)}`);
+      continue;
+    }
+    if (!host.claim(m.name)) continue; // a duplicate: load() refuses those already
+    todo.push({ name: m.name, request });
+  }
+  await Promise.all(
+    todo.map(async ({ name, request }) => {
+      try {
+        await host.restoreOne(name, request);
+        report.push(`mapping ${name} restored: ${request.devicePath} of session ${request.sessname}`);
+      } catch (e) {
+        host.keepPending(name, request, errorText(e));
+        report.push(`mapping ${name} not restored yet: ${errorText(e)}; kept, retried every reconnect_delay`);
+      }
+    }),
+  );
+  await host.persist();
+  return report;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
