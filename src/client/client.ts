@@ -157,7 +157,7 @@ export class IbnbdClient {
       resolve: (req) => this.resolve(req),
       claim: (name) => this.names.claim(name),
       restoreOne: (name, req) => this.restoreOne(name, req, () => !this.stopping),
-      keepPending: (name, req, reason) => this.pending.add(name, req, join(this.vhostDir, `${name}.sock`), reason),
+      keepPending: (name, req, error) => this.pending.add(name, req, join(this.vhostDir, `${name}.sock`), error),
       persist: () => this.persist(),
     });
   }

@@ -3,6 +3,7 @@
 // kept (its name stays reserved, `list` shows it, `unmap` removes it for good) and tried again
 // every reconnect_delay until it is restored. Its socket appears when it is: until then a VM
 // configured with the socket and `reconnect=1` keeps retrying, its IO waiting in QEMU.
+import { toIbnbdError } from '../errors.js';
 import { RECONNECT_DEFAULTS } from '../proto/map-string.js';
 import type { DeviceInfo, MappedRequest } from './device.js';
 import { describePathSpecs } from './session.js';
@@ -12,6 +13,8 @@ interface Pending {
   request: MappedRequest;
   socketPath: string;
   reason: string;
+  /** The last attempt reached the server, which refused (closed); else the server is away. */
+  refused: boolean;
   since: Date;
   attempts: number;
   timer?: NodeJS.Timeout;
@@ -43,8 +46,9 @@ export class PendingMappings {
     return undefined;
   }
 
-  add(name: string, request: MappedRequest, socketPath: string, reason: string): void {
-    const p: Pending = { name, request, socketPath, reason, since: new Date(), attempts: 1 };
+  add(name: string, request: MappedRequest, socketPath: string, error: unknown): void {
+    const reason = errorText(error);
+    const p: Pending = { name, request, socketPath, reason, refused: refusedBy(error), since: new Date(), attempts: 1 };
     this.#byName.set(name, p);
     this.log(`${name}: not restored: ${reason}; trying again every ${this.retryMs(request) / 1000} s`);
     this.#schedule(p);
@@ -68,12 +72,19 @@ export class PendingMappings {
     const p = this.#byName.get(name);
     if (!p) return undefined;
     const r = p.request;
+    // as a mapped device would be: waiting for a server that is away until ctrl_loss_tmo, closed
+    // when the server refuses (the device is gone, taken) or the wait is over; tried again anyway
+    const waited = (Date.now() - p.since.getTime()) / 1000;
+    const expired = r.ctrlLossTmo >= 0 && waited >= r.ctrlLossTmo;
+    const state = p.refused || expired ? 'closed' : 'reconnecting';
+    const why = `not restored since the daemon started (${p.attempts} attempts, still tried every ${this.retryMs(r) / 1000} s): ${p.reason}` +
+      (expired && !p.refused ? `; ctrl_loss_tmo (${r.ctrlLossTmo} s) expired` : '');
     return {
       name: p.name,
       device_id: r.devicePath.replaceAll('/', '!'),
       socket: p.socketPath,
-      state: 'reconnecting',
-      state_reason: `not restored since the daemon started (${p.attempts} attempts): ${p.reason}`,
+      state,
+      state_reason: why,
       state_since: p.since.toISOString(),
       session: r.sessname,
       mapping_path: r.devicePath,
@@ -107,10 +118,22 @@ export class PendingMappings {
         (e: unknown) => {
           if (this.#byName.get(p.name) !== p) return;
           p.attempts++;
-          p.reason = e instanceof Error ? e.message : String(e);
+          p.reason = errorText(e);
+          p.refused = refusedBy(e);
           this.#schedule(p);
         },
       );
     }, this.retryMs(p.request));
   }
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** The server answered and said no (OPEN refused), or this host did (the socket path is taken),
+ *  as opposed to a server that cannot be reached: connection errors and timeouts. */
+function refusedBy(e: unknown): boolean {
+  const away = ['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'ENOTCONN', 'ECONNABORTED', 'EIO', 'ECANCELED'];
+  return !away.includes(toIbnbdError(e).code);
 }

@@ -17,7 +17,7 @@ export interface RestoreHost {
   /** One mapping made again under its (reserved) name; throws why it could not be. */
   restoreOne(name: string, req: MappedRequest): Promise<void>;
   /** Kept, listed and retried (pending.ts). */
-  keepPending(name: string, req: MappedRequest, reason: string): void;
+  keepPending(name: string, req: MappedRequest, error: unknown): void;
   /** The state file rewritten as the mappings are now. */
   persist(): Promise<void>;
 }
@@ -53,7 +53,7 @@ export async function restoreMappings(host: RestoreHost): Promise<string[]> {
         await host.restoreOne(name, request);
         report.push(`mapping ${name} restored: ${request.devicePath} of session ${request.sessname}`);
       } catch (e) {
-        host.keepPending(name, request, errorText(e));
+        host.keepPending(name, request, e);
         report.push(`mapping ${name} not restored yet: ${errorText(e)}; kept, retried every reconnect_delay`);
       }
     }),

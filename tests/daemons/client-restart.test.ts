@@ -5,7 +5,7 @@
 // itself. Which device a socket serves is checked by data: each device carries its own pattern.
 // Real daemons as child processes over the transport under test; libblkio as the front-end.
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -137,11 +137,28 @@ test.serial('a state file that cannot be used: the daemon starts, says why, and 
   t.regex(c.log(), /mapping bad\/name not restored: bad or missing name/);
   t.regex(c.log(), /mapping taken not restored yet: cannot listen on the vhost-user socket: another process listens on that path/);
   const list = await ops(c).list();
-  t.deepEqual(list.map((d) => [d.name, d.state]), [['ibnbd0', 'open'], ['taken', 'reconnecting']]);
+  t.deepEqual(list.map((d) => [d.name, d.state]), [['ibnbd0', 'open'], ['taken', 'closed']], 'refused here: closed, and tried again');
   t.regex(list[1]!.state_reason, /not restored since the daemon started/);
   t.true(readdirSync(s.stateDir).some((f) => f.startsWith('mappings.json.rejected-')), 'the rejected entry is kept');
   squatter.close();
   await until(() => ops(c).show('taken'), (d) => d.state === 'open', 15_000, 'restored once the socket path is free');
+});
+
+test.serial('a mapping whose device is gone from the server at start is kept closed with the reason, and restored once it is back', async (t) => {
+  const s = await setup(t, ['g.img']);
+  let c = await s.start();
+  const d = await ops(c).map(`sessname=r6 ${s.at} device_path=g.img`);
+  t.is((await pattern(d.socket, 77, 'write')).code, 0);
+  await c.stop('SIGKILL');
+  renameSync(join(s.ex, 'g.img'), join(s.ex, 'g.img.away'));
+  c = await s.start();
+  const gone = await ops(c).show(d.name);
+  t.is(gone.state, 'closed');
+  t.regex(gone.state_reason, /not restored since the daemon started .*no such device on the server/);
+  t.regex(c.log(), /mapping ibnbd0 not restored yet: .*no such device on the server/);
+  renameSync(join(s.ex, 'g.img.away'), join(s.ex, 'g.img'));
+  await until(() => ops(c).show(d.name), (x) => x.state === 'open', 15_000, 'restored once the device is back');
+  t.is((await pattern(d.socket, 77, 'check')).code, 0);
 });
 
 test.serial('a mapping whose server is away at start waits, listed with why, and comes back by itself', async (t) => {
