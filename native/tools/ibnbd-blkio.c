@@ -12,6 +12,11 @@
 //                               --min-size --max-size --offset --span --sequential
 //     flush
 //     discard | write-zeroes    --offset --len [--no-unmap]
+//   --reconnect-ms R (pattern modes, one queue): a front-end that rides out a back-end restart,
+//     as QEMU does with reconnect=1: when no request completes for R ms, or one fails, the tool
+//     drops the connection, dials the socket again (every 100 ms, up to --timeout-ms) and sends
+//     every request that was in flight again; a request counts as an error only when it fails
+//     on three fresh connections in a row. "reconnects" in the output counts them.
 // Output: one JSON object on stdout. Exit 0 ok, 1 IO errors or mismatches, 2 setup/timeout.
 //
 // The pattern: the 8-byte little-endian word at device byte offset o (o multiple of 8) is
@@ -33,7 +38,7 @@
 
 struct opts {
   const char *path, *mode;
-  int queues, qd, timeout_ms;
+  int queues, qd, timeout_ms, reconnect_ms;
   bool read_only, sequential, no_unmap;
   uint64_t seed, count, min_size, max_size, offset, span, len;
 };
@@ -72,7 +77,7 @@ struct qstate {
   int qi;
   struct blkioq *q;
   bool write_phase;
-  uint64_t done, errors, mismatches, bytes;
+  uint64_t done, errors, mismatches, bytes, reconnects;
   uint64_t first_mismatch;
   char first_error[160];
   int timed_out;
@@ -82,6 +87,8 @@ struct slot {
   uint64_t idx;  // index into ios
   uint64_t len;
   uint8_t *buf;
+  bool busy;        // submitted, not completed
+  int failures;     // on fresh connections in a row (--reconnect-ms)
 };
 
 static uint8_t *slot_buf(int qi, int s) {
@@ -89,9 +96,11 @@ static uint8_t *slot_buf(int qi, int s) {
 }
 
 static bool wait_some(struct qstate *st, struct blkio_completion *c, int min, int max, int *n) {
-  struct timespec t = {o.timeout_ms / 1000, (o.timeout_ms % 1000) * 1000000L};
+  int ms = o.reconnect_ms ? o.reconnect_ms : o.timeout_ms;
+  struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
   int r = blkioq_do_io(st->q, c, min, max, &t);
   if (r < 0) {
+    if (o.reconnect_ms) return *n = -1, true;  // stalled: the caller reconnects
     st->timed_out = r;
     return false;
   }
@@ -120,6 +129,7 @@ static void submit_pattern(struct qstate *st, struct slot *sl, uint64_t i) {
 
 static void complete_pattern(struct qstate *st, struct slot *sl, const struct blkio_completion *c) {
   st->done++;
+  sl->failures = 0;
   if (c->ret != 0) return note_error(st, c);
   st->bytes += sl->len;
   if (st->write_phase) return;
@@ -136,6 +146,8 @@ static void complete_pattern(struct qstate *st, struct slot *sl, const struct bl
   free(want);
 }
 
+static void reconnect(struct qstate *st);
+
 // Requests i ≡ qi (mod queues) go to queue qi, at most qd in flight.
 static void *run_pattern(void *arg) {
   struct qstate *st = arg;
@@ -147,17 +159,32 @@ static void *run_pattern(void *arg) {
   uint64_t next = st->qi;
   while (next < o.count || inflight > 0) {
     while (nfree > 0 && next < o.count) {
-      submit_pattern(st, free_slots[--nfree], next);
+      struct slot *sl = free_slots[--nfree];
+      sl->busy = true;
+      submit_pattern(st, sl, next);
       next += o.queues;
       inflight++;
     }
     int n;
     if (!wait_some(st, c, 1, o.qd, &n)) break;
+    bool lost = n < 0;  // --reconnect-ms: nothing completed in time
     for (int k = 0; k < n; k++) {
       struct slot *sl = c[k].user_data;
+      if (o.reconnect_ms && c[k].ret != 0 && ++sl->failures < 3) {
+        lost = true;  // sent again on the next connection, still busy
+        continue;
+      }
+      sl->busy = false;
       complete_pattern(st, sl, &c[k]);
       free_slots[nfree++] = sl;
       inflight--;
+    }
+    if (lost) {
+      reconnect(st);
+      for (int s = 0; s < o.qd; s++) {
+        slots[s].buf = slot_buf(st->qi, s);
+        if (slots[s].busy) submit_pattern(st, &slots[s], slots[s].idx);
+      }
     }
   }
   free(slots), free(free_slots), free(c);
@@ -166,22 +193,51 @@ static void *run_pattern(void *arg) {
 
 // ---- setup ------------------------------------------------------------------------------
 
-static void setup(uint64_t buf_bytes) {
+static uint64_t region_bytes;
+
+// Connects and maps the IO buffers; 0, or what failed (*what) with its negative errno.
+static int try_setup(uint64_t buf_bytes, const char **what) {
   int r = blkio_create("virtio-blk-vhost-user", &b);
-  if (r < 0) die(2, "blkio_create", r);
-  if ((r = blkio_set_str(b, "path", o.path)) < 0) die(2, "path", r);
-  if (o.read_only && (r = blkio_set_bool(b, "read-only", true)) < 0) die(2, "read-only", r);
-  if ((r = blkio_connect(b)) < 0) die(2, "blkio_connect", r);
-  if ((r = blkio_set_int(b, "num-queues", o.queues)) < 0) die(2, "num-queues", r);
-  if ((r = blkio_start(b)) < 0) die(2, "blkio_start", r);
-  if ((r = blkio_get_uint64(b, "capacity", &capacity)) < 0) die(2, "capacity", r);
+  if (r < 0) return *what = "blkio_create", r;
+  if ((r = blkio_set_str(b, "path", o.path)) < 0) return *what = "path", r;
+  if (o.read_only && (r = blkio_set_bool(b, "read-only", true)) < 0) return *what = "read-only", r;
+  if ((r = blkio_connect(b)) < 0) return *what = "blkio_connect", r;
+  if ((r = blkio_set_int(b, "num-queues", o.queues)) < 0) return *what = "num-queues", r;
+  if ((r = blkio_start(b)) < 0) return *what = "blkio_start", r;
+  if ((r = blkio_get_uint64(b, "capacity", &capacity)) < 0) return *what = "capacity", r;
+  region_bytes = buf_bytes;
   if (buf_bytes) {
     int align = 0;
     blkio_get_int(b, "mem-region-alignment", &align);
     if (align > 0) buf_bytes = (buf_bytes + align - 1) / align * align;
-    if ((r = blkio_alloc_mem_region(b, &region, buf_bytes)) < 0) die(2, "alloc_mem_region", r);
-    if ((r = blkio_map_mem_region(b, &region)) < 0) die(2, "map_mem_region", r);
+    if ((r = blkio_alloc_mem_region(b, &region, buf_bytes)) < 0) return *what = "alloc_mem_region", r;
+    if ((r = blkio_map_mem_region(b, &region)) < 0) return *what = "map_mem_region", r;
   }
+  return 0;
+}
+
+static void setup(uint64_t buf_bytes) {
+  const char *what = "";
+  int r = try_setup(buf_bytes, &what);
+  if (r < 0) die(2, what, r);
+}
+
+// --reconnect-ms: the old connection goes (its buffers with it), a new one is dialled until it
+// answers; the caller sends what was in flight again.
+static void reconnect(struct qstate *st) {
+  blkio_destroy(&b);
+  memset(&region, 0, sizeof region);
+  uint64_t until = now_ns() + (uint64_t)o.timeout_ms * 1000000ull;
+  const char *what = "";
+  int r;
+  while ((r = try_setup(region_bytes, &what)) < 0) {
+    if (b) blkio_destroy(&b);
+    if (now_ns() > until) die(2, what, r);
+    struct timespec t = {0, 100 * 1000000L};
+    nanosleep(&t, NULL);
+  }
+  st->q = blkio_get_queue(b, 0);
+  st->reconnects++;
 }
 
 static struct qstate *queues_state(void) {
@@ -208,20 +264,21 @@ static bool pattern_phase(bool write_phase, const char *name, bool comma) {
   uint64_t t0 = now_ns();
   run_threads(st, run_pattern);
   uint64_t t1 = now_ns();
-  uint64_t done = 0, errors = 0, mism = 0, bytes = 0;
+  uint64_t done = 0, errors = 0, mism = 0, bytes = 0, reconnects = 0;
   int timed_out = 0;
   const char *err = "";
   uint64_t first_mismatch = UINT64_MAX;
   for (int i = 0; i < o.queues; i++) {
     done += st[i].done, errors += st[i].errors, mism += st[i].mismatches, bytes += st[i].bytes;
+    reconnects += st[i].reconnects;
     if (st[i].timed_out) timed_out = st[i].timed_out;
     if (!err[0] && st[i].first_error[0]) err = st[i].first_error;
     if (st[i].mismatches && st[i].first_mismatch < first_mismatch) first_mismatch = st[i].first_mismatch;
   }
   printf("%s\"%s\":{\"requests\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"errors\":%" PRIu64
-         ",\"mismatches\":%" PRIu64 ",\"firstMismatch\":%" PRId64 ",\"firstError\":\"%s\",\"timedOut\":%s,\"ms\":%.3f}",
+         ",\"mismatches\":%" PRIu64 ",\"firstMismatch\":%" PRId64 ",\"firstError\":\"%s\",\"timedOut\":%s,\"reconnects\":%" PRIu64 ",\"ms\":%.3f}",
          comma ? "," : "", name, done, bytes, errors, mism,
-         mism ? (int64_t)first_mismatch : (int64_t)-1, err, timed_out ? "true" : "false",
+         mism ? (int64_t)first_mismatch : (int64_t)-1, err, timed_out ? "true" : "false", reconnects,
          (t1 - t0) / 1e6);
   if (timed_out) {
     printf("}\n");
@@ -298,7 +355,7 @@ int main(int argc, char **argv) {
       {"timeout-ms", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'}, {"qd", 1, 0, 'd'},
       {"min-size", 1, 0, 'm'}, {"max-size", 1, 0, 'M'}, {"offset", 1, 0, 'o'},
       {"span", 1, 0, 'S'}, {"sequential", 0, 0, 'Q'}, {"len", 1, 0, 'l'},
-      {"no-unmap", 0, 0, 'U'}, {0, 0, 0, 0}};
+      {"no-unmap", 0, 0, 'U'}, {"reconnect-ms", 1, 0, 'r'}, {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (c) {
@@ -316,10 +373,12 @@ int main(int argc, char **argv) {
       case 'Q': o.sequential = true; break;
       case 'l': o.len = strtoull(optarg, 0, 0); break;
       case 'U': o.no_unmap = true; break;
+      case 'r': o.reconnect_ms = atoi(optarg); break;
       default: fprintf(stderr, "unknown option\n"); return 2;
     }
   }
-  if (!o.path || optind != argc - 1 || o.queues < 1 || o.qd < 1 || o.timeout_ms < 1) {
+  if (!o.path || optind != argc - 1 || o.queues < 1 || o.qd < 1 || o.timeout_ms < 1 || o.reconnect_ms < 0 ||
+      (o.reconnect_ms && o.queues != 1)) {
     fprintf(stderr, "usage: ibnbd-blkio --path SOCK [options] info|verify|write|check|flush|discard|write-zeroes\n");
     return 2;
   }

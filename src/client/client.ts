@@ -21,10 +21,11 @@ import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { RECONNECT_DEFAULTS, deviceIdOf, formatMapString, policyConflict, type MapRequest } from '../proto/map-string.js';
 import { hostHasRdma } from '../backend/transport.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
-import { closeDevice, openDevice, sessInfo } from './admin.js';
+import { closeDevice, openDevice } from './admin.js';
 import { MappedDevice, type DeviceInfo, type MappedRequest } from './device.js';
 import { NameAllocator } from './names.js';
 import { PendingMappings } from './pending.js';
+import { reopenDevices } from './reopen.js';
 import { restoreMappings } from './restore.js';
 import type { StateFile } from './state-file.js';
 import { QUEUE_BUSY, SerialQueue } from './serialize.js';
@@ -546,86 +547,20 @@ export class IbnbdClient {
     // in the session's queue, after the maps and unmaps of it queued before: its set of devices
     // changes under it only by a forced unmap (checked after each await)
     void session.queue
-      .run(() => this.reopenLocked(session, epoch))
+      .run(() =>
+        reopenDevices(session, {
+          devices: () => this.sessionDevices(session),
+          stillMapped: (dev) => this.devices.get(dev.name) === dev,
+          stale: () => session.linkEpoch !== epoch || session.closed || this.sessions.get(session.sessname) !== session || !!this.stopping,
+          undoLateOpen: (devicePath, late) => this.undoLateOpen(session, epoch, devicePath, late),
+          log: this.log,
+        }),
+      )
       .catch((e) => this.log(`session ${session.sessname}: re-open failed: ${String(e)}`));
   }
 
-  private async reopenLocked(session: ClientSession, epoch: number): Promise<void> {
-    // a later disconnect (or the session's close) voids this pass; the next reconnect redoes it
-    const stale = () =>
-      session.linkEpoch !== epoch || session.closed || this.sessions.get(session.sessname) !== session || !!this.stopping;
-    if (stale()) return;
-    const devs = this.sessionDevices(session);
-    try {
-      session.protocolVersion = await sessInfo(session);
-    } catch (e) {
-      if (stale()) return;
-      const why = `SESS_INFO after reconnect failed: ${errorText(e)}`;
-      for (const dev of devs) dev.markClosed(why);
-      this.log(`session ${session.sessname}: ${why}; devices stay closed until the next reconnect`);
-      return;
-    }
-    for (const dev of devs) {
-      if (stale()) return;
-      if (this.devices.get(dev.name) !== dev) continue;
-      let open;
-      try {
-        open = await openDevice(session, dev.request.devicePath, dev.request.accessMode, dev.request.ioMode, (late) =>
-          this.undoLateOpen(session, epoch, dev.request.devicePath, late),
-        );
-      } catch (e) {
-        if (stale()) return;
-        if (this.devices.get(dev.name) !== dev) continue; // unmapped (forced) meanwhile
-        dev.markClosed(`re-OPEN after reconnect failed: ${errorText(e)}`);
-        this.log(`${dev.name}: ${dev.stateReason}; it stays closed (IO fails) until the next reconnect or unmap`);
-        continue;
-      }
-      if (stale()) return; // answered by a connection that is gone again: nothing to rely on
-      if (this.devices.get(dev.name) !== dev) {
-        // unmapped (forced) while its OPEN was out: nobody uses what the server opened
-        await closeDevice(session, open.deviceId).catch(() => undefined);
-        continue;
-      }
-      if (open.logicalBlockSize !== dev.open.logicalBlockSize) {
-        // the guest formatted against the old block size: serving it would corrupt its view
-        await closeDevice(session, open.deviceId).catch(() => undefined);
-        dev.markClosed(
-          `re-OPEN after reconnect: logical block size changed from ${dev.open.logicalBlockSize} to ${open.logicalBlockSize}`,
-        );
-        this.log(`${dev.name}: ${dev.stateReason}; it stays closed`);
-        continue;
-      }
-      const newSize = Number(open.nsectors) * 512;
-      if (newSize !== dev.sizeBytes) {
-        try {
-          dev.vhost.setSizeBytes(newSize);
-        } catch (e) {
-          await closeDevice(session, open.deviceId).catch(() => undefined);
-          dev.markClosed(`re-OPEN after reconnect: unusable size ${newSize}: ${errorText(e)}`);
-          this.log(`${dev.name}: ${dev.stateReason}`);
-          continue;
-        }
-        this.log(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
-      }
-      const held = dev.state === 'reconnecting' ? heldRequests(dev) : 0;
-      dev.vhost.setServerDeviceId(open.deviceId); // held requests are re-submitted first, in order
-      dev.markReopened(open);
-      this.log(
-        `${dev.name}: re-opened ${dev.request.devicePath} as server device ${open.deviceId}` +
-          (held > 0 ? `; ${held} held requests resubmitted` : ''),
-      );
-    }
-  }
 }
 
-/** Requests the device holds for its server (for the log only: a failure to read them is 0). */
-function heldRequests(dev: MappedDevice): number {
-  try {
-    return dev.vhost.stats().waiting;
-  } catch {
-    return 0;
-  }
-}
 
 function shuttingDown(): IbnbdError {
   return new IbnbdError('ECANCELED', 'the client daemon is shutting down');

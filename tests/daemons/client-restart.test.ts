@@ -182,3 +182,23 @@ test.serial('a mapping whose server is away at start waits, listed with why, and
   await until(() => ops(c).show(d.name), (x) => x.state === 'open', 20_000, 'restored once the server is back');
   t.is((await pattern(d.socket, 66, 'check')).code, 0);
 });
+
+test.serial('SIGKILL and restart under a verifying writer that redials (ibnbd-blkio --reconnect-ms, as QEMU reconnect=1): 0 errors, every byte read back', async (t) => {
+  const s = await setup(t, ['l.img']);
+  let c = await s.start();
+  const d = await ops(c).map(`sessname=r7 ${s.at} device_path=l.img`);
+  // the server is frozen first, so the daemon surely dies with the writer's requests in flight
+  s.server.proc.kill('SIGSTOP');
+  t.teardown(() => void s.server.proc.kill('SIGCONT'));
+  const load = blkio(['--path', d.socket, '--reconnect-ms', '3000', '--timeout-ms', '60000', '--qd', '16', '--seed', '88', '--count', '192',
+    '--sequential', '--min-size', String(64 * 1024), '--max-size', String(64 * 1024), 'verify'], 120_000);
+  await until(() => ops(c).show(d.name), (x) => x.stats.inflight >= 16, 30_000, 'requests in flight');
+  await c.stop('SIGKILL');
+  s.server.proc.kill('SIGCONT');
+  c = await s.start();
+  const r = await load;
+  t.is(r.code, 0, JSON.stringify(r.json));
+  const json = r.json as { write: { errors: number; reconnects: number }; read: { errors: number; mismatches: number } };
+  t.true(json.write.reconnects >= 1, `the writer redialled the restarted daemon: ${JSON.stringify(json)}`);
+  t.is(json.write.errors + json.read.errors + json.read.mismatches, 0);
+});

@@ -14,7 +14,10 @@
 //      writes EPERM, read-only in `ibnbd server sessions`), unmap normal and force;
 //   D. our client daemon and the kernel client on one device of our server: IO from both at once,
 //      the server's open/writer counts drop as each leaves (kernel unmap, our unmap, our client
-//      daemon SIGKILLed), and the rw slot passes from one kind of client to the other.
+//      daemon SIGKILLed), and the rw slot passes from one kind of client to the other;
+//   E. our client daemon SIGKILLed with a libblkio writer's requests in flight and started again
+//      with its state dir: the mapping is restored, the writer redials (--reconnect-ms, as QEMU
+//      with reconnect=1) and finishes with 0 errors, every byte read back.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -179,6 +182,24 @@ rnbd_unmap $DR2 normal; echo "KUNMAP_D2_RO $?"
 sleep 1
 echo "DEVS_D_END $(devs)"
 step D done
+
+echo "== E: our client daemon SIGKILLed and restarted under a redialling libblkio writer"
+${IB} map "sessname=re1 path=ip:10.0.2.15:${PORT} device_path=disk.img" --control /tmp/clt.sock --json > /tmp/m.json; echo "MAP_E $? $(tr -d '\\n' < /tmp/m.json)"
+# the server frozen first: the daemon surely dies with the writer's requests in flight
+kill -STOP $SRV
+timeout 300 ${tool('ibnbd-blkio')} --path /tmp/run/vhost/ibnbd0.sock --timeout-ms 120000 --reconnect-ms 5000 --qd 16 --count 128 --seed 51 --sequential --min-size 65536 --max-size 65536 --offset ${48 * MiB} verify > /tmp/ve.json & BE=$!
+i=0; while :; do
+  N=$(${IB} show ibnbd0 --control /tmp/clt.sock --json | tr -d '\\n ' | grep -o '"inflight":[0-9]*' | head -1 | grep -o '[0-9]*$')
+  [ "\${N:-0}" -ge 1 ] && break; i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1
+done
+echo "INFLIGHT_E \${N:-0}"
+kill -KILL $CLT; wait $CLT
+kill -CONT $SRV
+${node} ${cliPath} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state 2> /tmp/clt3.log &
+CLT=$!
+wait $BE; echo "VERIFY_E $? $(tr -d '\\n' < /tmp/ve.json)"
+echo "RESTORE_E $(grep -o 'mapping ibnbd0 restored[^|]*' /tmp/clt3.log | head -1)"
+step E done
 kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $?"
 dmesg | grep -E 'rtrs|rnbd' | grep -iE 'err|fail|invalid|bug' | head -5
 exit 0`;
@@ -341,6 +362,15 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   t.is(rcJson(out, 'KUNMAP_D5').rc, 0);
   t.is(rcJson(out, 'KUNMAP_D2_RO').rc, 0);
   t.is(devOf(line(out, 'DEVS_D_END')), undefined);
+
+  // E: the client daemon SIGKILLed with requests in flight, restarted with its state dir
+  t.is(rcJson(out, 'MAP_E').rc, 0);
+  t.true(Number(line(out, 'INFLIGHT_E')) >= 1, 'requests were in flight when the daemon was killed');
+  t.regex(line(out, 'RESTORE_E'), /^mapping ibnbd0 restored: disk\.img of session re1/, 'the restarted daemon restored the mapping');
+  const ve = rcJson(out, 'VERIFY_E');
+  t.is(ve.rc, 0, `E: ${JSON.stringify(ve.json)}`);
+  t.true(ve.json.write.reconnects >= 1, 'the writer redialled the restarted daemon');
+  t.is(ve.json.write.errors + ve.json.read.errors + ve.json.read.mismatches, 0, 'no error, every byte read back');
   t.is(rcJson(out, 'CLT_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV_EXIT').rc, 0);
 });
