@@ -87,10 +87,12 @@ test.serial('a VM sees the device, round-trips O_DIRECT data and a filesystem, h
   t.is(busy.code, 16);
   t.regex(busy.stderr, /^ibnbd: EBUSY: /m);
 
-  // restart the client daemon: the same map gives the same socket path; QEMU reconnects
+  // restart the client daemon (SIGTERM): it restores the mapping from its state file on the same
+  // socket path before it answers; QEMU reconnects
   await s.restartClient();
-  const again = await ibnbdJson<{ device: any }>(['map', s.mapString('queues=2'), '--control', s.client.control]);
+  const again = await ibnbdJson<{ device: any }>(['show', device.name, '--control', s.client.control]);
   t.is(again.device.socket, device.socket, 'same socket path after the restart');
+  t.is(again.device.queues, 2, 'with its map string');
   const end = Date.now() + 30_000;
   while (!(await ibnbdJson<{ device: any }>(['show', device.name, '--control', s.client.control])).device.frontend_connected) {
     if (Date.now() > end) return t.fail('QEMU did not reconnect to the restarted back-end');

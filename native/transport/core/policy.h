@@ -1,5 +1,5 @@
-// Session rules both wires apply the same way, written once (the start of the shared session
-// core): which multipath policies exist, how long to wait before each reconnect attempt, and
+// Session rules both wires apply the same way, written once (with path_choice.h, permits.h and
+// liveness.h, the shared session core): how long to wait before each reconnect attempt, and
 // which request errors mean "lost with the connection" rather than "the server said no".
 #pragma once
 #include <cerrno>
@@ -7,12 +7,6 @@
 #include <string>
 
 namespace ibnbd::transport::core {
-
-// RTRS's policies (docs/protocol.md, "Multipath"); anything else is refused with -EINVAL at
-// session creation, on both wires.
-inline bool ValidMpPolicy(const std::string& p) {
-  return p == "min-inflight" || p == "round-robin" || p == "min-latency";
-}
 
 // The delay before reconnect attempt `attempt` of a lost path, counted from 0 for the first
 // attempt after the loss. While the session has no path, IO waits on it: the first attempt goes

@@ -13,14 +13,13 @@
 //   had started (ReconnectThread()). Its counters are atomics; src/dst are under its info_mu;
 //   reconnect_wanted / reconnect_attempts under the session's reconnect_mu_; hb_sent_ns is loop
 //   0's, which runs the heartbeat timer and cid 0's completions.
-// - Permits: free_ and waiters_ under permit_mu_; reqs_ is sized once (under permit_mu_) by the
+// - Permits: the pool's own mutex (core/permits.h); reqs_ is sized once (under permit_mu_) by the
 //   first path to connect, then an entry is touched only on its request's loop (Req::loop).
 // - Registered regions: regions_, their MRs and next_handle_ under mem_mu_ (shared for lookups).
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -31,6 +30,8 @@
 #include <vector>
 
 #include "transport/core/liveness.h"
+#include "transport/core/path_choice.h"
+#include "transport/core/permits.h"
 #include "transport/rdma/bounce_slots.h"
 #include "transport/rdma/common.h"
 #include "transport/rdma/rtrs_wire.h"
@@ -103,7 +104,10 @@ struct LocalSeg {
 class RdmaClientSession final : public transport::ClientSession,
                                 public std::enable_shared_from_this<RdmaClientSession> {
  public:
-  explicit RdmaClientSession(Options o) : opts_(std::move(o)) { RandomUuid(paths_uuid_); }
+  explicit RdmaClientSession(Options o) : opts_(std::move(o)) {
+    transport::core::ParseMpPolicy(opts_.mp_policy, &policy_);  // checked by the factory
+    RandomUuid(paths_uuid_);
+  }
   ~RdmaClientSession() override { Close(); }
 
   int Connect(int timeout_ms) override;
@@ -158,10 +162,11 @@ class RdmaClientSession final : public transport::ClientSession,
   std::vector<std::unique_ptr<Path>> paths_;  // appended by Connect() under mem_mu_ only
   std::atomic<bool> closed_{false};
   std::atomic<uint32_t> rr_{0};  // round-robin cursor
+  transport::core::MpPolicy policy_ = transport::core::MpPolicy::kMinInflight;
 
-  std::mutex permit_mu_;  // free_, waiters_, the sizing of reqs_
-  std::vector<uint32_t> free_;
-  std::deque<std::pair<ClientIo*, EventLoop*>> waiters_;
+  // buffer ids, shared by the paths (core/permits.h); a waiter starts on its own loop
+  transport::core::PermitPool<std::pair<ClientIo*, EventLoop*>> permits_;
+  std::mutex permit_mu_;   // the sizing of reqs_ (with the pool's)
   std::vector<Req> reqs_;  // by buf_id; an entry only on its request's loop
 
   mutable std::shared_mutex mem_mu_;  // regions_, next_handle_, the growth of paths_

@@ -304,7 +304,7 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
     std::lock_guard lock(permit_mu_);
     if (reqs_.empty()) {
       reqs_.resize(qd_);
-      for (uint32_t i = qd_; i-- > 0;) free_.push_back(i);
+      permits_.InitOnce(qd_);
     }
   }
   if (!rc) {

@@ -13,12 +13,11 @@
 // request stays on that loop: StartIo(), its failover and its completion run there. FailPath()
 // runs on the loop that saw the failure and posts each loop's requests of the path back to that
 // loop; ReleasePermit() starts the first waiter on the waiter's own loop.
-// Locks: permit_mu_ guards free_ and waiters_; mem_mu_ the growth of paths_ (with the regions' MR
+// Locks: the permit pool has its own (core/permits.h), permit_mu_ the sizing of reqs_; mem_mu_ the growth of paths_ (with the regions' MR
 // slots); reconnect_mu_ each path's reconnect flag.
 #include <cerrno>
 #include <memory>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "transport/core/policy.h"
@@ -90,40 +89,20 @@ void RdmaClientSession::Submit(ClientIo* io) {
     return;
   }
   uint32_t buf_id;
-  {
-    std::lock_guard lock(permit_mu_);
-    if (free_.empty()) {
-      waiters_.emplace_back(io, loop);
-      return;
-    }
-    buf_id = free_.back();
-    free_.pop_back();
-  }
+  if (!permits_.GetOrWait({io, loop}, &buf_id)) return;  // ReleasePermit() starts it later
   StartIo(io, buf_id, loop);
 }
 
 Path* RdmaClientSession::ChoosePath() {
-  Path* best = nullptr;
-  size_t n = paths_.size();
-  if (opts_.mp_policy == "round-robin") {
-    uint32_t start = rr_++;
-    for (size_t i = 0; i < n; i++) {
-      Path* p = paths_[(start + i) % n].get();
-      if (p->state == PathState::kConnected) return p;
-    }
-    return nullptr;
-  }
-  for (auto& up : paths_) {
-    Path* p = up.get();
-    if (p->state != PathState::kConnected) continue;
-    if (!best) {
-      best = p;
-    } else if (opts_.mp_policy == "min-latency" ? p->hb_rtt_ns < best->hb_rtt_ns
-                                                : p->inflight < best->inflight) {
-      best = p;
-    }
-  }
-  return best;
+  long i = transport::core::ChoosePath(policy_, paths_.size(), rr_, [&](size_t k) {
+    Path* p = paths_[k].get();
+    transport::core::PathLoad l;
+    l.usable = p->state == PathState::kConnected;
+    l.inflight = p->inflight.load(std::memory_order_relaxed);
+    l.rtt_ns = p->hb_rtt_ns.load(std::memory_order_relaxed);
+    return l;
+  });
+  return i < 0 ? nullptr : paths_[size_t(i)].get();
 }
 
 void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, Path* moved_from) {
@@ -155,17 +134,9 @@ void RdmaClientSession::StartIo(ClientIo* io, uint32_t buf_id, EventLoop* loop, 
 }
 
 void RdmaClientSession::ReleasePermit(uint32_t buf_id) {
-  ClientIo* next = nullptr;
-  EventLoop* loop = nullptr;
-  {
-    std::lock_guard lock(permit_mu_);
-    if (waiters_.empty()) {
-      free_.push_back(buf_id);
-      return;
-    }
-    std::tie(next, loop) = waiters_.front();
-    waiters_.pop_front();
-  }
+  auto waiter = permits_.Put(buf_id);
+  if (!waiter) return;
+  auto [next, loop] = *waiter;
   // the waiter runs on its own thread (its IO connection and completion live there)
   auto self = shared_from_this();
   loop->Post([self, next, buf_id, loop] {
@@ -278,13 +249,9 @@ void RdmaClientSession::Close() {
       });
     }
   }
-  {
-    std::lock_guard lock(permit_mu_);
-    for (auto& [io, loop] : waiters_) {
-      ClientIo* w = io;
-      loop->Post([w] { w->done(w, -ECONNABORTED); });
-    }
-    waiters_.clear();
+  for (auto& [io, loop] : permits_.TakeWaiters()) {
+    ClientIo* w = io;
+    loop->Post([w] { w->done(w, -ECONNABORTED); });
   }
   for (auto& p : paths_) TeardownPath(p.get());
   std::unique_lock lock(mem_mu_);
@@ -311,7 +278,8 @@ std::shared_ptr<transport::ClientSession> CreateRdmaClientSession(
     *err = -EINVAL;
     return nullptr;
   }
-  if (!transport::core::ValidMpPolicy(options.mp_policy)) {
+  transport::core::MpPolicy policy;
+  if (!transport::core::ParseMpPolicy(options.mp_policy, &policy)) {
     SetLastError("invalid mp_policy '" + options.mp_policy + "' (round-robin, min-inflight or min-latency)");
     *err = -EINVAL;
     return nullptr;

@@ -186,6 +186,22 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   std::lock_guard lock(mu_);
   std::string key(reinterpret_cast<const char*>(req.paths_uuid), 16);
   uint16_t cid = le16toh(req.cid), cid_num = le16toh(req.cid_num);
+  // A new path of a session (or of its previous life, the same paths uuid) waits while a path of
+  // it that closed still has requests running here: the client sends what that path lost again
+  // on the new one, and a stale copy must not land after it. Refused, the client dials again
+  // after its back-off, as after any refusal; a failover to a path that stayed up is the buffer
+  // fence's (buffer_fence.h). docs/rdma-transport.md, "Fencing a lost path".
+  bool known_path = false;
+  if (auto it = sessions_.find(key); it != sessions_.end())
+    for (auto* cand : it->second->paths) known_path = known_path || !memcmp(cand->sess_uuid, req.sess_uuid, 16);
+  if (!known_path) {
+    for (auto& old : paths_)
+      if (old->state == PathState::kClosed && old->inflight > 0 && !memcmp(old->sess->paths_uuid, req.paths_uuid, 16)) {
+        DebugLog("server: new path from " + FormatSockaddr(rdma_get_peer_addr(id)) +
+                 " refused for now: a closed path of its session still has requests running");
+        return -EBUSY;
+      }
+  }
   auto it = sessions_.find(key);
   SrvSession* s;
   if (it == sessions_.end()) {

@@ -24,7 +24,7 @@
 //   * ClientPath::mu guards src_str. TcpClientSession::rc_mu_ guards every path's
 //     next_attempt_ns and attempts and pairs with rc_cv_ (the reconnector's wait).
 //     TcpClientSession::close_mu_ orders Close() against ConnectPath installing connections.
-//     Permits has its own mutex (free ids, FIFO of waiters).
+//     The permit pool has its own mutex (free ids, FIFO of waiters; core/permits.h).
 //   * Everything else shared between threads (path state, generation, inflight, heartbeat misses
 //     and round trip, counters, qd_, max_io_, connected_paths_, closed_) is atomic.
 #pragma once
@@ -42,6 +42,8 @@
 
 #include "common/event_loop.h"
 #include "transport/core/liveness.h"
+#include "transport/core/path_choice.h"
+#include "transport/core/permits.h"
 #include "transport/tcp/frames.h"
 #include "transport/transport.h"
 #include "transport/uuid.h"
@@ -55,22 +57,6 @@ constexpr int kTpLoop = 1;
 class TcpClientSession;
 struct IoConn;
 struct ServiceConn;  // defined in client_path.cc, the only file that touches it
-
-// Request ids 0..queue_depth-1, shared by all paths of a session (client_session.cc).
-class Permits {
- public:
-  void Init(uint32_t n);
-  // true: *id is ours. false: io waits in FIFO order and is handed a permit by Put().
-  bool GetOrWait(ClientIo* io, uint32_t* id);
-  // Returns the waiter that now owns the permit, or nullptr.
-  ClientIo* Put(uint32_t id);
-  std::deque<ClientIo*> TakeWaiters();
-
- private:
-  std::mutex mu_;
-  std::vector<uint32_t> free_;
-  std::deque<ClientIo*> waiters_;
-};
 
 struct ClientPath {
   size_t index = 0;
@@ -158,7 +144,8 @@ class TcpClientSession : public ClientSession {
   std::vector<std::unique_ptr<ClientPath>> paths_;
   std::atomic<uint32_t> qd_{0};
   std::atomic<uint32_t> max_io_{0};
-  Permits permits_;
+  core::MpPolicy policy_ = core::MpPolicy::kMinInflight;
+  core::PermitPool<ClientIo*> permits_;  // request ids, shared by the paths (core/permits.h)
   std::atomic<int> connected_paths_{0};
   std::atomic<bool> ever_connected_{false};
   std::atomic<bool> closed_{false};

@@ -265,7 +265,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
     if (qd_.load() == 0) {
       qd_.store(first.queue_depth);
       max_io_.store(first.max_io_size);
-      permits_.Init(first.queue_depth);
+      permits_.InitOnce(first.queue_depth);
     } else if (first.queue_depth != qd_.load()) {
       close_all();  // RTRS refuses a path whose queue depth changed: permits are shared
       return -EPROTO;

@@ -1,17 +1,18 @@
 // The TCP client session (docs/tcp-transport.md, "Model", "Multipath and failures (client)"):
 // the session-wide state and the way of a request through it. Submit() takes a permit (FIFO wait
-// when none is free); Start() has Choose() pick a connected path by mp_policy and sends on that
-// path's IO connection for the calling thread; Finish() returns the permit (a waiter that gets
-// it is started on its own thread) and completes the request; a request lost with its path goes
-// to client_fence.cc, which sends it again on another path once the server has fenced the lost
-// one (RTRS failover, fenced). Also the constructor, Close(), Paths() and the factory. A path's connect, heartbeats and reconnect are in
-// client_path.cc, the IO connection in client_io_conn.cc.
+// when none is free: core/permits.h); Start() has Choose() pick a connected path by mp_policy
+// (core/path_choice.h, the same for RDMA) and sends on that path's IO connection for the calling
+// thread; Finish() returns the permit (a waiter that gets it is started on its own thread) and
+// completes the request; a request lost with its path goes to client_fence.cc, which sends it
+// again on another path once the server has fenced the lost one (RTRS failover, fenced). Also
+// the constructor, Close(), Paths() and the factory. A path's connect, heartbeats and reconnect
+// are in client_path.cc, the IO connection in client_io_conn.cc.
 //
 // Threads: Submit, Start and Finish run on the request's IO thread
 // (transport_private[kTpLoop]); link events are posted to IO thread 0. Close() runs on the
 // caller's thread (never an IO thread): it stops the reconnector, tears every path down on its
 // loops (RunSync), completes parked requests and permit waiters with -ECONNABORTED on their threads and drains every
-// loop twice. Paths() may run on any thread. Locks: Permits' own mutex; close_mu_ orders Close()
+// loop twice. Paths() may run on any thread. Locks: the permit pool's own mutex (core/permits.h); close_mu_ orders Close()
 // against ConnectPath installing a path's connections; ClientPath::mu guards src_str.
 #include <sys/socket.h>
 
@@ -21,6 +22,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,45 +36,8 @@
 
 namespace ibnbd::transport::tcp::client {
 
-void Permits::Init(uint32_t n) {
-  std::lock_guard<std::mutex> lk(mu_);
-  free_.clear();
-  for (uint32_t i = n; i > 0; i--) free_.push_back(i - 1);
-}
-
-bool Permits::GetOrWait(ClientIo* io, uint32_t* id) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (waiters_.empty() && !free_.empty()) {
-    *id = free_.back();
-    free_.pop_back();
-    return true;
-  }
-  waiters_.push_back(io);
-  return false;
-}
-
-ClientIo* Permits::Put(uint32_t id) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!waiters_.empty()) {
-    ClientIo* w = waiters_.front();
-    waiters_.pop_front();
-    w->transport_private[kTpPermit] = id;
-    return w;
-  }
-  free_.push_back(id);
-  return nullptr;
-}
-
-std::deque<ClientIo*> Permits::TakeWaiters() {
-  std::lock_guard<std::mutex> lk(mu_);
-  std::deque<ClientIo*> w;
-  w.swap(waiters_);
-  return w;
-}
-
-// --------------------------------------------------------------------------------------------
-
 TcpClientSession::TcpClientSession(Options opt) : opt_(std::move(opt)) {
+  core::ParseMpPolicy(opt_.mp_policy, &policy_);  // checked by CreateClientSession
   RandomUuid(uuid_);
   unsigned n = IoThreads::Get().size();
   for (size_t i = 0; i < opt_.paths.size(); i++) {
@@ -95,32 +60,17 @@ void TcpClientSession::RaiseLink(LinkEvent ev) {
 }
 
 ClientPath* TcpClientSession::Choose(unsigned loop, ClientPath* exclude) {
-  ClientPath* best = nullptr;
-  size_t np = paths_.size();
-  if (opt_.mp_policy == "round-robin") {
-    uint32_t start = rr_.fetch_add(1, std::memory_order_relaxed);
-    for (size_t k = 0; k < np; k++) {
-      ClientPath* p = paths_[(start + k) % np].get();
-      if (p != exclude && p->state.load() == PathState::kConnected && p->loop_conn[loop] &&
-          !p->loop_conn[loop]->dead)
-        return p;
-    }
-    return nullptr;
-  }
-  bool latency = opt_.mp_policy == "min-latency";
-  uint64_t best_v = UINT64_MAX;
-  for (auto& up : paths_) {
-    ClientPath* p = up.get();
-    if (p == exclude || p->state.load() != PathState::kConnected || !p->loop_conn[loop] ||
-        p->loop_conn[loop]->dead)
-      continue;
-    uint64_t v = latency ? p->hb_rtt_ns.load() : static_cast<uint64_t>(p->inflight.load());
-    if (best == nullptr || v < best_v) {
-      best = p;
-      best_v = v;
-    }
-  }
-  return best;
+  long i = core::ChoosePath(policy_, paths_.size(), rr_, [&](size_t k) {
+    ClientPath* p = paths_[k].get();
+    core::PathLoad l;
+    l.usable = p != exclude && p->state.load() == PathState::kConnected && p->loop_conn[loop] &&
+               !p->loop_conn[loop]->dead;
+    int64_t inf = p->inflight.load(std::memory_order_relaxed);
+    l.inflight = inf > 0 ? uint64_t(inf) : 0;
+    l.rtt_ns = p->hb_rtt_ns.load(std::memory_order_relaxed);
+    return l;
+  });
+  return i < 0 ? nullptr : paths_[size_t(i)].get();
 }
 
 void TcpClientSession::PostDone(ClientIo* io, int err) {
@@ -159,11 +109,13 @@ void TcpClientSession::Start(ClientIo* io) {
 
 void TcpClientSession::Finish(ClientIo* io, int err) {
   uint32_t id = static_cast<uint32_t>(io->transport_private[kTpPermit]);
-  ClientIo* next = permits_.Put(id);
+  std::optional<ClientIo*> next = permits_.Put(id);
   io->done(io, err);
   if (next) {
-    unsigned loop = static_cast<unsigned>(next->transport_private[kTpLoop]);
-    IoThreads::Get().loop(loop).Post([this, next] { Start(next); });
+    ClientIo* w = *next;
+    w->transport_private[kTpPermit] = id;
+    unsigned loop = static_cast<unsigned>(w->transport_private[kTpLoop]);
+    IoThreads::Get().loop(loop).Post([this, w] { Start(w); });
   }
 }
 
@@ -235,7 +187,8 @@ std::shared_ptr<ClientSession> CreateClientSession(ClientSession::Options option
     *err = -EINVAL;
     return nullptr;
   }
-  if (!core::ValidMpPolicy(options.mp_policy)) {
+  core::MpPolicy policy;
+  if (!core::ParseMpPolicy(options.mp_policy, &policy)) {
     *err = -EINVAL;
     return nullptr;
   }

@@ -349,6 +349,7 @@ void TcpServer::KillPath(const std::shared_ptr<SrvPath>& p, const char* why) {
       name = s->name;
       auto& v = s->paths;
       v.erase(std::remove(v.begin(), v.end(), p), v.end());
+      PruneRetiredLocked();
       retired_.push_back(p);  // its requests may still run (server_fence.cc)
       if (v.empty() && !s->down_pending) {
         s->down_pending = true;

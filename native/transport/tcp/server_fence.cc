@@ -67,18 +67,18 @@ bool TcpServer::StaleLocked(const std::string& key, const HandshakeReq& req) con
   return false;
 }
 
+void TcpServer::PruneRetiredLocked() {
+  // a path's connections (and their buffers) are kept only while its requests run
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(), [](const std::shared_ptr<SrvPath>& p) { return p->inflight.load() <= 0; }),
+                 retired_.end());
+}
+
 bool TcpServer::DrainingLocked(const SrvSession* s) {
+  PruneRetiredLocked();
   const std::string key(reinterpret_cast<const char*>(s->uuid_bytes), 16);
-  bool draining = false;
-  for (auto it = retired_.begin(); it != retired_.end();) {
-    if ((*it)->inflight.load() <= 0) {
-      it = retired_.erase(it);
-      continue;
-    }
-    if ((*it)->sess_key == key || (*it)->sess_name == s->name) draining = true;
-    ++it;
-  }
-  return draining;
+  for (auto& p : retired_)
+    if (p->sess_key == key || p->sess_name == s->name) return true;
+  return false;
 }
 
 void TcpServer::HoldAnswerLocked(const std::shared_ptr<SrvConn>& c, const uint8_t* rsp) {

@@ -148,6 +148,7 @@ class TcpServer : public Server {
                     std::vector<std::shared_ptr<SrvConn>>* to_close);
   bool StaleLocked(const std::string& key, const HandshakeReq& req) const;
   bool DrainingLocked(const SrvSession* s);
+  void PruneRetiredLocked();  // drops the retired paths with nothing running any more
   void HoldAnswerLocked(const std::shared_ptr<SrvConn>& c, const uint8_t* rsp);
   void HoldFenceAckLocked(const std::shared_ptr<SrvConn>& c, uint64_t cookie);
   void OnDrainTick();
