@@ -1,6 +1,8 @@
 // The client's semantics (IBNBD's client interface on a vhost-user face, docs/client.md):
-//   map    → session found or created, OPEN, vhost-user-blk socket ibnbd<N>.sock, devices/<id>
-//   unmap  → EBUSY while a front-end is connected unless forced; CLOSE; socket removed;
+//   map    → session found or created, OPEN, vhost-user-blk socket <name>.sock (ibnbd<N> or
+//            name=), devices/<id>, then the state file (restored from it at start)
+//   unmap  → EBUSY while a front-end is connected unless forced; CLOSE; socket removed; gone
+//            from the state file;
 //            the session closed with its last device
 //   list / show → name, device_id, socket, state, session, mapping_path, the reconnect policy
 //            (with the session's reconnect_delay and io_timeout), ...
@@ -57,7 +59,7 @@ export class IbnbdClient {
   private readonly names = new NameAllocator();
   /** Mappings of the state file not restored yet (pending.ts). */
   private readonly pending: PendingMappings;
-  /** Orders `list` by when a mapping was made (restored ones in the state file's order). */
+  /** Orders `list` by when a mapping was made (restored ones: as their restores finished). */
   private seq = 0;
   /** The global lock: short local steps only (names, sockets, links, the device table). */
   private readonly lock = new SerialQueue();
