@@ -41,3 +41,8 @@ export function toIbnbdError(e: unknown): IbnbdError {
   }
   return new IbnbdError('EIO', String(err?.message ?? e));
 }
+
+/** The message of anything thrown, for logs and reasons. */
+export function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

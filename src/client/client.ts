@@ -18,7 +18,7 @@
 // take the lock; a job holding the lock never waits for a queue.
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { IbnbdError } from '../errors.js';
+import { IbnbdError, errorText } from '../errors.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { RECONNECT_DEFAULTS, deviceIdOf, formatMapString, policyConflict, type MapRequest } from '../proto/map-string.js';
 import { hostHasRdma } from '../backend/transport.js';
@@ -566,10 +566,6 @@ export class IbnbdClient {
 
 function shuttingDown(): IbnbdError {
   return new IbnbdError('ECANCELED', 'the client daemon is shutting down');
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** devices/<device_id>; a second session mapping the same path gets "<device_id>@<sessname>". */

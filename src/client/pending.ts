@@ -3,8 +3,8 @@
 // kept (its name stays reserved, `list` shows it, `unmap` removes it for good) and tried again
 // every reconnect_delay until it is restored. Its socket appears when it is: until then a VM
 // configured with the socket and `reconnect=1` keeps retrying, its IO waiting in QEMU.
-import { toIbnbdError } from '../errors.js';
-import { RECONNECT_DEFAULTS } from '../proto/map-string.js';
+import { errorText, toIbnbdError } from '../errors.js';
+import { RECONNECT_DEFAULTS, deviceIdOf } from '../proto/map-string.js';
 import type { DeviceInfo, MappedRequest } from './device.js';
 import { describePathSpecs } from './session.js';
 
@@ -81,7 +81,7 @@ export class PendingMappings {
       (expired && !p.refused ? `; ctrl_loss_tmo (${r.ctrlLossTmo} s) expired` : '');
     return {
       name: p.name,
-      device_id: r.devicePath.replaceAll('/', '!'),
+      device_id: deviceIdOf(r.devicePath),
       socket: p.socketPath,
       state,
       state_reason: why,
@@ -125,10 +125,6 @@ export class PendingMappings {
       );
     }, this.retryMs(p.request));
   }
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** The server answered and said no (OPEN refused), or this host did (the socket path is taken),

@@ -4,6 +4,7 @@
 // throughout, and goes open again under the id the server gives now (held requests resubmitted
 // first, in order), or closed with the reason (OPEN refused, block size changed, an unusable
 // size). A later disconnect, the session's close or the daemon's stop voids the pass (stale()).
+import { errorText } from '../errors.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import { closeDevice, openDevice, sessInfo } from './admin.js';
 import type { MappedDevice } from './device.js';
@@ -94,8 +95,4 @@ function heldRequests(dev: MappedDevice): number {
   } catch {
     return 0;
   }
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

@@ -4,6 +4,7 @@
 // parallel; what cannot be made yet is kept and retried (pending.ts). Entries the file holds but
 // no daemon could use are written aside as they were, never dropped. Returns the lines to log.
 import { writeFile } from 'node:fs/promises';
+import { errorText } from '../errors.js';
 import type { MapRequest } from '../proto/map-string.js';
 import type { MappedRequest } from './device.js';
 import type { StateFile } from './state-file.js';
@@ -60,8 +61,4 @@ export async function restoreMappings(host: RestoreHost): Promise<string[]> {
   );
   await host.persist();
   return report;
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
