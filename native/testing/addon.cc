@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ibnbd::testing::InitProtoCodec(env, exports);
   ibnbd::testing::InitTcpFrames(env, exports);
   ibnbd::testing::InitTransportBench(env, exports);
+  ibnbd::testing::InitSessionCoreCheck(env, exports);
   return exports;
 }
 

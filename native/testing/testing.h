@@ -11,5 +11,6 @@ void InitBufferFenceCheck(Napi::Env env, Napi::Object exports);  // bufferFenceC
 void InitProtoCodec(Napi::Env env, Napi::Object exports);        // the C++ IBNBD codec
 void InitTcpFrames(Napi::Env env, Napi::Object exports);         // the C++ TCP frame codec
 void InitTransportBench(Napi::Env env, Napi::Object exports);    // benchReads
+void InitSessionCoreCheck(Napi::Env env, Napi::Object exports);  // reconnectorRun, heartbeatTicks
 
 }  // namespace ibnbd::testing

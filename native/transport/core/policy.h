@@ -28,4 +28,16 @@ inline uint64_t ReconnectBackoffMs(uint32_t attempt, uint32_t max_ms, bool other
 // session is back. -ECONNABORTED stays the error of a session closed on purpose.
 constexpr int kLostWithPath = -ENOTCONN;
 
+// What becomes of a request its path lost, at the moment it may be sent again (RDMA: at once,
+// the server's buffer fence orders the copies; TCP: once the lost path is fenced): a closed
+// session aborts it; else it fails over to another path under the same permit (RTRS); with no
+// path up it goes back to its caller as kLostWithPath, and the vhost device holds it.
+enum class LostFate { kAbort, kFailover, kHandBack };
+inline LostFate FateOfLost(bool session_closed, bool path_available) {
+  if (session_closed) return LostFate::kAbort;
+  return path_available ? LostFate::kFailover : LostFate::kHandBack;
+}
+// The completion error of a lost request that is not failed over.
+inline int LostError(LostFate f) { return f == LostFate::kAbort ? -ECONNABORTED : kLostWithPath; }
+
 }  // namespace ibnbd::transport::core

@@ -10,9 +10,9 @@
 // - A Path's connections and buffers are built by the thread connecting it (Connect()'s caller or
 //   the reconnect thread) and torn down by that thread or by Close(), without a lock: the loops
 //   use them while the path is kConnected, and before a rebuild every loop is let finish what it
-//   had started (ReconnectThread()). Its counters are atomics; src/dst are under its info_mu;
-//   reconnect_wanted / reconnect_attempts under the session's reconnect_mu_; hb_sent_ns is loop
-//   0's, which runs the heartbeat timer and cid 0's completions.
+//   had started (Redial(), on the core::Reconnector's thread). Its counters are atomics; src/dst
+//   are under its info_mu; the reconnect schedule is the reconnector's (its own lock); hb is
+//   atomic (core::Heartbeat).
 // - Permits: the pool's own mutex (core/permits.h); reqs_ is sized once (under permit_mu_) by the
 //   first path to connect, then an entry is touched only on its request's loop (Req::loop).
 // - Registered regions: regions_, their MRs and next_handle_ under mem_mu_ (shared for lookups).
@@ -32,6 +32,7 @@
 #include "transport/core/liveness.h"
 #include "transport/core/path_choice.h"
 #include "transport/core/permits.h"
+#include "transport/core/reconnector.h"
 #include "transport/rdma/bounce_slots.h"
 #include "transport/rdma/common.h"
 #include "transport/rdma/rtrs_wire.h"
@@ -65,16 +66,12 @@ struct Path {
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
   transport::core::ProgressClock progress;  // io_timeout (core/liveness.h)
-  std::atomic<uint64_t> hb_rtt_ns{0};
   std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
   std::atomic<uint64_t> failovers{0};  // moved away from here when it died
-  std::atomic<int> hb_missed{0};
-  uint64_t hb_sent_ns = 0;  // on loop 0 (heartbeat timer, cid 0's completions)
+  transport::core::Heartbeat hb;  // misses, round trip (core/liveness.h)
   int hb_timer = -1;
   mutable std::mutex info_mu;  // src/dst, rewritten on reconnect
   std::string src, dst;
-  bool reconnect_wanted = false;  // under the session's reconnect_mu_
-  int reconnect_attempts = 0;     // likewise
 };
 
 // A permit (buffer id) in use: the request holding it and where it runs. Only on `loop`.
@@ -142,7 +139,7 @@ class RdmaClientSession final : public transport::ClientSession,
   int InfoExchange(Path* p, int timeout_ms);
   int StartPathLoops(Path* p);
   void TeardownPath(Path* p);
-  void ReconnectThread();
+  int Redial(Path* p);  // the reconnector's dial hook, on its thread
   void OnCompletion(Path* p, Conn* c, const ibv_wc& wc);
   void OnHeartbeatTimer(Path* p);
   void SendHeartbeat(Conn* c, wire::ImmType type);
@@ -174,11 +171,9 @@ class RdmaClientSession final : public transport::ClientSession,
   uint64_t next_handle_ = 1;
   std::atomic<uint64_t> bounce_count_{0};
 
-  // RTRS error recovery: a failed path is rebuilt after reconnect_delay_ms, up to
-  // max_reconnect_attempts times (-1 = forever, 0 = never), by this thread.
-  std::mutex reconnect_mu_;  // with reconnect_cv_: each path's reconnect_wanted / _attempts
-  std::condition_variable reconnect_cv_;
-  std::thread reconnect_thread_;
+  // RTRS error recovery: a failed path is rebuilt on the shared back-off, up to
+  // max_reconnect_attempts times in a row (-1 = forever, 0 = never; core/reconnector.h).
+  transport::core::Reconnector reconnector_;
 };
 
 }  // namespace ibnbd::rdma::client

@@ -5,15 +5,14 @@
 // path's teardown and reconnect.
 //
 // Threads: ConnectPath() runs on Connect()'s caller or on the session's reconnect thread
-// (ReconnectThread(), started by Connect()); it waits for the cm events and for the info
+// (Redial(), the dial hook of core::Reconnector, started by Connect()); it waits for the cm events and for the info
 // exchange's completions itself, with timeouts, before any loop watches them. TeardownPath() runs
 // on those two threads (after a failed attempt, before a rebuild) and in Close(). Once the path
 // is up (StartPathLoops()), a connection's completions run on its IoThreads loop (cid 0: loop 0,
 // cid c: loop c - 1); loop 0 also reads the path's cm events and runs its heartbeat timer, and
 // what fails the path there goes to FailPath() (client_session.cc). cm ids, QPs and event
 // channels are destroyed on the reaper (rdma/reaper.h): rdma_destroy_id can block.
-// Locks: reconnect_mu_ (with reconnect_cv_) guards reconnect_wanted / reconnect_attempts; mem_mu_
-// is held while the regions are registered on / deregistered from the path's PD; permit_mu_ while
+// Locks: the reconnect schedule is core::Reconnector's (its own lock); mem_mu_ is held while the regions are registered on / deregistered from the path's PD; permit_mu_ while
 // the permits are sized (first connect); the path's info_mu guards src/dst.
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -37,11 +36,7 @@ namespace {
 
 constexpr int kStepTimeoutMs = 5000;
 
-uint64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
+constexpr auto NowNs = transport::core::MonotonicNs;
 
 struct ConnRspOut {
   wire::ConnRsp rsp = {};
@@ -318,7 +313,7 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
     return rc;
   }
   bool first = !connected();
-  p->hb_missed = 0;
+  p->hb.Reset();
   p->progress.Reset(NowNs());
   p->state = PathState::kConnected;
   if (first && opts_.on_link_event)
@@ -366,51 +361,19 @@ void RdmaClientSession::TeardownPath(Path* p) {
   }
 }
 
-void RdmaClientSession::ReconnectThread() {
-  std::unique_lock lock(reconnect_mu_);
-  for (;;) {
-    reconnect_cv_.wait(lock, [&] {
-      if (closed_) return true;
-      for (auto& p : paths_)
-        if (p->reconnect_wanted) return true;
-      return false;
-    });
-    if (closed_) return;
-    // No path left: the first attempt goes at once, then the back-off grows up to
-    // reconnect_delay; with another path up, reconnect_delay flat, as RTRS (core/policy.h).
-    uint32_t attempt = UINT32_MAX;
-    for (auto& p : paths_)
-      if (p->reconnect_wanted) attempt = std::min(attempt, static_cast<uint32_t>(p->reconnect_attempts));
-    const uint64_t delay_ms =
-        transport::core::ReconnectBackoffMs(attempt, opts_.reconnect_delay_ms, connected());
-    reconnect_cv_.wait_for(lock, std::chrono::milliseconds(delay_ms), [&] { return closed_.load(); });
-    if (closed_) return;
-    for (auto& up : paths_) {
-      Path* p = up.get();
-      if (!p->reconnect_wanted || closed_) continue;
-      lock.unlock();
-      // every IO thread past any request that picked this path before it failed
-      IoThreads& pool = IoThreads::Get();
-      for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
-      TeardownPath(p);
-      p->state = PathState::kReconnecting;
-      int rc = ConnectPath(p, 5000);
-      lock.lock();
-      DebugLog("client: reconnect attempt (recon_cnt " + std::to_string(p->recon_cnt) + ") of path " +
-               p->spec.dst.addr + (rc ? std::string(": ") + strerror(-rc) : std::string(": connected")));
-      if (rc == 0) {
-        p->reconnect_wanted = false;
-        p->reconnect_attempts = 0;
-      } else {
-        p->state = PathState::kReconnecting;
-        ++p->reconnect_attempts;
-        if (opts_.max_reconnect_attempts >= 0 && p->reconnect_attempts >= opts_.max_reconnect_attempts) {
-          p->reconnect_wanted = false;  // given up: the path stays closed
-          p->state = PathState::kClosed;
-        }
-      }
-    }
-  }
+// The reconnector's dial hook (core/reconnector.h), on its thread.
+int RdmaClientSession::Redial(Path* p) {
+  if (closed_ || p->state != PathState::kReconnecting) return 0;
+  // every IO thread past any request that picked this path before it failed
+  IoThreads& pool = IoThreads::Get();
+  for (unsigned i = 0; i < pool.size(); i++) pool.loop(i).RunSync([] {});
+  TeardownPath(p);
+  p->state = PathState::kReconnecting;
+  int rc = ConnectPath(p, 5000);
+  DebugLog("client: reconnect attempt (recon_cnt " + std::to_string(p->recon_cnt) + ") of path " +
+           p->spec.dst.addr + (rc ? std::string(": ") + strerror(-rc) : std::string(": connected")));
+  if (rc != 0 && p->state != PathState::kClosed) p->state = PathState::kReconnecting;
+  return rc;
 }
 
 int RdmaClientSession::StartPathLoops(Path* p) {
@@ -448,7 +411,7 @@ void RdmaClientSession::OnCompletion(Path* p, Conn* c, const ibv_wc& wc) {
   }
   if (WrKindOf(wc.wr_id) != kWrRecv) return;  // send completions carry no state
   uint32_t slot = static_cast<uint32_t>(WrValue(wc.wr_id));
-  p->hb_missed = 0;
+  p->hb.OnReceive();
   bool with_imm = wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM || (wc.wc_flags & IBV_WC_WITH_IMM);
   wire::RkeyRsp rk = {};
   bool have_rkey = false;
@@ -467,7 +430,7 @@ void RdmaClientSession::OnCompletion(Path* p, Conn* c, const ibv_wc& wc) {
       SendHeartbeat(c, wire::kHbAckImm);
       return;
     case wire::kHbAckImm:
-      if (p->hb_sent_ns) p->hb_rtt_ns = NowNs() - p->hb_sent_ns;
+      p->hb.OnAck(NowNs());
       return;
     case wire::kIoRspImm:
     case wire::kIoRspWInvImm: {
@@ -498,17 +461,12 @@ void RdmaClientSession::OnHeartbeatTimer(Path* p) {
   uint64_t ticks;
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
-  if (p->progress.Stalled(NowNs(), p->inflight, opts_.io_timeout_ms)) {
-    FailPath(p, "io_timeout: no request completed on the path in time");
-    return;
-  }
-  // RTRS: more than 5 intervals without any receive = the peer is dead
-  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) {
-    FailPath(p, "heartbeat timeout");
-    return;
-  }
-  if (p->hb_missed++ != 0) return;  // one heartbeat outstanding at a time
-  p->hb_sent_ns = NowNs();
+  using V = transport::core::Heartbeat::Verdict;
+  const V v = p->hb.OnTick(NowNs(), opts_.heartbeat_missed_max, &p->progress, p->inflight,
+                           opts_.io_timeout_ms);
+  if (v == V::kDeadMissed || v == V::kDeadStalled)
+    return FailPath(p, transport::core::Heartbeat::Why(v));
+  if (v != V::kSend) return;  // one heartbeat outstanding at a time
   SendHeartbeat(p->conns[0].get(), wire::kHbMsgImm);
 }
 

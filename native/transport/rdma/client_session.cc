@@ -4,7 +4,7 @@
 // and StartIo() puts the request on a connected path chosen by mp_policy (round-robin,
 // min-latency by heartbeat round trip, else min-inflight). When a path fails, FailPath()
 // re-issues its requests on another path with the same permit (RTRS failover) and flags the path
-// for the reconnect thread. Paths(), Close() and the factory CreateRdmaClientSession are here
+// for the reconnector (core/reconnector.h). Paths(), Close() and the factory CreateRdmaClientSession are here
 // too. One path's connections, heartbeats and reconnect are in client_path.cc; a request's wire
 // format and completion in client_io.cc; the data they share in client_internal.h.
 //
@@ -13,8 +13,8 @@
 // request stays on that loop: StartIo(), its failover and its completion run there. FailPath()
 // runs on the loop that saw the failure and posts each loop's requests of the path back to that
 // loop; ReleasePermit() starts the first waiter on the waiter's own loop.
-// Locks: the permit pool has its own (core/permits.h), permit_mu_ the sizing of reqs_; mem_mu_ the growth of paths_ (with the regions' MR
-// slots); reconnect_mu_ each path's reconnect flag.
+// Locks: the permit pool has its own (core/permits.h), permit_mu_ the sizing of reqs_; mem_mu_
+// the growth of paths_ (with the regions' MR slots); the reconnector its schedule.
 #include <cerrno>
 #include <memory>
 #include <string>
@@ -53,17 +53,20 @@ int RdmaClientSession::Connect(int timeout_ms) {
       raw->state = PathState::kClosed;
     }
   }
-  if (connected() && opts_.max_reconnect_attempts != 0) {
-    // as RTRS: once the session is open, paths that could not connect keep trying
-    std::lock_guard lock(reconnect_mu_);
-    for (auto& p : paths_) {
-      if (p->state != PathState::kClosed) continue;
-      p->state = PathState::kReconnecting;
-      p->reconnect_wanted = true;
-    }
+  if (!connected()) return last;
+  transport::core::Reconnector::Hooks hooks;
+  hooks.dial = [this](size_t i) { return Redial(paths_[i].get()); };
+  hooks.any_path_up = [this] { return connected(); };
+  hooks.gave_up = [this](size_t i) { paths_[i]->state = PathState::kClosed; };
+  reconnector_.Start(paths_.size(), opts_.reconnect_delay_ms, opts_.max_reconnect_attempts,
+                     std::move(hooks));
+  // as RTRS: once the session is open, paths that could not connect keep trying
+  for (auto& p : paths_) {
+    if (p->state != PathState::kClosed) continue;
+    p->state = PathState::kReconnecting;
+    reconnector_.Lost(p->index);
   }
-  reconnect_thread_ = std::thread([this] { ReconnectThread(); });
-  return connected() ? 0 : last;
+  return 0;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ Path* RdmaClientSession::ChoosePath() {
     transport::core::PathLoad l;
     l.usable = p->state == PathState::kConnected;
     l.inflight = p->inflight.load(std::memory_order_relaxed);
-    l.rtt_ns = p->hb_rtt_ns.load(std::memory_order_relaxed);
+    l.rtt_ns = p->hb.rtt_ns();
     return l;
   });
   return i < 0 ? nullptr : paths_[size_t(i)].get();
@@ -164,11 +167,9 @@ void RdmaClientSession::FailPath(Path* p, const char* why) {
   }
   for (auto& c : p->conns) rdma_disconnect(c->id());
   if (!connected() && opts_.on_link_event) opts_.on_link_event(transport::LinkEvent::kDisconnected);
-  if (!closed_ && opts_.max_reconnect_attempts != 0) {
-    std::lock_guard lock(reconnect_mu_);
-    p->reconnect_wanted = true;
+  if (!closed_) {
     p->state = PathState::kReconnecting;
-    reconnect_cv_.notify_all();
+    reconnector_.Lost(p->index);
   }
   auto self = shared_from_this();
   IoThreads& pool = IoThreads::Get();
@@ -181,11 +182,12 @@ void RdmaClientSession::FailPath(Path* p, const char* why) {
         ClientIo* io = r.io;
         r.io = nullptr;
         p->inflight--;
-        if (!self->closed_ && self->connected()) {
-          self->StartIo(io, b, loop, p);  // failover, same permit
+        const auto fate = transport::core::FateOfLost(self->closed_, self->connected());
+        if (fate == transport::core::LostFate::kFailover) {
+          self->StartIo(io, b, loop, p);  // same permit
         } else {
           self->ReleasePermit(b);
-          io->done(io, self->closed_ ? -ECONNABORTED : transport::core::kLostWithPath);
+          io->done(io, transport::core::LostError(fate));
         }
       }
     });
@@ -207,7 +209,7 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
     i.state = p->state;
     i.inflight = p->inflight;
     i.reconnects = p->recon_cnt > 0 ? p->recon_cnt - 1 : 0;
-    i.hb_rtt_ns = p->hb_rtt_ns;
+    i.hb_rtt_ns = p->hb.rtt_ns();
     i.requests = p->requests.load(std::memory_order_relaxed);
     i.failovers = p->failovers.load(std::memory_order_relaxed);
     out.push_back(i);
@@ -217,11 +219,7 @@ std::vector<transport::PathInfo> RdmaClientSession::Paths() const {
 
 void RdmaClientSession::Close() {
   if (closed_.exchange(true)) return;
-  {
-    std::lock_guard lock(reconnect_mu_);
-    reconnect_cv_.notify_all();
-  }
-  if (reconnect_thread_.joinable()) reconnect_thread_.join();
+  reconnector_.Stop();
   for (auto& p : paths_) {
     p->state = PathState::kClosed;
     for (auto& c : p->conns) rdma_disconnect(c->id());

@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "transport/core/liveness.h"
 #include "transport/rdma/buffer_fence.h"
 #include "transport/rdma/common.h"
 #include "transport/rdma/rtrs_wire.h"
@@ -63,9 +64,7 @@ struct SrvPath {
   RegisteredBuffer tx;  // info response
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
-  std::atomic<int> hb_missed{0};
-  std::atomic<uint64_t> hb_rtt_ns{0};
-  uint64_t hb_sent_ns = 0;  // on loop 0 (heartbeat timer, cid 0's completions)
+  transport::core::Heartbeat hb;  // misses and round trip (core/liveness.h)
   int hb_timer = -1;        // set by the info exchange, on loop 0
   std::string src, dst;
   // on the reaper, with the connections (SweepZombies())

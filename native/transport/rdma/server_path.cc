@@ -30,11 +30,7 @@
 namespace ibnbd::rdma::server {
 namespace {
 
-uint64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
+constexpr auto NowNs = transport::core::MonotonicNs;
 
 }  // namespace
 
@@ -57,7 +53,7 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
   }
   if (WrKindOf(wc.wr_id) != kWrRecv) return;
   uint32_t slot = static_cast<uint32_t>(WrValue(wc.wr_id));
-  p->hb_missed = 0;
+  p->hb.OnReceive();
   if (wc.opcode == IBV_WC_RECV && !(wc.wc_flags & IBV_WC_WITH_IMM)) {
     if (c->cid == 0) OnInfoReq(p, c, c->RecvBuf(slot), wc.byte_len);
     if (c->PostRecv(slot)) RequestClose(p, "cannot post a receive");
@@ -73,7 +69,7 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
       SendImm(c, wire::MakeImm(wire::kHbAckImm, 0));
       return;
     case wire::kHbAckImm:
-      if (p->hb_sent_ns) p->hb_rtt_ns = NowNs() - p->hb_sent_ns;
+      p->hb.OnAck(NowNs());
       return;
     case wire::kIoReqImm:
       OnIoReq(p, c, wire::ImmPayload(imm));
@@ -149,10 +145,10 @@ void RdmaServer::OnHeartbeatTimer(SrvPath* p) {
   uint64_t ticks;
   if (read(p->hb_timer, &ticks, sizeof(ticks)) < 0) return;
   if (p->state != PathState::kConnected) return;
-  if (p->hb_missed > static_cast<int>(opts_.heartbeat_missed_max)) return RequestClose(p, "heartbeat timeout");
-  if (p->hb_missed++ != 0) return;
-  p->hb_sent_ns = NowNs();
-  SendImm(p->conns[0].get(), wire::MakeImm(wire::kHbMsgImm, 0));
+  using V = transport::core::Heartbeat::Verdict;
+  const V v = p->hb.OnTick(NowNs(), opts_.heartbeat_missed_max);
+  if (v == V::kDeadMissed) return RequestClose(p, transport::core::Heartbeat::Why(v));
+  if (v == V::kSend) SendImm(p->conns[0].get(), wire::MakeImm(wire::kHbMsgImm, 0));
 }
 
 void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {

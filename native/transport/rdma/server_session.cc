@@ -45,7 +45,7 @@ std::vector<transport::PathInfo> SrvSession::Paths() const {
     i.dst = p->dst;
     i.state = p->state;
     i.inflight = p->inflight;
-    i.hb_rtt_ns = p->hb_rtt_ns;
+    i.hb_rtt_ns = p->hb.rtt_ns();
     out.push_back(i);
   }
   return out;

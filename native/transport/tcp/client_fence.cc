@@ -61,7 +61,7 @@ void TcpClientSession::StartFenceRoundLocked() {
       unsigned loop = static_cast<unsigned>(pk.io->transport_private[kTpLoop]);
       IoThreads::Get().loop(loop).Post([this, pk, fenced] {
         if (fenced) return Resend(pk.io, pk.failed);
-        Finish(pk.io, closed_.load() ? -ECONNABORTED : core::kLostWithPath);
+        Finish(pk.io, core::LostError(core::FateOfLost(closed_.load(), false)));
       });
     }
     parked_.clear();
@@ -105,11 +105,14 @@ void TcpClientSession::OnFenceAck(ClientPath* via, uint64_t gen, uint64_t cookie
 
 // On the request's loop: the old Reissue, now that the lost path is fenced.
 void TcpClientSession::Resend(ClientIo* io, ClientPath* failed) {
-  if (closed_.load()) return Finish(io, -ECONNABORTED);
   unsigned loop = static_cast<unsigned>(io->transport_private[kTpLoop]);
-  ClientPath* p = Choose(loop, failed);
-  if (!p) p = Choose(loop, nullptr);  // the lost path itself may be back by now
-  if (!p) return Finish(io, core::kLostWithPath);
+  ClientPath* p = nullptr;
+  if (!closed_.load()) {
+    p = Choose(loop, failed);
+    if (!p) p = Choose(loop, nullptr);  // the lost path itself may be back by now
+  }
+  const core::LostFate fate = core::FateOfLost(closed_.load(), p != nullptr);
+  if (fate != core::LostFate::kFailover) return Finish(io, core::LostError(fate));
   failed->failovers.fetch_add(1, std::memory_order_relaxed);
   p->loop_conn[loop]->Send(io);  // same permit, as RTRS fails over
 }

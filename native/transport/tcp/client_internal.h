@@ -21,8 +21,8 @@
 //   * A connection object is touched only on its own loop: created there (RunSync from
 //     ConnectPath), destroyed there by TeardownPath (posted when the path fails; RunSync from
 //     Close() or from a connect that failed after installing it).
-//   * ClientPath::mu guards src_str. TcpClientSession::rc_mu_ guards every path's
-//     next_attempt_ns and attempts and pairs with rc_cv_ (the reconnector's wait).
+//   * ClientPath::mu guards src_str. The reconnect schedule is core::Reconnector's
+//     (core/reconnector.h): its own thread and lock.
 //     TcpClientSession::close_mu_ orders Close() against ConnectPath installing connections.
 //     The permit pool has its own mutex (free ids, FIFO of waiters; core/permits.h).
 //   * Everything else shared between threads (path state, generation, inflight, heartbeat misses
@@ -44,6 +44,7 @@
 #include "transport/core/liveness.h"
 #include "transport/core/path_choice.h"
 #include "transport/core/permits.h"
+#include "transport/core/reconnector.h"
 #include "transport/tcp/frames.h"
 #include "transport/transport.h"
 #include "transport/uuid.h"
@@ -70,8 +71,7 @@ struct ClientPath {
   std::atomic<uint64_t> gen{0};
   std::atomic<uint64_t> failed_gen{0};
   std::atomic<int64_t> inflight{0};
-  std::atomic<uint32_t> hb_missed{0};
-  std::atomic<uint64_t> hb_rtt_ns{0};
+  core::Heartbeat hb;                   // misses, round trip (core/liveness.h)
   std::atomic<uint32_t> reconnects{0};
   std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
   std::atomic<uint64_t> failovers{0};  // moved away from here when it died
@@ -79,9 +79,6 @@ struct ClientPath {
   std::vector<IoConn*> loop_conn;  // slot i only touched on IO thread i
   ServiceConn* service = nullptr;  // only touched on service_loop
   unsigned service_loop = 0;
-  // under the session's rc_mu_; attempts is the reconnector thread's only
-  uint64_t next_attempt_ns = 0;
-  int32_t attempts = 0;
 };
 
 class TcpClientSession : public ClientSession {
@@ -116,9 +113,7 @@ class TcpClientSession : public ClientSession {
   int ConnectPath(ClientPath* p, uint64_t deadline_ns);
   void TeardownPath(ClientPath* p, uint64_t gen, bool sync);
   void PathUp(ClientPath* p);
-  void ReconnectLoop();
-  // ns before reconnect attempt `attempt` (0: the first after a loss; core/policy.h)
-  uint64_t Backoff(uint32_t attempt) const;
+  int Redial(ClientPath* p);  // on the reconnect thread (core::Reconnector's dial hook)
   // client_fence.cc: the lost paths' fences
   struct Lost {
     ClientPath* path;
@@ -151,9 +146,7 @@ class TcpClientSession : public ClientSession {
   std::atomic<bool> closed_{false};
   std::atomic<bool> connect_called_{false};
   std::atomic<uint32_t> rr_{0};
-  std::mutex rc_mu_;
-  std::condition_variable rc_cv_;
-  std::thread reconnector_;
+  core::Reconnector reconnector_;  // lost paths dialled again (core/reconnector.h)
   std::mutex close_mu_;
   std::mutex dial_mu_;        // with closed_: the sockets of handshakes in progress
   std::vector<int> dialing_;

@@ -4,7 +4,7 @@
 // sendmsg, data straight from the caller's iovecs), their responses come back here (READ data
 // read straight into the caller's iovecs) and complete here. Any bytes received reset the path's
 // heartbeat misses. The only state shared with other threads is the path's atomics (inflight,
-// requests, hb_missed); a protocol error or a dead socket fails the whole path (PathFailed).
+// requests, heartbeat misses); a protocol error or a dead socket fails the whole path (PathFailed).
 #include <sys/epoll.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -219,7 +219,7 @@ void IoConn::OnReadable() {
       ssize_t r = ReadvSome(fd, seg, n);
       if (r == -EAGAIN) return;
       if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
-      path->hb_missed.store(0, std::memory_order_relaxed);
+      path->hb.OnReceive();
       size_t got = static_cast<size_t>(r);
       size_t asked = 0;
       for (size_t i = 0; i < n; i++) asked += seg[i].iov_len;
@@ -235,7 +235,7 @@ void IoConn::OnReadable() {
       ssize_t r = RecvSome(fd, rx + rx_have, want);
       if (r == -EAGAIN) return;
       if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
-      path->hb_missed.store(0, std::memory_order_relaxed);
+      path->hb.OnReceive();
       rx_have += static_cast<size_t>(r);
       drained = static_cast<size_t>(r) < want;
     }

@@ -5,20 +5,19 @@
 //
 // Threads:
 //   * Connect() runs on the caller's thread (never an IO thread): ConnectPath for every path,
-//     then, when at least one came up, it starts the reconnector thread "ibnbd-reconn"
-//     (ReconnectLoop), which runs ConnectPath again for each kReconnecting path once its
-//     next_attempt_ns has passed.
+//     then, when at least one came up, it starts the session's core::Reconnector, whose thread
+//     ("ibnbd-reconn") runs ConnectPath again (Redial) for each lost path on the shared
+//     back-off (core/reconnector.h, core/policy.h).
 //   * ConnectPath does the handshake with blocking sockets on its calling thread, then, holding
 //     the session's close_mu_ (Close() either sees the connections or runs first), creates each
 //     connection on its own loop with RunSync: IO connection i on IO thread i, the ServiceConn on
 //     the path's service_loop.
-//   * ServiceConn runs on service_loop: each heartbeat interval it counts a miss and, when none
-//     was counted since the path last received anything (any connection of the path resets the
-//     count), sends a HEARTBEAT; more than heartbeat_missed_max misses fail the path.
+//   * ServiceConn runs on service_loop: each heartbeat interval it asks the path's
+//     core::Heartbeat (core/liveness.h: misses since anything was received on any connection of
+//     the path, and io_timeout) whether to send a HEARTBEAT or fail the path.
 //   * PathFailed runs on the loop of the connection that failed (or on the connecting thread,
 //     from PathUp): the path goes to kReconnecting (kClosed once the session is closing),
-//     TeardownPath is posted to every loop, and the next attempt is scheduled under rc_mu_ (which
-//     guards next_attempt_ns and attempts).
+//     TeardownPath is posted to every loop, and the reconnector is told (Lost).
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -111,13 +110,13 @@ struct ServiceConn {
     ssize_t n = read(tfd, &ticks, sizeof(ticks));
     (void)n;
     if (dead) return;
-    int64_t inflight = path->inflight.load(std::memory_order_relaxed);
-    if (path->progress.Stalled(NowNs(), inflight > 0 ? uint64_t(inflight) : 0, sess->opt().io_timeout_ms))
-      return Fail("io_timeout: no request completed on the path in time");
-    uint32_t missed = path->hb_missed.load();
-    if (missed > sess->opt().heartbeat_missed_max) return Fail("heartbeat missed");
-    path->hb_missed.fetch_add(1);
-    if (missed == 0) SendFrame(FrameKind::kHeartbeat, NowNs());
+    const int64_t inflight = path->inflight.load(std::memory_order_relaxed);
+    const uint64_t now = NowNs();
+    using V = core::Heartbeat::Verdict;
+    const V v = path->hb.OnTick(now, sess->opt().heartbeat_missed_max, &path->progress,
+                                inflight > 0 ? uint64_t(inflight) : 0, sess->opt().io_timeout_ms);
+    if (v == V::kDeadMissed || v == V::kDeadStalled) return Fail(core::Heartbeat::Why(v));
+    if (v == V::kSend) SendFrame(FrameKind::kHeartbeat, now);
   }
 
   void OnEvent(uint32_t ev) {
@@ -134,12 +133,11 @@ struct ServiceConn {
         FrameHeader h;
         if (DecodeFrameHeader(rx + pos, &h) != 0 || h.usr_len || h.data_len)
           return Fail("protocol error from server");
-        path->hb_missed.store(0);
+        path->hb.OnReceive();
         if (h.kind == FrameKind::kHeartbeat) {
           SendFrame(FrameKind::kHeartbeatAck, h.cookie);
         } else if (h.kind == FrameKind::kHeartbeatAck) {
-          uint64_t now = NowNs();
-          if (h.cookie <= now) path->hb_rtt_ns.store(now - h.cookie);
+          path->hb.OnAck(NowNs());
         } else if (h.kind == FrameKind::kFenceAck) {
           sess->OnFenceAck(path, gen, h.cookie);
         } else {
@@ -284,7 +282,7 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
 
   uint64_t gen = next_gen.fetch_add(1);
   p->gen.store(gen);
-  p->hb_missed.store(0);
+  p->hb.Reset();
   p->state.store(PathState::kConnecting);
   uint32_t qd = qd_.load();
   int reg_rc = 0;
@@ -359,11 +357,6 @@ void TcpClientSession::TeardownPath(ClientPath* p, uint64_t gen, bool sync) {
     pool.loop(p->service_loop).Post(sfn);
 }
 
-uint64_t TcpClientSession::Backoff(uint32_t attempt) const {
-  return core::ReconnectBackoffMs(attempt, opt_.reconnect_delay_ms, connected_paths_.load() > 0) *
-         1000000ull;
-}
-
 void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) {
   if (p->gen.load() != gen) return;
   p->failed_gen.store(gen);
@@ -377,12 +370,7 @@ void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) 
   NoteLost(p);
   TeardownPath(p, gen, false);
   if (connected_paths_.fetch_sub(1) == 1 && !closed_.load()) RaiseLink(LinkEvent::kDisconnected);
-  {
-    std::lock_guard<std::mutex> lk(rc_mu_);
-    p->attempts = 0;
-    p->next_attempt_ns = NowNs() + Backoff(0);
-  }
-  rc_cv_.notify_all();
+  reconnector_.Lost(p->index);
 }
 
 // --------------------------------------------------------------------------------------------
@@ -392,57 +380,38 @@ int TcpClientSession::Connect(int timeout_ms) {
   if (connect_called_.exchange(true)) return connected() ? 0 : -EALREADY;
   uint64_t deadline = NowNs() + static_cast<uint64_t>(std::max(timeout_ms, 1)) * 1000000ull;
   int last = -ENOTCONN;
-  int ok = 0;
+  std::vector<ClientPath*> down;
   for (auto& p : paths_) {
     int rc = ConnectPath(p.get(), deadline);
-    if (rc == 0) {
-      ok++;
-    } else {
+    if (rc != 0) {
       last = rc;
-      std::lock_guard<std::mutex> lk(rc_mu_);
-      p->state.store(PathState::kReconnecting);
-      p->next_attempt_ns = NowNs() + Backoff(1);
+      down.push_back(p.get());
     }
   }
-  if (ok == 0) {
+  if (down.size() == paths_.size()) {
     for (auto& p : paths_) p->state.store(PathState::kClosed);
     return last;
   }
-  reconnector_ = std::thread([this] { ReconnectLoop(); });
+  core::Reconnector::Hooks hooks;
+  hooks.dial = [this](size_t i) { return Redial(paths_[i].get()); };
+  hooks.any_path_up = [this] { return connected_paths_.load() > 0; };
+  hooks.gave_up = [this](size_t i) { paths_[i]->state.store(PathState::kClosed); };
+  reconnector_.Start(paths_.size(), opt_.reconnect_delay_ms, opt_.max_reconnect_attempts,
+                     std::move(hooks));
+  // as RTRS: once the session is open, paths that could not connect keep trying
+  for (ClientPath* p : down) {
+    p->state.store(PathState::kReconnecting);
+    reconnector_.Lost(p->index);
+  }
   return 0;
 }
 
-void TcpClientSession::ReconnectLoop() {
-  pthread_setname_np(pthread_self(), "ibnbd-reconn");
-  std::unique_lock<std::mutex> lk(rc_mu_);
-  while (!closed_.load()) {
-    uint64_t now = NowNs();
-    uint64_t wake = now + 1000000000ull;
-    for (auto& p : paths_) {
-      if (p->state.load() != PathState::kReconnecting) continue;
-      if (p->next_attempt_ns > now) {
-        wake = std::min(wake, p->next_attempt_ns);
-        continue;
-      }
-      if (opt_.max_reconnect_attempts >= 0 && p->attempts >= opt_.max_reconnect_attempts) {
-        p->state.store(PathState::kClosed);
-        continue;
-      }
-      p->attempts++;
-      p->reconnects.fetch_add(1);
-      lk.unlock();
-      int rc = ConnectPath(p.get(), NowNs() + 5000000000ull);
-      lk.lock();
-      if (rc == 0) {
-        p->attempts = 0;
-      } else if (p->state.load() != PathState::kClosed) {
-        p->state.store(PathState::kReconnecting);
-        p->next_attempt_ns = NowNs() + Backoff(static_cast<uint32_t>(p->attempts));
-      }
-      now = NowNs();
-    }
-    rc_cv_.wait_for(lk, std::chrono::nanoseconds(wake > now ? wake - now : 0));
-  }
+int TcpClientSession::Redial(ClientPath* p) {
+  if (closed_.load() || p->state.load() != PathState::kReconnecting) return 0;
+  p->reconnects.fetch_add(1);
+  int rc = ConnectPath(p, NowNs() + 5000000000ull);
+  if (rc != 0 && p->state.load() != PathState::kClosed) p->state.store(PathState::kReconnecting);
+  return rc;
 }
 
 }  // namespace ibnbd::transport::tcp::client

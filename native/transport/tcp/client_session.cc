@@ -67,7 +67,7 @@ ClientPath* TcpClientSession::Choose(unsigned loop, ClientPath* exclude) {
                !p->loop_conn[loop]->dead;
     int64_t inf = p->inflight.load(std::memory_order_relaxed);
     l.inflight = inf > 0 ? uint64_t(inf) : 0;
-    l.rtt_ns = p->hb_rtt_ns.load(std::memory_order_relaxed);
+    l.rtt_ns = p->hb.rtt_ns();
     return l;
   });
   return i < 0 ? nullptr : paths_[size_t(i)].get();
@@ -129,8 +129,7 @@ void TcpClientSession::Close() {
     std::lock_guard<std::mutex> lk(dial_mu_);
     for (int fd : dialing_) shutdown(fd, SHUT_RDWR);
   }
-  rc_cv_.notify_all();
-  if (reconnector_.joinable()) reconnector_.join();
+  reconnector_.Stop();
   for (auto& p : paths_) {
     PathState prev = p->state.exchange(PathState::kClosed);
     TeardownPath(p.get(), p->gen.load(), true);
@@ -164,7 +163,7 @@ std::vector<PathInfo> TcpClientSession::Paths() const {
     int64_t inf = p->inflight.load();
     pi.inflight = inf > 0 ? static_cast<uint64_t>(inf) : 0;
     pi.reconnects = p->reconnects.load();
-    pi.hb_rtt_ns = p->hb_rtt_ns.load();
+    pi.hb_rtt_ns = p->hb.rtt_ns();
     pi.requests = p->requests.load(std::memory_order_relaxed);
     pi.failovers = p->failovers.load(std::memory_order_relaxed);
     out.push_back(pi);

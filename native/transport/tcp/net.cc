@@ -1,5 +1,6 @@
 #include "transport/tcp/net.h"
 
+#include "transport/core/liveness.h"
 #include "transport/endpoint.h"
 
 #include <arpa/inet.h>
@@ -59,11 +60,7 @@ int SetNonBlocking(int fd, bool on) {
   return fcntl(fd, F_SETFL, fl) == 0 ? 0 : -errno;
 }
 
-uint64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
+uint64_t NowNs() { return core::MonotonicNs(); }
 
 namespace {
 // Waits for events on fd until the deadline: 0, or -ETIMEDOUT.

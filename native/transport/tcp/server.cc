@@ -55,7 +55,7 @@ std::vector<PathInfo> SrvSession::Paths() const {
     pi.state = p->up ? PathState::kConnected : PathState::kConnecting;
     int64_t inf = p->inflight.load();
     pi.inflight = inf > 0 ? static_cast<uint64_t>(inf) : 0;
-    pi.hb_rtt_ns = p->hb_rtt_ns.load();
+    pi.hb_rtt_ns = p->hb.rtt_ns();
     out.push_back(pi);
   }
   return out;

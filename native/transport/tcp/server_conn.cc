@@ -53,10 +53,11 @@ void SrvConn::OnTick() {
   ssize_t n = read(tfd, &t, sizeof(t));
   (void)n;
   if (closed) return;
-  uint32_t missed = path->hb_missed.load();
-  if (missed > srv->opt().heartbeat_missed_max) return Fail("heartbeat missed");
-  path->hb_missed.fetch_add(1);
-  if (missed == 0) Queue(FrameKind::kHeartbeat, 0, 0, NowNs(), nullptr);
+  const uint64_t now = NowNs();
+  using V = core::Heartbeat::Verdict;
+  const V v = path->hb.OnTick(now, srv->opt().heartbeat_missed_max);
+  if (v == V::kDeadMissed) return Fail(core::Heartbeat::Why(v));
+  if (v == V::kSend) Queue(FrameKind::kHeartbeat, 0, 0, now, nullptr);
 }
 
 void SrvConn::Queue(FrameKind kind, uint32_t id, int32_t err, uint64_t cookie, SrvReq* req) {
@@ -163,8 +164,7 @@ bool SrvConn::ParseFrames() {
       if (h.kind == FrameKind::kHeartbeat) {
         Queue(FrameKind::kHeartbeatAck, 0, 0, h.cookie, nullptr);
       } else {
-        uint64_t now = NowNs();
-        if (h.cookie <= now) path->hb_rtt_ns.store(now - h.cookie);
+        path->hb.OnAck(NowNs());
       }
       continue;
     }
@@ -239,7 +239,7 @@ void SrvConn::OnReadable() {
       ssize_t r = ReadvSome(fd, v, v[1].iov_len ? 2 : 1);
       if (r == -EAGAIN) return;
       if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
-      path->hb_missed.store(0, std::memory_order_relaxed);
+      path->hb.OnReceive();
       const size_t got = static_cast<size_t>(r);
       const bool drained = got < left + v[1].iov_len;  // the socket is empty: see below
       cur_off += static_cast<uint32_t>(std::min(got, left));
@@ -263,7 +263,7 @@ void SrvConn::OnReadable() {
     ssize_t r = RecvSome(fd, rx.data() + rx_have, asked);
     if (r == -EAGAIN) return;
     if (r <= 0) return Fail(r == 0 ? "connection closed by client" : "receive failed");
-    path->hb_missed.store(0, std::memory_order_relaxed);
+    path->hb.OnReceive();
     rx_have += static_cast<size_t>(r);
     if (!ParseFrames()) return;
     // Less than asked: the socket is empty (epoll reports what comes next), so skip the

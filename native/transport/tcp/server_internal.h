@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/liveness.h"
 #include "transport/tcp/data_buffers.h"
 #include "transport/tcp/frames.h"
 #include "transport/transport.h"
@@ -76,8 +77,7 @@ struct SrvPath {
   uint16_t accepted = 0;
   bool up = false;
   std::atomic<bool> dead{false};
-  std::atomic<uint32_t> hb_missed{0};
-  std::atomic<uint64_t> hb_rtt_ns{0};
+  core::Heartbeat hb;  // misses and round trip (core/liveness.h)
   std::atomic<int64_t> inflight{0};
   std::string client_addr, local_addr;
   unsigned service_loop = 0;
