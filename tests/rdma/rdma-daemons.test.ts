@@ -17,7 +17,10 @@
 //      daemon SIGKILLed), and the rw slot passes from one kind of client to the other;
 //   E. our client daemon SIGKILLed with a libblkio writer's requests in flight and started again
 //      with its state dir: the mapping is restored, the writer redials (--reconnect-ms, as QEMU
-//      with reconnect=1) and finishes with 0 errors, every byte read back.
+//      with reconnect=1) and finishes with 0 errors, every byte read back;
+//   F–H. the fault scenarios of tests/daemons/fault-*.test.ts over RDMA (faultScenarios below):
+//      a server frozen 40 s under a verifying writer, a write held on a path io_timeout declares
+//      dead (the newer write stays), unmap --force at a frozen server under QD32.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -200,9 +203,88 @@ CLT=$!
 wait $BE; echo "VERIFY_E $? $(tr -d '\\n' < /tmp/ve.json)"
 echo "RESTORE_E $(grep -o 'mapping ibnbd0 restored[^|]*' /tmp/clt3.log | head -1)"
 step E done
+${faultScenarios(node)}
 kill -TERM $CLT $SRV; wait $CLT; echo "CLT_EXIT $?"; wait $SRV; echo "SRV_EXIT $?"
 dmesg | grep -E 'rtrs|rnbd' | grep -iE 'err|fail|invalid|bug' | head -5
 exit 0`;
+}
+
+// F–H: the fault scenarios of the TCP host tests (tests/daemons/fault-*.test.ts) over RDMA, on a
+// second server (port PORT2, a write stall armed at STALL_AT) and a client daemon with 1-s
+// heartbeat ticks. One guest cannot hold RoCE packets in flight: rxe delivers between its own
+// addresses without the network stack, so the silent cut is a server that stops answering
+// (SIGSTOP; rxe still acknowledges at the transport level, and on SIGCONT the server finds
+// everything that arrived meanwhile, as a healed cut delivers its held bytes).
+//   F. the server frozen FREEZE_S under a verifying libblkio writer at QD16, io_timeout=3: the
+//      path found dead by io_timeout, the device reconnecting meanwhile, 0 errors afterwards;
+//   G. a write the server holds (IBNBD_FAULT_STALL_WRITE, 10 s) alone on its path: io_timeout
+//      declares the path dead, the server refuses the path's new connection until the held
+//      write is done, the client sends it again after that; a newer write to the same blocks is
+//      what the file holds once the stale copy surely ran;
+//   H. unmap --force of a device with QD32 in flight at a frozen server: done within io_timeout
+//      and one tick (plus the CLI's start under TCG), the other device goes on.
+const PORT2 = 4322;
+const STALL_AT = 100 * MiB;
+const BLOCK = 64 * 1024;
+/** 40 s as in the host test; under the sanitizer job, whose point is memory safety, 10 s */
+const FREEZE_S = sanitizerEnv ? 10 : 40;
+function faultScenarios(node: string): string {
+  const IB = `timeout 120 ${node} ${cliPath}`;
+  const BLK = `${tool('ibnbd-blkio')}`;
+  const now = 'date +%s%3N';
+  const inflightWait = (dev: string) => `i=0; while :; do
+  N=$(${IB} show ${dev} --control /tmp/clt4.sock --json | tr -d '\\n ' | grep -o '"inflight":[0-9]*' | head -1 | grep -o '[0-9]*$')
+  [ "\${N:-0}" -ge 1 ] && break; i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1
+done`;
+  return `
+echo "== F: our server frozen ${FREEZE_S} s under a verifying writer (the silent peer over RDMA)"
+truncate -s 128M /tmp/exp/f.img /tmp/exp/h.img
+IBNBD_RDMA_DEBUG=1 IBNBD_FAULT_STALL_WRITE=${STALL_AT}:10000 IBNBD_FAULT_MARK_FILE=/tmp/stall-began ${node} ${cliPath} server --listen 10.0.2.15:${PORT2} --dev-search-path /tmp/exp --control /tmp/srv2.sock --queue-depth 64 2> /tmp/srv2.log &
+SRV2=$!
+${node} ${cliPath} client --control /tmp/clt4.sock --run-dir /tmp/run4 --state-dir /tmp/clt4-state --heartbeat-ms 1000 --heartbeat-missed-max 30 2> /tmp/clt4.log &
+CLT4=$!
+i=0; while [ ! -S /tmp/srv2.sock ] || [ ! -S /tmp/clt4.sock ] || ! grep -q 'listening on' /tmp/srv2.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv2.log /tmp/clt4.log; exit 24; }; sleep 0.1; done
+${IB} map "sessname=fz path=ip:10.0.2.15:${PORT2} device_path=f.img io_timeout=3" --control /tmp/clt4.sock --json > /tmp/m.json; echo "MAP_F $? $(tr -d '\\n' < /tmp/m.json)"
+# 64 MiB written then read back (about 2 s each way here): frozen 1 s in, in the write phase
+# as a rule; SHOW_F_FROZEN must find requests held, whichever phase, or the test fails
+timeout 600 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 400000 --qd 16 --count 1024 --seed 61 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset 0 verify > /tmp/vf.json & BF=$!
+sleep 1
+T_STOP=$(${now}); kill -STOP $SRV2
+sleep ${FREEZE_S / 2}
+echo "SHOW_F_FROZEN $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
+REST=$(( ${FREEZE_S * 1000} - ($(${now}) - T_STOP) )); [ $REST -gt 0 ] && sleep $((REST / 1000)).$(printf %03d $((REST % 1000)))
+kill -CONT $SRV2; T_CONT=$(${now})
+wait $BF; echo "VERIFY_F $? $(tr -d '\\n' < /tmp/vf.json)"
+echo "SHOW_F_AFTER $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
+echo "TIMES_F $T_STOP $T_CONT"
+step F done
+
+echo "== G: a write our server holds while io_timeout declares its path dead"
+timeout 300 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 200000 --qd 1 --count 1 --seed 2 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset ${STALL_AT} write > /tmp/g1.json & BG=$!
+i=0; while [ ! -e /tmp/stall-began ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+T_G=$(${now}); echo "STALL_G $([ -e /tmp/stall-began ] && echo began || echo never)"
+wait $BG; echo "STALLED_G $? $(( $(${now}) - T_G )) $(tr -d '\\n' < /tmp/g1.json)"
+timeout 120 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 60000 --qd 1 --count 1 --seed 3 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset ${STALL_AT} write > /tmp/g2.json; echo "NEWER_G $? $(tr -d '\\n' < /tmp/g2.json)"
+REST=$(( 11000 - ($(${now}) - T_G) )); [ $REST -gt 0 ] && sleep $((REST / 1000)).$(printf %03d $((REST % 1000)))
+dd if=/tmp/exp/f.img of=/tmp/out/stall.bin bs=${BLOCK} skip=${STALL_AT / BLOCK} count=1 status=none; echo "COPY_G $?"
+echo "SHOW_G $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
+echo "SRVLOG_G $(grep -ciE 'refused for now|still has requests running' /tmp/srv2.log)"
+step G done
+
+echo "== H: unmap --force under QD32 at a frozen server"
+${IB} map "sessname=fu path=ip:10.0.2.15:${PORT2} device_path=h.img io_timeout=3" --control /tmp/clt4.sock --json > /tmp/m.json; echo "MAP_H $? $(tr -d '\\n' < /tmp/m.json)"
+# the server frozen first: the writer's first 32 requests stay in flight (it gives up on a
+# completion after 20 s: a forced device answers what it had, then its socket is gone)
+kill -STOP $SRV2
+timeout 300 ${BLK} --path /tmp/run4/vhost/ibnbd1.sock --timeout-ms 20000 --qd 32 --count 1000 --seed 71 --min-size 4096 --max-size ${BLOCK} --span ${64 * MiB} verify > /tmp/vh.json 2>&1 & BH=$!
+${inflightWait('ibnbd1')}
+echo "INFLIGHT_H \${N:-0}"
+T=$(${now}); ${IB} unmap ibnbd1 --force --control /tmp/clt4.sock > /dev/null; echo "UNMAP_H $? $(( $(${now}) - T ))"
+kill -CONT $SRV2
+wait $BH; echo "WRITER_H $?"
+timeout 120 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 60000 --qd 8 --count 64 --seed 81 --min-size 4096 --max-size ${BLOCK} --offset ${32 * MiB} --span ${16 * MiB} verify > /tmp/vo.json; echo "VERIFY_H_OTHER $? $(tr -d '\\n' < /tmp/vo.json)"
+step H done
+kill -TERM $CLT4 $SRV2; wait $CLT4; echo "CLT4_EXIT $?"; wait $SRV2; echo "SRV2_EXIT $?"`;
 }
 
 function line(out: string, key: string): string {
@@ -373,7 +455,54 @@ test.serial('soft-RoCE guest: the daemons over RDMA — ours↔ours zero copy, o
   t.is(ve.json.write.errors + ve.json.read.errors + ve.json.read.mismatches, 0, 'no error, every byte read back');
   t.is(rcJson(out, 'CLT_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV_EXIT').rc, 0);
+  checkFaultScenarios(t, out, outDir);
 });
+
+/** F–H (faultScenarios): the figures the fault-tolerance issue asks for, logged, and the bounds. */
+function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, outDir: string): void {
+  const [tStop, tCont] = line(out, 'TIMES_F').split(' ').map(Number) as [number, number];
+  t.is(rcJson(out, 'MAP_F').rc, 0);
+  const frozen = JSON.parse(line(out, 'SHOW_F_FROZEN')).device;
+  t.is(frozen.state, 'reconnecting', `F: the device waits while the server is frozen: ${JSON.stringify(frozen)}`);
+  t.true(frozen.stats.waiting >= 1, `F: the writer's requests are held by the device (${frozen.stats.waiting})`);
+  const foundMs = Date.parse(frozen.state_since) - tStop;
+  t.log(`F (RDMA): dead path found ${foundMs} ms after the server froze (io_timeout 3 s, heartbeat tick 1 s)`);
+  t.true(foundMs >= 2900 && foundMs <= 7000, `F: found by io_timeout, not before it and not by the heartbeats (${foundMs} ms)`);
+  const vf = rcJson(out, 'VERIFY_F');
+  t.is(vf.rc, 0, `F: ${JSON.stringify(vf.json)}`);
+  t.is(vf.json.write.errors + vf.json.read.errors + vf.json.read.mismatches, 0, 'F: no error reached the writer, every byte read back');
+  t.true(vf.json.write.ms + vf.json.read.ms > FREEZE_S * 1000, `F: the writer waited through the freeze (write ${vf.json.write.ms} ms, read ${vf.json.read.ms} ms)`);
+  const after = JSON.parse(line(out, 'SHOW_F_AFTER')).device;
+  t.is(after.state, 'open');
+  t.is(after.stats.errors, 0);
+  const resumeMs = Date.parse(after.state_since) - tCont;
+  t.log(`F (RDMA): device open again ${resumeMs} ms after the server resumed; longest stall ≈ ${Date.parse(after.state_since) - tStop} ms`);
+  t.true(resumeMs >= 0 && resumeMs < 20_000, `F: back within the reconnect back-off and a re-OPEN under TCG (${resumeMs} ms)`);
+
+  t.is(line(out, 'STALL_G'), 'began', 'G: the server held the write');
+  const stalled = line(out, 'STALLED_G').split(' ');
+  t.is(Number(stalled[0]), 0, `G: the held write completed: ${stalled.slice(2).join(' ')}`);
+  t.true(Number(stalled[1]) >= 9000, `G: answered only after the server finished the stale copy (${stalled[1]} ms after the stall began)`);
+  t.log(`G (RDMA): the held write was answered ${stalled[1]} ms after the server began holding it (10 s)`);
+  const g = JSON.parse(line(out, 'SHOW_G')).device;
+  t.true(g.path_states[0].reconnects > after.path_states[0].reconnects, `G: io_timeout declared the path dead and it reconnected (${after.path_states[0].reconnects} → ${g.path_states[0].reconnects})`);
+  t.true(Number(line(out, 'SRVLOG_G')) >= 1, "G: the server refused the path's new connection while the old one's write ran");
+  t.is(rcJson(out, 'NEWER_G').rc, 0);
+  t.is(rcJson(out, 'COPY_G').rc, 0);
+  t.true(readFileSync(join(outDir, 'stall.bin')).equals(expectedPattern(3, STALL_AT, BLOCK)), 'G: the newer bytes are what stays');
+
+  t.is(rcJson(out, 'MAP_H').rc, 0);
+  t.true(Number(line(out, 'INFLIGHT_H')) >= 1, 'H: requests in flight at the frozen server');
+  const [unmapRc, unmapMs] = line(out, 'UNMAP_H').split(' ').map(Number) as [number, number];
+  t.is(unmapRc, 0);
+  t.log(`H (RDMA): unmap --force with requests at a frozen server took ${unmapMs} ms, the CLI's start under TCG included (io_timeout 3 s)`);
+  t.true(unmapMs <= 12_000, `H: within io_timeout, a tick and the CLI's start (${unmapMs} ms)`);
+  t.not(Number(line(out, 'WRITER_H')), 0, "H: the forced device's front-end saw its requests fail");
+  const other = rcJson(out, 'VERIFY_H_OTHER');
+  t.is(other.rc, 0, `H: the other device goes on: ${JSON.stringify(other.json)}`);
+  t.is(rcJson(out, 'CLT4_EXIT').rc, 0);
+  t.is(rcJson(out, 'SRV2_EXIT').rc, 0);
+}
 
 // Two RDMA paths through the daemons: eth0 (rxe0) and a dummy netdev with its own rxe device
 // (rxe1, loopback inside rxe). The second path's address goes away under QD16 IO: the path is
