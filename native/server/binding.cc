@@ -10,12 +10,16 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
+#include <string>
 
 #include "common/errors.h"
 #include "common/module.h"
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
 #include "server/io_path.h"
+#include "transport/core/allow.h"
+#include "transport/core/auth.h"
 #include "transport/binding.h"
 #include "transport/transport.h"
 
@@ -179,6 +183,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
                              InstanceMethod("detachDevice", &NativeServer::Detach),
                              InstanceMethod("closeSession", &NativeServer::CloseSession),
                              InstanceMethod("stats", &NativeServer::Stats),
+                             InstanceMethod("setAuthKeys", &NativeServer::SetAuthKeys),
                              InstanceMethod("stop", &NativeServer::Stop)}));
   }
 
@@ -201,6 +206,17 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
         transport::U32Field(o, "heartbeatMs", transport::kHeartbeatIntervalMs, 1, 3600000);
     opt.heartbeat_missed_max =
         transport::U32Field(o, "heartbeatMissedMax", transport::kHeartbeatMissedMax, 0, 1000);
+    opt.auth = auth_;
+    Napi::Value al = o.Get("allow");  // CIDR strings, checked in JS (src/server/options.ts)
+    if (al.IsArray()) {
+      auto allow = std::make_shared<transport::core::AllowList>();
+      Napi::Array a = al.As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        std::string cidr = a.Get(i).ToString();
+        if (!allow->Add(cidr)) ThrowErrno(env, EINVAL, "allow: '" + cidr + "' is not ADDR or ADDR/PREFIX");
+      }
+      opt.allow = std::move(allow);
+    }
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ibnbd-server", 0, 1);
     tsfn_.Unref(env);
     sink_ = std::make_shared<EventSink>(tsfn_);
@@ -385,6 +401,31 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     return p;
   }
 
+  // setAuthKeys({ name: Buffer }, openOverRdma: string[], required): the keys file, validated in
+  // JS (src/auth/keys-file.ts); replaces the last set whole, for handshakes that start after it.
+  Napi::Value SetAuthKeys(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsArray() || !info[2].IsBoolean())
+      ThrowErrno(env, EINVAL, "setAuthKeys(keys, openOverRdma, required)");
+    transport::core::AuthKeys::Map keys;
+    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Array names = o.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); i++) {
+      std::string name = names.Get(i).As<Napi::String>();
+      Napi::Value v = o.Get(name);
+      if (!v.IsBuffer()) ThrowErrno(env, EINVAL, "setAuthKeys: the secret of '" + name + "' is not a Buffer");
+      auto b = v.As<Napi::Buffer<uint8_t>>();
+      if (b.Length() < transport::core::kAuthMinSecret || b.Length() > transport::core::kAuthMaxSecret)
+        ThrowErrno(env, EINVAL, "setAuthKeys: the secret of '" + name + "' has a bad length");
+      keys[name].assign(reinterpret_cast<const char*>(b.Data()), b.Length());
+    }
+    std::set<std::string> open;
+    Napi::Array a = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) open.insert(a.Get(i).As<Napi::String>());
+    auth_->Replace(std::move(keys), std::move(open), info[2].As<Napi::Boolean>());
+    return env.Undefined();
+  }
+
   Napi::Value CloseSession(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto st = SessionOf(env, info[0]);
@@ -463,6 +504,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
   }
 
   std::unique_ptr<Handler> handler_;
+  std::shared_ptr<transport::core::AuthKeys> auth_ = std::make_shared<transport::core::AuthKeys>();
   std::unique_ptr<transport::Server> server_;
   Napi::ThreadSafeFunction tsfn_;
   std::shared_ptr<EventSink> sink_;

@@ -120,6 +120,11 @@ class NativeClientSession : public Napi::ObjectWrap<NativeClientSession> {
     opt.io_timeout_ms = U32Field(o, "ioTimeoutMs", 30000, 0, 86400000);
     Napi::Value mra = o.Get("maxReconnectAttempts");
     if (mra.IsNumber()) opt.max_reconnect_attempts = mra.As<Napi::Number>().Int32Value();
+    Napi::Value key = o.Get("authKey");  // validated in JS (src/auth/keys-file.ts)
+    if (key.IsBuffer()) {
+      auto b = key.As<Napi::Buffer<uint8_t>>();
+      opt.auth_secret.assign(reinterpret_cast<const char*>(b.Data()), b.Length());
+    }
 
     if (info.Length() > 1 && info[1].IsFunction()) {
       link_tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(),

@@ -16,6 +16,10 @@
 #include <vector>
 
 namespace ibnbd::transport {
+namespace core {
+class AllowList;
+class AuthKeys;
+}
 
 enum class Dir : uint8_t { kRead = 0, kWrite = 1 };
 
@@ -94,6 +98,9 @@ class ClientSession {
     // reconnect): core/liveness.h. 0: no timeout, heartbeats alone decide.
     uint32_t io_timeout_ms = 30000;
     int32_t max_reconnect_attempts = -1;
+    // The session's secret (core/auth.h): non-empty = authenticate every connection and require
+    // the server to prove it holds the same secret (-EACCES otherwise).
+    std::string auth_secret;
     // Link events (first path up / last path down / back up); called on an IO thread.
     std::function<void(LinkEvent)> on_link_event;
   };
@@ -192,6 +199,11 @@ class Server {
     uint32_t max_io_size = kDefaultMaxIoSize;
     uint32_t heartbeat_interval_ms = kHeartbeatIntervalMs;
     uint32_t heartbeat_missed_max = kHeartbeatMissedMax;
+    // Session secrets (core/auth.h), replaced on a reload; null or not required(): sessions
+    // are not authenticated. Wires that cannot check them refuse every session when required.
+    std::shared_ptr<core::AuthKeys> auth;
+    // --allow: the peer addresses that may connect at all; null or empty: any
+    std::shared_ptr<const core::AllowList> allow;
   };
   static std::unique_ptr<Server> Create(const std::string& transport, Options options,
                                         ServerHandler* handler, int* err);

@@ -1,5 +1,6 @@
 // Typed view of the native export server (native/server/binding.cc) and probeDevice.
 // IO never passes through here: only admin requests, session events and device tables.
+import type { AuthKeys } from '../auth/keys-file.js';
 import { IbnbdError, toIbnbdError } from '../errors.js';
 import { loadNative } from './native.js';
 import type { Endpoint, TransportKind } from '../transport/paths.js';
@@ -12,6 +13,8 @@ export interface NativeServerOptions {
   maxIoSize?: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
+  /** peer networks ("ADDR/PREFIX") that may connect; absent or empty: any */
+  allow?: string[];
 }
 
 export type NativeServerEvent =
@@ -68,6 +71,7 @@ interface NativeServerRaw {
   detachDevice(sessionId: string, deviceId: number): Promise<void>;
   closeSession(sessionId: string): void;
   stats(): NativeServerStats;
+  setAuthKeys(secrets: Record<string, Buffer>, openOverRdma: string[], required: boolean): void;
   stop(): Promise<void>;
 }
 
@@ -97,6 +101,9 @@ export class NativeServer {
     checkInt('maxIoSize', opts.maxIoSize, 4096, 16 << 20);
     checkInt('heartbeatMs', opts.heartbeatMs, 1, 3_600_000);
     checkInt('heartbeatMissedMax', opts.heartbeatMissedMax, 0, 1000);
+    if (opts.allow !== undefined && (!Array.isArray(opts.allow) || opts.allow.some((c) => typeof c !== 'string'))) {
+      throw new IbnbdError('EINVAL', 'allow must be an array of CIDR strings');
+    }
     if (typeof onEvent !== 'function') throw new IbnbdError('EINVAL', 'onEvent must be a function');
     this.#raw = wrap(() => new (native().NativeServer)(opts, onEvent));
   }
@@ -124,6 +131,12 @@ export class NativeServer {
   }
   stats(): NativeServerStats {
     return this.#raw.stats();
+  }
+  /** The session secrets (src/auth/keys-file.ts), for handshakes from now on; null: none required. */
+  setAuthKeys(keys: AuthKeys | null): void {
+    const secrets: Record<string, Buffer> = Object.create(null) as Record<string, Buffer>;
+    for (const [name, secret] of keys?.secrets ?? []) secrets[name] = secret;
+    wrap(() => this.#raw.setAuthKeys(secrets, [...(keys?.openOverRdma ?? [])], keys !== null));
   }
   stop(): Promise<void> {
     return this.#raw.stop();

@@ -21,6 +21,8 @@ export interface ClientSessionOptions {
   /** A path with requests outstanding that completes none for this long is dead (0: off). */
   ioTimeoutMs?: number;
   maxReconnectAttempts?: number;
+  /** The session's secret (docs/security.md): every connection authenticates, mutually. */
+  authKey?: Buffer;
 }
 
 export interface PathInfo {
@@ -119,6 +121,9 @@ export function validateClientOptions(o: ClientSessionOptions): void {
   checkInt('reconnectDelayMs', o.reconnectDelayMs, 0, 86_400_000);
   checkInt('ioTimeoutMs', o.ioTimeoutMs, 0, 86_400_000);
   checkInt('maxReconnectAttempts', o.maxReconnectAttempts, -1, 1 << 30);
+  if (o.authKey !== undefined && (!Buffer.isBuffer(o.authKey) || o.authKey.length < 32 || o.authKey.length > 1024)) {
+    throw new IbnbdError('EINVAL', 'authKey must be a Buffer of 32..1024 bytes');
+  }
   if (o.mpPolicy !== undefined && !['min-inflight', 'round-robin', 'min-latency'].includes(o.mpPolicy)) {
     throw new IbnbdError('EINVAL', "mpPolicy must be 'min-inflight', 'round-robin' or 'min-latency'");
   }

@@ -81,6 +81,7 @@ export class IbnbdClient {
         ioTimeoutMs: opts.ioTimeoutMs,
         maxReconnectAttempts: opts.maxReconnectAttempts,
         adminTimeoutMs: this.adminTimeoutMs,
+        secretOf: opts.secretOf,
       },
     );
     this.pending = new PendingMappings(

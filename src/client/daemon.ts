@@ -3,9 +3,10 @@
 // control socket answers; SIGTERM/SIGINT disconnect the front-ends, close the sessions and
 // remove every socket it made, and keep the mappings in the state file for the next start
 // (`ibnbd unmap` is what removes one for good).
+import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { IbnbdError } from '../errors.js';
+import { errorText, IbnbdError } from '../errors.js';
 import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
@@ -37,6 +38,8 @@ export interface ClientDaemonOptions {
   /** How long an admin request (SESS_INFO, OPEN, CLOSE) waits for the server's answer (s),
    *  then fails with ETIMEDOUT; also bounds a forced unmap's and the shutdown's wait for a session. */
   adminTimeout?: number;
+  /** --auth-keys: the file of session secrets; a session whose name has one authenticates (TCP). */
+  authKeys?: string;
 }
 
 /** --admin-timeout's range (s). */
@@ -103,6 +106,8 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   if (!Number.isInteger(maxReconnectAttempts) || maxReconnectAttempts < -1 || maxReconnectAttempts > 1 << 30) {
     throw new IbnbdError('EINVAL', `--max-reconnect-attempts: ${maxReconnectAttempts} is not -1 (forever) or an integer from 0 to ${1 << 30}`);
   }
+  // read now: an unreadable or world-readable file stops the start, with the reason
+  if (o.authKeys !== undefined) loadKeysFile(o.authKeys, false);
   return {
     control,
     runDir,
@@ -116,6 +121,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     fastIoFailTmo,
     ioTimeout,
     adminTimeout,
+    authKeys: o.authKeys,
   };
 }
 
@@ -130,8 +136,12 @@ export class ClientDaemon {
   private readonly control: ControlServer;
   private stopping: Promise<void> | undefined;
 
+  #keys: AuthKeys | null;
+
   constructor(readonly opts: ClientDaemonOptions, private readonly log: (line: string) => void) {
+    this.#keys = opts.authKeys !== undefined ? loadKeysFile(opts.authKeys, false) : null;
     this.client = new IbnbdClient({
+      secretOf: (sessname) => this.#keys?.secrets.get(sessname),
       runDir: opts.runDir,
       state: new StateFile(opts.stateDir),
       log,
@@ -175,6 +185,17 @@ export class ClientDaemon {
     );
   }
 
+  /** SIGHUP: the keys file again, for sessions created from now on; on an error the old keys stay. */
+  reloadKeys(): void {
+    if (this.opts.authKeys === undefined) return this.log('SIGHUP: no --auth-keys file to reload');
+    try {
+      this.#keys = loadKeysFile(this.opts.authKeys, false);
+      this.log(`SIGHUP: ${this.#keys.secrets.size} session secret(s) reloaded from ${this.opts.authKeys}; sessions already up keep theirs`);
+    } catch (e) {
+      this.log(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
+    }
+  }
+
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await this.control.close().catch(() => undefined);
@@ -195,6 +216,7 @@ export async function runClientDaemon(options: Partial<ClientDaemonOptions>): Pr
   return new Promise<number>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
       log(`${sig}: shutting down`);
+      process.off('SIGHUP', onHup);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       daemon.stop().then(
@@ -205,7 +227,9 @@ export async function runClientDaemon(options: Partial<ClientDaemonOptions>): Pr
         },
       );
     };
+    const onHup = () => daemon.reloadKeys();
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    process.on('SIGHUP', onHup);
   });
 }

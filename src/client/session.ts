@@ -109,6 +109,8 @@ export interface SessionOptions {
   maxReconnectAttempts?: number;
   /** How long an admin request (SESS_INFO, OPEN, CLOSE) waits for its answer, in ms. */
   adminTimeoutMs?: number;
+  /** The secret of a session name (--auth-keys), looked up when the session is created. */
+  secretOf?: (sessname: string) => Buffer | undefined;
 }
 
 export const ADMIN_TIMEOUT_DEFAULT_MS = 30_000;
@@ -178,6 +180,7 @@ export class ClientSessions {
         reconnectDelayMs,
         ioTimeoutMs,
         maxReconnectAttempts: this.opts.maxReconnectAttempts,
+        authKey: this.opts.secretOf?.(req.sessname),
       },
       // Link events arrive in the order the transport raised them (one IO thread posts them),
       // so 'disconnected' is always handled before the 'reconnected' that follows it.
@@ -218,6 +221,10 @@ export class ClientSessions {
       try {
         await session.native.connect(this.opts.connectTimeoutMs);
       } catch (e) {
+        if (toIbnbdError(e).code === 'EACCES') {
+          // the same words whichever side or part failed: the logs of both daemons say more
+          throw new IbnbdError('EACCES', `session ${session.sessname}: authentication failed`);
+        }
         throw session.transport === 'rdma' ? rdmaConnectError(e, session.paths) : e;
       }
       session.protocolVersion = await sessInfo(session);

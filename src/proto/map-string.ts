@@ -161,7 +161,8 @@ export function deviceIdOf(devicePath: string): string {
   return devicePath.replaceAll('/', '!');
 }
 
-function checkSessname(v: string): string {
+/** A session name by the map string's rules (EINVAL naming what is wrong); also the keys file's. */
+export function checkSessname(v: string): string {
   if (v === '') throw invalid('sessname', 'empty');
   if (byteLength(v) > SESSNAME_MAX_BYTES) throw invalid('sessname', `longer than ${SESSNAME_MAX_BYTES} bytes`);
   if (v.includes('\0')) throw invalid('sessname', 'contains a NUL byte');

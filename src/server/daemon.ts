@@ -1,7 +1,8 @@
 // The export server daemon: validated options → native transport server → ExportServer →
 // control socket; runs in the foreground, logs to stderr, and on SIGTERM/SIGINT closes every
 // session (devices released, descriptors closed), removes the control socket and returns 0.
-import { IbnbdError, toIbnbdError } from '../errors.js';
+import { errorText, IbnbdError, toIbnbdError } from '../errors.js';
+import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { ControlServer } from '../control/server.js';
 import { serverCommands } from './control-commands.js';
 import { startNativeServer } from './native-port.js';
@@ -14,6 +15,8 @@ export interface RunningServer {
   server: ExportServer;
   /** "ADDR:PORT" actually bound (port 0 → the ephemeral port) */
   bound: string[];
+  /** new session secrets for handshakes from now on (null: none required) */
+  setAuthKeys(keys: AuthKeys | null): void;
   /** closes every session (devices released) and the transport; idempotent */
   stop(): Promise<void>;
 }
@@ -30,6 +33,7 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
   return {
     server: s,
     bound: native.bound(),
+    setAuthKeys: (keys) => native.setAuthKeys(keys),
     stop: () =>
       (stopping ??= (async () => {
         try {
@@ -48,6 +52,13 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
 export async function runServerDaemon(raw: RawServerOptions, log: Logger = stderrLogger('ibnbd-server')): Promise<void> {
   const opts = validateServerOptions(raw);
   const running = startServer(opts, log);
+  if (opts.allow.length) log.info(`connections accepted only from ${opts.allow.join(', ')} (--allow)`);
+  if (opts.authKeys) {
+    log.info(`sessions authenticate: ${opts.authKeys.secrets.size} secret(s) from ${opts.authKeys.file}` +
+      (opts.authKeys.openOverRdma.size ? `; let in over RDMA without a proof: ${[...opts.authKeys.openOverRdma].join(', ')}` : ''));
+  } else {
+    log.warn('sessions are not authenticated (no --auth-keys): any host that reaches the listening ports can map what the search path holds');
+  }
   const { server } = running;
   const control = new ControlServer(opts.control, serverCommands(server), {
     onUnexpectedError: (cmd, err) => log.warn(`control ${cmd}: ${String((err as Error)?.stack ?? err)}`),
@@ -63,6 +74,18 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
     `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath}; control ${opts.control}; ` +
       `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
   );
+  // SIGHUP: the keys file again; sessions already up stay (they authenticated when they connected)
+  const onHup = () => {
+    if (!raw.authKeys) return log.info('SIGHUP: no --auth-keys file to reload');
+    try {
+      const keys = loadKeysFile(raw.authKeys, true);
+      running.setAuthKeys(keys);
+      log.info(`SIGHUP: ${keys.secrets.size} secret(s) reloaded from ${keys.file}; sessions already up are kept`);
+    } catch (e) {
+      log.warn(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
+    }
+  };
+  process.on('SIGHUP', onHup);
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     const on = (sig: NodeJS.Signals) => {
@@ -73,6 +96,7 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
     process.on('SIGTERM', on);
     process.on('SIGINT', on);
   });
+  process.off('SIGHUP', onHup);
   log.info(`${signal}: stopping`);
   await control.close();
   const sessions = server.sessions.size;

@@ -53,6 +53,10 @@ export class Export {
   /** Open references (session devices) to this export. */
   refs = 0;
   readonly #fdSets = new Map<string, FdSetEntry>();
+  /** A block device's exclusive claim (O_EXCL), held while any session maps it: a mounted or
+   *  otherwise claimed device is EBUSY, and nothing else can claim or mount it meanwhile. The
+   *  sessions of this server share it (ro readers, migration), their descriptors opened without. */
+  claimFd = -1;
 
   constructor(
     readonly key: string,
@@ -87,6 +91,8 @@ export class Export {
   closeAll(): void {
     for (const e of this.#fdSets.values()) closeFdSet(e.fds);
     this.#fdSets.clear();
+    if (this.claimFd >= 0) closeSync(this.claimFd);
+    this.claimFd = -1;
   }
 }
 
@@ -160,12 +166,14 @@ export class ExportTable {
       const created = !exp;
       if (!exp) exp = new Export(key, deviceName(actual, st), actual, blockDevice);
       const ioMode = admit(exp);
+      if (created && blockDevice) exp.claimFd = claim(fd, actual);
       exp.access.acquire(mode);
       let fds: FdSet;
       try {
         fds = exp.acquireFds(ioMode, mode !== 'ro', fd);
       } catch (e) {
         exp.access.release(mode);
+        if (created) exp.closeAll();
         throw e;
       }
       let geometry: DeviceGeometry;
@@ -174,6 +182,7 @@ export class ExportTable {
       } catch (e) {
         exp.releaseFds(fds);
         exp.access.release(mode);
+        if (created) exp.closeAll();
         throw e instanceof IbnbdError ? e : errnoFromFs(e, `probe ${actual}`);
       }
       exp.geometry = geometry;
@@ -233,6 +242,18 @@ function deviceName(realPath: string, st: Stats): string {
     }
   }
   return realPath.replace(/^\/+/, '').replace(/\//g, '!');
+}
+
+/** O_EXCL on the block device behind `fd` (the same inode, through /proc/self/fd). */
+function claim(fd: number, path: string): number {
+  try {
+    return openSync(`/proc/self/fd/${fd}`, fsc.O_RDONLY | fsc.O_EXCL | fsc.O_NONBLOCK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EBUSY') {
+      throw new IbnbdError('EBUSY', `${path} is in use: mounted, or claimed by another program (opened O_EXCL)`);
+    }
+    throw errnoFromFs(e, `open ${path} O_EXCL`);
+  }
 }
 
 function fdPath(fd: number): string {

@@ -8,12 +8,15 @@ import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/trans
 import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerOptions } from './options.js';
+import type { AuthKeys } from '../auth/keys-file.js';
 import type { NativePort, ServerEvent } from './server.js';
 import type { AttachSpec } from './session.js';
 
 export interface NativeServerHandle {
   port: NativePort;
   bound(): string[];
+  /** New session secrets for every transport (SIGHUP); null: sessions need none. */
+  setAuthKeys(keys: AuthKeys | null): void;
   /** Stops listening and closes every session (session-down events follow). */
   stop(): Promise<void>;
 }
@@ -61,11 +64,11 @@ function startOne(
   listen: Endpoint[],
   opts: ServerOptions,
   onEvent: (ev: ServerEvent) => void,
-): { port: NativePort; bound: Endpoint[]; stop(): Promise<void> } {
+): { port: NativePort; bound: Endpoint[]; setAuthKeys(keys: AuthKeys | null): void; stop(): Promise<void> } {
   let native: NativeServer;
   try {
     native = new NativeServer(
-      { transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize },
+      { transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize, allow: opts.allow },
       (raw) => {
         const ev = toServerEvent(raw);
         if (ev) onEvent(ev);
@@ -76,6 +79,8 @@ function startOne(
   }
   let bound: Endpoint[];
   try {
+    // before the first handshake can arrive
+    native.setAuthKeys(opts.authKeys ?? null);
     bound = native.start();
   } catch (e) {
     void native.stop();
@@ -119,7 +124,7 @@ function startOne(
     paths: (sessionId) => toPaths(statsOf(sessionId)?.paths),
     closeSession: (sessionId) => native.closeSession(sessionId),
   };
-  return { port, bound, stop: () => native.stop() };
+  return { port, bound, setAuthKeys: (k) => native.setAuthKeys(k), stop: () => native.stop() };
 }
 
 /** RDMA listens where TCP got its ports. A wildcard [::] is dual-stack under rdma_cm (as the
@@ -208,6 +213,7 @@ export function startNativeServer(
     port,
     // TCP endpoints as before ("ADDR:PORT"), RDMA ones prefixed "rdma:"
     bound: () => ones.flatMap((o) => o.one.bound.map((e) => (o.transport === 'rdma' ? 'rdma:' : '') + formatEndpoint(e))),
+    setAuthKeys: (keys) => ones.forEach((o) => o.one.setAuthKeys(keys)),
     stop: async () => {
       await Promise.all(ones.map((o) => o.one.stop()));
       requests.clear();

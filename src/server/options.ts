@@ -3,9 +3,9 @@
 import { isIP } from 'node:net';
 import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
+import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 
 export const DEFAULT_PORT = 1234;
-export const DEFAULT_DEV_SEARCH_PATH = '/';
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
 export const DEFAULT_QUEUE_DEPTH = 512;
 export const DEFAULT_MAX_IO_SIZE = 128 * 1024;
@@ -28,6 +28,10 @@ export interface ServerOptions {
   queueDepth: number;
   maxIoSize: number;
   ioThreads: number;
+  /** --auth-keys: the file, loaded (null: sessions are not authenticated) */
+  authKeys: AuthKeys | null;
+  /** --allow: the peer networks that may connect at all ("ADDR/PREFIX"); empty: any */
+  allow: string[];
 }
 
 export interface RawServerOptions {
@@ -38,10 +42,23 @@ export interface RawServerOptions {
   queueDepth?: string | number;
   maxIoSize?: string | number;
   ioThreads?: string | number;
+  authKeys?: string;
+  allow?: string[];
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
   return new IbnbdError('EINVAL', `--${option} ${JSON.stringify(value)}: ${why}`);
+}
+
+/** "ADDR/PREFIX" or "ADDR" (one host), IPv4 or IPv6; the canonical "ADDR/PREFIX". */
+export function parseCidr(s: string): string {
+  const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(s);
+  const family = m ? isIP(m[1]!) : 0;
+  if (!m || family === 0) throw invalid('allow', s, 'not ADDR or ADDR/PREFIX (IPv4 or IPv6)');
+  const max = family === 4 ? 32 : 128;
+  const prefix = m[2] === undefined ? max : Number(m[2]);
+  if (prefix > max) throw invalid('allow', s, `the prefix of an IPv${family} network is 0..${max}`);
+  return `${m[1]}/${prefix}`;
 }
 
 /** "ADDR:PORT", "[V6]:PORT", "ADDR" (port 1234) or "ip:ADDR[:PORT]". */
@@ -81,7 +98,11 @@ function intOption(name: string, v: string | number | undefined, dflt: number, m
 
 export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const listen = (raw.listen && raw.listen.length > 0 ? raw.listen : ['0.0.0.0', '[::]']).map(parseListen);
-  const devSearchPath = raw.devSearchPath ?? DEFAULT_DEV_SEARCH_PATH;
+  // no implicit "/": which files and devices clients may open is the operator's explicit choice
+  if (raw.devSearchPath === undefined) {
+    throw new IbnbdError('EINVAL', '--dev-search-path is required: the directory clients may open devices and files under (an explicit "/" is allowed)');
+  }
+  const devSearchPath = raw.devSearchPath;
   if (!devSearchPath.startsWith('/')) throw invalid('dev-search-path', devSearchPath, 'must be an absolute path');
   if (devSearchPath.includes('\0')) throw invalid('dev-search-path', devSearchPath, 'contains a NUL byte');
   if (devSearchPath.split('/').includes('..')) throw invalid('dev-search-path', devSearchPath, 'has a ".." component');
@@ -99,5 +120,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   if (transport !== 'tcp' && transport !== 'rdma' && transport !== 'auto') {
     throw invalid('transport', transport, 'must be tcp, rdma or auto');
   }
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads };
+  const allow = (raw.allow ?? []).map(parseCidr);
+  const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow };
 }

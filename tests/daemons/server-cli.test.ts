@@ -98,9 +98,13 @@ test('devices, sessions and force-close through the CLI', async (t) => {
 });
 
 test('bad daemon options fail before anything starts, naming the option', async (t) => {
-  const r = await ibnbd(['server', '--queue-depth', '0', '--control', '/tmp/ibnbd-never.sock']);
+  const r = await ibnbd(['server', '--dev-search-path', '/tmp', '--queue-depth', '0', '--control', '/tmp/ibnbd-never.sock']);
   t.is(r.code, 22);
   t.regex(r.stderr, /^ibnbd: EINVAL: --queue-depth "0"/);
+  // no implicit "/": the search path is the operator's choice, said out loud
+  const none = await ibnbd(['server', '--control', '/tmp/ibnbd-never.sock']);
+  t.is(none.code, 22);
+  t.regex(none.stderr, /--dev-search-path is required/);
   const r2 = await ibnbd(['server', '--dev-search-path', 'rel']);
   t.is(r2.code, 22);
   t.regex(r2.stderr, /--dev-search-path "rel": must be an absolute path/);

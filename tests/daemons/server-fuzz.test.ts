@@ -126,7 +126,7 @@ class RawPath {
       const s = await connect(port);
       if (!s) return p.close(), null;
       p.socks.push(s);
-      s.write(encodeHandshakeReq({ version: VERSION, connIndex: i, connCount: 2, queueDepth: qd, maxIoSize: 128 * 1024, incarnation: 1, sessionUuid, pathUuid, sessname }));
+      s.write(encodeHandshakeReq({ version: VERSION, connIndex: i, connCount: 2, queueDepth: qd, maxIoSize: 128 * 1024, incarnation: 1, sessionUuid, pathUuid, flags: 0, sessname }));
       const rsp = await readExactly(s, HANDSHAKE_RSP_SIZE);
       if (!rsp || rsp.readInt32LE(8) !== 0) return p.close(), null;
       p.free.push(Array.from({ length: qd }, (_, k) => k));
@@ -299,7 +299,7 @@ test('fuzzing a running server: it keeps serving a well-behaved session', async 
 
   // (1) random and mutated handshakes on fresh connections
   const handshakeFuzz = async () => {
-    const valid = encodeHandshakeReq({ version: VERSION, connIndex: 0, connCount: 2, queueDepth: 32, maxIoSize: 131072, incarnation: 1, sessionUuid: randomBytes(16), pathUuid: randomBytes(16), sessname: 'hs' });
+    const valid = encodeHandshakeReq({ version: VERSION, connIndex: 0, connCount: 2, queueDepth: 32, maxIoSize: 131072, incarnation: 1, sessionUuid: randomBytes(16), pathUuid: randomBytes(16), flags: 0, sessname: 'hs' });
     while (!timeUp() && frames < TARGET && handshakes < 5000) {
       const s = await connect(port);
       if (!s) continue;

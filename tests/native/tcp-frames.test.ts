@@ -18,7 +18,10 @@ const V = JSON.parse(readFileSync(join(projectRoot, 'tests/support/vectors/tcp-f
   handshakeReq: Vec[];
   handshakeRsp: Vec[];
   frameHeader: Vec[];
-  invalid: { what: 'handshakeReq' | 'handshakeRsp' | 'frameHeader'; name: string; hex: string; errno: string }[];
+  authChallenge: Vec[];
+  authProof: Vec[];
+  authProofCompute: { name: string; role: 'server' | 'client'; secret: string; clientNonce: string; serverNonce: string; transcript: string; proof: string }[];
+  invalid: { what: 'handshakeReq' | 'handshakeRsp' | 'frameHeader' | 'authChallenge' | 'authProof'; name: string; hex: string; errno: string }[];
 };
 
 type Codec = {
@@ -28,11 +31,22 @@ type Codec = {
   decodeHandshakeRsp(b: Buffer): F.Decoded<F.HandshakeRsp>;
   encodeFrameHeader(v: F.FrameHeader): Buffer;
   decodeFrameHeader(b: Buffer): F.Decoded<F.FrameHeader>;
+  encodeAuthChallenge(v: F.AuthChallenge): Buffer;
+  decodeAuthChallenge(b: Buffer): F.Decoded<F.AuthChallenge>;
+  encodeAuthProof(v: F.AuthProof): Buffer;
+  decodeAuthProof(b: Buffer): F.Decoded<F.AuthProof>;
+  computeProof(secret: Buffer, role: 'server' | 'client', clientNonce: Buffer, serverNonce: Buffer, transcript: Buffer): Buffer;
 };
 const cpp = loadTestAddon<{ tcpFrames: Codec }>().tcpFrames;
 const codecs: [string, Codec][] = [['ts', F as unknown as Codec], ['c++', cpp]];
 
-const reqValue = (v: Record<string, unknown>): F.HandshakeReq => ({ ...(v as unknown as F.HandshakeReq), sessionUuid: Buffer.from(v.sessionUuid as string, 'hex'), pathUuid: Buffer.from(v.pathUuid as string, 'hex') });
+const reqValue = (v: Record<string, unknown>): F.HandshakeReq => {
+  const r: F.HandshakeReq = { ...(v as unknown as F.HandshakeReq), sessionUuid: Buffer.from(v.sessionUuid as string, 'hex'), pathUuid: Buffer.from(v.pathUuid as string, 'hex') };
+  if (typeof v.clientNonce === 'string') r.clientNonce = Buffer.from(v.clientNonce, 'hex');
+  return r;
+};
+/** hex fields → Buffers */
+const bufs = (v: Record<string, unknown>): any => Object.fromEntries(Object.entries(v).map(([k, x]) => [k, Buffer.from(x as string, 'hex')]));
 const hdrValue = (v: Record<string, unknown>): F.FrameHeader => ({ ...(v as unknown as F.FrameHeader), cookie: BigInt(v.cookie as string) });
 
 for (const [lang, c] of codecs) {
@@ -59,10 +73,27 @@ for (const [lang, c] of codecs) {
       t.deepEqual(c.decodeFrameHeader(Buffer.from(v.hex, 'hex')), { ok: true, value }, v.name);
     }
   });
+  test(`${lang}: the authentication challenge and proof, and the HMAC over them`, (t) => {
+    for (const [vecs, enc, dec] of [
+      [V.authChallenge, c.encodeAuthChallenge, c.decodeAuthChallenge],
+      [V.authProof, c.encodeAuthProof, c.decodeAuthProof],
+    ] as const) {
+      for (const v of vecs) {
+        const value = bufs(v.value);
+        t.is((enc as (x: unknown) => Buffer)(value).toString('hex'), v.hex, v.name);
+        t.deepEqual(dec(Buffer.from(v.hex, 'hex')), { ok: true, value }, v.name);
+      }
+    }
+    for (const v of V.authProofCompute) {
+      const got = c.computeProof(Buffer.from(v.secret, 'hex'), v.role, Buffer.from(v.clientNonce, 'hex'), Buffer.from(v.serverNonce, 'hex'), Buffer.from(v.transcript, 'hex'));
+      t.is(got.toString('hex'), v.proof, v.name);
+    }
+  });
   test(`${lang}: invalid bytes are refused with the listed errno`, (t) => {
     for (const v of V.invalid) {
       const b = Buffer.from(v.hex, 'hex');
-      const d = v.what === 'handshakeReq' ? c.decodeHandshakeReq(b) : v.what === 'handshakeRsp' ? c.decodeHandshakeRsp(b) : c.decodeFrameHeader(b);
+      const dec = { handshakeReq: c.decodeHandshakeReq, handshakeRsp: c.decodeHandshakeRsp, frameHeader: c.decodeFrameHeader, authChallenge: c.decodeAuthChallenge, authProof: c.decodeAuthProof }[v.what];
+      const d = (dec as (b: Buffer) => F.Decoded<unknown>)(b);
       t.false(d.ok, v.name);
       if (!d.ok) t.is(d.errno as string, v.errno, v.name);
     }
@@ -72,7 +103,7 @@ for (const [lang, c] of codecs) {
 const verdict = (d: F.Decoded<unknown>): unknown => (d.ok ? d.value : d.errno);
 
 test('the two codecs agree on 20k random and mutated buffers', (t) => {
-  const seeds = [...V.handshakeReq, ...V.handshakeRsp, ...V.frameHeader].map((v) => Buffer.from(v.hex, 'hex'));
+  const seeds = [...V.handshakeReq, ...V.handshakeRsp, ...V.frameHeader, ...V.authChallenge, ...V.authProof].map((v) => Buffer.from(v.hex, 'hex'));
   let accepted = 0;
   for (let i = 0; i < 20_000; i++) {
     let b: Buffer;
@@ -81,10 +112,10 @@ test('the two codecs agree on 20k random and mutated buffers', (t) => {
       const flips = 1 + (i % 3);
       for (let k = 0; k < flips; k++) b[Math.floor(Math.random() * b.length)] = Math.floor(Math.random() * 256);
     } else {
-      b = randomBytes([24, 32, 64, 65, 70][i % 5]!);
+      b = randomBytes([24, 32, 48, 64, 65, 70, 80][i % 7]!);
       if (i % 3 === 0) b.writeUInt32LE(F.MAGIC, 0);
     }
-    for (const fn of ['decodeHandshakeReq', 'decodeHandshakeRsp', 'decodeFrameHeader'] as const) {
+    for (const fn of ['decodeHandshakeReq', 'decodeHandshakeRsp', 'decodeFrameHeader', 'decodeAuthChallenge', 'decodeAuthProof'] as const) {
       const a = verdict(F[fn](b));
       const n = verdict(cpp[fn](b));
       if (JSON.stringify(a, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)) !== JSON.stringify(n, (_k, x) => (typeof x === 'bigint' ? x.toString() : x))) {

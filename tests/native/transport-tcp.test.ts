@@ -355,7 +355,7 @@ test('server side: a client that handshakes and goes silent is dropped by heartb
       const s = netConnect(h.port, '127.0.0.1');
       t.teardown(() => s.destroy());
       await new Promise((r) => s.once('connect', r));
-      s.write(F.encodeHandshakeReq({ version: 1, connIndex: i, connCount: 2, queueDepth: 8, maxIoSize: 65536, incarnation: 1, sessionUuid: su, pathUuid: pu, sessname }));
+      s.write(F.encodeHandshakeReq({ version: 1, connIndex: i, connCount: 2, queueDepth: 8, maxIoSize: 65536, incarnation: 1, sessionUuid: su, pathUuid: pu, flags: 0, sessname }));
       const rsp = await new Promise<Buffer>((r) => s.once('data', r));
       const d = F.decodeHandshakeRsp(rsp.subarray(0, 32));
       t.true(d.ok && d.value.errno === 0 && d.value.queueDepth === 8);

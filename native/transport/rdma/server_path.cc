@@ -22,9 +22,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "transport/core/auth.h"
 #include "transport/rdma/server_internal.h"
 
 namespace ibnbd::rdma::server {
@@ -97,6 +99,14 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
     for (auto& [k, other] : sessions_)
       if (other.get() != s && other->name == name) bad = true;  // the kernel's -EPERM
     if (!s->name.empty() && s->name != name) bad = true;
+    // Sessions over RDMA give no proof (RTRS has no place for one): with keys required, only
+    // the names the keys file opens to unauthenticated peers (the kernel's client) get in.
+    if (!bad && opts_.auth && opts_.auth->required() && !opts_.auth->OpenOverRdma(name)) {
+      fprintf(stderr, "ibnbd: rdma server: session '%s' from %s refused (EACCES): authentication failed "
+              "(over RDMA only the names the keys file marks 'rdma-unauthenticated' are let in)\n",
+              name.c_str(), p->src.c_str());
+      bad = true;
+    }
     if (bad) {
       close_requests_.push_back(p);
       uint64_t one = 1;

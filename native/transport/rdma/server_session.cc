@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/core/allow.h"
 #include "transport/core/fault.h"
 #include "transport/rdma/rdma.h"
 #include "transport/rdma/reaper.h"
@@ -159,7 +160,11 @@ void RdmaServer::OnConnectRequest(rdma_cm_event* ev, std::unique_ptr<Conn>* reje
   rsp.version = htole16(wire::kVersion);
   int err = 0;
   const auto& pc = ev->param.conn;
-  if (!pc.private_data || pc.private_data_len < sizeof(req)) {
+  if (opts_.allow && !opts_.allow->Allows(rdma_get_peer_addr(ev->id))) {
+    fprintf(stderr, "ibnbd: rdma server: connection from %s refused (EACCES): not in --allow\n",
+            FormatSockaddr(rdma_get_peer_addr(ev->id)).c_str());
+    err = -EACCES;
+  } else if (!pc.private_data || pc.private_data_len < sizeof(req)) {
     err = -EINVAL;
   } else {
     memcpy(&req, pc.private_data, sizeof(req));

@@ -127,6 +127,8 @@ class TcpClientSession : public ClientSession {
   void StartFenceRoundLocked();
   void Resend(ClientIo* io, ClientPath* failed);
   int FenceBeforeUp(ClientPath* p, int service_fd, uint64_t deadline_ns);
+  // client_auth.cc: on the connecting thread, one connection's challenge checked and answered
+  int AnswerChallenge(int fd, const std::vector<uint8_t>& request, uint64_t deadline_ns);
   std::vector<Parked> TakeParked();
   // client_session.cc: requests and session-wide state
   ClientPath* Choose(unsigned loop, ClientPath* exclude);

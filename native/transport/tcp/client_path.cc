@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/auth.h"
 #include "transport/core/policy.h"
 #include "transport/tcp/client_internal.h"
 #include "transport/tcp/frames.h"
@@ -191,6 +192,10 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
   memcpy(req.path_uuid, p->uuid, 16);
   req.incarnation = p->incarnation.fetch_add(1) + 1;
   req.sessname = opt_.sessname;
+  const bool auth = !opt_.auth_secret.empty();
+  if (auth) req.flags |= kHandshakeFlagAuth;
+  // per connection: its request as sent (the proofs' transcript) and its nonce
+  std::vector<std::vector<uint8_t>> sent(conn_count);
 
   std::vector<int> fds(conn_count, -1);
   // While the handshake blocks, Close() may shut these down (dialing_) so it need not wait out
@@ -227,11 +232,19 @@ int TcpClientSession::ConnectPath(ClientPath* p, uint64_t deadline_ns) {
     }
     rc = ConnectBefore(fd, dst, dst_len, deadline_ns);
     if (rc) break;
-    uint8_t buf[kHandshakeReqSize + kMaxSessnameLen];
     req.conn_index = i;
-    size_t len = EncodeHandshakeReq(req, buf);
-    rc = SendAllBefore(fd, buf, len, deadline_ns);
+    if (auth && !core::RandomBytes(req.client_nonce, sizeof(req.client_nonce))) {
+      rc = -EAGAIN;
+      break;
+    }
+    sent[i].resize(HandshakeReqLen(req));
+    size_t len = EncodeHandshakeReq(req, sent[i].data());
+    rc = SendAllBefore(fd, sent[i].data(), len, deadline_ns);
   }
+  // each connection's AUTH_CHALLENGE answered before any response is awaited: the server may
+  // hold a path's responses until all its connections have handshaken (client_auth.cc)
+  for (uint16_t i = 0; auth && i < conn_count && rc == 0; i++)
+    rc = AnswerChallenge(fds[i], sent[i], deadline_ns);
   for (uint16_t i = 0; i < conn_count && rc == 0; i++) {
     uint8_t buf[kHandshakeRspSize];
     rc = RecvAllBefore(fds[i], buf, sizeof(buf), deadline_ns);

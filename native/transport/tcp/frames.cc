@@ -44,8 +44,11 @@ size_t EncodeHandshakeReq(const HandshakeReq& req, uint8_t* out) {
   Put32(out + 20, req.incarnation);
   memcpy(out + 24, req.session_uuid, 16);
   memcpy(out + 40, req.path_uuid, 16);
+  Put32(out + 56, req.flags);
   memcpy(out + kHandshakeReqSize, req.sessname.data(), req.sessname.size());
-  return kHandshakeReqSize + req.sessname.size();
+  if (req.flags & kHandshakeFlagAuth)
+    memcpy(out + kHandshakeReqSize + req.sessname.size(), req.client_nonce, kAuthNonceLen);
+  return HandshakeReqLen(req);
 }
 
 int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sessname_len) {
@@ -60,7 +63,8 @@ int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sess
   req->incarnation = Get32(in + 20);
   memcpy(req->session_uuid, in + 24, 16);
   memcpy(req->path_uuid, in + 40, 16);
-  if (!AllZero(in + 56, 8)) return -EPROTO;
+  req->flags = Get32(in + 56);
+  if ((req->flags & ~kHandshakeFlagAuth) != 0 || !AllZero(in + 60, 4)) return -EPROTO;
   if (*sessname_len == 0 || *sessname_len > kMaxSessnameLen) return -EINVAL;
   if (req->conn_count < 2 || req->conn_count > kMaxConnsPerPath) return -EINVAL;
   if (req->conn_index >= req->conn_count) return -EINVAL;
@@ -68,6 +72,59 @@ int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sess
   if (req->max_io_size < kMinMaxIoSize || req->max_io_size > kMaxMaxIoSize) return -EINVAL;
   if (AllZero(req->session_uuid, 16) || AllZero(req->path_uuid, 16)) return -EINVAL;
   return 0;
+}
+
+int DecodeHandshakeReqTail(const uint8_t* tail, uint16_t sessname_len, HandshakeReq* req) {
+  req->sessname.assign(reinterpret_cast<const char*>(tail), sessname_len);
+  if (int rc = ValidateSessname(req->sessname)) return rc;
+  if (req->flags & kHandshakeFlagAuth) memcpy(req->client_nonce, tail + sessname_len, kAuthNonceLen);
+  return 0;
+}
+
+namespace {
+void PutAuthHeader(uint8_t* out, size_t size, uint16_t kind) {
+  memset(out, 0, size);
+  Put32(out + 0, kMagic);
+  Put16(out + 4, kVersion);
+  Put16(out + 6, kind);
+}
+int CheckAuthHeader(const uint8_t* in, uint16_t kind) {
+  if (Get32(in) != kMagic) return -EPROTO;
+  if (Get16(in + 4) != kVersion) return -EPROTONOSUPPORT;
+  if (Get16(in + 6) != kind || !AllZero(in + 8, 8)) return -EPROTO;
+  return 0;
+}
+}  // namespace
+
+void EncodeAuthChallenge(const AuthChallenge& c, uint8_t* out) {
+  PutAuthHeader(out, kAuthChallengeSize, kAuthKindChallenge);
+  memcpy(out + 16, c.server_nonce, kAuthNonceLen);
+  memcpy(out + 48, c.server_proof, kAuthProofLen);
+}
+
+int DecodeAuthChallenge(const uint8_t* in, AuthChallenge* c) {
+  if (int rc = CheckAuthHeader(in, kAuthKindChallenge)) return rc;
+  memcpy(c->server_nonce, in + 16, kAuthNonceLen);
+  memcpy(c->server_proof, in + 48, kAuthProofLen);
+  return 0;
+}
+
+void EncodeAuthProof(const AuthProof& p, uint8_t* out) {
+  PutAuthHeader(out, kAuthProofSize, kAuthKindProof);
+  memcpy(out + 16, p.client_proof, kAuthProofLen);
+}
+
+int DecodeAuthProof(const uint8_t* in, AuthProof* p) {
+  if (int rc = CheckAuthHeader(in, kAuthKindProof)) return rc;
+  memcpy(p->client_proof, in + 16, kAuthProofLen);
+  return 0;
+}
+
+int PeekServerKind(const uint8_t* in, uint16_t* kind) {
+  if (Get32(in) != kMagic) return -EPROTO;
+  if (Get16(in + 4) != kVersion) return -EPROTONOSUPPORT;
+  *kind = Get16(in + 6);
+  return *kind == 0 || *kind == kAuthKindChallenge ? 0 : -EPROTO;
 }
 
 int ValidateSessname(const std::string& name) {

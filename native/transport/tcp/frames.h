@@ -19,6 +19,17 @@ constexpr uint16_t kMaxConnsPerPath = 1025;  // service + up to 1024 IO threads
 constexpr uint32_t kMaxQueueDepth = 65535;
 constexpr uint32_t kMinMaxIoSize = 4096;
 constexpr uint32_t kMaxMaxIoSize = 16 * 1024 * 1024;
+// Authentication (docs/tcp-transport.md, "Authentication"; docs/security.md): a request with
+// kHandshakeFlagAuth carries the client's nonce after the name; the server answers with an
+// AUTH_CHALLENGE (its nonce and proof) instead of the response, and the client's AUTH_PROOF
+// comes before the response.
+constexpr uint32_t kHandshakeFlagAuth = 1;
+constexpr size_t kAuthNonceLen = 32;
+constexpr size_t kAuthProofLen = 32;
+constexpr size_t kAuthChallengeSize = 80;
+constexpr size_t kAuthProofSize = 48;
+constexpr uint16_t kAuthKindChallenge = 1;  // at offset 6, where a handshake response has 0
+constexpr uint16_t kAuthKindProof = 2;
 
 enum class FrameKind : uint8_t {
   kReadReq = 1,   // client → server: usr follows; data_len = bytes wanted back
@@ -42,7 +53,18 @@ struct HandshakeReq {
   uint8_t path_uuid[16] = {};  // the client's path, the same across its reconnects
   // the path's connect attempt, counting up: a higher one retires the path's older connections
   uint32_t incarnation = 0;
+  uint32_t flags = 0;  // kHandshakeFlagAuth
   std::string sessname;
+  uint8_t client_nonce[kAuthNonceLen] = {};  // on the wire after the name, with the auth flag
+};
+
+struct AuthChallenge {
+  uint8_t server_nonce[kAuthNonceLen] = {};
+  uint8_t server_proof[kAuthProofLen] = {};
+};
+
+struct AuthProof {
+  uint8_t client_proof[kAuthProofLen] = {};
 };
 
 struct HandshakeRsp {
@@ -61,12 +83,29 @@ struct FrameHeader {
   uint64_t cookie = 0;
 };
 
-// Writes kHandshakeReqSize + sessname.size() bytes.
+// Writes HandshakeReqLen(req) bytes: the fixed part, the name, the nonce when flags has auth.
 size_t EncodeHandshakeReq(const HandshakeReq& req, uint8_t* out);
-// Decodes the fixed part; *sessname_len tells how many bytes of name follow. Checks magic,
-// version, reserved bytes zero, 1 ≤ sessname_len ≤ 256, conn_index < conn_count ≤ max,
-// queue depth 1..65535, max IO size in range.
+inline size_t HandshakeReqLen(const HandshakeReq& req) {
+  return kHandshakeReqSize + req.sessname.size() + ((req.flags & kHandshakeFlagAuth) ? kAuthNonceLen : 0);
+}
+// Decodes the fixed part; *tail_len tells how many bytes follow (the name, then the nonce when
+// flags has auth). Checks magic, version, known flags, reserved bytes zero, 1 ≤ sessname_len ≤
+// 256, conn_index < conn_count ≤ max, queue depth 1..65535, max IO size in range.
 int DecodeHandshakeReqFixed(const uint8_t* in, HandshakeReq* req, uint16_t* sessname_len);
+// The bytes after the fixed part: the name (validated) and the nonce.
+int DecodeHandshakeReqTail(const uint8_t* tail, uint16_t sessname_len, HandshakeReq* req);
+inline size_t HandshakeReqTailLen(const HandshakeReq& req, uint16_t sessname_len) {
+  return sessname_len + ((req.flags & kHandshakeFlagAuth) ? kAuthNonceLen : 0);
+}
+
+// kAuthChallengeSize / kAuthProofSize bytes. The decoders check magic, version, kind, reserved.
+void EncodeAuthChallenge(const AuthChallenge& c, uint8_t* out);
+int DecodeAuthChallenge(const uint8_t* in, AuthChallenge* c);
+void EncodeAuthProof(const AuthProof& p, uint8_t* out);
+int DecodeAuthProof(const uint8_t* in, AuthProof* p);
+// The first 8 bytes of what a server sends first: an AUTH_CHALLENGE (kAuthKindChallenge) or a
+// handshake response (0); -EPROTO for anything else.
+int PeekServerKind(const uint8_t* in, uint16_t* kind);
 // The name: no NUL, '/', control characters, and not "." or "..".
 int ValidateSessname(const std::string& name);
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "transport/core/allow.h"
 #include "transport/core/fault.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
@@ -136,6 +137,11 @@ void TcpServer::OnAccept(int lfd) {
     socklen_t pl = sizeof(peer);
     int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &pl, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return;
+    if (opt_.allow && !opt_.allow->Allows(reinterpret_cast<sockaddr*>(&peer))) {
+      fprintf(stderr, "ibnbd: tcp server: connection from %s refused: not in --allow\n", FormatSockaddr(peer).c_str());
+      close(fd);
+      continue;
+    }
     SetNoDelay(fd);
     auto p = std::make_unique<Pending>();
     p->fd = fd;
@@ -193,21 +199,27 @@ void TcpServer::OnPendingReadable(int fd) {
   Pending* p = it->second.get();
   ssize_t r = RecvSome(fd, p->buf + p->have, p->need - p->have);
   if (r == -EAGAIN) return;
-  if (r <= 0) return ClosePending(fd);
+  if (r <= 0) {
+    // a client that does not hold the secret finds our proof wrong and hangs up: a failed attempt
+    if (p->awaiting_proof)
+      fprintf(stderr, "ibnbd: tcp server: handshake from %s refused (EACCES): authentication failed for session '%s' "
+              "(the client hung up on the challenge)\n", p->peer.c_str(), p->req.sessname.c_str());
+    return ClosePending(fd);
+  }
   p->have += static_cast<size_t>(r);
   if (p->have < p->need) return;
+  if (p->awaiting_proof) return CheckProof(p);  // server_auth.cc
   HandshakeReq req;
   uint16_t name_len = 0;
   int rc = DecodeHandshakeReqFixed(p->buf, &req, &name_len);
   if (rc) return Reject(p, rc, "malformed handshake");
   if (p->need == kHandshakeReqSize) {
-    p->need += name_len;
+    p->need += HandshakeReqTailLen(req, name_len);
     return;
   }
-  req.sessname.assign(reinterpret_cast<char*>(p->buf + kHandshakeReqSize), name_len);
-  rc = ValidateSessname(req.sessname);
+  rc = DecodeHandshakeReqTail(p->buf + kHandshakeReqSize, name_len, &req);
   if (rc) return Reject(p, rc, "invalid session name");
-  Handshake(p, req);
+  Authenticate(p, req, name_len);
 }
 
 void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {

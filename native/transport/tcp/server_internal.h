@@ -132,11 +132,18 @@ class TcpServer : public Server {
   struct Pending {
     int fd;
     uint64_t since_ns;
-    uint8_t buf[kHandshakeReqSize + kMaxSessnameLen];
+    uint8_t buf[kHandshakeReqSize + kMaxSessnameLen + kAuthNonceLen];
     size_t have = 0;
     size_t need = kHandshakeReqSize;
     std::string peer, local;
+    // after an AUTH_CHALLENGE: the request it answered and the proof the client must send
+    bool awaiting_proof = false;
+    HandshakeReq req;
+    uint8_t expect[kAuthProofLen];
   };
+  // server_auth.cc: the challenge (or a refusal) after a complete request; the proof's check
+  void Authenticate(Pending* p, HandshakeReq& req, uint16_t sessname_len);
+  void CheckProof(Pending* p);
   void OnAccept(int lfd);
   void OnPendingReadable(int fd);
   void Reject(Pending* p, int err, const std::string& why);

@@ -83,7 +83,9 @@ export function register(program: Command): void {
       positiveInt('--admin-timeout'),
       CLIENT_DEFAULTS.adminTimeout,
     )
+    .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): a session whose name is listed authenticates itself and the server (TCP); SIGHUP reloads it')
     .action(async (o: {
+      authKeys?: string;
       control: string;
       runDir: string;
       stateDir: string;

@@ -28,7 +28,9 @@ export function register(program: Command): void {
         'close every session and exit). See docs/server.md.',
     )
     .option('--listen <addr:port>', 'address to listen on (repeatable; default 0.0.0.0:1234 and [::]:1234)', collect, [])
-    .option('--dev-search-path <path>', 'directory device paths are relative to; %SESSNAME% = session name', '/')
+    .option('--dev-search-path <path>', 'directory device paths are relative to (required; %SESSNAME% = session name)')
+    .option('--allow <cidr>', 'peer network that may connect, ADDR/PREFIX or ADDR (repeatable; default: any)', collect, [])
+    .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): sessions must authenticate; SIGHUP reloads it')
     .option('--control <sock>', 'control socket', DEFAULT_SERVER_SOCKET)
     .option('--queue-depth <n>', 'requests in flight per session')
     .option('--max-io-size <bytes>', 'largest IO in bytes')
@@ -47,6 +49,8 @@ export function register(program: Command): void {
         maxIoSize: o.maxIoSize as string | undefined,
         ioThreads: o.ioThreads as string | undefined,
         transport: o.transport as string | undefined,
+        authKeys: o.authKeys as string | undefined,
+        allow: o.allow as string[],
       });
     });
 
