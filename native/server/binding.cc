@@ -207,6 +207,15 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     opt.heartbeat_missed_max =
         transport::U32Field(o, "heartbeatMissedMax", transport::kHeartbeatMissedMax, 0, 1000);
     opt.auth = auth_;
+    // the bounds against floods (transport.h, Limits), checked in JS (src/server/options.ts)
+    opt.limits.max_sessions = transport::U32Field(o, "maxSessions", opt.limits.max_sessions, 1, 1u << 20);
+    opt.limits.max_conns_per_session =
+        transport::U32Field(o, "maxConnsPerSession", opt.limits.max_conns_per_session, 2, 1u << 20);
+    opt.limits.max_pending = transport::U32Field(o, "maxPendingHandshakes", opt.limits.max_pending, 1, 1u << 20);
+    opt.limits.handshake_timeout_ms =
+        transport::U32Field(o, "handshakeTimeoutMs", opt.limits.handshake_timeout_ms, 100, 600000);
+    if (o.Get("maxBufferBytes").IsNumber())
+      opt.limits.max_buffer_bytes = static_cast<uint64_t>(o.Get("maxBufferBytes").As<Napi::Number>().Int64Value());
     Napi::Value al = o.Get("allow");  // CIDR strings, checked in JS (src/server/options.ts)
     if (al.IsArray()) {
       auto allow = std::make_shared<transport::core::AllowList>();
@@ -246,7 +255,9 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (started_ || stopped_) ThrowErrno(env, EALREADY, "server already started");
-    int rc = server_->Start();
+    int rc = PrepareIoRings();
+    if (rc) ThrowErrno(env, rc, "cannot create the IO threads' io_uring rings");
+    rc = server_->Start();
     if (rc) ThrowErrno(env, rc, "cannot listen");
     started_ = true;
     tsfn_.Ref(env);  // a listening server keeps the process alive, like net.Server

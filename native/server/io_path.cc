@@ -321,4 +321,14 @@ void ExecuteIo(ServerIo* io, SessionDevices* devices) {
   Run(op);
 }
 
+int PrepareIoRings() {
+  IoThreads& pool = IoThreads::Get();
+  int rc = 0;
+  for (unsigned i = 0; i < pool.size(); i++)
+    pool.loop(i).RunSync([&rc] {
+      if (Ring::ForThisThread() == nullptr) rc = -EMFILE;
+    });
+  return rc;
+}
+
 }  // namespace ibnbd::server

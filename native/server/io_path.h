@@ -15,4 +15,9 @@ void ExecuteIo(transport::ServerIo* io, SessionDevices* devices);
 // A regular file on tmpfs/ramfs: READ/WRITE are copied on the IO thread instead of io_uring.
 bool IsMemoryBacked(int fd);
 
+// Creates every IO thread's ring now, at the server's start (on those threads): a ring takes
+// descriptors, and later, with the process out of them (a flood of connections), the first IO
+// of a session would fail. 0 or -errno.
+int PrepareIoRings();
+
 }  // namespace ibnbd::server

@@ -204,6 +204,17 @@ class Server {
     std::shared_ptr<core::AuthKeys> auth;
     // --allow: the peer addresses that may connect at all; null or empty: any
     std::shared_ptr<const core::AllowList> allow;
+    // Bounds a flood of connections or sessions cannot pass (docs/security.md): refused with
+    // -EBUSY (sessions, connections) or -ENOMEM (buffer memory), and logged.
+    struct Limits {
+      uint32_t max_sessions = 1024;
+      uint32_t max_conns_per_session = 256;  // over all its paths
+      uint32_t max_pending = 512;            // handshakes in progress; the oldest goes first
+      uint32_t handshake_timeout_ms = 5000;
+      // request buffers a session may pin: queue depth × max IO size, summed over sessions
+      // (TCP) or paths (RDMA, whose chunks are per path)
+      uint64_t max_buffer_bytes = 8ull << 30;
+    } limits;
   };
   static std::unique_ptr<Server> Create(const std::string& transport, Options options,
                                         ServerHandler* handler, int* err);

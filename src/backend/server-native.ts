@@ -15,6 +15,11 @@ export interface NativeServerOptions {
   heartbeatMissedMax?: number;
   /** peer networks ("ADDR/PREFIX") that may connect; absent or empty: any */
   allow?: string[];
+  maxSessions?: number;
+  maxConnsPerSession?: number;
+  maxPendingHandshakes?: number;
+  handshakeTimeoutMs?: number;
+  maxBufferBytes?: number;
 }
 
 export type NativeServerEvent =
@@ -101,6 +106,11 @@ export class NativeServer {
     checkInt('maxIoSize', opts.maxIoSize, 4096, 16 << 20);
     checkInt('heartbeatMs', opts.heartbeatMs, 1, 3_600_000);
     checkInt('heartbeatMissedMax', opts.heartbeatMissedMax, 0, 1000);
+    checkInt('maxSessions', opts.maxSessions, 1, 1 << 20);
+    checkInt('maxConnsPerSession', opts.maxConnsPerSession, 2, 1 << 20);
+    checkInt('maxPendingHandshakes', opts.maxPendingHandshakes, 1, 1 << 20);
+    checkInt('handshakeTimeoutMs', opts.handshakeTimeoutMs, 100, 600_000);
+    checkInt('maxBufferBytes', opts.maxBufferBytes, 1, Number.MAX_SAFE_INTEGER);
     if (opts.allow !== undefined && (!Array.isArray(opts.allow) || opts.allow.some((c) => typeof c !== 'string'))) {
       throw new IbnbdError('EINVAL', 'allow must be an array of CIDR strings');
     }

@@ -221,9 +221,13 @@ export class ClientSessions {
       try {
         await session.native.connect(this.opts.connectTimeoutMs);
       } catch (e) {
-        if (toIbnbdError(e).code === 'EACCES') {
+        const code = toIbnbdError(e).code;
+        if (code === 'EACCES') {
           // the same words whichever side or part failed: the logs of both daemons say more
           throw new IbnbdError('EACCES', `session ${session.sessname}: authentication failed`);
+        }
+        if (code === 'EBUSY') {
+          throw new IbnbdError('EBUSY', `session ${session.sessname}: the server refused it for now: at its limit of sessions or of connections per session, or still finishing a lost path's requests (its log says which)`);
         }
         throw session.transport === 'rdma' ? rdmaConnectError(e, session.paths) : e;
       }

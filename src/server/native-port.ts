@@ -68,7 +68,12 @@ function startOne(
   let native: NativeServer;
   try {
     native = new NativeServer(
-      { transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize, allow: opts.allow },
+      {
+        transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize, allow: opts.allow,
+        maxSessions: opts.limits.maxSessions, maxConnsPerSession: opts.limits.maxConnsPerSession,
+        maxPendingHandshakes: opts.limits.maxPendingHandshakes, handshakeTimeoutMs: opts.limits.handshakeTimeoutMs,
+        maxBufferBytes: opts.limits.maxBufferBytes,
+      },
       (raw) => {
         const ev = toServerEvent(raw);
         if (ev) onEvent(ev);

@@ -32,6 +32,35 @@ export interface ServerOptions {
   authKeys: AuthKeys | null;
   /** --allow: the peer networks that may connect at all ("ADDR/PREFIX"); empty: any */
   allow: string[];
+  limits: ServerLimits;
+}
+
+/** The bounds a flood of connections, handshakes or sessions cannot pass (docs/security.md). */
+export interface ServerLimits {
+  maxSessions: number;
+  maxConnsPerSession: number;
+  maxPendingHandshakes: number;
+  handshakeTimeoutMs: number;
+  /** queue depth × max IO size summed over sessions (TCP) or paths (RDMA) */
+  maxBufferBytes: number;
+  maxDevicesPerSession: number;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = {
+  maxSessions: 1024,
+  maxConnsPerSession: 256,
+  maxPendingHandshakes: 512,
+  handshakeTimeoutMs: 5000,
+  maxBufferBytes: 8 * 1024 ** 3,
+  maxDevicesPerSession: 256,
+};
+
+/** BYTES with an optional k/M/G/T suffix (powers of 1024). */
+export function parseBytes(option: string, v: string | number): number {
+  const m = typeof v === 'number' ? [String(v), String(v), ''] : /^(\d+)([kKmMgGtT]?)$/.exec(v.trim());
+  const n = m ? Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase()) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw invalid(option, v, 'must be a number of bytes, optionally with k, M, G or T');
+  return n;
 }
 
 export interface RawServerOptions {
@@ -44,6 +73,12 @@ export interface RawServerOptions {
   ioThreads?: string | number;
   authKeys?: string;
   allow?: string[];
+  maxSessions?: string | number;
+  maxConnsPerSession?: string | number;
+  maxPendingHandshakes?: string | number;
+  handshakeTimeoutMs?: string | number;
+  maxBufferMemory?: string | number;
+  maxDevicesPerSession?: string | number;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -121,6 +156,14 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     throw invalid('transport', transport, 'must be tcp, rdma or auto');
   }
   const allow = (raw.allow ?? []).map(parseCidr);
+  const limits: ServerLimits = {
+    maxSessions: intOption('max-sessions', raw.maxSessions, DEFAULT_LIMITS.maxSessions, 1, 1 << 20),
+    maxConnsPerSession: intOption('max-conns-per-session', raw.maxConnsPerSession, DEFAULT_LIMITS.maxConnsPerSession, 2, 1 << 20),
+    maxPendingHandshakes: intOption('max-pending-handshakes', raw.maxPendingHandshakes, DEFAULT_LIMITS.maxPendingHandshakes, 1, 1 << 20),
+    handshakeTimeoutMs: intOption('handshake-timeout-ms', raw.handshakeTimeoutMs, DEFAULT_LIMITS.handshakeTimeoutMs, 100, 600_000),
+    maxBufferBytes: raw.maxBufferMemory === undefined ? DEFAULT_LIMITS.maxBufferBytes : parseBytes('max-buffer-memory', raw.maxBufferMemory),
+    maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
+  };
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow };
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits };
 }

@@ -36,6 +36,7 @@ export interface ExportServerOptions {
   devSearchPath: string;
   probe: ProbeDevice;
   log?: Logger;
+  maxDevicesPerSession?: number;
 }
 
 export class ExportServer {
@@ -81,6 +82,7 @@ export class ExportServer {
       exports: this.exports,
       searchPath: this.opts.devSearchPath,
       dataPath: this.#dataPath,
+      maxDevices: this.opts.maxDevicesPerSession,
     });
     this.sessions.set(sessionId, s);
     this.#log.info(`session ${sessname} (${sessionId}) up`);

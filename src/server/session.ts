@@ -30,6 +30,8 @@ export interface SessionContext {
   /** dev_search_path, %SESSNAME% not yet expanded */
   searchPath: string;
   dataPath: DataPath;
+  /** devices one session may have open (--max-devices-per-session); more are EMFILE */
+  maxDevices?: number;
 }
 
 export interface SessionDevice {
@@ -92,6 +94,9 @@ export class ExportSession {
       // The reconnect re-OPEN: same id, fresh geometry, no second permission check.
       const geometry = this.#reprobe(existing);
       return { deviceId: existing.deviceId, geometry, ioMode: existing.ioMode, reused: true };
+    }
+    if (this.ctx.maxDevices !== undefined && this.devices.size >= this.ctx.maxDevices) {
+      throw new IbnbdError('EMFILE', `session ${this.sessname} has ${this.devices.size} devices open, its most (--max-devices-per-session)`);
     }
     const deviceId = this.#allocateId();
     const opened = this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {

@@ -151,6 +151,7 @@ class RdmaServer final : public transport::Server {
   std::map<std::string, std::unique_ptr<SrvSession>> sessions_;  // by paths uuid (binary)
   std::vector<std::unique_ptr<SrvPath>> paths_;  // every path not yet freed
   std::vector<std::unique_ptr<SrvSession>> dead_sessions_;
+  uint64_t reserved_bytes_ = 0;  // chunks_len of every path in paths_ (mu_): --max-buffer-memory
   std::vector<SrvSession*> pending_down_;  // OnSessionDown to call outside mu_
   uint64_t next_sid_ = 1;
 };

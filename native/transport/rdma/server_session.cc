@@ -211,6 +211,11 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   SrvSession* s;
   if (it == sessions_.end()) {
     if (!(req.flags & wire::kFirstConn)) return -ENXIO;
+    if (sessions_.size() >= opts_.limits.max_sessions) {
+      fprintf(stderr, "ibnbd: rdma server: new session from %s refused (EBUSY): --max-sessions %u reached\n",
+              FormatSockaddr(rdma_get_peer_addr(id)).c_str(), opts_.limits.max_sessions);
+      return -EBUSY;
+    }
     auto ns = std::make_unique<SrvSession>();
     ns->srv = this;
     memcpy(ns->paths_uuid, req.paths_uuid, 16);
@@ -236,11 +241,18 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
     }
   } else {
     if (s->paths.size() >= wire::kMaxPathsPerSession) return -ECONNRESET;
+    const size_t chunks_len = size_t(s->qd) * s->chunk_size;
+    if (reserved_bytes_ + chunks_len > opts_.limits.max_buffer_bytes) {
+      fprintf(stderr, "ibnbd: rdma server: path from %s refused (ENOMEM): its chunks would pass --max-buffer-memory\n",
+              FormatSockaddr(rdma_get_peer_addr(id)).c_str());
+      return -ENOMEM;
+    }
     auto np = std::make_unique<SrvPath>();
-    np->chunks_len = size_t(s->qd) * s->chunk_size;
+    np->chunks_len = chunks_len;
     void* m = mmap(nullptr, np->chunks_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -ENOMEM;
     np->chunks = static_cast<uint8_t*>(m);
+    reserved_bytes_ += np->chunks_len;
     np->sess = s;
     memcpy(np->sess_uuid, req.sess_uuid, 16);
     np->cid_num = cid_num;
@@ -251,6 +263,14 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
     p = np.get();
     s->paths.push_back(p);
     paths_.push_back(std::move(np));
+  }
+  size_t conns = 0;
+  for (auto* sp : s->paths)
+    for (auto& c : sp->conns) conns += c ? 1 : 0;
+  if (conns >= opts_.limits.max_conns_per_session) {
+    fprintf(stderr, "ibnbd: rdma server: connection of session %s refused (EBUSY): --max-conns-per-session %u reached\n",
+            p->src.c_str(), opts_.limits.max_conns_per_session);
+    return -EBUSY;
   }
   auto conn = std::make_unique<Conn>(id);
   conn->cid = cid;
@@ -383,6 +403,7 @@ void RdmaServer::SweepZombies(bool force) {
       SrvPath* p = it->get();
       bool queued = std::find(close_requests_.begin(), close_requests_.end(), p) != close_requests_.end();
       if (p->state == PathState::kClosed && (force || (p->inflight == 0 && !queued))) {
+        reserved_bytes_ -= p->chunks_len;
         gone.push_back(std::move(*it));
         it = paths_.erase(it);
       } else {

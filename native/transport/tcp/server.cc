@@ -40,7 +40,10 @@
 namespace ibnbd::transport::tcp::server {
 namespace {
 
-constexpr uint64_t kHandshakeTimeoutNs = 10ull * 1000000000ull;
+constexpr uint32_t kRefusalsLoggedPerSweep = 20;
+
+// What a session's requests may pin in data buffers at once (limits.max_buffer_bytes).
+uint64_t SessionBytes(const SrvSession& s) { return uint64_t(s.qd) * s.max_io; }
 
 }  // namespace
 
@@ -136,12 +139,27 @@ void TcpServer::OnAccept(int lfd) {
     sockaddr_storage peer{};
     socklen_t pl = sizeof(peer);
     int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &pl, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;
+    if (fd < 0) {
+      // out of descriptors or memory: the listener stays readable, so stop watching it until the
+      // next sweep instead of spinning on it; established sessions go on
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        const int e = errno;
+        const uint64_t now = NowNs();
+        if (now - last_accept_error_log_ns_ > 60ull * 1000000000ull) {  // once a minute at most
+          last_accept_error_log_ns_ = now;
+          fprintf(stderr, "ibnbd: tcp server: accept: %s; not accepting for a second (said once a minute)\n", strerror(e));
+        }
+        IoThreads::Get().loop(0).Modify(lfd, 0);
+        paused_.push_back(lfd);
+      }
+      return;
+    }
     if (opt_.allow && !opt_.allow->Allows(reinterpret_cast<sockaddr*>(&peer))) {
       fprintf(stderr, "ibnbd: tcp server: connection from %s refused: not in --allow\n", FormatSockaddr(peer).c_str());
       close(fd);
       continue;
     }
+    if (pending_.size() >= opt_.limits.max_pending) EvictOldestPending();
     SetNoDelay(fd);
     auto p = std::make_unique<Pending>();
     p->fd = fd;
@@ -166,9 +184,19 @@ void TcpServer::ClosePending(int fd) {
   pending_.erase(fd);
 }
 
-void TcpServer::Reject(Pending* p, int err, const std::string& why) {
-  fprintf(stderr, "ibnbd: tcp server: handshake from %s refused (%s): %s\n", p->peer.c_str(),
+// Each refusal is logged, up to kRefusalsLoggedPerSweep a second; the sweep counts the rest.
+void TcpServer::LogRefusal(const std::string& peer, int err, const std::string& why) {
+  if (refusals_logged_ >= kRefusalsLoggedPerSweep) {
+    refusals_unlogged_++;
+    return;
+  }
+  refusals_logged_++;
+  fprintf(stderr, "ibnbd: tcp server: handshake from %s refused (%s): %s\n", peer.c_str(),
           strerrorname_np(-err) ? strerrorname_np(-err) : "?", why.c_str());
+}
+
+void TcpServer::Reject(Pending* p, int err, const std::string& why) {
+  LogRefusal(p->peer, err, why);
   HandshakeRsp rsp;
   rsp.err = err;
   uint8_t b[kHandshakeRspSize];
@@ -184,13 +212,37 @@ void TcpServer::Sweep() {
   (void)n;
   uint64_t now = NowNs();
   std::vector<int> stale;
+  const uint64_t timeout_ns = uint64_t(opt_.limits.handshake_timeout_ms) * 1000000ull;
   for (auto& [fd, p] : pending_)
-    if (now - p->since_ns > kHandshakeTimeoutNs) stale.push_back(fd);
-  for (int fd : stale) {
-    fprintf(stderr, "ibnbd: tcp server: no handshake from %s in time; closing\n",
-            pending_[fd]->peer.c_str());
-    ClosePending(fd);
-  }
+    if (now - p->since_ns > timeout_ns) stale.push_back(fd);
+  // one line a sweep, however many: a flood of half-open connections must not flood the log
+  if (!stale.empty())
+    fprintf(stderr, "ibnbd: tcp server: no handshake in time from %s%s; closing\n", pending_[stale[0]]->peer.c_str(),
+            stale.size() > 1 ? (" and " + std::to_string(stale.size() - 1) + " more").c_str() : "");
+  for (int fd : stale) ClosePending(fd);
+  if (refusals_unlogged_)
+    fprintf(stderr, "ibnbd: tcp server: %llu more handshakes refused in the last second, not logged one by one\n",
+            static_cast<unsigned long long>(refusals_unlogged_));
+  refusals_logged_ = 0;
+  refusals_unlogged_ = 0;
+  // listeners paused by EMFILE/ENFILE at accept (OnAccept) are watched again
+  for (int lfd : paused_) IoThreads::Get().loop(0).Modify(lfd, EPOLLIN);
+  paused_.clear();
+}
+
+// The pending table is full: the oldest handshake goes (a client that is still talking has had
+// the longest; one that only opened a socket loses its place to a newer one).
+void TcpServer::EvictOldestPending() {
+  int oldest = -1;
+  uint64_t since = UINT64_MAX;
+  for (auto& [fd, p] : pending_)
+    if (p->since_ns < since) since = p->since_ns, oldest = fd;
+  if (oldest < 0) return;
+  if (evictions_++ % 1000 == 0)
+    fprintf(stderr, "ibnbd: tcp server: %zu handshakes in progress (--max-pending-handshakes): closing the oldest, "
+            "from %s (%llu so far)\n", pending_.size(), pending_[oldest]->peer.c_str(),
+            static_cast<unsigned long long>(evictions_));
+  ClosePending(oldest);
 }
 
 void TcpServer::OnPendingReadable(int fd) {
@@ -202,8 +254,8 @@ void TcpServer::OnPendingReadable(int fd) {
   if (r <= 0) {
     // a client that does not hold the secret finds our proof wrong and hangs up: a failed attempt
     if (p->awaiting_proof)
-      fprintf(stderr, "ibnbd: tcp server: handshake from %s refused (EACCES): authentication failed for session '%s' "
-              "(the client hung up on the challenge)\n", p->peer.c_str(), p->req.sessname.c_str());
+      LogRefusal(p->peer, -EACCES, "authentication failed for session '" + p->req.sessname +
+                                       "' (the client hung up on the challenge)");
     return ClosePending(fd);
   }
   p->have += static_cast<size_t>(r);
@@ -245,6 +297,15 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
       } else {
         for (auto& [k, s] : sessions_)
           if (s->name == req.sessname) err = -EPERM, why = "session name in use by another session";
+        const uint64_t bytes = uint64_t(std::min(req.queue_depth, opt_.queue_depth)) *
+                               std::min(req.max_io_size, opt_.max_io_size);
+        if (!err && sessions_.size() >= opt_.limits.max_sessions) {
+          err = -EBUSY, why = "the server has its most sessions (--max-sessions " +
+                               std::to_string(opt_.limits.max_sessions) + ")";
+        } else if (!err && reserved_bytes_ + bytes > opt_.limits.max_buffer_bytes) {
+          err = -ENOMEM, why = "the sessions' request buffers would pass --max-buffer-memory (" +
+                               std::to_string(opt_.limits.max_buffer_bytes) + " bytes)";
+        }
         if (!err) {
           sess = std::make_shared<SrvSession>();
           sess->srv = this;
@@ -254,6 +315,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           sess->qd = std::min(req.queue_depth, opt_.queue_depth);
           sess->max_io = std::min(req.max_io_size, opt_.max_io_size);
           sessions_[key] = sess;
+          reserved_bytes_ += SessionBytes(*sess);
           live_sessions_++;
         }
       }
@@ -290,6 +352,9 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           sess->paths.push_back(path);
         }
       }
+      if (!err && !path->conns[req.conn_index] && sess->open_conns >= int(opt_.limits.max_conns_per_session))
+        err = -EBUSY, why = "the session has its most connections (--max-conns-per-session " +
+                             std::to_string(opt_.limits.max_conns_per_session) + ")";
       if (!err && path->conn_count != req.conn_count) err = -EINVAL, why = "connection count differs";
       if (!err && path->conns[req.conn_index]) err = -EEXIST, why = "connection index already taken";
       if (!err) {
@@ -305,6 +370,7 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
         }
       } else if (sess && sess->paths.empty() && sess->open_conns == 0 && !sess->down_pending) {
         // a session created by this very refused handshake
+        reserved_bytes_ -= SessionBytes(*sess);
         sessions_.erase(key);
         live_sessions_--;
       }
@@ -365,6 +431,7 @@ void TcpServer::KillPath(const std::shared_ptr<SrvPath>& p, const char* why) {
       retired_.push_back(p);  // its requests may still run (server_fence.cc)
       if (v.empty() && !s->down_pending) {
         s->down_pending = true;
+        reserved_bytes_ -= SessionBytes(*s);
         sessions_.erase(std::string(reinterpret_cast<char*>(s->uuid_bytes), 16));
       }
       break;

@@ -147,7 +147,9 @@ class TcpServer : public Server {
   void OnAccept(int lfd);
   void OnPendingReadable(int fd);
   void Reject(Pending* p, int err, const std::string& why);
+  void LogRefusal(const std::string& peer, int err, const std::string& why);
   void ClosePending(int fd);
+  void EvictOldestPending();
   void Handshake(Pending* p, HandshakeReq& req);
   void Sweep();
   // server_fence.cc, all but the tick under mu_
@@ -183,6 +185,13 @@ class TcpServer : public Server {
   // so once it returns no handler call is running or will come: the upper layer may free what
   // its callbacks use (the IBNBD server releases its thread-safe function right after).
   int live_sessions_ = 0;
+  uint64_t reserved_bytes_ = 0;  // SessionBytes() of every session in sessions_ (mu_)
+  // loop 0's: listeners not watched until the next sweep (EMFILE at accept); evictions so far
+  std::vector<int> paused_;
+  uint64_t evictions_ = 0;
+  uint64_t last_accept_error_log_ns_ = 0;
+  uint32_t refusals_logged_ = 0;     // refusals logged since the last sweep, and not logged
+  uint64_t refusals_unlogged_ = 0;
   uint64_t next_sid_ = 1;
   bool started_ = false;
   bool stopped_ = false;

@@ -29,6 +29,12 @@ export function register(program: Command): void {
     )
     .option('--listen <addr:port>', 'address to listen on (repeatable; default 0.0.0.0:1234 and [::]:1234)', collect, [])
     .option('--dev-search-path <path>', 'directory device paths are relative to (required; %SESSNAME% = session name)')
+    .option('--max-sessions <n>', 'sessions at once (default 1024); more are refused with EBUSY')
+    .option('--max-conns-per-session <n>', 'connections of one session over all its paths (default 256)')
+    .option('--max-pending-handshakes <n>', 'connections still handshaking (default 512); past it the oldest is closed')
+    .option('--handshake-timeout-ms <ms>', 'a connection that has not completed its handshake by then is closed (default 5000)')
+    .option('--max-buffer-memory <bytes>', 'request buffers all sessions may pin: queue depth × max IO size each (default 8G; k/M/G/T)')
+    .option('--max-devices-per-session <n>', 'devices one session may have open (default 256); more are EMFILE')
     .option('--allow <cidr>', 'peer network that may connect, ADDR/PREFIX or ADDR (repeatable; default: any)', collect, [])
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): sessions must authenticate; SIGHUP reloads it')
     .option('--control <sock>', 'control socket', DEFAULT_SERVER_SOCKET)
@@ -51,6 +57,12 @@ export function register(program: Command): void {
         transport: o.transport as string | undefined,
         authKeys: o.authKeys as string | undefined,
         allow: o.allow as string[],
+        maxSessions: o.maxSessions as string | undefined,
+        maxConnsPerSession: o.maxConnsPerSession as string | undefined,
+        maxPendingHandshakes: o.maxPendingHandshakes as string | undefined,
+        handshakeTimeoutMs: o.handshakeTimeoutMs as string | undefined,
+        maxBufferMemory: o.maxBufferMemory as string | undefined,
+        maxDevicesPerSession: o.maxDevicesPerSession as string | undefined,
       });
     });
 
