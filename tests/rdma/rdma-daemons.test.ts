@@ -20,7 +20,9 @@
 //      with reconnect=1) and finishes with 0 errors, every byte read back;
 //   F–H. the fault scenarios of tests/daemons/fault-*.test.ts over RDMA (faultScenarios below):
 //      a server frozen 40 s under a verifying writer, a write held on a path io_timeout declares
-//      dead (the newer write stays), unmap --force at a frozen server under QD32.
+//      dead (the newer write stays), unmap --force at a frozen server under QD32;
+//   I. a server with --auth-keys over RDMA: the kernel client only under a name the file marks
+//      rdma-unauthenticated, our client without a proof refused too.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -224,6 +226,7 @@ exit 0`;
 //   H. unmap --force of a device with QD32 in flight at a frozen server: done within io_timeout
 //      and one tick (plus the CLI's start under TCG), the other device goes on.
 const PORT2 = 4322;
+const PORT3 = 4323;
 const STALL_AT = 100 * MiB;
 const BLOCK = 64 * 1024;
 /** 40 s as in the host test; under the sanitizer job, whose point is memory safety, 10 s */
@@ -284,7 +287,27 @@ kill -CONT $SRV2
 wait $BH; echo "WRITER_H $?"
 timeout 120 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 60000 --qd 8 --count 64 --seed 81 --min-size 4096 --max-size ${BLOCK} --offset ${32 * MiB} --span ${16 * MiB} verify > /tmp/vo.json; echo "VERIFY_H_OTHER $? $(tr -d '\\n' < /tmp/vo.json)"
 step H done
-kill -TERM $CLT4 $SRV2; wait $CLT4; echo "CLT4_EXIT $?"; wait $SRV2; echo "SRV2_EXIT $?"`;
+kill -TERM $CLT4 $SRV2; wait $CLT4; echo "CLT4_EXIT $?"; wait $SRV2; echo "SRV2_EXIT $?"
+
+echo "== I: a server with --auth-keys over RDMA: only names the file opens get in"
+printf 'kopen rdma-unauthenticated\nvmx %s\n' ${'$'}(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > /tmp/srv3.keys
+chmod 600 /tmp/srv3.keys
+${node} ${cliPath} server --listen 10.0.2.15:${PORT3} --dev-search-path /tmp/exp --control /tmp/srv3.sock --auth-keys /tmp/srv3.keys 2> /tmp/srv3.log &
+SRV3=$!
+i=0; while [ ! -S /tmp/srv3.sock ] || ! grep -q 'listening on' /tmp/srv3.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv3.log; exit 25; }; sleep 0.1; done
+RNBD_PORT=${PORT3}
+E=$(rnbd_map kshut f.img rw 2>&1); echo "KMAP_I_DENIED $? $E"
+KI=$(rnbd_map kopen f.img rw); echo "KMAP_I_OPEN $? $KI"
+dd if=/dev/zero of=$KI bs=64k count=4 oflag=direct status=none; echo "KWRITE_I $?"
+rnbd_unmap $KI normal; echo "KUNMAP_I $?"
+${node} ${cliPath} client --control /tmp/clt5.sock --run-dir /tmp/run5 --state-dir /tmp/clt5-state 2> /tmp/clt5.log &
+CLT5=$!
+i=0; while [ ! -S /tmp/clt5.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 26; sleep 0.1; done
+echo "OURS_I_DENIED $(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt5.sock 2>&1 | tr -d '\n')"
+echo "SRVLOG_I $(grep -c "refused (EACCES): authentication failed" /tmp/srv3.log)"
+echo "SESS_I $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
+kill -TERM $CLT5 $SRV3; wait $CLT5; wait $SRV3; echo "SRV3_EXIT $?"
+step I done`;
 }
 
 function line(out: string, key: string): string {
@@ -502,6 +525,16 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.is(other.rc, 0, `H: the other device goes on: ${JSON.stringify(other.json)}`);
   t.is(rcJson(out, 'CLT4_EXIT').rc, 0);
   t.is(rcJson(out, 'SRV2_EXIT').rc, 0);
+
+  // I: --auth-keys over RDMA (docs/security.md): kernel peers only under names the file opens
+  t.not(rcJson(out, 'KMAP_I_DENIED').rc, 0, "a kernel client's session whose name the keys file does not open is refused");
+  t.is(rcJson(out, 'KMAP_I_OPEN').rc, 0, 'one marked rdma-unauthenticated gets in');
+  t.is(rcJson(out, 'KWRITE_I').rc, 0);
+  t.is(rcJson(out, 'KUNMAP_I').rc, 0);
+  t.regex(line(out, 'OURS_I_DENIED'), /^ibnbd: /, 'our client without a proof is refused over RDMA as well');
+  t.true(Number(line(out, 'SRVLOG_I')) >= 2, 'each refusal is logged');
+  t.deepEqual(JSON.parse(line(out, 'SESS_I')).sessions.map((x: { sessname: string }) => x.sessname), [], 'no refused session stayed');
+  t.is(rcJson(out, 'SRV3_EXIT').rc, 0);
 }
 
 // Two RDMA paths through the daemons: eth0 (rxe0) and a dummy netdev with its own rxe device

@@ -72,6 +72,8 @@ struct ClientPath {
   std::atomic<uint64_t> failed_gen{0};
   std::atomic<int64_t> inflight{0};
   core::Heartbeat hb;                   // misses, round trip (core/liveness.h)
+  std::atomic<uint64_t> fail_log_ns{0};  // PathFailed's log: one line a second, the rest counted
+  std::atomic<uint32_t> fail_unlogged{0};
   std::atomic<uint32_t> reconnects{0};
   std::atomic<uint64_t> requests{0};   // completed here (PathInfo::requests)
   std::atomic<uint64_t> failovers{0};  // moved away from here when it died

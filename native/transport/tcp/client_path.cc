@@ -376,8 +376,17 @@ void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) 
   PathState expect = PathState::kConnected;
   PathState next = closed_.load() ? PathState::kClosed : PathState::kReconnecting;
   if (!p->state.compare_exchange_strong(expect, next)) return;  // not up yet, or already down
-  fprintf(stderr, "ibnbd: tcp session %s path %s: %s\n", opt_.sessname.c_str(),
-          p->dst_str.c_str(), why);
+  // one line a second per path at most: a server that breaks every connection it is given
+  // must not flood the log (the next line counts what was left out)
+  const uint64_t now = NowNs();
+  if (now - p->fail_log_ns.load() >= 1000000000ull) {
+    p->fail_log_ns.store(now);
+    const uint32_t more = p->fail_unlogged.exchange(0);
+    fprintf(stderr, "ibnbd: tcp session %s path %s: %s%s\n", opt_.sessname.c_str(), p->dst_str.c_str(), why,
+            more ? (" (and " + std::to_string(more) + " failures of this path not logged since the last line)").c_str() : "");
+  } else {
+    p->fail_unlogged.fetch_add(1);
+  }
   // before the teardown hands its requests to Reissue: they are sent again only once the server
   // has fenced this incarnation (client_fence.cc)
   NoteLost(p);
