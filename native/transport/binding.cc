@@ -3,6 +3,7 @@
 // the submission to an IO thread and resolves from a thread-safe function. Link events go to
 // the onLinkEvent callback.
 #include "transport/binding.h"
+#include "transport/wire.h"
 
 #include <atomic>
 #include <cerrno>
@@ -36,17 +37,23 @@ class BlockingWork : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env), fn_(std::move(fn)), what_(std::move(what)),
         deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { rc_ = fn_(); }
+  // the wire's reason (LastCreateError) is per thread: taken here, on the worker thread
+  void Execute() override {
+    SetLastCreateError("");
+    rc_ = fn_();
+    if (rc_ != 0) why_ = LastCreateError();
+  }
   void OnOK() override {
     if (rc_ == 0)
       deferred_.Resolve(Env().Undefined());
     else
-      deferred_.Reject(ErrnoError(Env(), rc_, what_).Value());
+      deferred_.Reject(ErrnoError(Env(), rc_, why_.empty() ? what_ : what_ + ": " + why_).Value());
   }
 
  private:
   std::function<int()> fn_;
   std::string what_;
+  std::string why_;
   Napi::Promise::Deferred deferred_;
   int rc_ = 0;
 };

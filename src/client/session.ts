@@ -87,6 +87,14 @@ function endpoint(e: { kind: string; addr: string; port: number }): string {
 function rdmaConnectError(e: unknown, paths: PathSpec[]): IbnbdError {
   const err = toIbnbdError(e);
   const where = paths.map((p) => endpoint(p.dst)).join(', ');
+  if (/info (response|exchange)/.test(err.message)) {
+    // connected, then dropped at the info exchange, where RTRS names the session
+    return new IbnbdError(
+      err.code,
+      `transport=rdma: the server at ${where} took the connection but not the session (${err.message}): ` +
+        'its name is in use by another session, or the server has --auth-keys and does not let this name in without a proof over RDMA (docs/security.md)',
+    );
+  }
   return new IbnbdError(
     err.code,
     `transport=rdma: no IBNBD server answered over RDMA at ${where} (${err.message}): the address needs a route ` +

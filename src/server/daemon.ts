@@ -26,7 +26,7 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
   let server: ExportServer | undefined;
   const early: ServerEvent[] = [];
   const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)), (m) => log.warn(m));
-  server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log, maxDevicesPerSession: opts.limits.maxDevicesPerSession });
+  server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log, maxDevicesPerSession: opts.limits.maxDevicesPerSession, openTimeoutMs: opts.limits.openTimeoutMs });
   for (const ev of early.splice(0)) server.handleEvent(ev);
   let stopping: Promise<void> | null = null;
   const s = server;

@@ -44,6 +44,8 @@ export interface ServerLimits {
   /** queue depth × max IO size summed over sessions (TCP) or paths (RDMA) */
   maxBufferBytes: number;
   maxDevicesPerSession: number;
+  /** an OPEN whose path does not answer off the event loop within this fails (ETIMEDOUT) */
+  openTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -53,6 +55,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   handshakeTimeoutMs: 5000,
   maxBufferBytes: 8 * 1024 ** 3,
   maxDevicesPerSession: 256,
+  openTimeoutMs: 10_000,
 };
 
 /** BYTES with an optional k/M/G/T suffix (powers of 1024). */
@@ -79,6 +82,7 @@ export interface RawServerOptions {
   handshakeTimeoutMs?: string | number;
   maxBufferMemory?: string | number;
   maxDevicesPerSession?: string | number;
+  openTimeoutMs?: string | number;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -163,6 +167,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     handshakeTimeoutMs: intOption('handshake-timeout-ms', raw.handshakeTimeoutMs, DEFAULT_LIMITS.handshakeTimeoutMs, 100, 600_000),
     maxBufferBytes: raw.maxBufferMemory === undefined ? DEFAULT_LIMITS.maxBufferBytes : parseBytes('max-buffer-memory', raw.maxBufferMemory),
     maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
+    openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
   };
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
   return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits };

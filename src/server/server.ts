@@ -5,6 +5,8 @@
 import { constants } from 'node:os';
 import { IbnbdError, toIbnbdError } from '../errors.js';
 import { handleAdmin, type AdminReply } from './admin.js';
+import { preflightOpen } from './preflight.js';
+import { decode } from '../proto/ibnbd.js';
 import { ExportTable, type ProbeDevice } from './exports.js';
 import {
   devicesTree,
@@ -37,6 +39,9 @@ export interface ExportServerOptions {
   probe: ProbeDevice;
   log?: Logger;
   maxDevicesPerSession?: number;
+  /** OPENs resolve and open their path off the event loop first, failing with ETIMEDOUT past
+   *  this (preflight.ts); unset: straight on the loop (tests of the policy alone) */
+  openTimeoutMs?: number;
 }
 
 export class ExportServer {
@@ -99,14 +104,28 @@ export class ExportServer {
 
   #request(ev: Extract<ServerEvent, { type: 'request' }>): void {
     const s = this.sessions.get(ev.sessionId);
-    let reply: AdminReply;
-    if (!s) {
-      reply = { errno: constants.errno.ENOTCONN };
-    } else {
-      reply = handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log);
-    }
+    if (!s) return this.#answer(ev, { errno: constants.errno.ENOTCONN });
+    const d = this.opts.openTimeoutMs !== undefined ? decode(ev.usr) : null;
+    if (!d?.ok || d.msg.type !== 'OPEN') return this.#answer(ev, handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log));
+    // an OPEN: its path tried off the loop first (preflight.ts), then opened for real
+    const devName = d.msg.devName;
+    preflightOpen(this.opts.devSearchPath, s.sessname, devName, this.opts.openTimeoutMs!).then(
+      () => this.#answer(ev, this.sessions.get(ev.sessionId) === s ? handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log) : { errno: constants.errno.ENOTCONN }),
+      (e: unknown) => {
+        const err = toIbnbdError(e);
+        this.#log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(devName)} failed: ${err.toString()}`);
+        this.#answer(ev, { errno: constants.errno[err.code] ?? constants.errno.EIO });
+      },
+    );
+  }
+
+  #answer(ev: Extract<ServerEvent, { type: 'request' }>, reply: AdminReply): void {
     if (reply.noReply) return;
-    this.port.respond(ev.requestId, reply.errno, reply.data);
+    try {
+      this.port.respond(ev.requestId, reply.errno, reply.data);
+    } catch (e) {
+      this.#log.warn(`answer to request ${ev.requestId}: ${toIbnbdError(e).toString()}`); // the session went meanwhile
+    }
   }
 
   /** RNBD's sysfs force_close: one session's device goes away, its id stays reserved. */

@@ -248,10 +248,10 @@ ${node} ${cliPath} client --control /tmp/clt4.sock --run-dir /tmp/run4 --state-d
 CLT4=$!
 i=0; while [ ! -S /tmp/srv2.sock ] || [ ! -S /tmp/clt4.sock ] || ! grep -q 'listening on' /tmp/srv2.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv2.log /tmp/clt4.log; exit 24; }; sleep 0.1; done
 ${IB} map "sessname=fz path=ip:10.0.2.15:${PORT2} device_path=f.img io_timeout=3" --control /tmp/clt4.sock --json > /tmp/m.json; echo "MAP_F $? $(tr -d '\\n' < /tmp/m.json)"
-# 64 MiB written then read back (about 2 s each way here): frozen 1 s in, in the write phase
-# as a rule; SHOW_F_FROZEN must find requests held, whichever phase, or the test fails
-timeout 600 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 400000 --qd 16 --count 1024 --seed 61 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset 0 verify > /tmp/vf.json & BF=$!
-sleep 1
+# 32 MiB written then read back (about 1 s each way in an idle guest): frozen 0.5 s in, in the
+# write phase as a rule; SHOW_F_FROZEN must find requests held, whichever phase, or the test fails
+timeout 600 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 400000 --qd 16 --count 512 --seed 61 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset 0 verify > /tmp/vf.json & BF=$!
+sleep 0.5
 T_STOP=$(${now}); kill -STOP $SRV2
 sleep ${FREEZE_S / 2}
 echo "SHOW_F_FROZEN $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"

@@ -10,6 +10,7 @@ import {
   type SessionEntry,
 } from '../../server/introspection.js';
 import { addControlOptions, printResult, sendRequest, type ControlOptions } from '../util.js';
+import { OPEN_POOL_THREADS } from '../../server/preflight.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -35,6 +36,7 @@ export function register(program: Command): void {
     .option('--handshake-timeout-ms <ms>', 'a connection that has not completed its handshake by then is closed (default 5000)')
     .option('--max-buffer-memory <bytes>', 'request buffers all sessions may pin: queue depth × max IO size each (default 8G; k/M/G/T)')
     .option('--max-devices-per-session <n>', 'devices one session may have open (default 256); more are EMFILE')
+    .option('--open-timeout-ms <ms>', 'an OPEN whose path does not answer within this (tried off the event loop first) fails with ETIMEDOUT (default 10000)')
     .option('--allow <cidr>', 'peer network that may connect, ADDR/PREFIX or ADDR (repeatable; default: any)', collect, [])
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): sessions must authenticate; SIGHUP reloads it')
     .option('--control <sock>', 'control socket', DEFAULT_SERVER_SOCKET)
@@ -45,6 +47,9 @@ export function register(program: Command): void {
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
     .action(async (o: Record<string, unknown>) => {
+      // the OPENs' pre-flight runs on libuv's pool (src/server/preflight.ts): a few hung paths
+      // must leave threads for the rest; read when the pool first starts, which is after this
+      process.env.UV_THREADPOOL_SIZE ??= String(OPEN_POOL_THREADS);
       // loaded only here: the introspection commands do not need the native addon
       const { runServerDaemon } = await import('../../server/daemon.js');
       await runServerDaemon({
@@ -63,6 +68,7 @@ export function register(program: Command): void {
         handshakeTimeoutMs: o.handshakeTimeoutMs as string | undefined,
         maxBufferMemory: o.maxBufferMemory as string | undefined,
         maxDevicesPerSession: o.maxDevicesPerSession as string | undefined,
+        openTimeoutMs: o.openTimeoutMs as string | undefined,
       });
     });
 
