@@ -217,8 +217,10 @@ export class IbnbdClient {
     const dev = this.find(nameOrId);
     if (force) {
       const info = dev.info();
-      await this.teardown(dev, { force: true, inQueue: false, deadline: Date.now() + this.adminTimeoutMs });
-      this.log(`unmapped ${dev.name} (force)`);
+      const t0 = Date.now();
+      await this.teardown(dev, { force: true, inQueue: false, deadline: t0 + this.adminTimeoutMs });
+      // how long the in-flight requests took to be cancelled or drained (bounded by io_timeout)
+      this.log(`unmapped ${dev.name} (force, ${Date.now() - t0} ms)`);
       return info;
     }
     this.checkNotBusy(dev);

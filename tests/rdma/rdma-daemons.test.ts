@@ -283,6 +283,7 @@ timeout 300 ${BLK} --path /tmp/run4/vhost/ibnbd1.sock --timeout-ms 20000 --qd 32
 ${inflightWait('ibnbd1')}
 echo "INFLIGHT_H \${N:-0}"
 T=$(${now}); ${IB} unmap ibnbd1 --force --control /tmp/clt4.sock > /dev/null; echo "UNMAP_H $? $(( $(${now}) - T ))"
+echo "UNMAP_H_DAEMON $(grep -o 'unmapped ibnbd1 (force, [0-9]* ms)' /tmp/clt4.log | grep -o '[0-9]* ms' | grep -o '[0-9]*')"
 kill -CONT $SRV2
 wait $BH; echo "WRITER_H $?"
 timeout 120 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 60000 --qd 8 --count 64 --seed 81 --min-size 4096 --max-size ${BLOCK} --offset ${32 * MiB} --span ${16 * MiB} verify > /tmp/vo.json; echo "VERIFY_H_OTHER $? $(tr -d '\\n' < /tmp/vo.json)"
@@ -518,8 +519,10 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.true(Number(line(out, 'INFLIGHT_H')) >= 1, 'H: requests in flight at the frozen server');
   const [unmapRc, unmapMs] = line(out, 'UNMAP_H').split(' ').map(Number) as [number, number];
   t.is(unmapRc, 0);
-  t.log(`H (RDMA): unmap --force with requests at a frozen server took ${unmapMs} ms, the CLI's start under TCG included (io_timeout 3 s)`);
-  t.true(unmapMs <= 12_000, `H: within io_timeout, a tick and the CLI's start (${unmapMs} ms)`);
+  // the daemon's own figure: the CLI's start under a busy TCG guest took up to 9 s by itself
+  const daemonMs = Number(line(out, 'UNMAP_H_DAEMON'));
+  t.log(`H (RDMA): unmap --force with requests at a frozen server took ${daemonMs} ms in the client daemon (${unmapMs} ms with the CLI's start under TCG; io_timeout 3 s)`);
+  t.true(daemonMs > 0 && daemonMs <= 3_000 + 1_000 + 2_000, `H: within io_timeout and a tick, with 2 s for TCG's timers (${daemonMs} ms)`);
   t.not(Number(line(out, 'WRITER_H')), 0, "H: the forced device's front-end saw its requests fail");
   const other = rcJson(out, 'VERIFY_H_OTHER');
   t.is(other.rc, 0, `H: the other device goes on: ${JSON.stringify(other.json)}`);
