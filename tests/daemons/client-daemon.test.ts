@@ -122,7 +122,9 @@ test.serial('map errors: EINVAL, ENOENT, EEXIST, EPERM through the CLI with exit
 test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO and the daemon stays healthy', async (t) => {
   const s = await setup(t, { 'busy.img': 64 * MiB, 'other.img': 16 * MiB });
   const { device } = await s.mapJson(`sessname=b ${s.at} device_path=busy.img`);
-  const bench = blkioBench(['--path', device.socket, '--timeout-ms', '5000', '--rw', 'randwrite', '--qd', '32', '--runtime-ms', '20000'], scaled(60_000));
+  // runs until the forced unmap ends it: its runtime and per-request wait scale with the guest
+  // (a TCG guest's CLI start alone can outlast an unscaled 20 s, leaving nothing to be busy with)
+  const bench = blkioBench(['--path', device.socket, '--timeout-ms', String(scaled(5000)), '--rw', 'randwrite', '--qd', '32', '--runtime-ms', String(scaled(20_000))], scaled(60_000));
   const end = Date.now() + scaled(10_000);
   while (!(await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.frontend_connected) {
     if (Date.now() > end) t.fail('libblkio never connected');
@@ -136,7 +138,7 @@ test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO a
   const forced = await ibnbd(['unmap', 'ibnbd0', '--force', '--control', s.client.control]);
   t.is(forced.code, 0, forced.stderr);
   const r = await bench;
-  t.true(Date.now() - t0 < 15_000, 'every in-flight request completed (libblkio did not hang)');
+  t.true(Date.now() - t0 < scaled(15_000), 'every in-flight request completed (libblkio did not hang)');
   t.not(r.code, -1, 'libblkio exited on its own');
   t.false(existsSync(device.socket));
   // healthy: maps and serves again
