@@ -15,9 +15,8 @@ import { encode } from '../../src/proto/ibnbd.js';
 import * as F from '../support/tcp-frames.js';
 import { mapDevice, serveFile } from '../support/vhost-helpers.js';
 
-// 100,000 here; under ASan each redial costs about ten times as much (some 250 a second on this
-// host), so the sanitizer tier sends 20,000 to stay within the suite's time
-const TARGET = process.env.IBNBD_SANITIZE ? 20_000 : 100_000;
+// under ASan too: 100,004 in 138.6 s on this host, beside the tier's guests (2026-12-06)
+const TARGET = 100_000;
 const SESSIONS = 8;
 const QD = 8;
 const READ = 4096;
@@ -81,7 +80,7 @@ function hostileServer() {
   return { srv, sent: () => sent, counts };
 }
 
-test('100,000 malformed replies (20,000 under ASan): the client drops the path each time, never writes outside or late into a buffer, and goes on', async (t) => {
+test('100,000 malformed replies: the client drops the path each time, never writes outside or late into a buffer, and goes on', async (t) => {
   t.timeout(600_000);
   const hostile = hostileServer();
   await new Promise<void>((r) => hostile.srv.listen(0, '127.0.0.1', r));
