@@ -2,8 +2,7 @@
 // `ibnbd` CLI over the control socket, libblkio (ibnbd-blkio) as the VM on the vhost-user socket,
 // and the bytes checked in the server's file.
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readlinkSync, writeFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { existsSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/control/index.js';
@@ -229,27 +228,4 @@ test.serial('SIGTERM: front-ends disconnected, sessions closed, sockets removed'
   t.false(existsSync(s.client.control));
   const sessions = await ibnbdJson<Record<string, any>>(['server', 'sessions', '--control', s.server.control]);
   t.false(JSON.stringify(sessions).includes('"q"'), 'the server no longer lists the session');
-});
-
-test.serial('ibnbd libvirt-xml: the disk element of a mapped device, and a whole domain libvirt validates', async (t) => {
-  const s = await setup(t, { 'lv.img': 8 * MiB });
-  const { device } = await s.mapJson(`sessname=lv ${s.at} device_path=lv.img queues=2`);
-  const disk = await ibnbd(['libvirt-xml', 'ibnbd0', '--target', 'vdb', '--control', s.client.control]);
-  t.is(disk.code, 0, disk.stderr);
-  t.true(disk.stdout.includes(`<source type='unix' path='${device.socket}'`), disk.stdout);
-  t.regex(disk.stdout, /<disk type='vhostuser' device='disk'>/);
-  t.regex(disk.stdout, /<driver name='qemu' type='raw' queues='2'\/>/);
-  t.regex(disk.stdout, /<target dev='vdb' bus='virtio'\/>/);
-  t.regex(disk.stderr, /<access mode='shared'\/>/, 'the shared-memory requirement is printed as a note');
-  const domain = await ibnbd(['libvirt-xml', 'lv.img', '--domain', 'vm1', '--control', s.client.control]);
-  t.is(domain.code, 0, domain.stderr);
-  const file = join(s.dir, 'vm1.xml');
-  writeFileSync(file, domain.stdout);
-  const v = spawnSync('virt-xml-validate', [file, 'domain'], { encoding: 'utf8', timeout: scaled(30_000) });
-  t.is(v.status, 0, `${v.stdout}${v.stderr}`);
-  const tooMany = await ibnbd(['libvirt-xml', 'ibnbd0', '--queues', '3', '--control', s.client.control]);
-  t.is(tooMany.code, 22);
-  t.regex(tooMany.stderr, /^ibnbd: EINVAL: --queues/m);
-  const unknown = await ibnbd(['libvirt-xml', 'nope', '--control', s.client.control]);
-  t.is(unknown.code, 2);
 });

@@ -250,14 +250,16 @@ i=0; while [ ! -S /tmp/srv2.sock ] || [ ! -S /tmp/clt4.sock ] || ! grep -q 'list
 ${IB} map "sessname=fz path=ip:10.0.2.15:${PORT2} device_path=f.img io_timeout=3" --control /tmp/clt4.sock --json > /tmp/m.json; echo "MAP_F $? $(tr -d '\\n' < /tmp/m.json)"
 # 32 MiB written then read back (about 1 s each way in an idle guest): frozen 0.5 s in, in the
 # write phase as a rule; SHOW_F_FROZEN must find requests held, whichever phase, or the test fails
-timeout 600 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 400000 --qd 16 --count 512 --seed 61 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset 0 verify > /tmp/vf.json & BF=$!
+timeout 600 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms ${(FREEZE_S + 120) * 1000} --qd 16 --count 512 --seed 61 --sequential --min-size ${BLOCK} --max-size ${BLOCK} --offset 0 verify > /tmp/vf.json & BF=$!
 sleep 0.5
 T_STOP=$(${now}); kill -STOP $SRV2
 sleep ${FREEZE_S / 2}
 echo "SHOW_F_FROZEN $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
 REST=$(( ${FREEZE_S * 1000} - ($(${now}) - T_STOP) )); [ $REST -gt 0 ] && sleep $((REST / 1000)).$(printf %03d $((REST % 1000)))
 kill -CONT $SRV2; T_CONT=$(${now})
-wait $BF; echo "VERIFY_F $? $(tr -d '\\n' < /tmp/vf.json)"
+wait $BF; RC_F=$?; echo "VERIFY_F $RC_F $(tr -d '\\n' < /tmp/vf.json)"
+# a writer that failed here leaves G and H nothing to stand on: the daemons' logs, then stop
+[ $RC_F -eq 0 ] || { tail -n 60 /tmp/srv2.log | sed 's/^/SRV2| /'; tail -n 60 /tmp/clt4.log | sed 's/^/CLT4| /'; exit 26; }
 echo "SHOW_F_AFTER $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
 echo "TIMES_F $T_STOP $T_CONT"
 step F done

@@ -14,8 +14,8 @@
 // reports, each session's path list, name and up flag, each path's connection slots and
 // `established` count, and a path's state changes (the state is read without it, an atomic). The
 // cm thread, Stop() and the IoThreads loops (OnInfoReq(), RequestClose()) take it. SweepZombies()
-// waits for the loops only after releasing it; AcceptConn() holds it while Conn::Attach() /
-// Detach() wait for a loop (RunSync). The request state (Slot) has no lock: a slot belongs to its
+// and AcceptConn() wait for the loops (RunSync) only without it: a loop may be
+// waiting for it. The request state (Slot) has no lock: a slot belongs to its
 // request, on the loop of its connection, and the session's BufferFence lets one request per
 // buffer id run at a time.
 #pragma once
@@ -122,6 +122,7 @@ class RdmaServer final : public transport::Server {
   void CmThread();
   void OnConnectRequest(rdma_cm_event* ev, std::unique_ptr<Conn>* reject_conn);
   int AcceptConn(rdma_cm_id* id, const wire::ConnReq& req, std::unique_ptr<Conn>* reject_conn);
+  int AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** out);
   void ClosePathLocked(SrvPath* p);
   void NotifyDown();
   void RequestClose(SrvPath* p, const char* why);

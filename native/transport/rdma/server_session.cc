@@ -186,8 +186,84 @@ void RdmaServer::OnConnectRequest(rdma_cm_event* ev, std::unique_ptr<Conn>* reje
   }
 }
 
+// In three steps, so that no loop is waited for under mu_: creating the connection's QP and
+// watching its completion channel waits for an IO loop (RunSync), and the loops take mu_
+// themselves (OnInfoReq(), RequestClose()). Holding it across that deadlocked the cm thread
+// against a loop closing a path, for good: a server thawed after a freeze under load took
+// the new path's connect request while its loops were closing the old path, and accepted
+// nothing again. Between the steps the path cannot close or go: only this thread closes
+// and frees paths.
 int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
                            std::unique_ptr<Conn>* reject_conn) {
+  const uint16_t cid = le16toh(req.cid);
+  SrvPath* p = nullptr;
+  if (int rc = AdmitConn(id, req, &p)) return rc;
+  // 2. the connection's verbs objects, and with the path's first connection its chunk MR and
+  // transmit buffer: written only here, on the cm thread, until step 3 publishes them
+  auto conn = std::make_unique<Conn>(id);
+  conn->cid = cid;
+  conn->owner = p;
+  auto pd = PdFor(id->verbs);
+  if (!pd) {
+    *reject_conn = std::move(conn);
+    return -ENOMEM;
+  }
+  SrvSession* s = p->sess;
+  Conn::Config cfg;
+  // per connection: at most queue_depth responses of ≤ 3 WRs (WRITE, SEND_WITH_INV, imm) + HB
+  cfg.send_depth = s->qd * 3 + 16;
+  cfg.recv_depth = s->qd + 16;
+  cfg.recv_buf_size = cid == 0 ? 512 : 64;  // cid 0 receives the 272-byte info request
+  int rc = conn->Setup(pd, cfg);
+  if (rc == 0 && !p->chunk_mr) {
+    p->chunk_mr = ibv_reg_mr(pd.get(), p->chunks, p->chunks_len,
+                             IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    if (!p->chunk_mr) rc = -ENOMEM;
+    if (rc == 0) rc = p->tx.Allocate(pd.get(), 4096, IBV_ACCESS_LOCAL_WRITE);
+  }
+  Conn* raw = conn.get();
+  if (rc == 0) {
+    EventLoop* loop = &IoThreads::Get().loop(cid == 0 ? 0 : cid - 1);
+    rc = conn->Attach(loop, [this, p, raw](const ibv_wc& wc) { OnCompletion(p, raw, wc); });
+  }
+  if (rc) {
+    raw->Detach();
+    *reject_conn = std::move(conn);
+    return rc;
+  }
+  // 3. accepted and published under mu_; the client's info request can only follow the accept
+  wire::ConnRsp rsp = {};
+  rsp.magic = htole16(wire::kMagic);
+  rsp.version = htole16(wire::kVersion);
+  rsp.queue_depth = htole16(static_cast<uint16_t>(s->qd));
+  rsp.max_io_size = htole32(max_io_);
+  rsp.max_hdr_size = htole32(wire::kMaxHdrSize);
+  rsp.flags = 0;  // always_invalidate=N: no NEW_RKEY
+  rdma_conn_param param = {};
+  param.private_data = &rsp;
+  param.private_data_len = sizeof(rsp);
+  param.rnr_retry_count = 7;
+  param.responder_resources = 1;
+  param.initiator_depth = 1;
+  {
+    std::lock_guard lock(mu_);
+    id->context = raw;
+    if (rdma_accept(id, &param) == 0) {
+      p->conns[cid] = std::move(conn);
+      return 0;
+    }
+    rc = -errno;
+    id->context = nullptr;
+  }
+  raw->Detach();
+  *reject_conn = std::move(conn);
+  return rc;
+}
+
+// 1. Under mu_: whether the connection may join, and into which session and path (made here
+// for a new session or path, with the path's chunk memory); the slot p->conns[cid] stays empty
+// until AcceptConn() fills it.
+int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** out) {
   std::lock_guard lock(mu_);
   std::string key(reinterpret_cast<const char*>(req.paths_uuid), 16);
   uint16_t cid = le16toh(req.cid), cid_num = le16toh(req.cid_num);
@@ -272,58 +348,7 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
             p->src.c_str(), opts_.limits.max_conns_per_session);
     return -EBUSY;
   }
-  auto conn = std::make_unique<Conn>(id);
-  conn->cid = cid;
-  conn->owner = p;
-  auto pd = PdFor(id->verbs);
-  if (!pd) {
-    *reject_conn = std::move(conn);
-    return -ENOMEM;
-  }
-  Conn::Config cfg;
-  // per connection: at most queue_depth responses of ≤ 3 WRs (WRITE, SEND_WITH_INV, imm) + HB
-  cfg.send_depth = s->qd * 3 + 16;
-  cfg.recv_depth = s->qd + 16;
-  cfg.recv_buf_size = cid == 0 ? 512 : 64;  // cid 0 receives the 272-byte info request
-  int rc = conn->Setup(pd, cfg);
-  if (rc == 0 && !p->chunk_mr) {
-    p->chunk_mr = ibv_reg_mr(pd.get(), p->chunks, p->chunks_len,
-                             IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-    if (!p->chunk_mr) rc = -ENOMEM;
-    if (rc == 0) rc = p->tx.Allocate(pd.get(), 4096, IBV_ACCESS_LOCAL_WRITE);
-  }
-  Conn* raw = conn.get();
-  if (rc == 0) {
-    EventLoop* loop = &IoThreads::Get().loop(cid == 0 ? 0 : cid - 1);
-    rc = conn->Attach(loop, [this, p, raw](const ibv_wc& wc) { OnCompletion(p, raw, wc); });
-  }
-  if (rc) {
-    raw->Detach();
-    *reject_conn = std::move(conn);
-    return rc;
-  }
-  wire::ConnRsp rsp = {};
-  rsp.magic = htole16(wire::kMagic);
-  rsp.version = htole16(wire::kVersion);
-  rsp.queue_depth = htole16(static_cast<uint16_t>(s->qd));
-  rsp.max_io_size = htole32(max_io_);
-  rsp.max_hdr_size = htole32(wire::kMaxHdrSize);
-  rsp.flags = 0;  // always_invalidate=N: no NEW_RKEY
-  rdma_conn_param param = {};
-  param.private_data = &rsp;
-  param.private_data_len = sizeof(rsp);
-  param.rnr_retry_count = 7;
-  param.responder_resources = 1;
-  param.initiator_depth = 1;
-  id->context = raw;
-  if (rdma_accept(id, &param)) {
-    rc = -errno;
-    id->context = nullptr;
-    raw->Detach();
-    *reject_conn = std::move(conn);
-    return rc;
-  }
-  p->conns[cid] = std::move(conn);
+  *out = p;
   return 0;
 }
 
