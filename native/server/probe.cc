@@ -10,6 +10,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <fstream>
 #include <string>
@@ -40,60 +41,115 @@ std::string QueueDir(dev_t rdev) {
   return base + "/../queue";
 }
 
-Napi::Value ProbeDevice(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) ThrowErrno(env, EINVAL, "probeDevice(fd)");
-  int fd = info[0].As<Napi::Number>().Int32Value();
+// What the probe found, gathered off the JS thread (no N-API in here).
+struct Geometry {
+  int err = 0;             // positive errno when the probe failed
+  const char* where = "";  // the call that failed
+  bool block = false;
+  uint64_t size = 0;
+  int lbs = 512;
+  unsigned int pbs = 512;
+  uint64_t max_hw_sectors = 0, max_discard_sectors = 0, discard_granularity = 0, max_write_zeroes_sectors = 0;
+  bool secure_discard = false, rotational = false, write_cache = false, fua = false;
+};
+
+void Probe(int fd, Geometry* g) {
   struct stat st;
-  if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat");
-  Napi::Object o = Napi::Object::New(env);
-  if (S_ISBLK(st.st_mode)) {
-    uint64_t size = 0;
-    int lbs = 512;
-    unsigned int pbs = 512;
-    if (ioctl(fd, BLKGETSIZE64, &size) != 0) ThrowErrno(env, errno, "BLKGETSIZE64");
-    ioctl(fd, BLKSSZGET, &lbs);
-    ioctl(fd, BLKPBSZGET, &pbs);
-    std::string q = QueueDir(st.st_rdev);
-    uint64_t discard_max = SysfsNum(q + "/discard_max_bytes", 0);
-    uint64_t wz_max = SysfsNum(q + "/write_zeroes_max_bytes", 0);
-    uint64_t secure = SysfsNum(q + "/max_secure_erase_sectors", 0);
-    o.Set("sizeBytes", static_cast<double>(size));
-    o.Set("logicalBlockSize", lbs);
-    o.Set("physicalBlockSize", pbs);
-    o.Set("maxHwSectors", static_cast<double>(SysfsNum(q + "/max_hw_sectors_kb", 128) * 2));
-    o.Set("maxDiscardSectors", static_cast<double>(std::min<uint64_t>(discard_max / 512, 0xffffffffu)));
-    o.Set("discardGranularity", static_cast<double>(SysfsNum(q + "/discard_granularity", 0)));
-    o.Set("discardAlignment", 0);
-    o.Set("maxWriteZeroesSectors", static_cast<double>(std::min<uint64_t>(wz_max / 512, 0xffffffffu)));
-    o.Set("secureDiscard", secure > 0);
-    o.Set("rotational", SysfsNum(q + "/rotational", 0) != 0);
-    o.Set("writeCache", ReadSysfs(q + "/write_cache") == "write back");
-    o.Set("fua", SysfsNum(q + "/fua", 0) != 0);
-    o.Set("isBlockDevice", true);
-    return o;
+  if (fstat(fd, &st) != 0) {
+    g->err = errno;
+    g->where = "fstat";
+    return;
   }
-  if (!S_ISREG(st.st_mode)) ThrowErrno(env, ENODEV, "neither a block device nor a regular file");
+  if (S_ISBLK(st.st_mode)) {
+    g->block = true;
+    if (ioctl(fd, BLKGETSIZE64, &g->size) != 0) {
+      g->err = errno;
+      g->where = "BLKGETSIZE64";
+      return;
+    }
+    ioctl(fd, BLKSSZGET, &g->lbs);
+    ioctl(fd, BLKPBSZGET, &g->pbs);
+    std::string q = QueueDir(st.st_rdev);
+    g->max_discard_sectors = std::min<uint64_t>(SysfsNum(q + "/discard_max_bytes", 0) / 512, 0xffffffffu);
+    g->max_write_zeroes_sectors = std::min<uint64_t>(SysfsNum(q + "/write_zeroes_max_bytes", 0) / 512, 0xffffffffu);
+    g->secure_discard = SysfsNum(q + "/max_secure_erase_sectors", 0) > 0;
+    g->max_hw_sectors = SysfsNum(q + "/max_hw_sectors_kb", 128) * 2;
+    g->discard_granularity = SysfsNum(q + "/discard_granularity", 0);
+    g->rotational = SysfsNum(q + "/rotational", 0) != 0;
+    g->write_cache = ReadSysfs(q + "/write_cache") == "write back";
+    g->fua = SysfsNum(q + "/fua", 0) != 0;
+    return;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    g->err = ENODEV;
+    g->where = "neither a block device nor a regular file";
+    return;
+  }
   // fallocate just past EOF with KEEP_SIZE: the file's contents and size are untouched; the
   // zero-range probe may allocate a block there, which the punch then frees again.
   off_t past = (st.st_size + 4095) & ~static_cast<off_t>(4095);
   bool zero = fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, past, 4096) == 0;
   bool punch = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, past, 4096) == 0;
   constexpr uint32_t kFileRangeSectors = (1u << 30) / 512;
-  o.Set("sizeBytes", static_cast<double>(st.st_size));
-  o.Set("logicalBlockSize", 512);
-  o.Set("physicalBlockSize", 4096);
-  o.Set("maxHwSectors", 256);
-  o.Set("maxDiscardSectors", punch ? kFileRangeSectors : 0);
-  o.Set("discardGranularity", punch ? 4096 : 0);
+  g->size = st.st_size;
+  g->lbs = 512;
+  g->pbs = 4096;
+  g->max_hw_sectors = 256;
+  g->max_discard_sectors = punch ? kFileRangeSectors : 0;
+  g->discard_granularity = punch ? 4096 : 0;
+  g->max_write_zeroes_sectors = zero ? kFileRangeSectors : 0;
+  g->write_cache = true;  // the page cache: FLUSH (fdatasync) is meaningful
+  g->fua = true;          // RWF_DSYNC per write
+}
+
+Napi::Object ToJs(Napi::Env env, const Geometry& g) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("sizeBytes", static_cast<double>(g.size));
+  o.Set("logicalBlockSize", g.lbs);
+  o.Set("physicalBlockSize", g.pbs);
+  o.Set("maxHwSectors", static_cast<double>(g.max_hw_sectors));
+  o.Set("maxDiscardSectors", static_cast<double>(g.max_discard_sectors));
+  o.Set("discardGranularity", static_cast<double>(g.discard_granularity));
   o.Set("discardAlignment", 0);
-  o.Set("maxWriteZeroesSectors", zero ? kFileRangeSectors : 0);
-  o.Set("secureDiscard", false);
-  o.Set("rotational", false);
-  o.Set("writeCache", true);  // the page cache: FLUSH (fdatasync) is meaningful
-  o.Set("fua", true);         // RWF_DSYNC per write
-  o.Set("isBlockDevice", false);
+  o.Set("maxWriteZeroesSectors", static_cast<double>(g.max_write_zeroes_sectors));
+  o.Set("secureDiscard", g.secure_discard);
+  o.Set("rotational", g.rotational);
+  o.Set("writeCache", g.write_cache);
+  o.Set("fua", g.fua);
+  o.Set("isBlockDevice", g.block);
   return o;
+}
+
+// On libuv's thread pool: an ioctl or fallocate on a hung device or filesystem holds a pool
+// thread, never the event loop (docs/security.md, "A hung device").
+class ProbeWork : public Napi::AsyncWorker {
+ public:
+  ProbeWork(Napi::Env env, int fd) : Napi::AsyncWorker(env, "ibnbd:probeDevice"), fd_(fd), deferred_(env) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { Probe(fd_, &g_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (g_.err) {
+      deferred_.Reject(ErrnoError(env, g_.err, g_.where).Value());
+      return;
+    }
+    deferred_.Resolve(ToJs(env, g_));
+  }
+
+ private:
+  int fd_;
+  Geometry g_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// probeDevice(fd): Promise<geometry>
+Napi::Value ProbeDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowErrno(env, EINVAL, "probeDevice(fd)");
+  auto* work = new ProbeWork(env, info[0].As<Napi::Number>().Int32Value());
+  Napi::Promise p = work->Promise();
+  work->Queue();
+  return p;
 }
 
 void Init(Napi::Env env, Napi::Object exports) {

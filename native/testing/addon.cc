@@ -9,6 +9,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ibnbd::testing::InitTcpFrames(env, exports);
   ibnbd::testing::InitTransportBench(env, exports);
   ibnbd::testing::InitSessionCoreCheck(env, exports);
+  ibnbd::testing::InitRtrsAuth(env, exports);
   return exports;
 }
 

@@ -12,5 +12,6 @@ void InitProtoCodec(Napi::Env env, Napi::Object exports);        // the C++ IBNB
 void InitTcpFrames(Napi::Env env, Napi::Object exports);         // the C++ TCP frame codec
 void InitTransportBench(Napi::Env env, Napi::Object exports);    // benchReads
 void InitSessionCoreCheck(Napi::Env env, Napi::Object exports);  // reconnectorRun, heartbeatTicks
+void InitRtrsAuth(Napi::Env env, Napi::Object exports);          // the RDMA authentication proof
 
 }  // namespace ibnbd::testing

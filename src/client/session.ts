@@ -92,7 +92,7 @@ function rdmaConnectError(e: unknown, paths: PathSpec[]): IbnbdError {
     return new IbnbdError(
       err.code,
       `transport=rdma: the server at ${where} took the connection but not the session (${err.message}): ` +
-        'its name is in use by another session, or the server has --auth-keys and does not let this name in without a proof over RDMA (docs/security.md)',
+        'its name is in use by another session, or the server has --auth-keys and this name needs a proof: give this daemon the session\'s secret with --auth-keys (docs/security.md)',
     );
   }
   return new IbnbdError(

@@ -21,8 +21,10 @@
 //   F–H. the fault scenarios of tests/daemons/fault-*.test.ts over RDMA (faultScenarios below):
 //      a server frozen 40 s under a verifying writer, a write held on a path io_timeout declares
 //      dead (the newer write stays), unmap --force at a frozen server under QD32;
-//   I. a server with --auth-keys over RDMA: the kernel client only under a name the file marks
-//      rdma-unauthenticated, our client without a proof refused too.
+//   I. a server with --auth-keys over RDMA: our client with the session's secret maps and passes
+//      verified IO; with a wrong secret, without one, or against a server without keys it is
+//      refused (EACCES where it holds a secret); the kernel client only under a name the file
+//      marks rdma-unauthenticated.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -259,7 +261,7 @@ REST=$(( ${FREEZE_S * 1000} - ($(${now}) - T_STOP) )); [ $REST -gt 0 ] && sleep 
 kill -CONT $SRV2; T_CONT=$(${now})
 wait $BF; RC_F=$?; echo "VERIFY_F $RC_F $(tr -d '\\n' < /tmp/vf.json)"
 # a writer that failed here leaves G and H nothing to stand on: the daemons' logs, then stop
-[ $RC_F -eq 0 ] || { tail -n 60 /tmp/srv2.log | sed 's/^/SRV2| /'; tail -n 60 /tmp/clt4.log | sed 's/^/CLT4| /'; exit 26; }
+[ $RC_F -eq 0 ] || { tail -n 60 /tmp/srv2.log | sed 's/^/SRV2| /'; tail -n 60 /tmp/clt4.log | sed 's/^/CLT4| /'; exit 27; }
 echo "SHOW_F_AFTER $(${IB} show ibnbd0 --control /tmp/clt4.sock --json | tr -d '\\n')"
 echo "TIMES_F $T_STOP $T_CONT"
 step F done
@@ -292,9 +294,13 @@ timeout 120 ${BLK} --path /tmp/run4/vhost/ibnbd0.sock --timeout-ms 60000 --qd 8 
 step H done
 kill -TERM $CLT4 $SRV2; wait $CLT4; echo "CLT4_EXIT $?"; wait $SRV2; echo "SRV2_EXIT $?"
 
-echo "== I: a server with --auth-keys over RDMA: only names the file opens get in"
-printf 'kopen rdma-unauthenticated\nvmx %s\n' ${'$'}(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > /tmp/srv3.keys
-chmod 600 /tmp/srv3.keys
+echo "== I: a server with --auth-keys over RDMA: our daemons prove the secret, kernel peers only under names the file opens"
+hex32() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+KEY_VMX=$(hex32)
+printf 'kopen rdma-unauthenticated\nvmx %s\nvmbad %s\n' $KEY_VMX $(hex32) > /tmp/srv3.keys
+# the client daemon's file: vmx's secret, a wrong one for vmbad
+printf 'vmx %s\nvmbad %s\n' $KEY_VMX $(hex32) > /tmp/clt6.keys
+chmod 600 /tmp/srv3.keys /tmp/clt6.keys
 ${node} ${cliPath} server --listen 10.0.2.15:${PORT3} --dev-search-path /tmp/exp --control /tmp/srv3.sock --auth-keys /tmp/srv3.keys 2> /tmp/srv3.log &
 SRV3=$!
 i=0; while [ ! -S /tmp/srv3.sock ] || ! grep -q 'listening on' /tmp/srv3.log; do i=$((i+1)); [ $i -gt 900 ] && { cat /tmp/srv3.log; exit 25; }; sleep 0.1; done
@@ -307,6 +313,17 @@ ${node} ${cliPath} client --control /tmp/clt5.sock --run-dir /tmp/run5 --state-d
 CLT5=$!
 i=0; while [ ! -S /tmp/clt5.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 26; sleep 0.1; done
 echo "OURS_I_DENIED $(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt5.sock 2>&1 | tr -d '\n')"
+${node} ${cliPath} client --control /tmp/clt6.sock --run-dir /tmp/run6 --state-dir /tmp/clt6-state --auth-keys /tmp/clt6.keys 2> /tmp/clt6.log &
+CLT6=$!
+i=0; while [ ! -S /tmp/clt6.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 28; sleep 0.1; done
+OUT=$(${IB} map "sessname=vmbad path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt6.sock 2>&1); echo "OURS_I_WRONGKEY $? $(echo $OUT | tr -d '\n')"
+OUT=$(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT} device_path=disk.img transport=rdma" --control /tmp/clt6.sock 2>&1); echo "OURS_I_KEYLESS_SERVER $? $(echo $OUT | tr -d '\n')"
+${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt6.sock --json > /tmp/m.json; echo "OURS_I_MAP $? $(tr -d '\n' < /tmp/m.json)"
+timeout 120 ${tool('ibnbd-blkio')} --timeout-ms 60000 --path /tmp/run6/vhost/ibnbd0.sock --qd 16 --count 128 --seed 91 --min-size 4096 --max-size ${BLOCK} --span ${64 * MiB} verify > /tmp/vi.json; echo "VERIFY_I $? $(tr -d '\n' < /tmp/vi.json)"
+echo "SESS_I_UP $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
+${IB} unmap ibnbd0 --control /tmp/clt6.sock > /dev/null; echo "OURS_I_UNMAP $?"
+echo "CLTLOG_I $(grep -o 'authentication failed: [^(]*' /tmp/clt6.log | sort -u | tr '\n' '|')"
+kill -TERM $CLT6; wait $CLT6
 echo "SRVLOG_I $(grep -c "refused (EACCES): authentication failed" /tmp/srv3.log)"
 echo "SESS_I $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
 kill -TERM $CLT5 $SRV3; wait $CLT5; wait $SRV3; echo "SRV3_EXIT $?"
@@ -524,7 +541,10 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   // the daemon's own figure: the CLI's start under a busy TCG guest took up to 9 s by itself
   const daemonMs = Number(line(out, 'UNMAP_H_DAEMON'));
   t.log(`H (RDMA): unmap --force with requests at a frozen server took ${daemonMs} ms in the client daemon (${unmapMs} ms with the CLI's start under TCG; io_timeout 3 s)`);
-  t.true(daemonMs > 0 && daemonMs <= 3_000 + 1_000 + 2_000, `H: within io_timeout and a tick, with 2 s for TCG's timers (${daemonMs} ms)`);
+  // the bound tells a forced unmap that waited for the path's io_timeout (3 s, found at a 1-s tick)
+  // from one that waited for the admin timeout (30 s) or hung; the rest is slack for a TCG guest
+  // sharing two host cores with another guest: 6.2 s seen once with a compiler running beside
+  t.true(daemonMs > 0 && daemonMs <= 3_000 + 1_000 + 3_000, `H: within io_timeout and a tick, with 3 s for TCG's timers (${daemonMs} ms)`);
   t.not(Number(line(out, 'WRITER_H')), 0, "H: the forced device's front-end saw its requests fail");
   const other = rcJson(out, 'VERIFY_H_OTHER');
   t.is(other.rc, 0, `H: the other device goes on: ${JSON.stringify(other.json)}`);
@@ -536,8 +556,23 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.is(rcJson(out, 'KMAP_I_OPEN').rc, 0, 'one marked rdma-unauthenticated gets in');
   t.is(rcJson(out, 'KWRITE_I').rc, 0);
   t.is(rcJson(out, 'KUNMAP_I').rc, 0);
-  t.regex(line(out, 'OURS_I_DENIED'), /^ibnbd: /, 'our client without a proof is refused over RDMA as well');
-  t.true(Number(line(out, 'SRVLOG_I')) >= 2, 'each refusal is logged');
+  t.regex(line(out, 'OURS_I_DENIED'), /this name needs a proof/, 'our client without a secret is refused over RDMA as well, and told why');
+  const wrong = rcJson(out, 'OURS_I_WRONGKEY');
+  t.is(wrong.rc, 13, `a wrong secret: EACCES (${wrong.json})`);
+  t.regex(String(wrong.json), /authentication failed/);
+  const keyless = rcJson(out, 'OURS_I_KEYLESS_SERVER');
+  t.is(keyless.rc, 13, `a server without keys cannot prove the secret: EACCES (${keyless.json})`);
+  const mapI = rcJson(out, 'OURS_I_MAP');
+  t.is(mapI.rc, 0, `the right secret maps over RDMA: ${JSON.stringify(mapI.json)}`);
+  t.is(mapI.json.device.transport, 'rdma');
+  const vi = rcJson(out, 'VERIFY_I');
+  t.is(vi.rc, 0, `I: verified IO on the authenticated session: ${JSON.stringify(vi.json)}`);
+  t.deepEqual(JSON.parse(line(out, 'SESS_I_UP')).sessions.map((x: { sessname: string }) => x.sessname), ['vmx'], 'only the proven session is on the server');
+  t.is(rcJson(out, 'OURS_I_UNMAP').rc, 0);
+  const cltLog = line(out, 'CLTLOG_I');
+  t.regex(cltLog, /the server refused our proof/, "the client daemon's log says the server refused the wrong secret");
+  t.regex(cltLog, /the server did not authenticate itself/, "and that the keyless server did not prove the secret");
+  t.true(Number(line(out, 'SRVLOG_I')) >= 3, 'each refusal is logged (kernel, no proof, wrong proof)');
   t.deepEqual(JSON.parse(line(out, 'SESS_I')).sessions.map((x: { sessname: string }) => x.sessname), [], 'no refused session stayed');
   t.is(rcJson(out, 'SRV3_EXIT').rc, 0);
 }

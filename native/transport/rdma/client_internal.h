@@ -63,6 +63,7 @@ struct Path {
   RegisteredBuffer iu;                       // per buf_id: usr msg + rtrs msg
   BounceSlots bounce;                        // per buf_id: max_io_size bytes, registered on use
   RegisteredBuffer info;                     // info_req / info_rsp
+  uint8_t server_nonce[32] = {};             // from cid 0's conn_rsp when the path authenticates
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
   transport::core::ProgressClock progress;  // io_timeout (core/liveness.h)
@@ -136,6 +137,7 @@ class RdmaClientSession final : public transport::ClientSession,
   // teardown and reconnect
   int ConnectPath(Path* p, int timeout_ms);
   int ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int timeout_ms);
+  void AuthFailed(Path* p, const char* why);
   int InfoExchange(Path* p, int timeout_ms);
   int StartPathLoops(Path* p);
   void TeardownPath(Path* p);

@@ -27,7 +27,9 @@
 #include <cstring>
 #include <string>
 
+#include "transport/core/auth.h"
 #include "transport/core/policy.h"
+#include "transport/rdma/auth_proof.h"
 #include "transport/rdma/client_internal.h"
 #include "transport/rdma/reaper.h"
 
@@ -47,6 +49,14 @@ struct ConnRspOut {
 
 // ------------------------------------------------------------------------------------------
 // Connection establishment, teardown and reconnect
+
+// The map fails with EACCES and "authentication failed" alone (session.ts); the reason goes to
+// this daemon's log, once per attempt.
+void RdmaClientSession::AuthFailed(Path* p, const char* why) {
+  fprintf(stderr, "ibnbd: rdma session %s path %s: authentication failed: %s\n", opts_.sessname.c_str(),
+          p->spec.dst.addr.c_str(), why);
+  SetLastError(std::string("authentication failed: ") + why);
+}
 
 int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int timeout_ms) {
   sockaddr_storage dst, src;
@@ -142,6 +152,7 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
   memcpy(req.paths_uuid, paths_uuid_, 16);
   // first_conn: this path may create the server session (no other path of ours is up)
   req.flags = connected() ? 0 : wire::kFirstConn;
+  if (!opts_.auth_secret.empty()) req.flags |= wire::kAuthConn;  // a proof follows (rtrs_wire.h)
   rdma_conn_param param = {};
   param.private_data = &req;
   param.private_data_len = sizeof(req);
@@ -182,6 +193,15 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
     chunk_size_ = max_io + max_hdr;
     mem_bits_ = wire::MemBits(sqd);
     new_rkey_ = le32toh(rsp.rsp.flags) & wire::kFlagNewRkey;
+    // mutual: a session with a secret talks only to a server that proves it has it too
+    if (!opts_.auth_secret.empty()) {
+      if (!(le32toh(rsp.rsp.flags) & wire::kFlagAuth)) {
+        AuthFailed(p, "the server did not authenticate itself (it has no --auth-keys, or it is not an ibnbd "
+                      "server: the kernel's rnbd_server cannot)");
+        return -EACCES;
+      }
+      memcpy(p->server_nonce, rsp.rsp.reserved, sizeof(p->server_nonce));
+    }
     uint32_t qd_now = std::min(opts_.queue_depth, sqd);
     uint32_t max_io_now = std::min(opts_.max_io_size, max_io);
     if (!qd_) {
@@ -195,12 +215,14 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
 
 int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
   Conn* c0 = p->conns[0].get();
-  size_t rsp_len = sizeof(wire::InfoRspHdr) + sizeof(wire::SgDesc) * size_t(server_qd_);
-  int rc = p->info.Allocate(c0->pd(), std::max(rsp_len, sizeof(wire::InfoReq)) + sizeof(wire::InfoReq),
-                            IBV_ACCESS_LOCAL_WRITE);
+  const bool auth = !opts_.auth_secret.empty();
+  const size_t req_len = sizeof(wire::InfoReq) + (auth ? sizeof(wire::AuthTail) : 0);
+  const size_t rsp_len =
+      sizeof(wire::InfoRspHdr) + sizeof(wire::SgDesc) * size_t(server_qd_) + (auth ? wire::kServerProofSize : 0);
+  int rc = p->info.Allocate(c0->pd(), std::max(rsp_len, req_len) + req_len, IBV_ACCESS_LOCAL_WRITE);
   if (rc) return rc;
   uint8_t* rsp_buf = p->info.data;
-  uint8_t* req_buf = p->info.data + p->info.len - sizeof(wire::InfoReq);
+  uint8_t* req_buf = p->info.data + p->info.len - req_len;
   ibv_sge rsge = {reinterpret_cast<uintptr_t>(rsp_buf), static_cast<uint32_t>(rsp_len), p->info.mr->lkey};
   ibv_recv_wr rwr = {};
   rwr.wr_id = WrId(kWrInfo, 0);
@@ -212,7 +234,15 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
   memset(req, 0, sizeof(*req));
   req->type = htole16(wire::kInfoReq);
   snprintf(req->pathname, sizeof(req->pathname), "%s", opts_.sessname.c_str());
-  ibv_sge ssge = {reinterpret_cast<uintptr_t>(req_buf), sizeof(*req), p->info.mr->lkey};
+  wire::AuthTail tail = {};
+  if (auth) {  // the client's proof over this path's nonces (rtrs_wire.h)
+    if (!transport::core::RandomBytes(tail.client_nonce, sizeof(tail.client_nonce)) ||
+        !PathProof(opts_.auth_secret, transport::core::AuthRole::kClient, tail.client_nonce, p->server_nonce,
+                   paths_uuid_, p->sess_uuid, req->pathname, tail.proof))
+      return -EIO;
+    memcpy(req_buf + sizeof(*req), &tail, sizeof(tail));
+  }
+  ibv_sge ssge = {reinterpret_cast<uintptr_t>(req_buf), static_cast<uint32_t>(req_len), p->info.mr->lkey};
   ibv_send_wr swr = {};
   swr.wr_id = WrId(kWrInfo, 1);
   swr.sg_list = &ssge;
@@ -239,11 +269,15 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
       got_len = wc.byte_len;
     }
   }
-  // process_info_rsp's rules: descriptors covering exactly queue_depth chunks
   wire::InfoRspHdr hdr;
   if (got_len < sizeof(hdr)) return -EPROTO;
   memcpy(&hdr, rsp_buf, sizeof(hdr));
   uint32_t sg_cnt = le16toh(hdr.sg_cnt);
+  if (auth && le16toh(hdr.type) == wire::kInfoRsp && sg_cnt == 0 && hdr.reserved[0] == wire::kInfoRspAuthFailed) {
+    AuthFailed(p, "the server refused our proof (a wrong secret, or none for this name there)");
+    return -EACCES;
+  }
+  // process_info_rsp's rules: descriptors covering exactly queue_depth chunks
   if (le16toh(hdr.type) != wire::kInfoRsp || sg_cnt == 0 || server_qd_ % sg_cnt ||
       got_len < sizeof(hdr) + sg_cnt * sizeof(wire::SgDesc)) {
     SetLastError("malformed RTRS info response");
@@ -265,6 +299,17 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
     }
   }
   if (total != uint64_t(chunk_size_) * server_qd_) return -EPROTO;
+  if (auth) {  // the server's proof after the descriptors: it holds the same secret
+    const size_t at = sizeof(hdr) + sg_cnt * sizeof(wire::SgDesc);
+    uint8_t expect[transport::core::kAuthProofSize];
+    if (got_len < at + wire::kServerProofSize ||
+        !PathProof(opts_.auth_secret, transport::core::AuthRole::kServer, tail.client_nonce, p->server_nonce,
+                   paths_uuid_, p->sess_uuid, req->pathname, expect) ||
+        !transport::core::ProofsEqual(expect, rsp_buf + at)) {
+      AuthFailed(p, "the server's proof does not hold: it does not have this session's secret");
+      return -EACCES;
+    }
+  }
   return 0;
 }
 

@@ -276,14 +276,6 @@ std::shared_ptr<transport::ClientSession> CreateRdmaClientSession(
     *err = -EINVAL;
     return nullptr;
   }
-  if (!options.auth_secret.empty()) {
-    // RTRS has no place for a proof, and kernel peers could not give one: a session that must
-    // authenticate does not go over RDMA (docs/security.md)
-    SetLastError("session '" + options.sessname + "' has a secret, and sessions over RDMA cannot authenticate; "
-                 "use transport=tcp, or leave the name out of the client's keys file");
-    *err = -EACCES;
-    return nullptr;
-  }
   transport::core::MpPolicy policy;
   if (!transport::core::ParseMpPolicy(options.mp_policy, &policy)) {
     SetLastError("invalid mp_policy '" + options.mp_policy + "' (round-robin, min-inflight or min-latency)");

@@ -20,6 +20,17 @@ constexpr uint32_t kFlagNewRkey = 2;    // conn_rsp.flags: server rotates chunk 
 constexpr uint16_t kFlagNeedInval = 1;  // msg_rdma_read.flags: client wants SEND_WITH_INV
 constexpr uint8_t kFirstConn = 1;       // conn_req byte 44 bit 0
 
+// Session authentication between our own daemons (docs/rdma-transport.md, "Authentication"): bits
+// and bytes RTRS leaves reserved, which the kernel's rtrs zeroes when it sends and ignores when it
+// receives, so a kernel peer never starts it and never sees it.
+//   conn_req.flags kAuthConn: the client has a secret for this session and will prove it;
+//   conn_rsp.flags kFlagAuth on cid 0's answer: reserved[0..31] is the server's fresh nonce;
+//   the info request is followed by an AuthTail (client nonce, client proof);
+//   the info response is followed by the server's proof, or is an AuthRefusal (sg_cnt 0).
+constexpr uint8_t kAuthConn = 2;               // conn_req byte 44 bit 1
+constexpr uint32_t kFlagAuth = 1u << 31;       // conn_rsp.flags
+constexpr uint8_t kInfoRspAuthFailed = 1;      // info_rsp.reserved[0] of an AuthRefusal
+
 enum MsgType : uint16_t { kInfoReq = 0, kInfoRsp = 1, kMsgWrite = 2, kMsgRead = 3, kRkeyRsp = 4 };
 enum ImmType : uint32_t { kIoReqImm = 0, kIoRspImm = 1, kIoRspWInvImm = 2, kHbMsgImm = 8, kHbAckImm = 9 };
 
@@ -72,6 +83,24 @@ struct __attribute__((packed)) InfoRspHdr {
   // SgDesc desc[sg_cnt] follows
 };
 static_assert(sizeof(InfoRspHdr) == 8);
+
+// After an authenticating client's InfoReq (the proof: core/auth.h over AuthTranscript()).
+struct __attribute__((packed)) AuthTail {
+  uint8_t client_nonce[32];
+  uint8_t proof[32];
+};
+static_assert(sizeof(AuthTail) == 64);
+// The server's proof follows the descriptors of its InfoRsp: 32 bytes.
+constexpr size_t kServerProofSize = 32;
+
+// What both proofs cover besides the nonces: the session (paths uuid), the path (sess uuid) and
+// the session name exactly as the info request carries it (255 bytes, NUL-padded).
+struct __attribute__((packed)) AuthTranscript {
+  uint8_t paths_uuid[16];
+  uint8_t sess_uuid[16];
+  char pathname[255];
+};
+static_assert(sizeof(AuthTranscript) == 287);
 
 struct __attribute__((packed)) MsgWrite {
   uint16_t type;

@@ -62,6 +62,9 @@ struct SrvPath {
   size_t chunks_len = 0;
   ibv_mr* chunk_mr = nullptr;
   RegisteredBuffer tx;  // info response
+  // set with cid 0's accept when the client asked to authenticate and this server has keys
+  bool auth = false;
+  uint8_t auth_nonce[32] = {};
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
   transport::core::Heartbeat hb;  // misses and round trip (core/liveness.h)
@@ -131,6 +134,9 @@ class RdmaServer final : public transport::Server {
   // server_path.cc: a path's traffic on the loops
   void OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc);
   void OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len);
+  bool ProofHolds(const SrvPath* p, const wire::InfoReq& req, const uint8_t* tail_buf, const std::string& name,
+                  std::string* secret) const;
+  void RefuseAuth(SrvPath* p, Conn* c);
   void OnIoReq(SrvPath* p, Conn* c, uint32_t payload);
   void StartIo(Slot* slot, uint32_t off);
   void OnHeartbeatTimer(SrvPath* p);

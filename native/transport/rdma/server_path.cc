@@ -27,6 +27,7 @@
 #include <string>
 
 #include "transport/core/auth.h"
+#include "transport/rdma/auth_proof.h"
 #include "transport/rdma/server_internal.h"
 
 namespace ibnbd::rdma::server {
@@ -53,6 +54,7 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
     if (wc.status != IBV_WC_WR_FLUSH_ERR) RequestClose(p, ibv_wc_status_str(wc.status));
     return;
   }
+  if (wc.wr_id == WrId(kWrInfo, 1)) return RequestClose(p, "authentication failed");  // RefuseAuth() sent
   if (WrKindOf(wc.wr_id) != kWrRecv) return;
   uint32_t slot = static_cast<uint32_t>(WrValue(wc.wr_id));
   p->hb.OnReceive();
@@ -81,6 +83,35 @@ void RdmaServer::OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc) {
   }
 }
 
+// The client's proof of an authenticating path (rtrs_wire.h): whether it is the one the session
+// name's secret gives over this path's nonce. Nothing says which part was wrong.
+bool RdmaServer::ProofHolds(const SrvPath* p, const wire::InfoReq& req, const uint8_t* tail_buf,
+                            const std::string& name, std::string* secret) const {
+  wire::AuthTail tail;
+  memcpy(&tail, tail_buf, sizeof(tail));
+  *secret = opts_.auth->Find(name);
+  if (secret->empty()) return false;
+  uint8_t expect[transport::core::kAuthProofSize];
+  return PathProof(*secret, transport::core::AuthRole::kClient, tail.client_nonce, p->auth_nonce,
+                   p->sess->paths_uuid, p->sess_uuid, req.pathname, expect) &&
+         transport::core::ProofsEqual(expect, tail.proof);
+}
+
+// An authenticating client told that it is refused (its proof, or its name): an info response
+// without descriptors; the path closes once the send is done (OnCompletion).
+void RdmaServer::RefuseAuth(SrvPath* p, Conn* c) {
+  wire::InfoRspHdr hdr = {htole16(wire::kInfoRsp), 0, {wire::kInfoRspAuthFailed, 0, 0, 0}};
+  memcpy(p->tx.data, &hdr, sizeof(hdr));
+  ibv_sge sge = {reinterpret_cast<uintptr_t>(p->tx.data), sizeof(hdr), p->tx.mr->lkey};
+  ibv_send_wr wr = {};
+  wr.wr_id = WrId(kWrInfo, 1);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  if (c->PostSend(&wr)) RequestClose(p, "cannot send the authentication refusal");
+}
+
 void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len) {
   wire::InfoReq req;
   if (len < sizeof(req)) return RequestClose(p, "short info request");
@@ -88,9 +119,13 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
   if (le16toh(req.type) != wire::kInfoReq) return RequestClose(p, "not an info request");
   std::string name(req.pathname, strnlen(req.pathname, sizeof(req.pathname)));
   SrvSession* s = p->sess;
-  bool first_up = false;
+  bool first_up = false, refuse_auth = false;
+  std::string secret;
+  bool proven = false;
   {
     std::lock_guard lock(mu_);
+    // the proof, when the path asked to give one (p->auth is set with cid 0's accept, under mu_)
+    if (p->auth) proven = len >= sizeof(req) + sizeof(wire::AuthTail) && ProofHolds(p, req, buf + sizeof(req), name, &secret);
     // every connection of the path accepted (its ESTABLISHED event may still be on its way to
     // the cm thread: the client sends the info request as soon as its own side is up)
     bool bad = p->state != PathState::kConnecting;
@@ -99,13 +134,14 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
     for (auto& [k, other] : sessions_)
       if (other.get() != s && other->name == name) bad = true;  // the kernel's -EPERM
     if (!s->name.empty() && s->name != name) bad = true;
-    // Sessions over RDMA give no proof (RTRS has no place for one): with keys required, only
-    // the names the keys file opens to unauthenticated peers (the kernel's client) get in.
-    if (!bad && opts_.auth && opts_.auth->required() && !opts_.auth->OpenOverRdma(name)) {
-      fprintf(stderr, "ibnbd: rdma server: session '%s' from %s refused (EACCES): authentication failed "
-              "(over RDMA only the names the keys file marks 'rdma-unauthenticated' are let in)\n",
-              name.c_str(), p->src.c_str());
-      bad = true;
+    // With keys, a path gets in with a proof (our client), or, without one, under a name the
+    // keys file opens to unauthenticated peers (the kernel's client, which cannot give one).
+    if (!bad && opts_.auth && opts_.auth->required() && !proven && (p->auth || !opts_.auth->OpenOverRdma(name))) {
+      fprintf(stderr, "ibnbd: rdma server: session '%s' from %s refused (EACCES): authentication failed%s\n",
+              name.c_str(), p->src.c_str(),
+              p->auth ? "" : " (no proof; over RDMA only the names the keys file marks 'rdma-unauthenticated' get in without one)");
+      refuse_auth = p->auth;  // told so, outside mu_ (a failed send closes the path: RequestClose)
+      bad = !refuse_auth;
     }
     if (bad) {
       close_requests_.push_back(p);
@@ -114,15 +150,19 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
       }
       return;
     }
-    s->name = name;
-    p->state = PathState::kConnected;
-    first_up = !s->up;
-    s->up = true;
+    if (!refuse_auth) {
+      s->name = name;
+      p->state = PathState::kConnected;
+      first_up = !s->up;
+      s->up = true;
+    }
   }
+  if (refuse_auth) return RefuseAuth(p, c);
   // one descriptor per ≤ 2 GiB of chunks, dividing queue_depth (the client checks qd % sg_cnt)
   uint32_t sg_cnt = 1;
   while (uint64_t(s->qd / sg_cnt) * s->chunk_size >= (1ull << 31) || s->qd % sg_cnt) sg_cnt++;
-  size_t rsp_len = sizeof(wire::InfoRspHdr) + sg_cnt * sizeof(wire::SgDesc);
+  const size_t descs_end = sizeof(wire::InfoRspHdr) + sg_cnt * sizeof(wire::SgDesc);
+  const size_t rsp_len = descs_end + (proven ? wire::kServerProofSize : 0);
   if (rsp_len > p->tx.len) return RequestClose(p, "info response too large");
   wire::InfoRspHdr hdr = {htole16(wire::kInfoRsp), htole16(static_cast<uint16_t>(sg_cnt)), {}};
   memcpy(p->tx.data, &hdr, sizeof(hdr));
@@ -131,6 +171,13 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
     wire::SgDesc d = {htole64(reinterpret_cast<uintptr_t>(p->chunks) + i * per),
                       htole32(p->chunk_mr->rkey), htole32(static_cast<uint32_t>(per))};
     memcpy(p->tx.data + sizeof(hdr) + i * sizeof(d), &d, sizeof(d));
+  }
+  if (proven) {  // the server's side of the mutual proof, after the descriptors
+    wire::AuthTail tail;
+    memcpy(&tail, buf + sizeof(req), sizeof(tail));
+    if (!PathProof(secret, transport::core::AuthRole::kServer, tail.client_nonce, p->auth_nonce, s->paths_uuid,
+                   p->sess_uuid, req.pathname, p->tx.data + descs_end))
+      return RequestClose(p, "cannot compute the server's proof");
   }
   ibv_sge sge = {reinterpret_cast<uintptr_t>(p->tx.data), static_cast<uint32_t>(rsp_len), p->tx.mr->lkey};
   ibv_send_wr wr = {};

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "transport/core/allow.h"
+#include "transport/core/auth.h"
 #include "transport/core/fault.h"
 #include "transport/rdma/rdma.h"
 #include "transport/rdma/reaper.h"
@@ -239,6 +240,18 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   rsp.max_io_size = htole32(max_io_);
   rsp.max_hdr_size = htole32(wire::kMaxHdrSize);
   rsp.flags = 0;  // always_invalidate=N: no NEW_RKEY
+  // a client that will prove its secret gets this path's nonce with cid 0's answer (rtrs_wire.h)
+  const bool auth = cid == 0 && (req.flags & wire::kAuthConn) && opts_.auth && opts_.auth->required();
+  uint8_t nonce[transport::core::kAuthNonceSize];
+  if (auth) {
+    if (!transport::core::RandomBytes(nonce, sizeof(nonce))) {
+      raw->Detach();
+      *reject_conn = std::move(conn);
+      return -EIO;
+    }
+    rsp.flags = htole32(wire::kFlagAuth);
+    memcpy(rsp.reserved, nonce, sizeof(nonce));
+  }
   rdma_conn_param param = {};
   param.private_data = &rsp;
   param.private_data_len = sizeof(rsp);
@@ -248,11 +261,14 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   {
     std::lock_guard lock(mu_);
     id->context = raw;
+    if (cid == 0) p->auth = auth;  // before the accept: the info request can follow it at once
+    if (auth) memcpy(p->auth_nonce, nonce, sizeof(nonce));
     if (rdma_accept(id, &param) == 0) {
       p->conns[cid] = std::move(conn);
       return 0;
     }
     rc = -errno;
+    if (cid == 0) p->auth = false;
     id->context = nullptr;
   }
   raw->Detach();
