@@ -20,7 +20,7 @@ if (!arg) {
   ftruncateSync(fd, span);
   for (let off = 0; off < span; off += 1 << 20) writeSync(fd, Buffer.alloc(1 << 20, 1), 0, 1 << 20, off);
 }
-const g = probeDevice(fd);
+const g = await probeDevice(fd);
 let sid: string | undefined;
 const server = new NativeServer({ transport: 'tcp', listen: [{ kind: 'ip', addr: '127.0.0.1', port: 0 }] }, (ev) => {
   if (ev.type === 'session-up') sid = ev.sessionId;

@@ -82,7 +82,7 @@ interface NativeServerRaw {
 
 interface ServerExports {
   NativeServer: new (opts: NativeServerOptions, onEvent: (ev: NativeServerEvent) => void) => NativeServerRaw;
-  probeDevice(fd: number): DeviceProbe;
+  probeDevice(fd: number): Promise<DeviceProbe>;
 }
 
 const native = (): ServerExports => loadNative<ServerExports>();
@@ -153,6 +153,11 @@ export class NativeServer {
   }
 }
 
-export function probeDevice(fd: number): DeviceProbe {
-  return wrap(() => native().probeDevice(fd));
+/** The device's geometry through `fd`, asked on libuv's thread pool (native/server/probe.cc). */
+export async function probeDevice(fd: number): Promise<DeviceProbe> {
+  try {
+    return await wrap(() => native().probeDevice(fd));
+  } catch (e) {
+    throw toIbnbdError(e);
+  }
 }

@@ -36,13 +36,16 @@ export function errnoNumber(code: string): number {
   return (constants.errno as Record<string, number>)[code] ?? constants.errno.EIO;
 }
 
-export function handleAdmin(
+/** `givenUp`: resolves when the caller stopped waiting for the answer (an OPEN past
+ *  --open-timeout-ms, server.ts); the OPEN then gives back what it took. */
+export async function handleAdmin(
   s: ExportSession,
   usr: Buffer,
   dir: 'read' | 'write',
   dataLen: number,
   log: Logger,
-): AdminReply {
+  givenUp?: Promise<void>,
+): Promise<AdminReply> {
   const r = decode(usr);
   if (!r.ok) return { errno: errnoNumber(r.error.code) };
   const msg = r.msg;
@@ -59,7 +62,7 @@ export function handleAdmin(
           return { errno: 0, noReply: true };
         }
         needReadBuffer(dir, dataLen, OPEN_RSP_SIZE);
-        const res = s.open({ accessMode: msg.accessMode, ioMode: msg.ioMode, devName: msg.devName });
+        const res = await s.open({ accessMode: msg.accessMode, ioMode: msg.ioMode, devName: msg.devName }, givenUp);
         if (!res.reused) {
           log.info(`session ${s.sessname}: opened ${msg.devName} as device ${res.deviceId} (${msg.accessMode}, ${res.ioMode})`);
         }

@@ -4,7 +4,7 @@
 // then, on the real filesystem, the symlink-resolved path must still be inside the (resolved)
 // search directory. The opener re-checks the descriptor it actually got (see exports.ts), which
 // closes the window between this check and open().
-import { realpathSync } from 'node:fs';
+import { realpath } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { IbnbdError } from '../errors.js';
 
@@ -76,24 +76,25 @@ export interface ResolvedDevicePath {
 }
 
 /**
- * Resolves device_path for a session on the real filesystem.
+ * Resolves device_path for a session on the real filesystem (off the event loop).
  * ENOENT when the device (or the search directory) does not exist; EPERM when the resolved path
  * leaves the resolved search directory (a symlink pointing out of it); EINVAL as joinDevicePath.
  */
-export function resolveDevicePath(template: string, sessname: string, devName: string): ResolvedDevicePath {
+export async function resolveDevicePath(template: string, sessname: string, devName: string): Promise<ResolvedDevicePath> {
   const searchDir = searchDirFor(template, sessname);
   const fullPath = joinDevicePath(searchDir, devName);
-  const realSearchDir = realpathOrThrow(searchDir, 'search directory');
-  const realPath = realpathOrThrow(fullPath, 'device');
+  const realSearchDir = await realpathOrThrow(searchDir, 'search directory');
+  const realPath = await realpathOrThrow(fullPath, 'device');
   if (!isInside(realSearchDir, realPath)) {
     throw new IbnbdError('EPERM', `device_path ${JSON.stringify(devName)} resolves outside the search path`);
   }
   return { searchDir, fullPath, realPath, realSearchDir };
 }
 
-function realpathOrThrow(path: string, what: string): string {
+/** realpath(3) on libuv's thread pool: a hung filesystem holds a pool thread, not the loop. */
+async function realpathOrThrow(path: string, what: string): Promise<string> {
   try {
-    return realpathSync.native(path);
+    return await realpath(path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') throw new IbnbdError('ENOENT', `${what} ${path} does not exist`);

@@ -4,29 +4,17 @@
 // writer count (access.ts) really is per device. An Export keeps one descriptor set per
 // (io_mode, writable) combination, shared by the sessions that asked for it and closed with the
 // last of them.
-import { closeSync, constants as fsc, fstatSync, openSync, statSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
-import { basename } from 'node:path';
-import { IbnbdError } from '../errors.js';
+import { closeSync, type Stats } from 'node:fs';
 import type { DeviceGeometry } from '../backend/server-native.js';
+import { IbnbdError } from '../errors.js';
 import type { AccessMode, IoMode } from '../proto/ibnbd.js';
 import { WriterCount } from './access.js';
+import { claim, closeFdSet, deviceName, errnoFromFs, faultDelay, fdPath, openFdSet, openPath, statFd, statPath, type FdSet } from './device-fds.js';
 import { isInside, resolveDevicePath } from './device-path.js';
 
-export type ProbeDevice = (fd: number, blockDevice: boolean) => DeviceGeometry;
+export type { FdSet } from './device-fds.js';
 
-/**
- * The descriptors one io_mode needs. blockio: one descriptor opened O_DIRECT (or, where the
- * filesystem refuses O_DIRECT, O_DSYNC) for reads and writes. fileio: reads through the page
- * cache on readFd, writes straight to disk on writeFd (O_DIRECT, else O_DSYNC).
- */
-export interface FdSet {
-  ioMode: IoMode;
-  writable: boolean;
-  readFd: number;
-  writeFd: number; // == readFd for blockio; -1 when read-only
-  readDirect: boolean;
-  writeDirect: boolean; // false: the write descriptor is O_DSYNC instead
-}
+export type ProbeDevice = (fd: number, blockDevice: boolean) => Promise<DeviceGeometry>;
 
 interface FdSetEntry {
   fds: FdSet;
@@ -67,12 +55,13 @@ export class Export {
     readonly blockDevice: boolean,
   ) {}
 
-  /** Takes a reference on the descriptor set for (ioMode, writable), opening it on first use. */
-  acquireFds(ioMode: IoMode, writable: boolean, openedFd: number): FdSet {
+  /** Takes a reference on the descriptor set for (ioMode, writable), opening it on first use
+   *  (ExportTable serializes the opens of one export, so two never race to make one set). */
+  async acquireFds(ioMode: IoMode, writable: boolean, openedFd: number): Promise<FdSet> {
     const k = `${ioMode}:${writable ? 'rw' : 'ro'}`;
     let e = this.#fdSets.get(k);
     if (!e) {
-      e = { fds: openFdSet(openedFd, ioMode, writable), refs: 0 };
+      e = { fds: await openFdSet(openedFd, ioMode, writable), refs: 0 };
       this.#fdSets.set(k, e);
     }
     e.refs++;
@@ -107,6 +96,8 @@ export interface OpenedDevice {
 
 export class ExportTable {
   readonly #byKey = new Map<string, Export>();
+  /** the last open of each export under way (#serialized) */
+  readonly #busy = new Map<string, Promise<void>>();
 
   constructor(readonly probe: ProbeDevice) {}
 
@@ -124,73 +115,93 @@ export class ExportTable {
    * descriptor actually opened). `admit(exp)` runs before anything is taken: it does the
    * per-session checks, may throw (nothing stays held then) and picks the io_mode.
    * Then the access mode is counted (EPERM) and the descriptors for the io_mode taken.
+   * Every call that can block runs off the event loop (device-fds.ts, the native probe); the
+   * opens of one export are serialized, so the table never changes under one of them.
    */
-  open(
+  async open(
     searchPath: string,
     sessname: string,
     devName: string,
     mode: AccessMode,
     admit: (exp: Export) => IoMode,
-  ): OpenedDevice {
-    const where = resolveDevicePath(searchPath, sessname, devName);
+  ): Promise<OpenedDevice> {
+    const where = await resolveDevicePath(searchPath, sessname, devName);
     // Never open(2) anything else (a tty, a fifo, a tape that rewinds on open); the type is
     // checked again on the descriptor.
-    let pre: Stats;
-    try {
-      pre = statSync(where.realPath);
-    } catch (e) {
-      throw errnoFromFs(e, `stat ${where.realPath}`);
-    }
+    const pre = await statPath(where.realPath);
     if (!pre.isBlockDevice() && !pre.isFile()) {
       throw new IbnbdError('EINVAL', `${where.realPath} is neither a block device nor a regular file`);
     }
-    let fd: number;
-    try {
-      fd = openSync(where.realPath, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOFOLLOW);
-    } catch (e) {
-      throw errnoFromFs(e, `open ${where.realPath}`);
-    }
+    await faultDelay('open', devName);
+    const fd = await openPath(where.realPath);
     try {
       // The descriptor is what counts: a symlink swapped in after resolveDevicePath() is caught here.
       const actual = fdPath(fd);
       if (!isInside(where.realSearchDir, actual)) {
         throw new IbnbdError('EPERM', `device_path ${JSON.stringify(devName)} resolves outside the search path`);
       }
-      const st = fstatSync(fd);
+      const st = await statFd(fd, actual);
       const blockDevice = st.isBlockDevice();
       if (!blockDevice && !st.isFile()) {
         throw new IbnbdError('EINVAL', `${actual} is neither a block device nor a regular file`);
       }
       const key = identity(st);
-      let exp = this.#byKey.get(key);
-      const created = !exp;
-      if (!exp) exp = new Export(key, deviceName(actual, st), actual, blockDevice);
-      const ioMode = admit(exp);
-      if (created && blockDevice) exp.claimFd = claim(fd, actual);
-      exp.access.acquire(mode);
-      let fds: FdSet;
-      try {
-        fds = exp.acquireFds(ioMode, mode !== 'ro', fd);
-      } catch (e) {
-        exp.access.release(mode);
-        if (created) exp.closeAll();
-        throw e;
-      }
-      let geometry: DeviceGeometry;
-      try {
-        geometry = this.probe(probeFd(fds), blockDevice);
-      } catch (e) {
-        exp.releaseFds(fds);
-        exp.access.release(mode);
-        if (created) exp.closeAll();
-        throw e instanceof IbnbdError ? e : errnoFromFs(e, `probe ${actual}`);
-      }
-      exp.geometry = geometry;
-      exp.refs++;
-      if (created) this.#byKey.set(key, exp);
-      return { exp, ioMode, fds, geometry, fullPath: where.fullPath };
+      return await this.#serialized(key, async () => {
+        let exp = this.#byKey.get(key);
+        const created = !exp;
+        if (!exp) exp = new Export(key, deviceName(actual, st), actual, blockDevice);
+        const ioMode = admit(exp);
+        // a reference from here on: another session's CLOSE meanwhile cannot close it under us
+        const held = exp;
+        held.refs++;
+        if (created) this.#byKey.set(key, held);
+        const undo = (): void => {
+          if (--held.refs > 0) return;
+          held.closeAll();
+          this.#byKey.delete(key);
+        };
+        try {
+          if (created && blockDevice) held.claimFd = await claim(fd, actual);
+          held.access.acquire(mode);
+        } catch (e) {
+          undo();
+          throw e;
+        }
+        let fds: FdSet;
+        try {
+          fds = await held.acquireFds(ioMode, mode !== 'ro', fd);
+        } catch (e) {
+          held.access.release(mode);
+          undo();
+          throw e;
+        }
+        let geometry: DeviceGeometry;
+        try {
+          await faultDelay('probe', devName);
+          geometry = await this.probe(probeFd(fds), blockDevice);
+        } catch (e) {
+          held.releaseFds(fds);
+          held.access.release(mode);
+          undo();
+          throw e instanceof IbnbdError ? e : errnoFromFs(e, `probe ${actual}`);
+        }
+        held.geometry = geometry;
+        return { exp: held, ioMode, fds, geometry, fullPath: where.fullPath };
+      });
     } finally {
       closeSync(fd);
+    }
+  }
+
+  /** Runs the opens of one export one after the other (a hung one holds only its own export). */
+  async #serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.#busy.get(key) ?? Promise.resolve()).then(fn);
+    const tail = run.then(() => undefined, () => undefined);
+    this.#busy.set(key, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.#busy.get(key) === tail) this.#busy.delete(key);
     }
   }
 
@@ -217,104 +228,4 @@ export function probeFd(fds: FdSet): number {
 
 function identity(st: Stats): string {
   return st.isBlockDevice() ? `blk:${st.rdev}` : `file:${st.dev}:${st.ino}`;
-}
-
-/**
- * <device_name> of the seed's devices/ tree. A block device: its kernel name (sysfs, e.g. "loop0",
- * "ram0"), whatever node was opened. A regular file: its resolved path with "/" replaced by "!"
- * (the client's device_id convention), which, unlike the base name, is unique.
- */
-function deviceName(realPath: string, st: Stats): string {
-  if (st.isBlockDevice()) {
-    const major = Math.floor(st.rdev / 256) & 0xfff;
-    const minor = (st.rdev & 0xff) | ((Math.floor(st.rdev / 4096) & 0xfff00));
-    try {
-      return basename(readlinkSync(`/sys/dev/block/${major}:${minor}`));
-    } catch {
-      try {
-        const uevent = readFileSync(`/sys/dev/block/${major}:${minor}/uevent`, 'utf8');
-        const m = /^DEVNAME=(.*)$/m.exec(uevent);
-        if (m) return basename(m[1]!);
-      } catch {
-        /* no sysfs entry: fall back to the node's name */
-      }
-      return basename(realPath);
-    }
-  }
-  return realPath.replace(/^\/+/, '').replace(/\//g, '!');
-}
-
-/** O_EXCL on the block device behind `fd` (the same inode, through /proc/self/fd). */
-function claim(fd: number, path: string): number {
-  try {
-    return openSync(`/proc/self/fd/${fd}`, fsc.O_RDONLY | fsc.O_EXCL | fsc.O_NONBLOCK);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EBUSY') {
-      throw new IbnbdError('EBUSY', `${path} is in use: mounted, or claimed by another program (opened O_EXCL)`);
-    }
-    throw errnoFromFs(e, `open ${path} O_EXCL`);
-  }
-}
-
-function fdPath(fd: number): string {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
-  } catch (e) {
-    throw errnoFromFs(e, 'readlink /proc/self/fd');
-  }
-}
-
-/**
- * Reopens the object behind `fd` (through /proc/self/fd, so the very same inode, never a path
- * that could have changed) with the flags of one io_mode.
- */
-function openFdSet(fd: number, ioMode: IoMode, writable: boolean): FdSet {
-  const via = `/proc/self/fd/${fd}`;
-  const base = 0; // libuv opens every descriptor O_CLOEXEC
-  if (ioMode === 'blockio') {
-    const acc = writable ? fsc.O_RDWR : fsc.O_RDONLY;
-    const { fd: rw, direct } = openDirectOrSync(via, base | acc, writable);
-    return { ioMode, writable, readFd: rw, writeFd: writable ? rw : -1, readDirect: direct, writeDirect: direct };
-  }
-  const readFd = reopen(via, base | fsc.O_RDONLY);
-  if (!writable) return { ioMode, writable, readFd, writeFd: -1, readDirect: false, writeDirect: false };
-  try {
-    const { fd: writeFd, direct } = openDirectOrSync(via, base | fsc.O_WRONLY, true);
-    return { ioMode, writable, readFd, writeFd, readDirect: false, writeDirect: direct };
-  } catch (e) {
-    closeSync(readFd);
-    throw e;
-  }
-}
-
-/** O_DIRECT; where the filesystem has none (EINVAL, e.g. tmpfs), O_DSYNC for writers. */
-function openDirectOrSync(path: string, flags: number, writable: boolean): { fd: number; direct: boolean } {
-  try {
-    return { fd: openSync(path, flags | fsc.O_DIRECT), direct: true };
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw errnoFromFs(e, `open ${path} O_DIRECT`);
-  }
-  return { fd: reopen(path, flags | (writable ? fsc.O_DSYNC : 0)), direct: false };
-}
-
-function reopen(path: string, flags: number): number {
-  try {
-    return openSync(path, flags);
-  } catch (e) {
-    throw errnoFromFs(e, `open ${path}`);
-  }
-}
-
-function closeFdSet(f: FdSet): void {
-  closeSync(f.readFd);
-  if (f.writeFd >= 0 && f.writeFd !== f.readFd) closeSync(f.writeFd);
-}
-
-/** A filesystem error as the errno the client gets (EROFS/EACCES for a read-only backing file...). */
-export function errnoFromFs(e: unknown, what: string): IbnbdError {
-  if (e instanceof IbnbdError) return e;
-  const err = e as NodeJS.ErrnoException;
-  const known = ['ENOENT', 'EACCES', 'EPERM', 'EROFS', 'EBUSY', 'EISDIR', 'ENXIO', 'ENODEV', 'ELOOP', 'EMFILE', 'ENFILE', 'ENOMEM', 'ETXTBSY'] as const;
-  const code = known.find((c) => c === err.code) ?? 'EIO';
-  return new IbnbdError(code, `${what}: ${err.message}`);
 }

@@ -5,7 +5,6 @@
 import { constants } from 'node:os';
 import { IbnbdError, toIbnbdError } from '../errors.js';
 import { handleAdmin, type AdminReply } from './admin.js';
-import { preflightOpen } from './preflight.js';
 import { decode } from '../proto/ibnbd.js';
 import { ExportTable, type ProbeDevice } from './exports.js';
 import {
@@ -39,8 +38,8 @@ export interface ExportServerOptions {
   probe: ProbeDevice;
   log?: Logger;
   maxDevicesPerSession?: number;
-  /** OPENs resolve and open their path off the event loop first, failing with ETIMEDOUT past
-   *  this (preflight.ts); unset: straight on the loop (tests of the policy alone) */
+  /** an OPEN not done within this fails with ETIMEDOUT (its calls run off the event loop, so a
+   *  hung device holds only itself); unset: no bound (tests of the policy alone) */
   openTimeoutMs?: number;
 }
 
@@ -105,18 +104,31 @@ export class ExportServer {
   #request(ev: Extract<ServerEvent, { type: 'request' }>): void {
     const s = this.sessions.get(ev.sessionId);
     if (!s) return this.#answer(ev, { errno: constants.errno.ENOTCONN });
-    const d = this.opts.openTimeoutMs !== undefined ? decode(ev.usr) : null;
-    if (!d?.ok || d.msg.type !== 'OPEN') return this.#answer(ev, handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log));
-    // an OPEN: its path tried off the loop first (preflight.ts), then opened for real
+    const limit = this.opts.openTimeoutMs;
+    const d = limit !== undefined ? decode(ev.usr) : null;
+    if (!d?.ok || d.msg.type !== 'OPEN') {
+      void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log).then((reply) => this.#answer(ev, reply));
+      return;
+    }
+    // an OPEN, bounded: past the limit it is answered ETIMEDOUT and given up (session.ts)
     const devName = d.msg.devName;
-    preflightOpen(this.opts.devSearchPath, s.sessname, devName, this.opts.openTimeoutMs!).then(
-      () => this.#answer(ev, this.sessions.get(ev.sessionId) === s ? handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log) : { errno: constants.errno.ENOTCONN }),
-      (e: unknown) => {
-        const err = toIbnbdError(e);
-        this.#log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(devName)} failed: ${err.toString()}`);
-        this.#answer(ev, { errno: constants.errno[err.code] ?? constants.errno.EIO });
-      },
-    );
+    let timer: NodeJS.Timeout | undefined;
+    const givenUp = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, limit);
+    });
+    let answered = false;
+    void givenUp.then(() => {
+      if (answered) return;
+      answered = true;
+      this.#log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(devName)} failed: ETIMEDOUT: opening ${JSON.stringify(devName)} did not finish within ${limit} ms (--open-timeout-ms): a hung device or filesystem?`);
+      this.#answer(ev, { errno: constants.errno.ETIMEDOUT });
+    });
+    void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log, givenUp).then((reply) => {
+      clearTimeout(timer);
+      if (answered) return;
+      answered = true;
+      this.#answer(ev, reply);
+    });
   }
 
   #answer(ev: Extract<ServerEvent, { type: 'request' }>, reply: AdminReply): void {

@@ -68,6 +68,8 @@ export class ExportSession {
   /** negotiated protocol version, null before SESS_INFO */
   ver: number | null = null;
   #closed = false;
+  /** the last OPEN under way (open()) */
+  #opening: Promise<void> = Promise.resolve();
 
   constructor(
     readonly id: string,
@@ -86,20 +88,42 @@ export class ExportSession {
     return this.ver;
   }
 
-  open(req: OpenRequest): OpenResult {
-    if (this.#closed) throw new IbnbdError('ENOTCONN', 'session is closing');
+  /**
+   * OPEN, off the event loop where it can block (exports.ts). The OPENs of one session run one
+   * after the other, as their checks (EEXIST, the device count, the id) assume. `givenUp` resolves
+   * when the caller stops waiting (--open-timeout-ms): the next OPEN goes ahead, and what this one
+   * took when it finally returns is given back.
+   */
+  open(req: OpenRequest, givenUp?: Promise<void>): Promise<OpenResult> {
+    let gone = false;
+    void givenUp?.then(() => {
+      gone = true;
+    });
+    const run = this.#opening.then(() => this.#open(req, () => gone));
+    // the next OPEN waits for this one, or for its caller giving up on it (a hung device)
+    const settled = run.then(() => undefined, () => undefined);
+    this.#opening = givenUp ? Promise.race([settled, givenUp]) : settled;
+    return run;
+  }
+
+  async #open(req: OpenRequest, gone: () => boolean): Promise<OpenResult> {
+    const check = (): void => {
+      if (this.#closed) throw new IbnbdError('ENOTCONN', 'session is closing');
+      if (gone()) throw new IbnbdError('ETIMEDOUT', 'the OPEN was given up (--open-timeout-ms)');
+    };
+    check();
     const mode = req.accessMode;
     const existing = this.#byName.get(req.devName);
     if (existing) {
       // The reconnect re-OPEN: same id, fresh geometry, no second permission check.
-      const geometry = this.#reprobe(existing);
+      const geometry = await this.#reprobe(existing);
+      check();
       return { deviceId: existing.deviceId, geometry, ioMode: existing.ioMode, reused: true };
     }
     if (this.ctx.maxDevices !== undefined && this.devices.size >= this.ctx.maxDevices) {
       throw new IbnbdError('EMFILE', `session ${this.sessname} has ${this.devices.size} devices open, its most (--max-devices-per-session)`);
     }
-    const deviceId = this.#allocateId();
-    const opened = this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {
+    const opened = await this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {
       const holder = exp.holders.get(this.sessname);
       if (holder) {
         throw new IbnbdError(
@@ -109,6 +133,13 @@ export class ExportSession {
       }
       return req.ioMode;
     });
+    try {
+      check();
+    } catch (e) {
+      this.ctx.exports.close(opened.exp, opened.fds, mode);
+      throw e;
+    }
+    const deviceId = this.#allocateId();
     const ioMode = opened.ioMode;
     const dev: SessionDevice = {
       deviceId,
@@ -178,9 +209,9 @@ export class ExportSession {
     }
   }
 
-  #reprobe(dev: SessionDevice): DeviceGeometry {
+  async #reprobe(dev: SessionDevice): Promise<DeviceGeometry> {
     try {
-      dev.geometry = this.ctx.exports.probe(probeFd(dev.fds), dev.exp.blockDevice);
+      dev.geometry = await this.ctx.exports.probe(probeFd(dev.fds), dev.exp.blockDevice);
       dev.exp.geometry = dev.geometry;
     } catch {
       /* keep the geometry of the first OPEN */

@@ -193,7 +193,7 @@ test('loop device, O_DIRECT: random IO verified, DISCARD and WRITE_ZEROES by ioc
   const dev = loopDevice(t, sparseFile(join(dir, 'backing'), size));
   const fd = openSync(dev, constants.O_RDWR | constants.O_DIRECT);
   t.teardown(() => closeSync(fd));
-  const g = probeDevice(fd);
+  const g = await probeDevice(fd);
   t.is(g.sizeBytes, size);
   t.true(g.isBlockDevice);
   t.is(g.logicalBlockSize, 512);
@@ -237,19 +237,19 @@ test('detachDevice resolves and later IO on the id is ENOTCONN; session down emp
   t.throws(() => r.server.attachDevice(r.sessionId, 2, fileSpec(0, size)), { code: 'ENOENT' });
 });
 
-test('probeDevice on a file reports its size and probed punch-hole/zero-range support', (t) => {
+test('probeDevice on a file reports its size and probed punch-hole/zero-range support', async (t) => {
   const dir = tempDir(t, 'srvprobe');
   const path = sparseFile(join(dir, 'f'), 3 << 20);
   const fd = openSync(path, 'r+');
   t.teardown(() => closeSync(fd));
-  const g = probeDevice(fd);
+  const g = await probeDevice(fd);
   t.is(g.sizeBytes, 3 << 20);
   t.false(g.isBlockDevice);
   t.is(g.logicalBlockSize, 512);
   t.is(g.physicalBlockSize, 4096);
   t.true(g.maxDiscardSectors > 0, '/tmp supports punch-hole');
   t.true(g.maxWriteZeroesSectors > 0, '/tmp supports zero-range');
-  t.throws(() => probeDevice(-1), { code: 'EBADF' });
+  await t.throwsAsync(probeDevice(-1), { code: 'EBADF' });
 });
 
 test('closeSession drops the client: session-down on the server, DISCONNECTED and ENOTCONN on the client', async (t) => {

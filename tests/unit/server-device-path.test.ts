@@ -6,6 +6,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isInside, joinDevicePath, resolveDevicePath, searchDirFor } from '../../src/server/device-path.js';
 
+async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+    return undefined;
+  } catch (e) {
+    return (e as { code?: string }).code;
+  }
+}
+
 function code(fn: () => unknown): string | undefined {
   try {
     fn();
@@ -56,7 +65,7 @@ test('isInside', (t) => {
   t.false(isInside('/srv', '/etc'));
 });
 
-test('real paths: ENOENT, symlinks inside allowed, symlinks out EPERM', (t) => {
+test('real paths: ENOENT, symlinks inside allowed, symlinks out EPERM', async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'ibnbd-devpath-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   const search = join(root, 'exports');
@@ -70,18 +79,18 @@ test('real paths: ENOENT, symlinks inside allowed, symlinks out EPERM', (t) => {
   symlinkSync(root, join(search, 's1', 'updir'));
   const tpl = join(search, '%SESSNAME%');
 
-  const r = resolveDevicePath(tpl, 's1', 'disk');
+  const r = await resolveDevicePath(tpl, 's1', 'disk');
   t.is(r.realPath, join(search, 's1', 'disk'));
-  t.is(resolveDevicePath(tpl, 's1', '/dev/ram0').realPath, join(search, 's1', 'dev', 'ram0'), 'absolute stays inside');
-  t.is(resolveDevicePath(tpl, 's1', 'alias').realPath, join(search, 's1', 'disk'), 'symlink inside is fine');
-  t.is(code(() => resolveDevicePath(tpl, 's1', 'escape')), 'EPERM');
-  t.is(code(() => resolveDevicePath(tpl, 's1', 'relescape')), 'EPERM');
-  t.is(code(() => resolveDevicePath(tpl, 's1', 'updir/secret')), 'EPERM');
-  t.is(code(() => resolveDevicePath(tpl, 's1', 'missing')), 'ENOENT');
-  t.is(code(() => resolveDevicePath(tpl, 's2', 'disk')), 'ENOENT', 'other session: other namespace');
-  t.is(code(() => resolveDevicePath(tpl, 's1', '../s1/disk')), 'EINVAL');
+  t.is((await resolveDevicePath(tpl, 's1', '/dev/ram0')).realPath, join(search, 's1', 'dev', 'ram0'), 'absolute stays inside');
+  t.is((await resolveDevicePath(tpl, 's1', 'alias')).realPath, join(search, 's1', 'disk'), 'symlink inside is fine');
+  t.is(await codeOf(resolveDevicePath(tpl, 's1', 'escape')), 'EPERM');
+  t.is(await codeOf(resolveDevicePath(tpl, 's1', 'relescape')), 'EPERM');
+  t.is(await codeOf(resolveDevicePath(tpl, 's1', 'updir/secret')), 'EPERM');
+  t.is(await codeOf(resolveDevicePath(tpl, 's1', 'missing')), 'ENOENT');
+  t.is(await codeOf(resolveDevicePath(tpl, 's2', 'disk')), 'ENOENT', 'other session: other namespace');
+  t.is(await codeOf(resolveDevicePath(tpl, 's1', '../s1/disk')), 'EINVAL');
 
   // the search directory itself behind a symlink is resolved before comparing
   symlinkSync(search, join(root, 'link-to-exports'));
-  t.is(resolveDevicePath(join(root, 'link-to-exports', '%SESSNAME%'), 's1', 'disk').realPath, join(search, 's1', 'disk'));
+  t.is((await resolveDevicePath(join(root, 'link-to-exports', '%SESSNAME%'), 's1', 'disk')).realPath, join(search, 's1', 'disk'));
 });

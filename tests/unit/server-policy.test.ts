@@ -17,8 +17,17 @@ const E = constants.errno;
 class RecordingPort implements NativePort {
   attached = new Map<string, AttachSpec>();
   replies = new Map<number, { errno: number; data?: Buffer }>();
+  readonly #waiting = new Map<number, (r: { errno: number; data?: Buffer }) => void>();
   respond(requestId: number, errno: number, data?: Buffer): void {
-    this.replies.set(requestId, data ? { errno, data } : { errno });
+    const r = data ? { errno, data } : { errno };
+    this.replies.set(requestId, r);
+    this.#waiting.get(requestId)?.(r);
+    this.#waiting.delete(requestId);
+  }
+  /** The answer to a request: admin requests are answered asynchronously (OPEN runs off the loop). */
+  reply(requestId: number): Promise<{ errno: number; data?: Buffer }> {
+    const r = this.replies.get(requestId);
+    return r ? Promise.resolve(r) : new Promise((resolve) => this.#waiting.set(requestId, resolve));
   }
   attach(sessionId: string, deviceId: number, spec: AttachSpec): void {
     const k = `${sessionId}/${deviceId}`;
@@ -45,61 +54,61 @@ function rig(searchPath: string) {
   const send = (sessionId: string, usr: Buffer, dir: 'read' | 'write' = 'read', dataLen = 56) => {
     const requestId = ++rid;
     server.handleEvent({ type: 'request', sessionId, requestId, dir, usr, dataLen });
-    return port.replies.get(requestId)!;
+    return port.reply(requestId);
   };
-  const open = (sessionId: string, name: string, mode: 'ro' | 'rw' | 'migration' = 'rw', io: 'blockio' | 'fileio' = 'blockio') => {
-    const r = send(sessionId, openMsg(name, mode, io));
+  const open = async (sessionId: string, name: string, mode: 'ro' | 'rw' | 'migration' = 'rw', io: 'blockio' | 'fileio' = 'blockio') => {
+    const r = await send(sessionId, openMsg(name, mode, io));
     if (r.errno !== 0) return { errno: r.errno } as const;
     const d = decode(r.data!);
     if (!d.ok || d.msg.type !== 'OPEN_RSP') throw new Error('bad OPEN_RSP');
     return { errno: 0, rsp: d.msg as OpenRspMsg } as const;
   };
-  const close = (sessionId: string, id: number) => send(sessionId, closeMsg(id), 'write', 0).errno;
+  const close = async (sessionId: string, id: number) => (await send(sessionId, closeMsg(id), 'write', 0)).errno;
   return { port, server, up, down, send, open, close };
 }
 
-test('SESS_INFO negotiates min(client, 2)', (t) => {
+test('SESS_INFO negotiates min(client, 2)', async (t) => {
   const r = rig(tempDir(t, 'pol'));
   r.up('1', 's');
   for (const [client, want] of [[1, 1], [2, 2], [7, 2]] as const) {
-    const rep = r.send('1', sessInfo(client), 'read', 36);
+    const rep = (await r.send('1', sessInfo(client), 'read', 36));
     t.is(rep.errno, 0);
     const d = decode(rep.data!);
     t.true(d.ok && d.msg.type === 'SESS_INFO_RSP' && d.msg.ver === want);
   }
-  t.is(r.send('1', sessInfo(2), 'write', 0).errno, E.EINVAL, 'no READ buffer for the response');
-  t.is(r.send('1', Buffer.from([9, 0, 0, 0]), 'read', 36).errno, E.EPROTO, 'unknown type');
-  t.is(r.send('1', Buffer.alloc(2), 'read', 36).errno, E.EINVAL, 'short');
-  t.is(r.send('nope', sessInfo(2), 'read', 36).errno, E.ENOTCONN, 'unknown session');
+  t.is((await r.send('1', sessInfo(2), 'write', 0)).errno, E.EINVAL, 'no READ buffer for the response');
+  t.is((await r.send('1', Buffer.from([9, 0, 0, 0]), 'read', 36)).errno, E.EPROTO, 'unknown type');
+  t.is((await r.send('1', Buffer.alloc(2), 'read', 36)).errno, E.EINVAL, 'short');
+  t.is((await r.send('nope', sessInfo(2), 'read', 36)).errno, E.ENOTCONN, 'unknown session');
 });
 
-test('access-mode matrix across two sessions, release on CLOSE and on session death', (t) => {
+test('access-mode matrix across two sessions, release on CLOSE and on session death', async (t) => {
   const dir = tempDir(t, 'pol');
   sparseFile(join(dir, 'disk'), 1 << 20);
   const r = rig(dir);
   r.up('a', 'sa');
   r.up('b', 'sb');
   for (const [m1, m2, want] of TWO_SESSION_ACCESS_MATRIX) {
-    const o1 = r.open('a', 'disk', m1);
+    const o1 = (await r.open('a', 'disk', m1));
     t.is(o1.errno, 0);
-    const o2 = r.open('b', 'disk', m2);
+    const o2 = (await r.open('b', 'disk', m2));
     t.is(o2.errno, want, `${m1} then ${m2}`);
-    t.is(r.close('a', o1.rsp!.deviceId), 0);
-    if (o2.errno === 0) t.is(r.close('b', o2.rsp!.deviceId), 0);
+    t.is((await r.close('a', o1.rsp!.deviceId)), 0);
+    if (o2.errno === 0) t.is((await r.close('b', o2.rsp!.deviceId)), 0);
   }
   // a third writer is refused even as migration
-  const w1 = r.open('a', 'disk', 'rw');
-  const w2 = r.open('b', 'disk', 'migration');
+  const w1 = (await r.open('a', 'disk', 'rw'));
+  const w2 = (await r.open('b', 'disk', 'migration'));
   t.is(w2.errno, 0);
   r.up('c', 'sc');
-  t.is(r.open('c', 'disk', 'migration').errno, E.EPERM);
-  t.is(r.open('c', 'disk', 'ro').errno, 0);
+  t.is((await r.open('c', 'disk', 'migration')).errno, E.EPERM);
+  t.is((await r.open('c', 'disk', 'ro')).errno, 0);
   // the rw holder dies: its writer is released, one writer (migration) is left
   r.down('a');
-  t.is(r.open('c', '/disk', 'rw').errno, E.EEXIST, 'c already maps this device as "disk"');
+  t.is((await r.open('c', '/disk', 'rw')).errno, E.EEXIST, 'c already maps this device as "disk"');
   r.up('d', 'sd');
-  t.is(r.open('d', 'disk', 'rw').errno, E.EPERM, 'migration writer still there');
-  t.is(r.open('d', 'disk', 'migration').errno, 0);
+  t.is((await r.open('d', 'disk', 'rw')).errno, E.EPERM, 'migration writer still there');
+  t.is((await r.open('d', 'disk', 'migration')).errno, 0);
   void w1;
   r.down('b');
   r.down('c');
@@ -109,27 +118,27 @@ test('access-mode matrix across two sessions, release on CLOSE and on session de
   t.deepEqual(r.server.devices(), []);
 });
 
-test('same session + same name: same id, no second permission check; ids per session', (t) => {
+test('same session + same name: same id, no second permission check; ids per session', async (t) => {
   const dir = tempDir(t, 'pol');
   for (const n of ['a', 'b', 'c']) sparseFile(join(dir, n), 1 << 20);
   const r = rig(dir);
   r.up('1', 's1');
-  const a = r.open('1', 'a', 'rw');
-  const again = r.open('1', 'a', 'rw');
+  const a = (await r.open('1', 'a', 'rw'));
+  const again = (await r.open('1', 'a', 'rw'));
   t.is(again.errno, 0);
   t.is(again.rsp!.deviceId, a.rsp!.deviceId);
-  t.is(r.open('1', 'b').rsp!.deviceId, 1);
-  t.is(r.open('1', 'c').rsp!.deviceId, 2);
-  t.is(r.close('1', 1), 0);
-  t.is(r.open('1', 'c').rsp!.deviceId, 2, 'c stays 2');
-  t.is(r.open('1', 'b').rsp!.deviceId, 1, 'lowest free id');
-  t.is(r.close('1', 99), 0, 'unknown id ignored');
+  t.is((await r.open('1', 'b')).rsp!.deviceId, 1);
+  t.is((await r.open('1', 'c')).rsp!.deviceId, 2);
+  t.is((await r.close('1', 1)), 0);
+  t.is((await r.open('1', 'c')).rsp!.deviceId, 2, 'c stays 2');
+  t.is((await r.open('1', 'b')).rsp!.deviceId, 1, 'lowest free id');
+  t.is((await r.close('1', 99)), 0, 'unknown id ignored');
   r.up('2', 's2');
-  t.is(r.open('2', 'c', 'ro').rsp!.deviceId, 0, 'ids are per session');
+  t.is((await r.open('2', 'c', 'ro')).rsp!.deviceId, 0, 'ids are per session');
   t.is(r.port.attached.size, 4);
 });
 
-test('path refusals with their errno; absolute device_path stays inside', (t) => {
+test('path refusals with their errno; absolute device_path stays inside', async (t) => {
   const root = tempDir(t, 'pol');
   const search = join(root, 'exports');
   mkdirSync(join(search, 'dev'), { recursive: true });
@@ -139,13 +148,13 @@ test('path refusals with their errno; absolute device_path stays inside', (t) =>
   mkdirSync(join(search, 'adir'));
   const r = rig(search);
   r.up('1', 's');
-  t.is(r.open('1', '../secret').errno, E.EINVAL);
-  t.is(r.open('1', 'a/../../etc').errno, E.EINVAL);
-  t.is(r.open('1', 'out').errno, E.EPERM);
-  t.is(r.open('1', 'missing').errno, E.ENOENT);
-  t.is(r.open('1', 'adir').errno, E.EINVAL);
-  t.is(r.open('1', '/dev/null').errno, E.ENOENT, '/dev/null is looked up under the search path');
-  const ok = r.open('1', '/dev/ram0');
+  t.is((await r.open('1', '../secret')).errno, E.EINVAL);
+  t.is((await r.open('1', 'a/../../etc')).errno, E.EINVAL);
+  t.is((await r.open('1', 'out')).errno, E.EPERM);
+  t.is((await r.open('1', 'missing')).errno, E.ENOENT);
+  t.is((await r.open('1', 'adir')).errno, E.EINVAL);
+  t.is((await r.open('1', '/dev/null')).errno, E.ENOENT, '/dev/null is looked up under the search path');
+  const ok = (await r.open('1', '/dev/ram0'));
   t.is(ok.errno, 0);
   const tree = r.server.devices();
   t.is(tree.length, 1);
@@ -155,7 +164,7 @@ test('path refusals with their errno; absolute device_path stays inside', (t) =>
   ]);
 });
 
-test('%SESSNAME% namespaces, loop block devices and the introspection tree', (t) => {
+test('%SESSNAME% namespaces, loop block devices and the introspection tree', async (t) => {
   const root = tempDir(t, 'pol');
   mkdirSync(join(root, 'blya'));
   mkdirSync(join(root, 'other'));
@@ -167,41 +176,41 @@ test('%SESSNAME% namespaces, loop block devices and the introspection tree', (t)
   r.up('1', 'blya');
   r.up('2', 'other');
   // the symlink to /dev/loopN leaves the search directory: refused
-  t.is(r.open('1', 'sda').errno, E.EPERM);
+  t.is((await r.open('1', 'sda')).errno, E.EPERM);
   // a search path that contains /dev reaches the loop device
   const r2 = rig('/dev');
   r2.up('1', 'blya');
   r2.up('2', 'other');
   const name = loop.slice('/dev/'.length);
-  const o = r2.open('1', name, 'rw');
+  const o = await r2.open('1', name, 'rw');
   t.is(o.errno, 0);
   t.is(o.rsp!.nsectors, BigInt((4 << 20) / 512));
-  t.is(r2.open('2', `/${name}`, 'ro').errno, 0);
-  t.is(r2.open('2', name, 'migration').errno, E.EEXIST, 'same session, same device, other name');
+  t.is((await r2.open('2', `/${name}`, 'ro')).errno, 0);
+  t.is((await r2.open('2', name, 'migration')).errno, E.EEXIST, 'same session, same device, other name');
   t.deepEqual(
     r2.server.devices().map((d) => [d.name, d.block_dev, d.type, d.writers, d.sessions.map((s) => [s.sessname, s.read_only, s.mapping_path])]),
     [[name, loop, 'block', 1, [['blya', 0, name], ['other', 1, `/${name}`]]]],
   );
-  t.is(r2.close('1', 0), 0);
+  t.is(await r2.close('1', 0), 0);
   t.deepEqual(r2.server.devices()[0]!.sessions.map((s) => s.sessname), ['other']);
   r2.server.handleEvent({ type: 'session-down', sessionId: '2' });
   t.deepEqual(r2.server.devices(), []);
 });
 
-test('force-close keeps the id reserved until the client CLOSEs it', (t) => {
+test('force-close keeps the id reserved until the client CLOSEs it', async (t) => {
   const dir = tempDir(t, 'pol');
   sparseFile(join(dir, 'disk'), 1 << 20);
   const r = rig(dir);
   r.up('1', 's');
-  const o = r.open('1', 'disk');
+  const o = (await r.open('1', 'disk'));
   const devName = r.server.devices()[0]!.name;
   t.deepEqual(r.server.forceClose('s', devName), { sessname: 's', device_id: 0 });
   t.is(r.port.attached.size, 0);
   t.deepEqual(r.server.devices(), []);
   t.deepEqual(r.server.sessionList()[0]!.closed_ids, [0]);
-  const again = r.open('1', 'disk');
+  const again = (await r.open('1', 'disk'));
   t.is(again.rsp!.deviceId, 1, 'reserved id 0 is not handed out again');
-  t.is(r.close('1', o.rsp!.deviceId), 0);
+  t.is((await r.close('1', o.rsp!.deviceId)), 0);
   t.deepEqual(r.server.sessionList()[0]!.closed_ids, []);
   t.throws(() => r.server.forceClose('s', 'nope'), { code: 'ENOENT' } as never);
 });

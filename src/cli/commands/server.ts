@@ -10,7 +10,7 @@ import {
   type SessionEntry,
 } from '../../server/introspection.js';
 import { addControlOptions, printResult, sendRequest, type ControlOptions } from '../util.js';
-import { OPEN_POOL_THREADS } from '../../server/preflight.js';
+import { OPEN_POOL_THREADS } from '../../server/device-fds.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -36,7 +36,7 @@ export function register(program: Command): void {
     .option('--handshake-timeout-ms <ms>', 'a connection that has not completed its handshake by then is closed (default 5000)')
     .option('--max-buffer-memory <bytes>', 'request buffers all sessions may pin: queue depth × max IO size each (default 8G; k/M/G/T)')
     .option('--max-devices-per-session <n>', 'devices one session may have open (default 256); more are EMFILE')
-    .option('--open-timeout-ms <ms>', 'an OPEN whose path does not answer within this (tried off the event loop first) fails with ETIMEDOUT (default 10000)')
+    .option('--open-timeout-ms <ms>', 'an OPEN (resolved, opened and probed off the event loop) not done within this fails with ETIMEDOUT (default 10000)')
     .option('--allow <cidr>', 'peer network that may connect, ADDR/PREFIX or ADDR (repeatable; default: any)', collect, [])
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): sessions must authenticate; SIGHUP reloads it')
     .option('--control <sock>', 'control socket', DEFAULT_SERVER_SOCKET)
@@ -47,8 +47,8 @@ export function register(program: Command): void {
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
     .action(async (o: Record<string, unknown>) => {
-      // the OPENs' pre-flight runs on libuv's pool (src/server/preflight.ts): a few hung paths
-      // must leave threads for the rest; read when the pool first starts, which is after this
+      // an OPEN's blocking calls run on libuv's pool (src/server/device-fds.ts): a few hung
+      // devices must leave threads for the rest; read when the pool first starts, after this
       process.env.UV_THREADPOOL_SIZE ??= String(OPEN_POOL_THREADS);
       // loaded only here: the introspection commands do not need the native addon
       const { runServerDaemon } = await import('../../server/daemon.js');
