@@ -46,6 +46,7 @@ Napi::Value LayoutJs(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("connReqFlagsOffset", offsetof(wire::ConnReq, flags));
   o.Set("authConnBit", wire::kAuthConn);
+  o.Set("knowsRefusalBit", wire::kKnowsRefusal);
   o.Set("connRspFlagsOffset", offsetof(wire::ConnRsp, flags));
   o.Set("connRspReservedOffset", offsetof(wire::ConnRsp, reserved));
   o.Set("flagAuth", wire::kFlagAuth);

@@ -52,6 +52,7 @@ test('layout: the bytes RTRS leaves reserved carry the exchange', (t) => {
   const l = auth.layout();
   t.is(l.connReqFlagsOffset, 44, "conn_req's flags byte (first_conn is bit 0)");
   t.is(l.authConnBit, 2, 'the client asks with bit 1');
+  t.is(l.knowsRefusalBit, 4, 'and says it understands a refusal with bit 2');
   t.is(l.connRspFlagsOffset, 16);
   t.is(l.connRspReservedOffset, 20, "the server's nonce: conn_rsp.reserved[0..31] (36 bytes there)");
   t.is(l.flagAuth, 0x80000000);

@@ -313,6 +313,7 @@ ${node} ${cliPath} client --control /tmp/clt5.sock --run-dir /tmp/run5 --state-d
 CLT5=$!
 i=0; while [ ! -S /tmp/clt5.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 26; sleep 0.1; done
 echo "OURS_I_DENIED $(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt5.sock 2>&1 | tr -d '\n')"
+echo "CLTLOG5_I $(grep -o 'authentication failed: [^(]*' /tmp/clt5.log | sort -u | tr '\n' '|')"
 ${node} ${cliPath} client --control /tmp/clt6.sock --run-dir /tmp/run6 --state-dir /tmp/clt6-state --auth-keys /tmp/clt6.keys 2> /tmp/clt6.log &
 CLT6=$!
 i=0; while [ ! -S /tmp/clt6.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 28; sleep 0.1; done
@@ -556,7 +557,7 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.is(rcJson(out, 'KMAP_I_OPEN').rc, 0, 'one marked rdma-unauthenticated gets in');
   t.is(rcJson(out, 'KWRITE_I').rc, 0);
   t.is(rcJson(out, 'KUNMAP_I').rc, 0);
-  t.regex(line(out, 'OURS_I_DENIED'), /this name needs a proof/, 'our client without a secret is refused over RDMA as well, and told why');
+  t.regex(line(out, 'OURS_I_DENIED'), /EACCES: session vmx: authentication failed/, 'our client without a secret is refused over RDMA as well: EACCES');
   const wrong = rcJson(out, 'OURS_I_WRONGKEY');
   t.is(wrong.rc, 13, `a wrong secret: EACCES (${wrong.json})`);
   t.regex(String(wrong.json), /authentication failed/);
@@ -572,6 +573,7 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   const cltLog = line(out, 'CLTLOG_I');
   t.regex(cltLog, /the server refused our proof/, "the client daemon's log says the server refused the wrong secret");
   t.regex(cltLog, /the server did not authenticate itself/, "and that the keyless server did not prove the secret");
+  t.regex(line(out, 'CLTLOG5_I'), /the server requires a proof for this session name, and this daemon has no secret for it/, 'the daemon without a secret logs why');
   t.true(Number(line(out, 'SRVLOG_I')) >= 3, 'each refusal is logged (kernel, no proof, wrong proof)');
   t.deepEqual(JSON.parse(line(out, 'SESS_I')).sessions.map((x: { sessname: string }) => x.sessname), [], 'no refused session stayed');
   t.is(rcJson(out, 'SRV3_EXIT').rc, 0);

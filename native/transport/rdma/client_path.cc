@@ -152,7 +152,8 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
   memcpy(req.paths_uuid, paths_uuid_, 16);
   // first_conn: this path may create the server session (no other path of ours is up)
   req.flags = connected() ? 0 : wire::kFirstConn;
-  if (!opts_.auth_secret.empty()) req.flags |= wire::kAuthConn;  // a proof follows (rtrs_wire.h)
+  req.flags |= wire::kKnowsRefusal;  // tell us why, if refused (rtrs_wire.h)
+  if (!opts_.auth_secret.empty()) req.flags |= wire::kAuthConn;  // a proof follows
   rdma_conn_param param = {};
   param.private_data = &req;
   param.private_data_len = sizeof(req);
@@ -273,8 +274,9 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
   if (got_len < sizeof(hdr)) return -EPROTO;
   memcpy(&hdr, rsp_buf, sizeof(hdr));
   uint32_t sg_cnt = le16toh(hdr.sg_cnt);
-  if (auth && le16toh(hdr.type) == wire::kInfoRsp && sg_cnt == 0 && hdr.reserved[0] == wire::kInfoRspAuthFailed) {
-    AuthFailed(p, "the server refused our proof (a wrong secret, or none for this name there)");
+  if (le16toh(hdr.type) == wire::kInfoRsp && sg_cnt == 0 && hdr.reserved[0] == wire::kInfoRspAuthFailed) {
+    AuthFailed(p, auth ? "the server refused our proof (a wrong secret, or none for this name there)"
+                       : "the server requires a proof for this session name, and this daemon has no secret for it");
     return -EACCES;
   }
   // process_info_rsp's rules: descriptors covering exactly queue_depth chunks

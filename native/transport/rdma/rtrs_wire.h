@@ -26,8 +26,11 @@ constexpr uint8_t kFirstConn = 1;       // conn_req byte 44 bit 0
 //   conn_req.flags kAuthConn: the client has a secret for this session and will prove it;
 //   conn_rsp.flags kFlagAuth on cid 0's answer: reserved[0..31] is the server's fresh nonce;
 //   the info request is followed by an AuthTail (client nonce, client proof);
-//   the info response is followed by the server's proof, or is an AuthRefusal (sg_cnt 0).
+//   the info response is followed by the server's proof, or is an AuthRefusal (sg_cnt 0), which
+//   the server sends to a client that set kKnowsRefusal (ours always does) instead of only
+//   closing the path, so that a client without a secret learns why (EACCES).
 constexpr uint8_t kAuthConn = 2;               // conn_req byte 44 bit 1
+constexpr uint8_t kKnowsRefusal = 4;           // conn_req byte 44 bit 2: our client, secret or not
 constexpr uint32_t kFlagAuth = 1u << 31;       // conn_rsp.flags
 constexpr uint8_t kInfoRspAuthFailed = 1;      // info_rsp.reserved[0] of an AuthRefusal
 

@@ -64,6 +64,7 @@ struct SrvPath {
   RegisteredBuffer tx;  // info response
   // set with cid 0's accept when the client asked to authenticate and this server has keys
   bool auth = false;
+  bool knows_refusal = false;  // cid 0's conn_req had kKnowsRefusal (rtrs_wire.h)
   uint8_t auth_nonce[32] = {};
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};

@@ -140,7 +140,9 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
       fprintf(stderr, "ibnbd: rdma server: session '%s' from %s refused (EACCES): authentication failed%s\n",
               name.c_str(), p->src.c_str(),
               p->auth ? "" : " (no proof; over RDMA only the names the keys file marks 'rdma-unauthenticated' get in without one)");
-      refuse_auth = p->auth;  // told so, outside mu_ (a failed send closes the path: RequestClose)
+      // our client is told so, outside mu_ (a failed send closes the path: RequestClose); the
+      // kernel's only sees its path closed
+      refuse_auth = p->auth || p->knows_refusal;
       bad = !refuse_auth;
     }
     if (bad) {

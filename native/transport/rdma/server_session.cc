@@ -261,7 +261,10 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   {
     std::lock_guard lock(mu_);
     id->context = raw;
-    if (cid == 0) p->auth = auth;  // before the accept: the info request can follow it at once
+    if (cid == 0) {  // before the accept: the info request can follow it at once
+      p->auth = auth;
+      p->knows_refusal = req.flags & wire::kKnowsRefusal;
+    }
     if (auth) memcpy(p->auth_nonce, nonce, sizeof(nonce));
     if (rdma_accept(id, &param) == 0) {
       p->conns[cid] = std::move(conn);
