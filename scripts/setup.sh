@@ -28,6 +28,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils
   busybox-static cpio kmod e2fsprogs iproute2
   libvirt-clients libxml2-utils
+  systemd
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { errorText, IbnbdError } from '../errors.js';
 import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
+import { serviceNotifier } from '../service/systemd.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
 import { StateFile } from './state-file.js';
@@ -185,6 +186,11 @@ export class ClientDaemon {
     );
   }
 
+  /** How many devices are mapped now (restored ones included). */
+  mappings(): number {
+    return this.client.list().length;
+  }
+
   /** SIGHUP: the keys file again, for sessions created from now on; on an error the old keys stay. */
   reloadKeys(): void {
     if (this.opts.authKeys === undefined) return this.log('SIGHUP: no --auth-keys file to reload');
@@ -211,11 +217,16 @@ export class ClientDaemon {
 /** Runs until SIGTERM/SIGINT; resolves with the exit status. */
 export async function runClientDaemon(options: Partial<ClientDaemonOptions>): Promise<number> {
   const log = (line: string) => process.stderr.write(`ibnbd client: ${line}\n`);
-  const daemon = new ClientDaemon(validateClientOptions(options), log);
+  const opts = validateClientOptions(options);
+  const daemon = new ClientDaemon(opts, log);
   await daemon.start();
+  // systemd (Type=notify): ready once the restored mappings are served and the control socket answers
+  const service = serviceNotifier({ info: log, warn: log });
+  service.ready(`${daemon.mappings()} device(s) mapped; control socket ${opts.control}`);
   return new Promise<number>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
       log(`${sig}: shutting down`);
+      service.stopping();
       process.off('SIGHUP', onHup);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);

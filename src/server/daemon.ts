@@ -10,6 +10,7 @@ import { validateServerOptions, type RawServerOptions, type ServerOptions } from
 import { probe } from './probe.js';
 import { ExportServer, type ServerEvent } from './server.js';
 import { stderrLogger, type Logger } from '../logger.js';
+import { serviceNotifier } from '../service/systemd.js';
 
 export interface RunningServer {
   server: ExportServer;
@@ -86,6 +87,9 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
     }
   };
   process.on('SIGHUP', onHup);
+  // systemd (Type=notify): ready now that the listeners and the control socket are up
+  const service = serviceNotifier(log);
+  service.ready(`listening on ${running.bound.join(' ')}; control socket ${opts.control}`);
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     const on = (sig: NodeJS.Signals) => {
@@ -98,6 +102,7 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
   });
   process.off('SIGHUP', onHup);
   log.info(`${signal}: stopping`);
+  service.stopping();
   await control.close();
   const sessions = server.sessions.size;
   await running.stop();

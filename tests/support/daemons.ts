@@ -103,12 +103,13 @@ export interface ClientDaemon extends Daemon {
   runDir: string;
 }
 
-export async function startClientDaemon(t: ExecutionContext, dir: string, extra: string[] = []): Promise<ClientDaemon> {
+/** env: added to the daemon's environment. */
+export async function startClientDaemon(t: ExecutionContext, dir: string, extra: string[] = [], env?: Record<string, string>): Promise<ClientDaemon> {
   const control = join(dir, 'client.sock');
   const runDir = join(dir, 'run');
   // a state dir of the test's own unless it names one (the default is the host's /var/lib)
   const state = extra.includes('--state-dir') ? [] : ['--state-dir', join(dir, 'state')];
-  const d = await startDaemon(t, ['client', '--control', control, '--run-dir', runDir, ...state, ...extra], control);
+  const d = await startDaemon(t, ['client', '--control', control, '--run-dir', runDir, ...state, ...extra], control, env);
   return { ...d, runDir };
 }
 
