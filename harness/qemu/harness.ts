@@ -120,8 +120,8 @@ function validate(o: GuestOptions): void {
   if (o.cpus !== undefined && !(Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 8)) invalid('cpus must be in 1..8');
   for (const d of o.disks ?? []) {
     if (!isAbsolute(d.socket) || d.socket.includes('\n')) invalid(`disk socket must be an absolute path: ${d.socket}`);
-    if (d.numQueues !== undefined && !(Number.isInteger(d.numQueues) && d.numQueues >= 1 && d.numQueues <= 64)) {
-      invalid('numQueues must be an integer in 1..64');
+    if (d.numQueues !== undefined && d.numQueues !== 'qemu' && !(Number.isInteger(d.numQueues) && d.numQueues >= 1 && d.numQueues <= 64)) {
+      invalid("numQueues must be an integer in 1..64, or 'qemu'");
     }
   }
   const tags = new Set<string>(['hostroot', 'project']);

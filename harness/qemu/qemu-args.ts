@@ -3,8 +3,9 @@
 export interface DiskSpec {
   /** vhost-user-blk unix socket of the backend (ours or qemu-storage-daemon). */
   socket: string;
-  /** virtqueues the guest driver gets (vhost-user-blk-pci num-queues); default 1. */
-  numQueues?: number;
+  /** virtqueues the guest driver gets (vhost-user-blk-pci num-queues); default 1; 'qemu': no
+   *  num-queues at all, QEMU's own default (one per vCPU, refused if the back-end offers fewer). */
+  numQueues?: number | 'qemu';
   /** reconnect=1 on the chardev: QEMU redials a backend that went away, every second. */
   reconnect?: boolean;
 }
@@ -55,7 +56,7 @@ export function qemuArgs(a: QemuArgsInput): string[] {
   a.disks.forEach((d, i) => {
     args.push(
       '-chardev', `socket,id=vub${i},path=${optValue(d.socket)}${d.reconnect ? ',reconnect=1' : ''}`,
-      '-device', `vhost-user-blk-pci,id=vblk${i},chardev=vub${i},num-queues=${d.numQueues ?? 1}`,
+      '-device', `vhost-user-blk-pci,id=vblk${i},chardev=vub${i}${d.numQueues === 'qemu' ? '' : `,num-queues=${d.numQueues ?? 1}`}`,
     );
   });
   if (a.hostRoot) {

@@ -11,7 +11,7 @@ export interface LibvirtDiskOptions {
   socketPath: string;
   /** guest device name on the virtio bus: vda, vdb, ..., vdaa */
   target?: string;
-  /** virtqueues of the device (driver queues=), 1..256 */
+  /** virtqueues of the device (driver queues=), 1..256; absent: QEMU's default, one per vCPU */
   queues?: number;
   /** seconds between QEMU's reconnect attempts after the backend went away; 0 disables */
   reconnectSeconds?: number;
@@ -34,7 +34,7 @@ function invalid(msg: string): never {
 /** The <disk type='vhostuser'> element for `virsh attach-device` or a domain's <devices>. */
 export function libvirtDiskXml(o: LibvirtDiskOptions): string {
   const target = o.target ?? 'vda';
-  const queues = o.queues ?? 1;
+  const queues = o.queues;
   const reconnect = o.reconnectSeconds ?? 1;
   if (typeof o.socketPath !== 'string' || !isAbsolute(o.socketPath)) {
     invalid(`socketPath must be an absolute path: ${String(o.socketPath)}`);
@@ -43,7 +43,7 @@ export function libvirtDiskXml(o: LibvirtDiskOptions): string {
   if (typeof target !== 'string' || !VIRTIO_TARGET.test(target)) {
     invalid(`target must name a virtio disk (vda, vdb, ...): ${String(target)}`);
   }
-  if (!Number.isInteger(queues) || queues < 1 || queues > 256) invalid(`queues must be an integer in 1..256: ${queues}`);
+  if (queues !== undefined && (!Number.isInteger(queues) || queues < 1 || queues > 256)) invalid(`queues must be an integer in 1..256: ${queues}`);
   if (!Number.isInteger(reconnect) || reconnect < 0 || reconnect > 3600) {
     invalid(`reconnectSeconds must be an integer in 0..3600: ${reconnect}`);
   }
@@ -52,7 +52,8 @@ export function libvirtDiskXml(o: LibvirtDiskOptions): string {
     reconnect > 0 ? `\n    <reconnect enabled='yes' timeout='${reconnect}'/>\n  ` : '';
   return [
     `<disk type='vhostuser' device='disk'>`,
-    `  <driver name='qemu' type='raw' queues='${queues}'/>`,
+    // no queues=: QEMU gives the disk a queue per vCPU, within what the back-end offers
+    `  <driver name='qemu' type='raw'${queues === undefined ? '' : ` queues='${queues}'`}/>`,
     `  <source type='unix' path='${xmlEscape(o.socketPath)}'>${reconnectXml}</source>`,
     `  <target dev='${target}' bus='virtio'/>`,
     `</disk>`,

@@ -58,6 +58,8 @@ export const SESSNAME_MAX_BYTES = 256;
 export const DEVICE_PATH_MAX_BYTES = 255;
 /** A sysfs store is at most one page; a longer map string is certainly not a map string. */
 export const MAP_STRING_MAX_BYTES = 4096;
+/** Virtqueues a device offers at most, and by default: a queue costs nothing until the front-end
+ *  enables it, and QEMU asks for one per vCPU unless told (docs/client.md, "Queues"). */
 export const MAX_QUEUES = 16;
 /** No RTRS limit, but untrusted input must be bounded: more paths than this is a typo or an attack. */
 export const MAX_PATHS = 16;
@@ -80,7 +82,7 @@ export const RECONNECT_DEFAULTS = {
 export const MAP_DEFAULTS = {
   accessMode: 'rw',
   ioMode: 'blockio',
-  queues: 1,
+  queues: MAX_QUEUES,
   mpPolicy: 'min-inflight', // RTRS' own default (alloc_clt)
 } as const satisfies Partial<MapRequest>;
 
@@ -115,7 +117,8 @@ Extensions of ibnbd-vhost (not in IBNBD):
   transport=<tcp|rdma>        default: rdma when the client host has an RDMA device,
                               else tcp (decided by the client daemon at map time);
                               gid: addresses need rdma
-  queues=<1..${MAX_QUEUES}>              vhost-user-blk queues offered to the VM, default 1
+  queues=<1..${MAX_QUEUES}>              vhost-user-blk queues offered to the VM at most,
+                              default ${MAX_QUEUES} (QEMU takes one per vCPU)
   mp_policy=<...>             multipath policy, default min-inflight
   reconnect_delay=<s>         once every path is lost: the longest pause between
                               reconnect attempts (the first is at once, then 0.1 s

@@ -15,6 +15,7 @@ async function setup(t: import('ava').ExecutionContext) {
   const exportsDir = join(dir, 'exports');
   mkdirSync(exportsDir);
   sparseFile(join(exportsDir, 'lv.img'), 8 * MiB);
+  sparseFile(join(exportsDir, 'lv2.img'), 8 * MiB);
   const server = await startServerDaemon(t, dir, exportsDir);
   const client = await startClientDaemon(t, dir);
   const mapJson = (m: string) => ibnbdJson<{ device: Record<string, any> }>(['map', m, '--control', client.control]);
@@ -42,4 +43,11 @@ test('ibnbd libvirt-xml: the disk element of a mapped device, and a whole domain
   t.regex(tooMany.stderr, /^ibnbd: EINVAL: --queues/m);
   const unknown = await ibnbd(['libvirt-xml', 'nope', '--control', s.client.control]);
   t.is(unknown.code, 2);
+  // a default mapping (16 queues offered) leaves the count to QEMU: one per vCPU
+  await s.mapJson(`sessname=lv2 ${s.at} device_path=lv2.img`);
+  const auto = await ibnbd(['libvirt-xml', 'ibnbd1', '--control', s.client.control]);
+  t.is(auto.code, 0, auto.stderr);
+  t.regex(auto.stdout, /<driver name='qemu' type='raw'\/>/);
+  const four = await ibnbd(['libvirt-xml', 'ibnbd1', '--queues', '4', '--control', s.client.control]);
+  t.regex(four.stdout, /<driver name='qemu' type='raw' queues='4'\/>/);
 });

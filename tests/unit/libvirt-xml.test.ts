@@ -54,6 +54,7 @@ test('disk element: vhostuser, raw driver with queues, reconnect, virtio target'
   const xml = domain();
   t.is(xpath(xml, 'string(/domain/devices/disk[1]/@type)'), 'vhostuser');
   t.is(xpath(xml, 'string(/domain/devices/disk[1]/driver/@queues)'), '2');
+  t.is(xpath(xml, 'count(/domain/devices/disk[2]/driver/@queues)'), '0', 'no queues given: none in the XML, QEMU takes one per vCPU');
   t.is(xpath(xml, 'string(/domain/devices/disk[1]/driver/@type)'), 'raw');
   t.is(xpath(xml, 'string(/domain/devices/disk[1]/source/reconnect/@enabled)'), 'yes');
   t.is(xpath(xml, 'string(/domain/devices/disk[1]/source/reconnect/@timeout)'), '1');

@@ -21,7 +21,7 @@ test('the Quick Start example: "sessname=blya path=ip:10.50.100.66 device_path=/
     devicePath: '/dev/ram0',
     accessMode: 'rw',
     ioMode: 'blockio',
-    queues: 1,
+    queues: 16,
     mpPolicy: 'min-inflight',
   });
   t.false('transport' in req, 'no transport given: the client daemon decides at map time');

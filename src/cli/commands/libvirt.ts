@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
 import { libvirtDiskXml, libvirtDomainXml, libvirtMemoryBackingXml } from '../../libvirt/xml.js';
+import { MAX_QUEUES } from '../../proto/map-string.js';
 import { addControlOptions, checkDeviceArg, sendRequest, type ControlOptions } from '../util.js';
 
 interface LibvirtFlags extends ControlOptions {
@@ -22,7 +23,7 @@ export function register(program: Command): void {
       )
       .argument('<device>', 'the mapping name or device_id')
       .option('--target <vdX>', 'guest device name', 'vda')
-      .option('--queues <n>', 'virtqueues (default: the mapping\'s)')
+      .option('--queues <n>', 'virtqueues (default: one per vCPU, or the mapping\'s queues= when it caps them)')
       .option('--domain <name>', 'print a minimal whole domain with this disk instead'),
   ).action(async (device: string, flags: LibvirtFlags) => {
     const result = await sendRequest(flags, { cmd: 'show', device: checkDeviceArg(device) });
@@ -30,7 +31,9 @@ export function register(program: Command): void {
     if (!dev || typeof dev.socket !== 'string' || typeof dev.queues !== 'number') {
       throw new IbnbdError('EPROTO', 'the daemon answered show without a socket and queue count');
     }
-    let queues = dev.queues;
+    // a mapping that offers the most queues (the default) leaves the count to QEMU (one per vCPU);
+    // one capped with queues= says so in the XML too
+    let queues: number | undefined = dev.queues < MAX_QUEUES ? dev.queues : undefined;
     if (flags.queues !== undefined) {
       if (!/^\d+$/.test(flags.queues)) throw new IbnbdError('EINVAL', `--queues: '${flags.queues}' is not a number`);
       queues = Number(flags.queues);

@@ -92,7 +92,7 @@ export function register(program: Command): void {
       .option('--access-mode <ro|rw|migration>', 'default rw')
       .option('--io-mode <fileio|blockio>', 'default blockio')
       .option('--transport <tcp|rdma>', 'default: rdma if the client host has an RDMA device, else tcp')
-      .option('--queues <n>', 'vhost-user-blk queues, 1..16, default 1')
+      .option('--queues <n>', 'vhost-user-blk queues offered at most, 1..16, default 16')
       .option('--mp-policy <policy>', 'round-robin|min-inflight|min-latency, default min-inflight')
       // no defaults here: absent, the client daemon's own defaults apply
       .option('--reconnect-delay <s>', `the session's longest pause between reconnect attempts, 1..${RECONNECT_DELAY_MAX} (daemon default ${RECONNECT_DEFAULTS.reconnectDelay})`)
