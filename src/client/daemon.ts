@@ -191,6 +191,11 @@ export class ClientDaemon {
     return this.client.list().length;
   }
 
+  /** The keys file SIGHUP reads from now on (a config file named another). */
+  useKeysFile(path: string): void {
+    this.opts.authKeys = path;
+  }
+
   /** SIGHUP: the keys file again, for sessions created from now on; on an error the old keys stay. */
   reloadKeys(): void {
     if (this.opts.authKeys === undefined) return this.log('SIGHUP: no --auth-keys file to reload');
@@ -215,7 +220,11 @@ export class ClientDaemon {
 }
 
 /** Runs until SIGTERM/SIGINT; resolves with the exit status. */
-export async function runClientDaemon(options: Partial<ClientDaemonOptions>): Promise<number> {
+export async function runClientDaemon(
+  options: Partial<ClientDaemonOptions>,
+  /** the config file and how to read the options again (file under command line), for SIGHUP */
+  config?: { file: string; reread: () => Partial<ClientDaemonOptions> },
+): Promise<number> {
   const log = (line: string) => process.stderr.write(`ibnbd client: ${line}\n`);
   const opts = validateClientOptions(options);
   const daemon = new ClientDaemon(opts, log);
@@ -238,7 +247,24 @@ export async function runClientDaemon(options: Partial<ClientDaemonOptions>): Pr
         },
       );
     };
-    const onHup = () => daemon.reloadKeys();
+    // SIGHUP: the config file and the keys file again; the keys change for sessions created from
+    // now on, anything else that changed needs a restart
+    let current = options;
+    const onHup = () => {
+      if (config) {
+        try {
+          const next = config.reread();
+          const restart = [...new Set([...Object.keys(current), ...Object.keys(next)])]
+            .filter((k) => k !== 'authKeys' && JSON.stringify((current as Record<string, unknown>)[k]) !== JSON.stringify((next as Record<string, unknown>)[k]));
+          if (restart.length) log(`SIGHUP: ${config.file} changes ${restart.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')}: takes effect at the next restart`);
+          current = next;
+          if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
+        } catch (e) {
+          return log(`SIGHUP: ${errorText(e)}; nothing changed`);
+        }
+      }
+      daemon.reloadKeys();
+    };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     process.on('SIGHUP', onHup);

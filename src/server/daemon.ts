@@ -50,7 +50,12 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
  * Runs until SIGTERM/SIGINT, then stops cleanly and resolves. Invalid options or a failed start
  * (address in use, control socket taken...) throw an IbnbdError before anything keeps running.
  */
-export async function runServerDaemon(raw: RawServerOptions, log: Logger = stderrLogger('ibnbd-server')): Promise<void> {
+export async function runServerDaemon(
+  raw: RawServerOptions,
+  log: Logger = stderrLogger('ibnbd-server'),
+  /** the config file and how to read the options again (file under command line), for SIGHUP */
+  config?: { file: string; reread: () => RawServerOptions },
+): Promise<void> {
   const opts = validateServerOptions(raw);
   const running = startServer(opts, log);
   if (opts.allow.length) log.info(`connections accepted only from ${opts.allow.join(', ')} (--allow)`);
@@ -75,12 +80,28 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
     `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath}; control ${opts.control}; ` +
       `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
   );
-  // SIGHUP: the keys file again; sessions already up stay (they authenticated when they connected)
+  // SIGHUP: the config file and the keys file again. The keys change live (sessions already up
+  // stay: they authenticated when they connected); anything else that changed needs a restart.
+  let current = raw;
   const onHup = () => {
-    if (!raw.authKeys) return log.info('SIGHUP: no --auth-keys file to reload');
+    let next = current;
+    if (config) {
+      try {
+        next = config.reread();
+      } catch (e) {
+        return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
+      }
+      const restart = changedOptions(current, next).filter((k) => k !== 'authKeys');
+      if (restart.length) log.warn(`SIGHUP: ${config.file} changes ${restart.map(optionName).join(', ')}: takes effect at the next restart`);
+    }
+    if (!next.authKeys) {
+      current = { ...next, authKeys: current.authKeys };
+      return log.info(current.authKeys ? 'SIGHUP: auth-keys cannot be turned off without a restart; the keys stay' : 'SIGHUP: no --auth-keys file to reload');
+    }
     try {
-      const keys = loadKeysFile(raw.authKeys, true);
+      const keys = loadKeysFile(next.authKeys, true);
       running.setAuthKeys(keys);
+      current = next;
       log.info(`SIGHUP: ${keys.secrets.size} secret(s) reloaded from ${keys.file}; sessions already up are kept`);
     } catch (e) {
       log.warn(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
@@ -107,4 +128,15 @@ export async function runServerDaemon(raw: RawServerOptions, log: Logger = stder
   const sessions = server.sessions.size;
   await running.stop();
   log.info(`stopped (${sessions} session(s) closed, ${server.exports.size} device(s) open)`);
+}
+
+/** The options whose values differ between two readings (arrays compared element by element). */
+function changedOptions(a: RawServerOptions, b: RawServerOptions): string[] {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]) as Set<keyof RawServerOptions>;
+  return [...keys].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+}
+
+/** "maxSessions" → "max-sessions", the option's (and the config key's) name. */
+function optionName(prop: string): string {
+  return prop.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }

@@ -2,7 +2,9 @@
 // devices, driven by `ibnbd map/unmap/list/show` through its control socket).
 import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
-import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS, runClientDaemon } from '../../client/daemon.js';
+import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS, runClientDaemon, type ClientDaemonOptions } from '../../client/daemon.js';
+import { CLIENT_CONFIG_KEYS, DEFAULT_CLIENT_CONFIG, readClientConfig } from '../../client/config.js';
+import { commandLineValues, mergeOptions } from '../config-options.js';
 
 /** -1 or a non-negative integer (-1: forever). */
 function attemptsInt(flag: string) {
@@ -40,6 +42,7 @@ export function register(program: Command): void {
     .command('client')
     .summary('run the client daemon')
     .description('Run the client daemon in the foreground: each mapped device becomes a vhost-user-blk socket <run-dir>/vhost/ibnbd<N>.sock.')
+    .option('--config <file>', `TOML config file, a key per option (default ${DEFAULT_CLIENT_CONFIG} when it exists); the command line wins`)
     .option('--control <sock>', 'control socket', CLIENT_DEFAULTS.control)
     .option('--run-dir <dir>', 'where the vhost-user sockets and devices/ links are made', CLIENT_DEFAULTS.runDir)
     .option('--state-dir <dir>', 'where the mappings are kept (mappings.json), so a restarted daemon serves each on the same socket again', CLIENT_DEFAULTS.stateDir)
@@ -84,22 +87,9 @@ export function register(program: Command): void {
       CLIENT_DEFAULTS.adminTimeout,
     )
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): a session whose name is listed authenticates itself and the server (TCP); SIGHUP reloads it')
-    .action(async (o: {
-      authKeys?: string;
-      control: string;
-      runDir: string;
-      stateDir: string;
-      ioThreads: number;
-      heartbeatMs?: number;
-      heartbeatMissedMax?: number;
-      reconnectDelay?: number;
-      reconnectDelayMs?: number;
-      maxReconnectAttempts: number;
-      ctrlLossTmo: number;
-      fastIoFailTmo: number;
-      ioTimeout: number;
-      adminTimeout: number;
-    }) => {
-      process.exitCode = await runClientDaemon(o);
+    .action(async (o: { config?: string }, cmd: Command) => {
+      const cli = commandLineValues(cmd, CLIENT_CONFIG_KEYS);
+      const options = () => mergeOptions(readClientConfig(o.config), cli) as Partial<ClientDaemonOptions>;
+      process.exitCode = await runClientDaemon(options(), { file: o.config ?? DEFAULT_CLIENT_CONFIG, reread: options });
     });
 }

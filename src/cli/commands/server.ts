@@ -11,6 +11,9 @@ import {
 } from '../../server/introspection.js';
 import { addControlOptions, printResult, sendRequest, type ControlOptions } from '../util.js';
 import { OPEN_POOL_THREADS } from '../../server/device-fds.js';
+import { DEFAULT_SERVER_CONFIG, readServerConfig, SERVER_CONFIG_KEYS } from '../../server/config.js';
+import type { RawServerOptions } from '../../server/options.js';
+import { commandLineValues, mergeOptions } from '../config-options.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -28,6 +31,7 @@ export function register(program: Command): void {
       'Without a subcommand: run the export server in the foreground (logs to stderr; SIGTERM/SIGINT\n' +
         'close every session and exit). See docs/server.md.',
     )
+    .option('--config <file>', `TOML config file, a key per option (default ${DEFAULT_SERVER_CONFIG} when it exists); the command line wins`)
     .option('--listen <addr:port>', 'address to listen on (repeatable; default 0.0.0.0:1234 and [::]:1234)', collect, [])
     .option('--dev-search-path <path>', 'directory device paths are relative to (required; %SESSNAME% = session name)')
     .option('--max-sessions <n>', 'sessions at once (default 1024); more are refused with EBUSY')
@@ -46,30 +50,17 @@ export function register(program: Command): void {
     .option('--transport <tcp|rdma|auto>', 'auto (default): TCP, plus RDMA on the same port when the host has an RDMA device')
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
-    .action(async (o: Record<string, unknown>) => {
+    .action(async (o: Record<string, unknown>, cmd: Command) => {
       // an OPEN's blocking calls run on libuv's pool (src/server/device-fds.ts): a few hung
       // devices must leave threads for the rest; read when the pool first starts, after this
       process.env.UV_THREADPOOL_SIZE ??= String(OPEN_POOL_THREADS);
+      const configFile = o.config as string | undefined;
+      const cli = commandLineValues(cmd, SERVER_CONFIG_KEYS);
+      const options = () => mergeOptions(readServerConfig(configFile), cli) as RawServerOptions;
+      const raw = options();
       // loaded only here: the introspection commands do not need the native addon
       const { runServerDaemon } = await import('../../server/daemon.js');
-      await runServerDaemon({
-        listen: o.listen as string[],
-        devSearchPath: o.devSearchPath as string,
-        control: o.control as string,
-        queueDepth: o.queueDepth as string | undefined,
-        maxIoSize: o.maxIoSize as string | undefined,
-        ioThreads: o.ioThreads as string | undefined,
-        transport: o.transport as string | undefined,
-        authKeys: o.authKeys as string | undefined,
-        allow: o.allow as string[],
-        maxSessions: o.maxSessions as string | undefined,
-        maxConnsPerSession: o.maxConnsPerSession as string | undefined,
-        maxPendingHandshakes: o.maxPendingHandshakes as string | undefined,
-        handshakeTimeoutMs: o.handshakeTimeoutMs as string | undefined,
-        maxBufferMemory: o.maxBufferMemory as string | undefined,
-        maxDevicesPerSession: o.maxDevicesPerSession as string | undefined,
-        openTimeoutMs: o.openTimeoutMs as string | undefined,
-      });
+      await runServerDaemon(raw, undefined, { file: configFile ?? DEFAULT_SERVER_CONFIG, reread: options });
     });
 
   addControlOptions(

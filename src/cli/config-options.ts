@@ -1,0 +1,18 @@
+// A daemon's options from its config file and its command line: the command line wins, key by key
+// (docs/operations.md, "Config files"). Commander says where each value came from: only values
+// typed on the command line override the file; commander's own defaults never do.
+import type { Command } from 'commander';
+import type { ConfigKey, ConfigValues } from '../config/config-file.js';
+
+/** The options given on the command line, by option property. */
+export function commandLineValues(cmd: Command, keys: readonly ConfigKey[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const opts = cmd.opts();
+  for (const { prop } of keys) if (cmd.getOptionValueSource(prop) === 'cli') out[prop] = opts[prop];
+  return out;
+}
+
+/** The file's values under the command line's. */
+export function mergeOptions(file: ConfigValues | null, cli: Record<string, unknown>): Record<string, unknown> {
+  return { ...(file?.values ?? {}), ...cli };
+}
