@@ -29,10 +29,26 @@ function packageVersion(): string {
   }
 }
 
+/** `ibnbd --version`: this project's, the Node it runs on, and the native libraries the addon was
+ *  built against (the addon is loaded only for this, never for the other commands' start). */
+export async function versionText(): Promise<string> {
+  const lines = [`ibnbd-vhost ${packageVersion()}`, `node ${process.version} (N-API ${process.versions.napi ?? '?'})`];
+  try {
+    const { buildInfo } = await import('../backend/native.js');
+    const b = buildInfo();
+    lines.push(`libvhost-user ${b.libvhostUser}`, `libibverbs ${b.libibverbs}, librdmacm ${b.librdmacm}, liburing ${b.liburing}`);
+    if (b.sanitize) lines.push('native addon: the ASan + UBSan build');
+  } catch (e) {
+    lines.push(`native addon: not loaded (${(e as Error).message.split('\n')[0]}); \`npm run build\` builds it`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 export function buildProgram(): Command {
   const program = new Command('ibnbd')
     .description('IBNBD/RNBD remote block devices served to VMs as vhost-user-blk sockets')
-    .version(packageVersion())
+    // handled by runCli before parsing; here so that --help lists it
+    .option('-V, --version', 'print the versions of ibnbd-vhost, Node and the native libraries')
     .helpCommand(false) // ours below also knows topics such as "map"
     // Errors come back to runCli as exceptions, printed in the one "ibnbd: ERRNO: message" form;
     // commander itself writes nothing to stderr. Set before the commands, which inherit it.
@@ -60,6 +76,10 @@ export function buildProgram(): Command {
 /** Runs the command line; resolves to the exit status (0, or the errno of the failure). */
 export async function runCli(argv: readonly string[] = process.argv): Promise<number> {
   const program = buildProgram();
+  if (argv.length === 3 && (argv[2] === '--version' || argv[2] === '-V')) {
+    process.stdout.write(await versionText());
+    return 0;
+  }
   try {
     await program.parseAsync([...argv]);
     return 0;

@@ -309,3 +309,16 @@ test('help map prints the map string usage; --help and help exit 0', async (t) =
   const u = await ibnbd(['help', 'unmap']);
   t.regex(u.stdout, /^Usage: ibnbd unmap \[options\] <device>/);
 });
+
+test('--version: the project, the Node it runs on and the native libraries the addon was built against', async (t) => {
+  const { version } = JSON.parse((await import('node:fs')).readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  for (const flag of ['--version', '-V']) {
+    const r = await ibnbd([flag]);
+    t.is(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    t.is(lines[0], `ibnbd-vhost ${version}`);
+    t.is(lines[1], `node ${process.version} (N-API ${process.versions.napi})`);
+    t.regex(lines[2]!, /^libvhost-user qemu \d/);
+    t.regex(lines[3]!, /^libibverbs \d+\.\d+.*, librdmacm \d+\.\d+.*, liburing \d+\.\d+/);
+  }
+});
