@@ -72,6 +72,8 @@ export function libvirtMemoryBackingXml(): string {
 
 export interface LibvirtDomainOptions {
   name: string;
+  /** 'kvm' (the default) needs /dev/kvm; 'qemu' is QEMU's emulation (TCG), which any host can run */
+  type?: 'kvm' | 'qemu';
   memoryMiB?: number;
   vcpus?: number;
   disks: LibvirtDiskOptions[];
@@ -84,13 +86,15 @@ function indent(xml: string, by: string): string {
     .join('\n');
 }
 
-/** A minimal whole KVM domain with the disks, for validation and as a starting point in docs. */
+/** A minimal whole domain with the disks, for validation and as a starting point in docs. */
 export function libvirtDomainXml(o: LibvirtDomainOptions): string {
   const mem = o.memoryMiB ?? 1024;
   const vcpus = o.vcpus ?? 1;
   if (typeof o.name !== 'string' || !/^[A-Za-z0-9_.+-]{1,64}$/.test(o.name)) invalid(`bad domain name: ${String(o.name)}`);
   if (!Number.isInteger(mem) || mem < 16) invalid(`memoryMiB must be an integer >= 16: ${mem}`);
   if (!Number.isInteger(vcpus) || vcpus < 1) invalid(`vcpus must be a positive integer: ${vcpus}`);
+  const type = o.type ?? 'kvm';
+  if (type !== 'kvm' && type !== 'qemu') invalid(`domain type must be kvm or qemu: ${String(type)}`);
   const targets = new Set<string>();
   const disks = o.disks.map((d) => {
     const xml = libvirtDiskXml(d);
@@ -100,7 +104,7 @@ export function libvirtDomainXml(o: LibvirtDomainOptions): string {
     return indent(xml, '    ');
   });
   return [
-    `<domain type='kvm'>`,
+    `<domain type='${type}'>`,
     `  <name>${xmlEscape(o.name)}</name>`,
     `  <memory unit='MiB'>${mem}</memory>`,
     indent(libvirtMemoryBackingXml(), '  '),

@@ -3,7 +3,7 @@
 // client daemon's mapping alone, whatever the transport, so this file runs on the host only (not
 // in the shared suite's RDMA guest).
 import test from 'ava';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon } from '../support/daemons.js';
@@ -34,6 +34,12 @@ test('ibnbd libvirt-xml: the disk element of a mapped device, and a whole domain
   t.regex(disk.stderr, /<access mode='shared'\/>/, 'the shared-memory requirement is printed as a note');
   const domain = await ibnbd(['libvirt-xml', 'lv.img', '--domain', 'vm1', '--control', s.client.control]);
   t.is(domain.code, 0, domain.stderr);
+  // a KVM domain cannot start without /dev/kvm: this host's domain type follows it
+  t.regex(domain.stdout, existsSync('/dev/kvm') ? /<domain type='kvm'>/ : /<domain type='qemu'>/);
+  const kvm = await ibnbd(['libvirt-xml', 'lv.img', '--domain', 'vm1', '--domain-type', 'kvm', '--control', s.client.control]);
+  t.regex(kvm.stdout, /<domain type='kvm'>/);
+  const bad = await ibnbd(['libvirt-xml', 'lv.img', '--domain', 'vm1', '--domain-type', 'xen', '--control', s.client.control]);
+  t.is(bad.code, 22, bad.stderr);
   const file = join(s.dir, 'vm1.xml');
   writeFileSync(file, domain.stdout);
   const v = spawnSync('virt-xml-validate', [file, 'domain'], { encoding: 'utf8', timeout: 30_000 });

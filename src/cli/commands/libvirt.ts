@@ -1,6 +1,7 @@
 // `ibnbd libvirt-xml <device>`: the <disk type='vhostuser'> element for a mapped device, asked of the
 // client daemon (its socket path and queue count), for `virsh attach-device` or a domain's <devices>.
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
 import { IbnbdError } from '../../errors.js';
 import { libvirtDiskXml, libvirtDomainXml, libvirtMemoryBackingXml } from '../../libvirt/xml.js';
 import { MAX_QUEUES } from '../../proto/map-string.js';
@@ -10,6 +11,7 @@ interface LibvirtFlags extends ControlOptions {
   target: string;
   queues?: string;
   domain?: string;
+  domainType?: string;
 }
 
 export function register(program: Command): void {
@@ -24,7 +26,8 @@ export function register(program: Command): void {
       .argument('<device>', 'the mapping name or device_id')
       .option('--target <vdX>', 'guest device name', 'vda')
       .option('--queues <n>', 'virtqueues (default: one per vCPU, or the mapping\'s queues= when it caps them)')
-      .option('--domain <name>', 'print a minimal whole domain with this disk instead'),
+      .option('--domain <name>', 'print a minimal whole domain with this disk instead')
+      .option('--domain-type <kvm|qemu>', 'the domain\'s type (default: kvm where /dev/kvm exists, else qemu)'),
   ).action(async (device: string, flags: LibvirtFlags) => {
     const result = await sendRequest(flags, { cmd: 'show', device: checkDeviceArg(device) });
     const dev = (result as { device?: { socket?: unknown; queues?: unknown } }).device;
@@ -43,7 +46,10 @@ export function register(program: Command): void {
     }
     const disk = { socketPath: dev.socket, target: flags.target, queues };
     if (flags.domain !== undefined) {
-      process.stdout.write(libvirtDomainXml({ name: flags.domain, disks: [disk] }));
+      // a KVM domain cannot start on a host without /dev/kvm: QEMU's emulation there, unless told
+      const type = flags.domainType ?? (existsSync('/dev/kvm') ? 'kvm' : 'qemu');
+      if (type !== 'kvm' && type !== 'qemu') throw new IbnbdError('EINVAL', `--domain-type: '${type}' is not kvm or qemu`);
+      process.stdout.write(libvirtDomainXml({ name: flags.domain, type, disks: [disk] }));
       return;
     }
     const xml = libvirtDiskXml(disk);
