@@ -24,7 +24,9 @@
 //   I. a server with --auth-keys over RDMA: our client with the session's secret maps and passes
 //      verified IO; with a wrong secret, without one, or against a server without keys it is
 //      refused (EACCES where it holds a secret); the kernel client only under a name the file
-//      marks rdma-unauthenticated.
+//      marks rdma-unauthenticated;
+//   J. a path that connects and then never sends its info request: the server closes it after
+//      --handshake-timeout-ms (its chunks freed), the client's map fails.
 import test from 'ava';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -328,7 +330,17 @@ kill -TERM $CLT6; wait $CLT6
 echo "SRVLOG_I $(grep -c "refused (EACCES): authentication failed" /tmp/srv3.log)"
 echo "SESS_I $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
 kill -TERM $CLT5 $SRV3; wait $CLT5; wait $SRV3; echo "SRV3_EXIT $?"
-step I done`;
+step I done
+
+echo "== J: a path that connects and then says nothing is closed after the server's handshake timeout"
+IBNBD_FAULT_RDMA_INFO_DELAY_MS=8000 ${node} ${cliPath} client --control /tmp/clt7.sock --run-dir /tmp/run7 --state-dir /tmp/clt7-state 2> /tmp/clt7.log &
+CLT7=$!
+i=0; while [ ! -S /tmp/clt7.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 29; sleep 0.1; done
+OUT=$(${IB} map "sessname=mute path=ip:10.0.2.15:${PORT} device_path=disk.img transport=rdma" --control /tmp/clt7.sock 2>&1); echo "MAP_J $? $(echo $OUT | tr -d '\n')"
+echo "SRVLOG_J $(grep -o 'closed: its set-up did not finish within [0-9]* ms' /tmp/srv.log | head -1)"
+echo "SESS_J $(${IB} server sessions --control /tmp/srv.sock --json | tr -d '\n')"
+kill -TERM $CLT7; wait $CLT7
+step J done`;
 }
 
 function line(out: string, key: string): string {
@@ -577,6 +589,11 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.true(Number(line(out, 'SRVLOG_I')) >= 3, 'each refusal is logged (kernel, no proof, wrong proof)');
   t.deepEqual(JSON.parse(line(out, 'SESS_I')).sessions.map((x: { sessname: string }) => x.sessname), [], 'no refused session stayed');
   t.is(rcJson(out, 'SRV3_EXIT').rc, 0);
+
+  // J: --handshake-timeout-ms over RDMA (docs/security.md, "Bounds")
+  t.not(rcJson(out, 'MAP_J').rc, 0, 'a client that does not finish its set-up does not get a session');
+  t.is(line(out, 'SRVLOG_J'), 'closed: its set-up did not finish within 5000 ms', 'the server closed the silent path at its handshake timeout');
+  t.false(line(out, 'SESS_J').includes('"mute"'), 'and nothing of it stays on the server');
 }
 
 // Two RDMA paths through the daemons: eth0 (rxe0) and a dummy netdev with its own rxe device

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "transport/core/auth.h"
+#include "transport/core/fault.h"
 #include "transport/core/policy.h"
 #include "transport/rdma/auth_proof.h"
 #include "transport/rdma/client_internal.h"
@@ -326,6 +327,8 @@ int RdmaClientSession::ConnectPath(Path* p, int timeout_ms) {
   p->recon_cnt++;
   int rc = 0;
   for (uint16_t cid = 0; cid < cid_num && !rc; cid++) rc = ConnectConn(p, cid, cid_num, timeout_ms);
+  // a client that connects and then says nothing (tests: the server's handshake timeout)
+  if (!rc) transport::FaultDelay("IBNBD_FAULT_RDMA_INFO_DELAY_MS");
   if (!rc) rc = InfoExchange(p, timeout_ms);
   if (!rc) rc = p->conns[0]->PostAllRecvs();
   if (!rc) {

@@ -63,6 +63,7 @@ struct SrvPath {
   ibv_mr* chunk_mr = nullptr;
   RegisteredBuffer tx;  // info response
   // set with cid 0's accept when the client asked to authenticate and this server has keys
+  uint64_t born_ns = 0;  // made (AdmitConn): a path still connecting past the handshake timeout closes
   bool auth = false;
   bool knows_refusal = false;  // cid 0's conn_req had kKnowsRefusal (rtrs_wire.h)
   uint8_t auth_nonce[32] = {};
@@ -132,6 +133,8 @@ class RdmaServer final : public transport::Server {
   void RequestClose(SrvPath* p, const char* why);
   void CloseSession(SrvSession* s);
   void SweepZombies(bool force);
+  void ExpireHandshakesLocked();
+  uint64_t handshake_expired_ = 0, handshake_evicted_ = 0, handshake_logged_ns_ = 0;
   // server_path.cc: a path's traffic on the loops
   void OnCompletion(SrvPath* p, Conn* c, const ibv_wc& wc);
   void OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len);

@@ -123,6 +123,7 @@ void RdmaServer::CmThread() {
       if (stopping_) return;
       for (auto* p : close_requests_) ClosePathLocked(p);
       close_requests_.clear();
+      ExpireHandshakesLocked();
     }
     NotifyDown();
     rdma_cm_event* ev;
@@ -336,6 +337,20 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
     }
   } else {
     if (s->paths.size() >= wire::kMaxPathsPerSession) return -ECONNRESET;
+    // --max-pending-handshakes: the oldest path still connecting makes room (as over TCP)
+    SrvPath* oldest = nullptr;
+    size_t pending = 0;
+    for (auto& q : paths_)
+      if (q->state == PathState::kConnecting) {
+        pending++;
+        if (!oldest || q->born_ns < oldest->born_ns) oldest = q.get();
+      }
+    if (pending >= opts_.limits.max_pending && oldest) {
+      if (handshake_evicted_++ % 1000 == 0)
+        fprintf(stderr, "ibnbd: rdma server: %u paths still connecting (--max-pending-handshakes): the oldest is closed "
+                "for the newest (%llu so far)\n", opts_.limits.max_pending, (unsigned long long)handshake_evicted_);
+      ClosePathLocked(oldest);
+    }
     const size_t chunks_len = size_t(s->qd) * s->chunk_size;
     if (reserved_bytes_ + chunks_len > opts_.limits.max_buffer_bytes) {
       fprintf(stderr, "ibnbd: rdma server: path from %s refused (ENOMEM): its chunks would pass --max-buffer-memory\n",
@@ -355,6 +370,7 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
     np->slots.reset(new Slot[s->qd]);
     np->src = FormatSockaddr(rdma_get_peer_addr(id));
     np->dst = FormatSockaddr(rdma_get_local_addr(id));
+    np->born_ns = transport::core::MonotonicNs();
     p = np.get();
     s->paths.push_back(p);
     paths_.push_back(std::move(np));
@@ -398,6 +414,25 @@ void RdmaServer::ClosePathLocked(SrvPath* p) {
       dead_sessions_.push_back(std::move(it->second));
       sessions_.erase(it);
     }
+  }
+}
+
+// Under mu_, on the cm thread, at least once a second: a path that has not finished its set-up
+// (every connection, the info exchange) within --handshake-timeout-ms is closed, its chunks
+// freed; one log line a second however many.
+void RdmaServer::ExpireHandshakesLocked() {
+  const uint64_t now = transport::core::MonotonicNs();
+  const uint64_t limit = uint64_t(opts_.limits.handshake_timeout_ms) * 1000000ull;
+  std::vector<SrvPath*> late;
+  for (auto& p : paths_)
+    if (p->state == PathState::kConnecting && now - p->born_ns > limit) late.push_back(p.get());
+  for (auto* p : late) ClosePathLocked(p);
+  handshake_expired_ += late.size();
+  if (!late.empty() && now - handshake_logged_ns_ >= 1000000000ull) {
+    handshake_logged_ns_ = now;
+    fprintf(stderr, "ibnbd: rdma server: path from %s closed: its set-up did not finish within %u ms "
+            "(--handshake-timeout-ms; %llu so far)\n", late.front()->src.c_str(), opts_.limits.handshake_timeout_ms,
+            (unsigned long long)handshake_expired_);
   }
 }
 
