@@ -27,7 +27,7 @@ APT_PACKAGES=(
   liburing-dev
   qemu-system-x86 qemu-utils
   busybox-static cpio kmod e2fsprogs iproute2
-  libvirt-clients libxml2-utils
+  libvirt-clients libxml2-utils libvirt-daemon libvirt-daemon-driver-qemu
   systemd
 )
 
@@ -45,6 +45,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# libvirt's QEMU driver looks its user up before it reads its config (tests/vm/libvirt.test.ts
+# runs QEMU as root all the same): the user and groups libvirt-daemon-system would have made
+getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 
 # ---------------------------------------------------------------------------------------------
 # Private apt configuration for deb-src and trixie entries, derived from the system's own

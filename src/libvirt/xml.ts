@@ -112,6 +112,11 @@ export function libvirtDomainXml(o: LibvirtDomainOptions): string {
     `  <os>`,
     `    <type arch='x86_64' machine='q35'>hvm</type>`,
     `  </os>`,
+    // ACPI: the guest's hot-plug of a disk (virsh attach-device) goes through it on q35
+    `  <features>`,
+    `    <acpi/>`,
+    `    <apic/>`,
+    `  </features>`,
     `  <devices>`,
     ...disks,
     `  </devices>`,

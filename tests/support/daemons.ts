@@ -2,11 +2,11 @@
 // the `ibnbd` CLI over their control sockets. Shared by the client-daemon, VM and server tests.
 import type { ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { projectRoot } from '../../src/backend/native.js';
-import { freePort } from '../../harness/fixtures.js';
+import { freePort, sparseFile, tempDir } from '../../harness/fixtures.js';
 import { TEST_TRANSPORT, scaled, testListen } from './transport-under-test.js';
 
 export const cliPath = join(projectRoot, 'bin', 'ibnbd.js');
@@ -129,4 +129,16 @@ export async function until(show: () => Promise<Record<string, any>>, cond: (d: 
     if (Date.now() > end) throw new Error(`${what}: not within ${scaled(boundMs)} ms: ${JSON.stringify(d)}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A search directory with these sparse files (name → bytes), a server exporting it and a client
+ *  daemon: the set-up most daemon tests start from. */
+export async function startDaemonsWithFiles(t: ExecutionContext, prefix: string, files: Record<string, number>) {
+  const dir = tempDir(t, prefix);
+  const exportsDir = join(dir, 'exports');
+  mkdirSync(exportsDir);
+  for (const [name, size] of Object.entries(files)) sparseFile(join(exportsDir, name), size);
+  const server = await startServerDaemon(t, dir, exportsDir);
+  const client = await startClientDaemon(t, dir);
+  return { dir, exportsDir, server, client };
 }

@@ -1,7 +1,7 @@
 // `ibnbd libvirt-xml <device>`: the <disk type='vhostuser'> element for a mapped device, asked of the
 // client daemon (its socket path and queue count), for `virsh attach-device` or a domain's <devices>.
 import type { Command } from 'commander';
-import { existsSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { IbnbdError } from '../../errors.js';
 import { libvirtDiskXml, libvirtDomainXml, libvirtMemoryBackingXml } from '../../libvirt/xml.js';
 import { MAX_QUEUES } from '../../proto/map-string.js';
@@ -12,6 +12,16 @@ interface LibvirtFlags extends ControlOptions {
   queues?: string;
   domain?: string;
   domainType?: string;
+}
+
+/** Whether this host's /dev/kvm opens for reading and writing, as QEMU needs it to. */
+function kvmOpens(): boolean {
+  try {
+    closeSync(openSync('/dev/kvm', 'r+'));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function register(program: Command): void {
@@ -27,7 +37,7 @@ export function register(program: Command): void {
       .option('--target <vdX>', 'guest device name', 'vda')
       .option('--queues <n>', 'virtqueues (default: one per vCPU, or the mapping\'s queues= when it caps them)')
       .option('--domain <name>', 'print a minimal whole domain with this disk instead')
-      .option('--domain-type <kvm|qemu>', 'the domain\'s type (default: kvm where /dev/kvm exists, else qemu)'),
+      .option('--domain-type <kvm|qemu>', 'the domain\'s type (default: kvm where /dev/kvm opens, else qemu)'),
   ).action(async (device: string, flags: LibvirtFlags) => {
     const result = await sendRequest(flags, { cmd: 'show', device: checkDeviceArg(device) });
     const dev = (result as { device?: { socket?: unknown; queues?: unknown } }).device;
@@ -47,7 +57,7 @@ export function register(program: Command): void {
     const disk = { socketPath: dev.socket, target: flags.target, queues };
     if (flags.domain !== undefined) {
       // a KVM domain cannot start on a host without /dev/kvm: QEMU's emulation there, unless told
-      const type = flags.domainType ?? (existsSync('/dev/kvm') ? 'kvm' : 'qemu');
+      const type = flags.domainType ?? (kvmOpens() ? 'kvm' : 'qemu');
       if (type !== 'kvm' && type !== 'qemu') throw new IbnbdError('EINVAL', `--domain-type: '${type}' is not kvm or qemu`);
       process.stdout.write(libvirtDomainXml({ name: flags.domain, type, disks: [disk] }));
       return;
