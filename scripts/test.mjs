@@ -25,7 +25,8 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const AVA = join(root, 'node_modules', 'ava', 'entrypoints', 'cli.mjs');
+// ava's CLI as its package names it (the file moved between majors)
+const AVA = join(root, 'node_modules', 'ava', JSON.parse(readFileSync(join(root, 'node_modules', 'ava', 'package.json'), 'utf8')).bin.ava);
 const GUEST_FOLDERS = ['vm', 'rdma', 'bench'];
 const TIERS = ['layout', 'unit', 'native', 'daemons', 'guests', 'sanitizer'];
 // Longest first, so the two long guests never end up last and alone (measured wall times in
@@ -34,6 +35,15 @@ const GUEST_ORDER = ['rdma/rdma-suite', 'rdma/rdma-daemons', 'vm/vm', 'bench/ben
 const GUEST_JOBS = Math.max(1, Math.min(2, Number(process.env.IBNBD_GUEST_JOBS ?? availableParallelism())));
 
 const totals = { passed: 0, failed: 0, skipped: 0 };
+
+// Which Node runs the suite (npm puts the pinned one from node_modules/.bin first on the PATH),
+// refused when older than the supported lines so a wrong PATH cannot pass for a green run.
+const nodeMajor = Number(process.versions.node.split('.')[0]);
+console.log(`node ${process.version} (${process.execPath})`);
+if (nodeMajor < 24) {
+  console.error(`npm test: Node ${process.version} is older than the supported 24 LTS; run it through npm (npm test) so the pinned Node is used`);
+  process.exit(1);
+}
 
 function testFiles(folder) {
   const dir = join(root, 'dist', 'tests', folder);

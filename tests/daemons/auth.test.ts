@@ -117,7 +117,7 @@ test.serial('a handshake captured from a good one and replayed is refused: the s
   const s = net.connect(server.port, '127.0.0.1');
   t.teardown(() => s.destroy());
   const chunks: Buffer[] = [];
-  s.on('data', (d) => chunks.push(d));
+  s.on('data', (d: Buffer) => chunks.push(d));
   await new Promise((r) => s.once('connect', r));
   s.write(captured.subarray(0, reqLen));
   const got = async (n: number) => {

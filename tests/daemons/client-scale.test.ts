@@ -30,7 +30,7 @@ function vhostGetFeatures(path: string): Promise<bigint> {
       hdr.writeUInt32LE(1, 4); // version 1
       sock.write(hdr);
     });
-    sock.on('data', (d) => {
+    sock.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
       if (buf.length >= 20) {
         clearTimeout(timer);

@@ -87,13 +87,15 @@ test('server: READY=1 once its control socket and listener answer, STATUS, WATCH
   t.true(ready.portAnswered, 'and so did the listening port');
   t.regex(ready.state, /STATUS=listening on 127\.0\.0\.1:\d+/);
   t.regex(ready.state, new RegExp(`MAINPID=${server.proc.pid}`));
-  // half the period: 200 ms apart (never faster), three of them within a few periods
-  const end = Date.now() + 5000;
-  while (n.notes.filter((x) => x.state === 'WATCHDOG=1').length < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  // half the period: 200 ms apart. The receiver stamps arrivals, and on 2 busy cores it may be
+  // scheduled late for one datagram, so the cadence is judged over six of them (five periods),
+  // not by the shortest single gap: 400 ms (the full period) or 100 ms would both fall outside.
+  const end = Date.now() + 8000;
+  while (n.notes.filter((x) => x.state === 'WATCHDOG=1').length < 6 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
   const dogs = n.notes.filter((x) => x.state === 'WATCHDOG=1');
-  t.true(dogs.length >= 3, `WATCHDOG=1 keeps coming for WATCHDOG_USEC=400000 (${dogs.length})`);
-  const gaps = dogs.slice(1).map((d, i) => d.at - dogs[i]!.at);
-  t.true(gaps.every((g) => g >= 150), `every half period, not faster: ${gaps.join(', ')} ms`);
+  t.true(dogs.length >= 6, `WATCHDOG=1 keeps coming for WATCHDOG_USEC=400000 (${dogs.length})`);
+  const mean = (dogs[5]!.at - dogs[0]!.at) / 5;
+  t.true(mean >= 150 && mean <= 300, `every half period: ${mean.toFixed(0)} ms on average over 5 gaps`);
   t.is(await server.stop('SIGTERM'), 0);
   const stopping = await n.waitFor(/STOPPING=1/);
   t.true(stopping.at >= ready.at);

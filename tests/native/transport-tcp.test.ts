@@ -220,7 +220,7 @@ test('a malformed handshake closes only its own connection', async (t) => {
     const reply = await new Promise<Buffer>((resolve, reject) => {
       const s = netConnect(h.port, '127.0.0.1', () => s.write(junk));
       const chunks: Buffer[] = [];
-      s.on('data', (d) => chunks.push(d));
+      s.on('data', (d: Buffer) => chunks.push(d));
       s.on('close', () => resolve(Buffer.concat(chunks)));
       s.on('error', reject);
       setTimeout(() => reject(new Error('server kept a malformed connection open')), 3000).unref();

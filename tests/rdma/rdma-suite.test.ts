@@ -6,7 +6,7 @@
 // suite over RDMA".
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../../src/backend/native.js';
 import { guestSanitizerEnv } from '../../harness/qemu/sanitizer-env.js';
@@ -16,7 +16,8 @@ import { sharedSuiteFiles } from '../support/shared-suite.js';
 import { parseTap, parseTapLine, passedTests, type TapTest } from '../support/tap-results.js';
 
 const sanitizerEnv = guestSanitizerEnv();
-const AVA_CLI = join('node_modules', 'ava', 'entrypoints', 'cli.mjs');
+// ava's CLI as its package names it (the file moved between majors)
+const AVA_CLI = join('node_modules', 'ava', JSON.parse(readFileSync(join(projectRoot, 'node_modules', 'ava', 'package.json'), 'utf8')).bin.ava as string);
 // one file at a time, one test at a time: the TCG guest has 2 vCPUs, and a server, a client
 // daemon and libblkio already share them within one test
 const AVA_ARGS = ['--tap', '--serial', '--concurrency', '1'];
