@@ -14,6 +14,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/io_metrics_js.h"
 #include "common/module.h"
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
@@ -73,7 +74,7 @@ class Handler : public transport::ServerHandler {
     st->session_id = s->id();
     {
       std::lock_guard<std::mutex> lk(mu_);
-      sessions_[s->id()] = {s, st};
+      sessions_[s->id()] = {s, st, MonotonicNs()};
     }
     s->upper = st.get();
     auto* ev = new Event{"session-up", std::to_string(s->id()), s->sessname(), s->uuid(), s->Paths()};
@@ -164,6 +165,7 @@ class Handler : public transport::ServerHandler {
   struct Sess {
     ServerSession* s;
     std::shared_ptr<SessionDevices> devices;
+    uint64_t up_since_ns;  // MonotonicNs at OnSessionUp: the metrics' time in state
   };
   std::mutex mu_;
   std::map<uint64_t, Sess> sessions_;
@@ -447,8 +449,10 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     return env.Undefined();
   }
 
+  // stats(true) adds each device's per-operation metrics (a /metrics scrape, src/metrics/)
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    const bool with_io = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>();
     Napi::Object out = Napi::Object::New(env);
     Napi::Array sessions = Napi::Array::New(env);
     std::lock_guard<std::mutex> lk(handler_->mu_);
@@ -458,6 +462,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
       so.Set("sessionId", std::to_string(sid));
       so.Set("sessname", sess.s->sessname());
       so.Set("uuid", sess.s->uuid());
+      so.Set("upSeconds", double(MonotonicNs() - sess.up_since_ns) / 1e9);
       Napi::Array pa = Napi::Array::New(env);
       uint32_t j = 0;
       for (auto& p : sess.s->Paths()) pa.Set(j++, transport::PathInfoToJs(env, p));
@@ -471,6 +476,11 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
         d0.Set("inflight", static_cast<double>(d->inflight.load()));
         d0.Set("readOnly", d->read_only);
         d0.Set("sizeBytes", static_cast<double>(d->size_bytes));
+        if (with_io) {
+          IoSnapshot snap;
+          d->io.AddTo(&snap);
+          d0.Set("io", IoSnapshotToJs(env, snap));
+        }
         da.Set(j++, d0);
       }
       so.Set("devices", da);
