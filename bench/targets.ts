@@ -5,6 +5,8 @@
 //   c  qsd NBD client -> qemu-nbd over TCP loopback, TCP_NODELAY forced on qemu-nbd's sockets
 //   d  qsd NBD client -> qemu-nbd over a unix socket
 //   e  raw TCP loopback probe (one thread a side, TCP_NODELAY): the floor of our TCP hop
+//   m  ours again, both daemons with --metrics and scraped every second while a run goes on
+//      (--metrics-cost): a/m is what the Prometheus endpoint costs
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -206,9 +208,54 @@ class TcpProbe implements Target {
  * libblkio client on the vhost-user-blk socket the map reply names.
  */
 class Ours extends VhostTarget {
-  readonly id = 'a' as const;
-  readonly name = 'ours (ibnbd TCP)';
-  readonly description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client';
+  readonly id: 'a' | 'm';
+  readonly name: string;
+  readonly description: string;
+  /** m: the daemons' /metrics ports, scraped every second during a run */
+  private readonly metricsPorts: number[] = [];
+  private scrapes = { count: 0, failed: 0, ms: 0 };
+
+  constructor(private readonly scraped: boolean) {
+    super();
+    this.id = scraped ? 'm' : 'a';
+    this.name = scraped ? 'ours + /metrics 1 s' : 'ours (ibnbd TCP)';
+    this.description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client' +
+      (scraped ? "; both daemons with --metrics, each /metrics fetched once a second while a run goes on" : '');
+  }
+
+  /** --metrics ADDR:PORT for one daemon of m, nothing for a. */
+  private async metricsArgs(): Promise<string[]> {
+    if (!this.scraped) return [];
+    const port = await freePort();
+    this.metricsPorts.push(port);
+    return ['--metrics', `127.0.0.1:${port}`];
+  }
+
+  override async run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
+    if (!this.scraped) return super.run(w, ctx);
+    // a Prometheus server's scrape: every endpoint once a second, each read to its end
+    const scrapeAll = () =>
+      Promise.all(this.metricsPorts.map(async (port) => {
+        const t0 = performance.now();
+        try {
+          const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+          await r.text();
+          if (!r.ok) throw new Error(String(r.status));
+          this.scrapes.count++;
+          this.scrapes.ms += performance.now() - t0;
+        } catch {
+          this.scrapes.failed++;
+        }
+      }));
+    const timer = setInterval(() => void scrapeAll(), 1000);
+    try {
+      return await super.run(w, ctx);
+    } finally {
+      clearInterval(timer);
+      const { count, failed, ms } = this.scrapes;
+      this.notes[1] = `/metrics scraped ${count} times (${failed} failed), ${count ? (ms / count).toFixed(1) : 'n/a'} ms each on average`;
+    }
+  }
 
   /** Why ours cannot run in this build, or undefined when it can. */
   static unavailableReason(root: string): string | undefined {
@@ -227,11 +274,12 @@ class Ours extends VhostTarget {
   async start(ctx: BenchContext): Promise<void> {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
     const port = await freePort();
-    const serverControl = join(ctx.work, 'a-server.ctl');
+    const serverControl = join(ctx.work, `${this.id}-server.ctl`);
     const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
     const server = new Daemon('ibnbd server', process.execPath, [
       cli, 'server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', dirname(ctx.file), '--control', serverControl, ...threads,
-    ], join(ctx.work, 'a-server.log'));
+      ...(await this.metricsArgs()),
+    ], join(ctx.work, `${this.id}-server.log`));
     this.procs = [server];
     await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
     await this.startClientDaemon(ctx, port, threads);
@@ -240,10 +288,11 @@ class Ours extends VhostTarget {
 
   private async startClientDaemon(ctx: BenchContext, port: number, threads: string[]): Promise<void> {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
-    const clientControl = join(ctx.work, 'a-client.ctl');
+    const clientControl = join(ctx.work, `${this.id}-client.ctl`);
     const client = new Daemon('ibnbd client', process.execPath, [
-      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), '--state-dir', join(ctx.work, 'a-state'), ...threads,
-    ], join(ctx.work, 'a-client.log'));
+      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, `${this.id}-run`), '--state-dir', join(ctx.work, `${this.id}-state`), ...threads,
+      ...(await this.metricsArgs()),
+    ], join(ctx.work, `${this.id}-client.log`));
     this.procs.push(client);
     await waitFor('ibnbd client', START_TIMEOUT_MS, fileExists(clientControl), this.procs);
     const map = spawnSync(process.execPath, [
@@ -261,7 +310,8 @@ class Ours extends VhostTarget {
 
 export function makeTarget(id: TargetId): Target {
   switch (id) {
-    case 'a': return new Ours();
+    case 'a': return new Ours(false);
+    case 'm': return new Ours(true);
     case 'b': return new QsdLocal();
     case 'c': return new NbdTcp();
     case 'd': return new NbdUnix();
