@@ -31,33 +31,17 @@ export function perScrape<T>(take: () => T): () => T {
   };
 }
 
-/** A counter whose values are the native totals (reset, then set from the snapshot: a series
- *  whose device or path went away disappears instead of staying at its last value). */
-export function snapshotCounter(registry: Registry, name: string, help: string, labelNames: string[], read: () => Sample[]): void {
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const s of read()) this.inc(s.labels, s.value);
-    },
-  });
+/** A counter or gauge whose values are the native ones: reset, then set from the snapshot at each
+ *  scrape, so that a series whose device or path went away disappears instead of staying at its
+ *  last value. A counter is rebuilt with inc(), the only way prom-client sets one. */
+function snapshotSeries(type: 'counter' | 'gauge', registry: Registry, name: string, help: string, labelNames: string[], read: () => Sample[]): void {
+  const config = { name, help, labelNames, registers: [registry] };
+  if (type === 'counter') new Counter({ ...config, collect() { this.reset(); for (const s of read()) this.inc(s.labels, s.value); } });
+  else new Gauge({ ...config, collect() { this.reset(); for (const s of read()) this.set(s.labels, s.value); } });
 }
 
-export function snapshotGauge(registry: Registry, name: string, help: string, labelNames: string[], read: () => Sample[]): void {
-  new Gauge({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const s of read()) this.set(s.labels, s.value);
-    },
-  });
-}
+const snapshotCounter = snapshotSeries.bind(null, 'counter');
+const snapshotGauge = snapshotSeries.bind(null, 'gauge');
 
 interface HistogramSample {
   labels: Labels;
