@@ -42,7 +42,8 @@ inline uint64_t MonotonicNs() {
 }
 
 inline unsigned LatencyBucket(uint64_t ns) {
-  const uint64_t us = ns / 1000;
+  // rounded up: a bucket holds what is at most its bound (Prometheus' le), to the nanosecond
+  const uint64_t us = (ns + 999) / 1000;
   if (us <= kLatencyFirstBoundUs) return 0;
   // ceil(log2(us)) - log2(8): the smallest i with us <= 8 << i
   const unsigned i = unsigned(64 - __builtin_clzll(us - 1)) - 3;

@@ -6,7 +6,7 @@ import type { Registry } from 'prom-client';
 import type { MetricsAddress } from './address.js';
 import { newRegistry, serveMetrics, type MetricsServer } from './http.js';
 import type { IbnbdClient } from '../client/client.js';
-import { ioFamilies, pathFamilies, perScrape, stateFamilies } from './families.js';
+import { ioFamilies, labelPaths, pathFamilies, perScrape, stateFamilies } from './families.js';
 
 export function registerClientMetrics(registry: Registry, client: IbnbdClient): void {
   // one pass over the devices and sessions per scrape, native counters copied once each
@@ -38,7 +38,7 @@ export function registerClientMetrics(registry: Registry, client: IbnbdClient): 
   pathFamilies(
     registry,
     'ibnbd_client',
-    () => snapshot().sessions.flatMap((s) => s.paths.map((path) => ({ labels: { session: s.labels.session, path: path.dst }, path }))),
+    () => labelPaths(snapshot().sessions.map((s) => ({ session: s.labels.session, paths: s.paths })), (p) => p.dst),
     { failovers: true, requestsHelp: 'Requests completed on the path, any result, over its reconnects' },
   );
 }

@@ -131,6 +131,24 @@ export interface PathSource {
   path: PathInfo;
 }
 
+/**
+ * The paths of some sessions, each labelled with its session and path(p). Two paths of a session
+ * that would get the same label (two paths to one server address from different local ones) are
+ * told apart as "ADDR#2", "ADDR#3" in the order the session lists them, which does not change,
+ * so that no two series share their labels.
+ */
+export function labelPaths(sessions: { session: string; paths: PathInfo[] }[], path: (p: PathInfo) => string): PathSource[] {
+  return sessions.flatMap(({ session, paths }) => {
+    const seen = new Map<string, number>();
+    return paths.map((p) => {
+      const base = path(p);
+      const n = (seen.get(base) ?? 0) + 1;
+      seen.set(base, n);
+      return { labels: { session, path: n === 1 ? base : `${base}#${n}` }, path: p };
+    });
+  });
+}
+
 /** Per path: state (one series per possible state, 1 for the current one), reconnects,
  *  failovers (client), heartbeat round trip, requests. */
 export function pathFamilies(registry: Registry, prefix: string, read: () => PathSource[], opts: { failovers: boolean; requestsHelp: string }): void {

@@ -6,11 +6,25 @@ import type { MetricsAddress } from './address.js';
 import { newRegistry, serveMetrics, type MetricsServer } from './http.js';
 import type { NativeServerStats } from '../backend/server-native.js';
 import type { ExportServer } from '../server/server.js';
-import { ioFamilies, pathFamilies, perScrape, stateFamilies } from './families.js';
+import { ioFamilies, labelPaths, pathFamilies, perScrape, stateFamilies } from './families.js';
+
+/**
+ * One session per name: a client that lost its last path and came back has a new session while
+ * the old one may still be going down here, and two series with the same labels would make the
+ * whole scrape invalid. The newest is the one its client uses.
+ */
+function newestByName(sessions: NativeServerStats['sessions']): NativeServerStats['sessions'] {
+  const newest = new Map<string, NativeServerStats['sessions'][number]>();
+  for (const s of sessions) {
+    const had = newest.get(s.sessname);
+    if (!had || s.upSeconds < had.upSeconds) newest.set(s.sessname, s);
+  }
+  return [...newest.values()];
+}
 
 export function registerServerMetrics(registry: Registry, server: ExportServer, ioStats: () => NativeServerStats['sessions']): void {
   const snapshot = perScrape(() =>
-    ioStats().map((s) => {
+    newestByName(ioStats()).map((s) => {
       // the device's name is the JS side's (the export it opened); a device the native table
       // still has but JS has just released is left out until it is gone
       const session = server.sessions.get(s.sessionId);
@@ -29,7 +43,8 @@ export function registerServerMetrics(registry: Registry, server: ExportServer, 
   pathFamilies(
     registry,
     'ibnbd_server',
-    () => snapshot().flatMap((s) => s.paths.map((path) => ({ labels: { session: s.sessname, path: path.src }, path }))),
+    // the client's address without its port (a reconnect dials from another one), and ours
+    () => labelPaths(snapshot().map((s) => ({ session: s.sessname, paths: s.paths })), (p) => `${p.src.replace(/:\d+$/, '')},${p.dst}`),
     { failovers: false, requestsHelp: 'Requests received on the path over its life' },
   );
 }

@@ -4,7 +4,7 @@
 import test from 'ava';
 import { Registry } from 'prom-client';
 import { parseMetricsAddress } from '../../src/metrics/address.js';
-import { ioFamilies, perScrape, type IoSource } from '../../src/metrics/families.js';
+import { ioFamilies, labelPaths, perScrape, type IoSource } from '../../src/metrics/families.js';
 import { IO_OPS, type IoMetrics, type IoOpMetrics } from '../../src/backend/io-metrics.js';
 import { validateServerOptions } from '../../src/server/options.js';
 import { validateClientOptions } from '../../src/client/daemon.js';
@@ -65,4 +65,15 @@ test('a native snapshot becomes counters and a histogram with cumulative buckets
   const after = await registry.metrics();
   t.is(takes, 2);
   t.false(after.includes('ibnbd0'));
+});
+
+test('two paths of a session with one address get told apart, in the order the session lists them', (t) => {
+  const path = (dst: string) => ({ src: '', dst, state: 'connected' as const, inflight: 0, reconnects: 0, hbRttNs: 0, requests: 0, failovers: 0 });
+  const labelled = labelPaths([{ session: 's', paths: [path('ip:a:1'), path('ip:b:1'), path('ip:a:1')] }, { session: 't', paths: [path('ip:a:1')] }], (p) => p.dst);
+  t.deepEqual(labelled.map((p) => p.labels), [
+    { session: 's', path: 'ip:a:1' },
+    { session: 's', path: 'ip:b:1' },
+    { session: 's', path: 'ip:a:1#2' },
+    { session: 't', path: 'ip:a:1' },
+  ]);
 });
