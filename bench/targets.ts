@@ -8,7 +8,7 @@
 //   m  ours again, both daemons with --metrics and scraped every second while a run goes on
 //      (--metrics-cost): a/m is what the Prometheus endpoint costs
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BenchOptions, TargetId } from './options.js';
 import { freePort } from '../harness/fixtures.js';
@@ -213,14 +213,13 @@ class Ours extends VhostTarget {
   readonly description: string;
   /** m: the daemons' /metrics ports, scraped every second during a run */
   private readonly metricsPorts: number[] = [];
-  private scrapes = { count: 0, failed: 0, ms: 0 };
 
   constructor(private readonly scraped: boolean) {
     super();
     this.id = scraped ? 'm' : 'a';
     this.name = scraped ? 'ours + /metrics 1 s' : 'ours (ibnbd TCP)';
     this.description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client' +
-      (scraped ? "; both daemons with --metrics, each /metrics fetched once a second while a run goes on" : '');
+      (scraped ? '; both daemons with --metrics, each /metrics fetched once a second while a run goes on, by a process of its own' : '');
   }
 
   /** --metrics ADDR:PORT for one daemon of m, nothing for a. */
@@ -232,29 +231,36 @@ class Ours extends VhostTarget {
   }
 
   override async run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
-    if (!this.scraped) return super.run(w, ctx);
-    // a Prometheus server's scrape: every endpoint once a second, each read to its end
-    const scrapeAll = () =>
-      Promise.all(this.metricsPorts.map(async (port) => {
-        const t0 = performance.now();
-        try {
-          const r = await fetch(`http://127.0.0.1:${port}/metrics`);
-          await r.text();
-          if (!r.ok) throw new Error(String(r.status));
-          this.scrapes.count++;
-          this.scrapes.ms += performance.now() - t0;
-        } catch {
-          this.scrapes.failed++;
-        }
-      }));
-    const timer = setInterval(() => void scrapeAll(), 1000);
+    if (!this.scraper) return super.run(w, ctx);
+    // the scraper fetches both endpoints once a second while the flag exists: during m's runs only
+    const { flag, stats } = this.scraperFiles(ctx);
+    writeFileSync(flag, '');
     try {
       return await super.run(w, ctx);
     } finally {
-      clearInterval(timer);
-      const { count, failed, ms } = this.scrapes;
-      this.notes[1] = `/metrics scraped ${count} times (${failed} failed), ${count ? (ms / count).toFixed(1) : 'n/a'} ms each on average`;
+      rmSync(flag, { force: true });
+      const { scrapes, failed, ms } = existsSync(stats) ? (JSON.parse(readFileSync(stats, 'utf8')) as Record<string, number>) : { scrapes: 0, failed: 0, ms: 0 };
+      this.notes[1] = `/metrics fetched ${scrapes} times by a scraper process of its own (${failed} failed), ${scrapes ? (ms / scrapes).toFixed(1) : 'n/a'} ms each on average`;
     }
+  }
+
+  private scraperFiles(ctx: BenchContext) {
+    return { flag: join(ctx.work, 'm-scrape.flag'), stats: join(ctx.work, 'm-scrape.json') };
+  }
+
+  /** m: the scraper process (its CPU is not charged to the daemons). */
+  private scraper: Daemon | undefined;
+
+  private startScraper(ctx: BenchContext): void {
+    const { flag, stats } = this.scraperFiles(ctx);
+    this.scraper = new Daemon('metrics scraper', process.execPath, [
+      join(ctx.root, 'dist', 'bench', 'metrics-scraper.js'), flag, stats, ...this.metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`),
+    ], join(ctx.work, 'm-scraper.log'));
+  }
+
+  override async stop(): Promise<void> {
+    await this.scraper?.stop();
+    await super.stop();
   }
 
   /** Why ours cannot run in this build, or undefined when it can. */
@@ -283,6 +289,7 @@ class Ours extends VhostTarget {
     this.procs = [server];
     await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
     await this.startClientDaemon(ctx, port, threads);
+    if (this.scraped) this.startScraper(ctx);
     this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
   }
 
