@@ -8,6 +8,7 @@ import { ioFamilies, labelPaths, perScrape, type IoSource } from '../../src/metr
 import { IO_OPS, type IoMetrics, type IoOpMetrics } from '../../src/backend/io-metrics.js';
 import { validateServerOptions } from '../../src/server/options.js';
 import { validateClientOptions } from '../../src/client/daemon.js';
+import { parseOptions } from '../../bench/options.js';
 
 test('--metrics takes ADDR:PORT or [V6]:PORT and refuses the rest with EINVAL naming it', (t) => {
   t.deepEqual(parseMetricsAddress('127.0.0.1:9741'), { host: '127.0.0.1', port: 9741 });
@@ -76,4 +77,11 @@ test('two paths of a session with one address get told apart, in the order the s
     { session: 's', path: 'ip:a:1#2' },
     { session: 't', path: 'ip:a:1' },
   ]);
+});
+
+test('bench: m (ours scraped every second) runs only with --metrics-cost, which brings a along', (t) => {
+  t.deepEqual(parseOptions([]).targets, ['a', 'b', 'c', 'd', 'e']);
+  t.deepEqual(parseOptions(['--metrics-cost']).targets, ['a', 'b', 'c', 'd', 'e', 'm']);
+  t.deepEqual(parseOptions(['--targets', 'b', '--metrics-cost']).targets, ['a', 'b', 'm']);
+  t.deepEqual(parseOptions(['--targets', 'a,m']).targets, ['a', 'm']);
 });
