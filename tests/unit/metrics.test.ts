@@ -85,3 +85,12 @@ test('bench: m (ours scraped every second) runs only with --metrics-cost, which 
   t.deepEqual(parseOptions(['--targets', 'b', '--metrics-cost']).targets, ['a', 'b', 'm']);
   t.deepEqual(parseOptions(['--targets', 'a,m']).targets, ['a', 'm']);
 });
+
+test('an operation without requests has its counters at 0 and no histogram series', async (t) => {
+  const registry = new Registry();
+  ioFamilies(registry, 'ibnbd_t2', ['device'], perScrape(() => [{ labels: { device: 'd' }, inflight: 0, io: io(opMetrics(1, [1])) }]));
+  const text = await registry.metrics();
+  t.true(text.includes('ibnbd_t2_requests_total{device="d",op="discard"} 0'));
+  t.true(text.includes('ibnbd_t2_request_duration_seconds_count{device="d",op="write"} 1'));
+  t.false(text.includes('ibnbd_t2_request_duration_seconds_count{device="d",op="discard"}'));
+});
