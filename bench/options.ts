@@ -1,8 +1,10 @@
 // Command line of the bench runner. Every value is checked here, with a message naming the flag.
 import { WORKLOADS } from './workloads.js';
 
-export const TARGET_IDS = ['a', 'b', 'c', 'd', 'e'] as const;
+export const TARGET_IDS = ['a', 'b', 'c', 'd', 'e', 'm'] as const;
 export type TargetId = (typeof TARGET_IDS)[number];
+/** m (ours with /metrics scraped every second) runs only when asked for: --metrics-cost. */
+const DEFAULT_TARGETS: TargetId[] = ['a', 'b', 'c', 'd', 'e'];
 
 export interface BenchOptions {
   quick: boolean;
@@ -33,7 +35,9 @@ export const USAGE = `usage: npm run bench -- [options]
   --size BYTES          data file size (default 1G; k/M/G suffixes)
   --file-dir DIR        where the data file lives (default /dev/shm: tmpfs is page cache only)
   --out DIR             results folder (default results/<timestamp>)
-  --targets a,b,c,d,e   which targets (default all)
+  --targets a,b,c,d,e,m which targets (default a-e; m: ours with both daemons' /metrics
+                        scraped every second, compared with a)
+  --metrics-cost        add m and a: what scraping /metrics every second costs ours (a/m)
   --workloads ID,...    ${WORKLOADS.map((w) => w.id).join(',')}
   --seed N              seed of the IO pattern (default 1)
   --io-threads N        passed to our server and client daemons
@@ -63,10 +67,11 @@ function size(flag: string, v: string | undefined): number {
 export function parseOptions(argv: string[]): BenchOptions {
   const o: BenchOptions = {
     quick: false, rdma: false, interop: false, guestCpus: undefined, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
-    fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...TARGET_IDS],
+    fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...DEFAULT_TARGETS],
     workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, keep: false,
   };
   const explicit = new Set<string>();
+  let metricsCost = false;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string | undefined => argv[++i];
@@ -77,6 +82,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--interop': o.interop = true; break;
       case '--guest-cpus': o.guestCpus = positive(flag, value()); if (o.guestCpus > 8) throw new Error('--guest-cpus: at most 8'); break;
       case '--keep': o.keep = true; break;
+      case '--metrics-cost': metricsCost = true; break;
       case '--rounds': o.rounds = positive(flag, value()); break;
       case '--runtime-ms': o.runtimeMs = positive(flag, value(), 50); break;
       case '--ramp-ms': o.rampMs = positive(flag, value(), 0); break;
@@ -105,6 +111,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       default: throw new Error(`unknown option ${flag}\n${USAGE}`);
     }
   }
+  if (metricsCost) o.targets = TARGET_IDS.filter((t) => t === 'a' || t === 'm' || o.targets.includes(t));
   if (o.rdma && o.interop) throw new Error('--rdma and --interop are two different guest runs: pick one');
   if (o.quick) {
     if (!explicit.has('--rounds')) o.rounds = 1;

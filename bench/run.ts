@@ -117,7 +117,7 @@ async function main(opts: BenchOptions): Promise<number> {
       const target = makeTarget(id);
       const ti: TargetInfo = { id, name: target.name, description: target.description, notes: target.notes };
       infos.push(ti);
-      if (id === 'a') {
+      if (id === 'a' || id === 'm') {
         const why = oursUnavailableReason(root);
         if (why) { ti.unavailable = `not available in this build: ${why}`; log(`a: ${ti.unavailable}`); continue; }
       }

@@ -5,8 +5,10 @@
 //   c  qsd NBD client -> qemu-nbd over TCP loopback, TCP_NODELAY forced on qemu-nbd's sockets
 //   d  qsd NBD client -> qemu-nbd over a unix socket
 //   e  raw TCP loopback probe (one thread a side, TCP_NODELAY): the floor of our TCP hop
+//   m  ours again, both daemons with --metrics and scraped every second while a run goes on
+//      (--metrics-cost): a/m is what the Prometheus endpoint costs
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BenchOptions, TargetId } from './options.js';
 import { freePort } from '../harness/fixtures.js';
@@ -206,9 +208,60 @@ class TcpProbe implements Target {
  * libblkio client on the vhost-user-blk socket the map reply names.
  */
 class Ours extends VhostTarget {
-  readonly id = 'a' as const;
-  readonly name = 'ours (ibnbd TCP)';
-  readonly description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client';
+  readonly id: 'a' | 'm';
+  readonly name: string;
+  readonly description: string;
+  /** m: the daemons' /metrics ports, scraped every second during a run */
+  private readonly metricsPorts: number[] = [];
+
+  constructor(private readonly scraped: boolean) {
+    super();
+    this.id = scraped ? 'm' : 'a';
+    this.name = scraped ? 'ours + /metrics 1 s' : 'ours (ibnbd TCP)';
+    this.description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client' +
+      (scraped ? '; both daemons with --metrics, each /metrics fetched once a second while a run goes on, by a process of its own' : '');
+  }
+
+  /** --metrics ADDR:PORT for one daemon of m, nothing for a. */
+  private async metricsArgs(): Promise<string[]> {
+    if (!this.scraped) return [];
+    const port = await freePort();
+    this.metricsPorts.push(port);
+    return ['--metrics', `127.0.0.1:${port}`];
+  }
+
+  override async run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
+    if (!this.scraper) return super.run(w, ctx);
+    // the scraper fetches both endpoints once a second while the flag exists: during m's runs only
+    const { flag, stats } = this.scraperFiles(ctx);
+    writeFileSync(flag, '');
+    try {
+      return await super.run(w, ctx);
+    } finally {
+      rmSync(flag, { force: true });
+      const { scrapes, failed, ms } = existsSync(stats) ? (JSON.parse(readFileSync(stats, 'utf8')) as Record<string, number>) : { scrapes: 0, failed: 0, ms: 0 };
+      this.notes[1] = `/metrics fetched ${scrapes} times by a scraper process of its own (${failed} failed), ${scrapes ? (ms / scrapes).toFixed(1) : 'n/a'} ms each on average`;
+    }
+  }
+
+  private scraperFiles(ctx: BenchContext) {
+    return { flag: join(ctx.work, 'm-scrape.flag'), stats: join(ctx.work, 'm-scrape.json') };
+  }
+
+  /** m: the scraper process (its CPU is not charged to the daemons). */
+  private scraper: Daemon | undefined;
+
+  private startScraper(ctx: BenchContext): void {
+    const { flag, stats } = this.scraperFiles(ctx);
+    this.scraper = new Daemon('metrics scraper', process.execPath, [
+      join(ctx.root, 'dist', 'bench', 'metrics-scraper.js'), flag, stats, ...this.metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`),
+    ], join(ctx.work, 'm-scraper.log'));
+  }
+
+  override async stop(): Promise<void> {
+    await this.scraper?.stop();
+    await super.stop();
+  }
 
   /** Why ours cannot run in this build, or undefined when it can. */
   static unavailableReason(root: string): string | undefined {
@@ -227,23 +280,26 @@ class Ours extends VhostTarget {
   async start(ctx: BenchContext): Promise<void> {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
     const port = await freePort();
-    const serverControl = join(ctx.work, 'a-server.ctl');
+    const serverControl = join(ctx.work, `${this.id}-server.ctl`);
     const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
     const server = new Daemon('ibnbd server', process.execPath, [
       cli, 'server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', dirname(ctx.file), '--control', serverControl, ...threads,
-    ], join(ctx.work, 'a-server.log'));
+      ...(await this.metricsArgs()),
+    ], join(ctx.work, `${this.id}-server.log`));
     this.procs = [server];
     await waitFor('ibnbd server', START_TIMEOUT_MS, async () => fileExists(serverControl)() && (await tcpAccepts('127.0.0.1', port)()), this.procs);
     await this.startClientDaemon(ctx, port, threads);
+    if (this.scraped) this.startScraper(ctx);
     this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
   }
 
   private async startClientDaemon(ctx: BenchContext, port: number, threads: string[]): Promise<void> {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
-    const clientControl = join(ctx.work, 'a-client.ctl');
+    const clientControl = join(ctx.work, `${this.id}-client.ctl`);
     const client = new Daemon('ibnbd client', process.execPath, [
-      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, 'a-run'), '--state-dir', join(ctx.work, 'a-state'), ...threads,
-    ], join(ctx.work, 'a-client.log'));
+      cli, 'client', '--control', clientControl, '--run-dir', join(ctx.work, `${this.id}-run`), '--state-dir', join(ctx.work, `${this.id}-state`), ...threads,
+      ...(await this.metricsArgs()),
+    ], join(ctx.work, `${this.id}-client.log`));
     this.procs.push(client);
     await waitFor('ibnbd client', START_TIMEOUT_MS, fileExists(clientControl), this.procs);
     const map = spawnSync(process.execPath, [
@@ -261,7 +317,8 @@ class Ours extends VhostTarget {
 
 export function makeTarget(id: TargetId): Target {
   switch (id) {
-    case 'a': return new Ours();
+    case 'a': return new Ours(false);
+    case 'm': return new Ours(true);
     case 'b': return new QsdLocal();
     case 'c': return new NbdTcp();
     case 'd': return new NbdUnix();

@@ -29,6 +29,7 @@ APT_PACKAGES=(
   busybox-static cpio kmod e2fsprogs iproute2
   libvirt-clients libxml2-utils libvirt-daemon libvirt-daemon-driver-qemu
   systemd
+  prometheus
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "common/errors.h"
+#include "common/io_metrics_js.h"
 #include "common/module.h"
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
@@ -73,7 +75,7 @@ class Handler : public transport::ServerHandler {
     st->session_id = s->id();
     {
       std::lock_guard<std::mutex> lk(mu_);
-      sessions_[s->id()] = {s, st};
+      sessions_[s->id()] = {s, st, MonotonicNs()};
     }
     s->upper = st.get();
     auto* ev = new Event{"session-up", std::to_string(s->id()), s->sessname(), s->uuid(), s->Paths()};
@@ -164,6 +166,7 @@ class Handler : public transport::ServerHandler {
   struct Sess {
     ServerSession* s;
     std::shared_ptr<SessionDevices> devices;
+    uint64_t up_since_ns;  // MonotonicNs at OnSessionUp: the metrics' time in state
   };
   std::mutex mu_;
   std::map<uint64_t, Sess> sessions_;
@@ -447,37 +450,70 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     return env.Undefined();
   }
 
+  // stats(true) adds each device's per-operation metrics (a /metrics scrape, src/metrics/). The
+  // figures are copied under the locks (a device table's is also taken by every request that
+  // looks its device up) and made into JS objects after they are released: however many devices
+  // a scrape reports, IO waits only for the copy, never for the N-API calls.
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    const bool with_io = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>();
+    struct DeviceCopy {
+      uint32_t id;
+      int64_t inflight;
+      bool read_only;
+      uint64_t size_bytes;
+      IoSnapshot io;
+    };
+    struct SessionCopy {
+      uint64_t id;
+      std::string sessname, uuid;
+      double up_seconds;
+      std::vector<transport::PathInfo> paths;
+      std::vector<DeviceCopy> devices;
+    };
+    std::vector<SessionCopy> copies;
+    size_t pending;
+    {
+      std::lock_guard<std::mutex> lk(handler_->mu_);
+      pending = handler_->pending_.size();
+      for (auto& [sid, sess] : handler_->sessions_) {
+        SessionCopy c{sid, sess.s->sessname(), sess.s->uuid(), double(MonotonicNs() - sess.up_since_ns) / 1e9, sess.s->Paths(), {}};
+        std::lock_guard<std::mutex> dl(sess.devices->mu);
+        for (auto& [id, d] : sess.devices->devices) {
+          c.devices.push_back({id, d->inflight.load(), d->read_only, d->size_bytes, {}});
+          if (with_io) d->io.AddTo(&c.devices.back().io);
+        }
+        copies.push_back(std::move(c));
+      }
+    }
     Napi::Object out = Napi::Object::New(env);
-    Napi::Array sessions = Napi::Array::New(env);
-    std::lock_guard<std::mutex> lk(handler_->mu_);
-    uint32_t i = 0;
-    for (auto& [sid, sess] : handler_->sessions_) {
+    Napi::Array sessions = Napi::Array::New(env, copies.size());
+    for (uint32_t i = 0; i < copies.size(); i++) {
+      const SessionCopy& c = copies[i];
       Napi::Object so = Napi::Object::New(env);
-      so.Set("sessionId", std::to_string(sid));
-      so.Set("sessname", sess.s->sessname());
-      so.Set("uuid", sess.s->uuid());
-      Napi::Array pa = Napi::Array::New(env);
-      uint32_t j = 0;
-      for (auto& p : sess.s->Paths()) pa.Set(j++, transport::PathInfoToJs(env, p));
+      so.Set("sessionId", std::to_string(c.id));
+      so.Set("sessname", c.sessname);
+      so.Set("uuid", c.uuid);
+      so.Set("upSeconds", c.up_seconds);
+      Napi::Array pa = Napi::Array::New(env, c.paths.size());
+      for (uint32_t j = 0; j < c.paths.size(); j++) pa.Set(j, transport::PathInfoToJs(env, c.paths[j]));
       so.Set("paths", pa);
-      Napi::Array da = Napi::Array::New(env);
-      j = 0;
-      std::lock_guard<std::mutex> dl(sess.devices->mu);
-      for (auto& [id, d] : sess.devices->devices) {
+      Napi::Array da = Napi::Array::New(env, c.devices.size());
+      for (uint32_t j = 0; j < c.devices.size(); j++) {
+        const DeviceCopy& d = c.devices[j];
         Napi::Object d0 = Napi::Object::New(env);
-        d0.Set("deviceId", id);
-        d0.Set("inflight", static_cast<double>(d->inflight.load()));
-        d0.Set("readOnly", d->read_only);
-        d0.Set("sizeBytes", static_cast<double>(d->size_bytes));
-        da.Set(j++, d0);
+        d0.Set("deviceId", d.id);
+        d0.Set("inflight", static_cast<double>(d.inflight));
+        d0.Set("readOnly", d.read_only);
+        d0.Set("sizeBytes", static_cast<double>(d.size_bytes));
+        if (with_io) d0.Set("io", IoSnapshotToJs(env, d.io));
+        da.Set(j, d0);
       }
       so.Set("devices", da);
-      sessions.Set(i++, so);
+      sessions.Set(i, so);
     }
     out.Set("sessions", sessions);
-    out.Set("pendingRequests", static_cast<double>(handler_->pending_.size()));
+    out.Set("pendingRequests", static_cast<double>(pending));
     return out;
   }
 

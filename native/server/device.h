@@ -9,6 +9,8 @@
 #include <memory>
 #include <mutex>
 
+#include "common/io_metrics.h"
+
 namespace ibnbd::server {
 
 struct Device {
@@ -24,6 +26,9 @@ struct Device {
   uint32_t logical_block_size = 512;
 
   std::atomic<int64_t> inflight{0};
+  // Every request answered on this device (io_path.cc Finish), by the IO threads; read at a
+  // /metrics scrape through NativeServer.stats(true).
+  IoMetrics io;
   std::mutex mu;
   bool detached = false;                 // mu
   std::function<void()> on_drained;      // mu; runs once inflight reaches 0 after detach

@@ -44,9 +44,24 @@ struct Op {
   uint64_t off;
   uint32_t len;
   uint32_t done = 0;  // bytes transferred so far (READ/WRITE)
+  uint64_t start_ns = 0;
+  bool invalid = false;  // refused by Validate: counted as such, not as a device error
 };
 
+MetricOp MetricOpOf(IoOp op) {
+  switch (op) {
+    case IoOp::kRead: return MetricOp::kRead;
+    case IoOp::kWrite: return MetricOp::kWrite;
+    case IoOp::kFlush: return MetricOp::kFlush;
+    case IoOp::kDiscard: return MetricOp::kDiscard;
+    case IoOp::kWriteZeroes: return MetricOp::kWriteZeroes;
+    default: return MetricOp::kOther;
+  }
+}
+
 void Finish(Op* op, int err) {
+  ErrorKind kind = err == -EOPNOTSUPP ? ErrorKind::kUnsupported : op->invalid ? ErrorKind::kInvalid : ErrorKind::kIo;
+  op->dev->io.Record(MetricOpOf(op->op), err == 0, kind, op->len, op->start_ns);
   ServerIo* io = op->io;
   std::shared_ptr<Device> dev = std::move(op->dev);
   delete op;
@@ -306,7 +321,9 @@ void ExecuteIo(ServerIo* io, SessionDevices* devices) {
   std::shared_ptr<Device> dev = devices ? devices->Find(m.device_id) : nullptr;
   if (!dev || !dev->TryStart()) return transport::Respond(io, -ENOTCONN);
   auto* op = new Op{io, dev, m.op, m.flags, -1, 0, 0};
+  op->start_ns = MonotonicNs();
   rc = Validate(io, m, *dev, op);
+  op->invalid = rc != 0;
   if (rc != 0 || (op->len == 0 && m.op != IoOp::kFlush)) return Finish(op, rc);
   if (op->fd < 0) return Finish(op, -EBADF);
   unsigned stall_ms = 0;

@@ -51,9 +51,10 @@ struct PathInfo {
   uint64_t inflight = 0;
   uint32_t reconnects = 0;
   uint64_t hb_rtt_ns = 0;  // last heartbeat round trip
-  // Client paths, cumulative over reconnects (servers leave them 0): requests completed on this
-  // path (any result), and requests that were in flight on it when it died and were re-issued
-  // on another path. Relaxed atomics on the IO threads; read here, never pushed to JS per IO.
+  // Cumulative over reconnects: requests completed on this path (any result; a server path:
+  // received on it), and, client paths only, requests that were in flight on it when it died
+  // and were re-issued on another path. Relaxed atomics on the IO threads; read here, never
+  // pushed to JS per IO.
   uint64_t requests = 0;
   uint64_t failovers = 0;
 };

@@ -5,7 +5,7 @@
 //   start()                                 throws EEXIST / EADDRINUSE / ENAMETOOLONG / ...
 //   frontendConnected                       getter
 //   disconnectFrontend() → Promise<boolean> in-flight requests answered with IOERR
-//   stats() → { queues: [...], connections, protocolErrors, ... totals }
+//   stats(withIo?) → { queues: [...], connections, protocolErrors, ... totals, io? (per operation) }
 //   close() → Promise<boolean>              true when every transport request drained
 //   setServerDeviceId(id | null, wait?)     the id of a re-OPEN; null: not open, IO waits (wait)
 //                                           or fails IOERR (vhost_blk_device.h)
@@ -17,6 +17,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/io_metrics_js.h"
 #include "common/module.h"
 #include "transport/binding.h"
 #include "vhost/vhost_blk_device.h"
@@ -250,6 +251,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     o.Set("connections", double(s.connections));
     o.Set("protocolErrors", double(s.protocol_errors));
     o.Set("queues", queues);
+    // stats(true): the per-operation metrics too, for a /metrics scrape (src/metrics/)
+    if (info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>()) o.Set("io", IoSnapshotToJs(env, s.io));
     return o;
   }
 

@@ -167,8 +167,21 @@ DeviceStats VhostBlkDevice::Stats() const {
   DeviceStats s;
   for (unsigned i = 0; i < limits_.queues; i++) {
     const QueueCounters& c = impl_->counters[i];
-    s.queues.push_back({c.requests.load(), c.read_bytes.load(), c.write_bytes.load(),
-                        c.errors.load(), c.splits.load(), c.inflight.load(), c.waiting.load()});
+    IoSnapshot q;
+    c.io.AddTo(&q);
+    c.io.AddTo(&s.io);
+    // the show totals are sums of the per-operation metrics, never counted twice
+    QueueStats qs;
+    for (const IoOpSnapshot& op : q.ops) {
+      qs.requests += op.requests;
+      for (uint64_t e : op.errors) qs.errors += e;
+    }
+    qs.read_bytes = q.ops[unsigned(MetricOp::kRead)].bytes;
+    qs.write_bytes = q.ops[unsigned(MetricOp::kWrite)].bytes;
+    qs.splits = c.splits.load();
+    qs.inflight = c.inflight.load();
+    qs.waiting = c.waiting.load();
+    s.queues.push_back(qs);
   }
   s.connections = impl_->connections.load();
   s.protocol_errors = impl_->protocol_errors.load();

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/io_metrics.h"
 #include "transport/transport.h"
 #include "vhost/blk_limits.h"
 
@@ -45,6 +46,7 @@ struct QueueStats {
 
 struct DeviceStats {
   std::vector<QueueStats> queues;
+  IoSnapshot io;  // per operation, summed over the queues (the Prometheus metrics)
   uint64_t connections = 0;     // front-ends accepted so far
   uint64_t protocol_errors = 0;  // front-ends disconnected for a malformed message or ring
 };

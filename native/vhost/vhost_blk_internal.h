@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "common/io_metrics.h"
 #include "proto/ibnbd_proto.h"
 #include "vhost/blk_request.h"
 #include "vhost/vhost_blk_device.h"
@@ -67,11 +68,15 @@ struct Request {
   int first_err = 0;
   bool lost = false;      // a chunk came back kLostWithPath: the whole request may go again
   bool answered = false;  // already pushed (front-end forcibly disconnected)
+  uint64_t start_ns = 0;  // popped (MonotonicNs): the latency histogram's start
 };
 
-struct QueueCounters {
-  std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, splits{0},
-      inflight{0}, waiting{0};
+// A queue's loop writes these (and H, when teardown answers what is in flight). Requests, bytes
+// and errors are the per-operation metrics; Stats() derives its totals from them. Aligned so that
+// queues served by different threads do not share a cache line.
+struct alignas(64) QueueCounters {
+  IoMetrics io;
+  std::atomic<uint64_t> splits{0}, inflight{0}, waiting{0};
 };
 
 struct Watch {

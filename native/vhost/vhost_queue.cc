@@ -162,6 +162,7 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
 
 void VhostBlkDevice::Impl::StartRequest(Request* r) {
   Connection* c = r->conn;
+  r->start_ns = MonotonicNs();
   PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(),
               self->capacity_sectors(), wce, &r->plan);
   c->requests[r->qidx].insert(r);
@@ -346,6 +347,29 @@ void VhostBlkDevice::Impl::Settle(Connection* c, uint64_t n) {
   if (c->dev.broken) ScheduleTeardown(c, false, "");
 }
 
+// The request's operation, size and fate in the queue's metrics (common/io_metrics.h).
+static void RecordAnswer(IoMetrics& m, const Request& r, uint8_t status) {
+  const RequestPlan& p = r.plan;
+  MetricOp op = p.type == kBlkTIn             ? MetricOp::kRead
+                : p.type == kBlkTOut          ? MetricOp::kWrite
+                : p.type == kBlkTFlush        ? MetricOp::kFlush
+                : p.type == kBlkTDiscard      ? MetricOp::kDiscard
+                : p.type == kBlkTWriteZeroes  ? MetricOp::kWriteZeroes
+                                              : MetricOp::kOther;
+  uint64_t bytes = p.data_bytes;
+  if (op == MetricOp::kDiscard || op == MetricOp::kWriteZeroes)
+    for (const PlannedIo& io : p.ios) bytes += io.bytes;
+  // IOERR: refused here before any IO (invalid), the server's errno (io), or the request never
+  // got an answer from the server: lost with its path, closed session, device gone (transport)
+  const int err = r.first_err;
+  ErrorKind kind = status == kBlkSUnsupp ? ErrorKind::kUnsupported
+                   : p.local             ? ErrorKind::kInvalid
+                   : err && err != transport::core::kLostWithPath && err != -ECONNABORTED
+                       ? ErrorKind::kIo
+                       : ErrorKind::kTransport;
+  m.Record(op, status == kBlkSOk, kind, bytes, r.start_ns);
+}
+
 // Queue loop (read lock), or H under the write lock when teardown fails what is in flight.
 void VhostBlkDevice::Impl::Answer(Connection* c, Request* r, uint8_t status) {
   QueueCounters& q = counters[r->qidx];
@@ -354,13 +378,7 @@ void VhostBlkDevice::Impl::Answer(Connection* c, Request* r, uint8_t status) {
     *r->plan.status = status;
     len = status == kBlkSOk ? r->plan.used_len : 1;
   }
-  if (status == kBlkSOk) {
-    if (r->plan.type == kBlkTIn) q.read_bytes += r->plan.data_bytes;
-    if (r->plan.type == kBlkTOut) q.write_bytes += r->plan.data_bytes;
-  } else {
-    q.errors++;
-  }
-  q.requests++;
+  RecordAnswer(q.io, *r, status);
   r->answered = true;
   if (!c->dev.broken) vu_queue_push(&c->dev, vu_get_queue(&c->dev, r->qidx), &r->elem, len);
 }

@@ -5,6 +5,7 @@ import { IbnbdError, toIbnbdError } from '../errors.js';
 import { loadNative } from './native.js';
 import type { Endpoint, TransportKind } from '../transport/paths.js';
 import { checkEndpoint, checkInt, type PathInfo } from './transport.js';
+import type { IoMetrics } from './io-metrics.js';
 
 export interface NativeServerOptions {
   transport: TransportKind;
@@ -43,8 +44,11 @@ export interface NativeServerStats {
     sessionId: string;
     sessname: string;
     uuid: string;
+    /** seconds since the session came up (its first path connected) */
+    upSeconds: number;
     paths: PathInfo[];
-    devices: { deviceId: number; inflight: number; readOnly: boolean; sizeBytes: number }[];
+    /** io: stats(true) only, the device's per-operation metrics in this session */
+    devices: { deviceId: number; inflight: number; readOnly: boolean; sizeBytes: number; io?: IoMetrics }[];
   }[];
   pendingRequests: number;
 }
@@ -75,7 +79,7 @@ interface NativeServerRaw {
   attachDevice(sessionId: string, deviceId: number, spec: AttachDeviceSpec): void;
   detachDevice(sessionId: string, deviceId: number): Promise<void>;
   closeSession(sessionId: string): void;
-  stats(): NativeServerStats;
+  stats(withIo?: boolean): NativeServerStats;
   setAuthKeys(secrets: Record<string, Buffer>, openOverRdma: string[], required: boolean): void;
   stop(): Promise<void>;
 }
@@ -139,8 +143,9 @@ export class NativeServer {
   closeSession(sessionId: string): void {
     wrap(() => this.#raw.closeSession(sessionId));
   }
-  stats(): NativeServerStats {
-    return this.#raw.stats();
+  /** withIo: every device's per-operation metrics too (a /metrics scrape). */
+  stats(withIo = false): NativeServerStats {
+    return this.#raw.stats(withIo);
   }
   /** The session secrets (src/auth/keys-file.ts), for handshakes from now on; null: none required. */
   setAuthKeys(keys: AuthKeys | null): void {

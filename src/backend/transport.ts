@@ -32,7 +32,7 @@ export interface PathInfo {
   inflight: number;
   reconnects: number;
   hbRttNs: number;
-  /** requests completed on this path (any result), cumulative over reconnects */
+  /** requests completed on this path (any result; a server's path: received on it), cumulative over reconnects */
   requests: number;
   /** requests in flight on this path when it died that were re-issued on another path */
   failovers: number;

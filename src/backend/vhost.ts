@@ -3,6 +3,7 @@
 // style); the C++ class re-checks only what would be unsafe natively.
 import { loadNative } from './native.js';
 import { IbnbdError, toIbnbdError } from '../errors.js';
+import type { IoMetrics } from './io-metrics.js';
 
 export const VHOST_MAX_QUEUES = 16;
 export const VIRTIO_BLK_ID_BYTES = 20;
@@ -56,13 +57,15 @@ export interface VhostStats extends VhostQueueStats {
   connections: number;
   protocolErrors: number;
   queues: VhostQueueStats[];
+  /** stats(true) only: per operation, summed over the queues (the Prometheus metrics) */
+  io?: IoMetrics;
 }
 
 interface NativeVhostBlkInstance {
   start(): void;
   readonly frontendConnected: boolean;
   disconnectFrontend(): Promise<boolean>;
-  stats(): VhostStats;
+  stats(withIo?: boolean): VhostStats;
   setServerDeviceId(id: number | null, wait?: boolean): void;
   setSizeBytes(bytes: number): void;
   close(): Promise<boolean>;
@@ -154,8 +157,9 @@ export class VhostBlk {
     return this.#native.disconnectFrontend();
   }
 
-  stats(): VhostStats {
-    const s = this.#native.stats();
+  /** withIo: add the per-operation metrics (a /metrics scrape; `show` leaves them out). */
+  stats(withIo = false): VhostStats {
+    const s = this.#native.stats(withIo);
     // The device's total of held requests is summed here from the queues (the one counter whose
     // total the native side need not keep); an addon without the counter reports 0.
     for (const q of s.queues) q.waiting ??= 0;

@@ -278,6 +278,12 @@ export class IbnbdClient {
     return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates, bounce_count: bounceCount };
   }
 
+  /** What /metrics reads at a scrape (src/metrics/client-metrics.ts): the mapped devices and
+   *  the sessions, as they are now. */
+  metricsSources(): { devices: MappedDevice[]; sessions: ClientSession[] } {
+    return { devices: [...this.devices.values()], sessions: this.sessions.all() };
+  }
+
   find(nameOrId: string): MappedDevice {
     const byName = this.devices.get(nameOrId);
     if (byName) return byName;

@@ -12,6 +12,8 @@ import { ControlServer } from '../control/index.js';
 import { serviceNotifier } from '../service/systemd.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
+import { parseMetricsAddress } from '../metrics/address.js';
+import type { MetricsServer } from '../metrics/http.js';
 import { StateFile } from './state-file.js';
 
 export interface ClientDaemonOptions {
@@ -41,6 +43,8 @@ export interface ClientDaemonOptions {
   adminTimeout?: number;
   /** --auth-keys: the file of session secrets; a session whose name has one authenticates (TCP). */
   authKeys?: string;
+  /** --metrics ADDR:PORT: where GET /metrics is served (Prometheus); undefined: no endpoint. */
+  metrics?: string;
 }
 
 /** --admin-timeout's range (s). */
@@ -109,6 +113,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   }
   // read now: an unreadable or world-readable file stops the start, with the reason
   if (o.authKeys !== undefined) loadKeysFile(o.authKeys, false);
+  if (o.metrics !== undefined) parseMetricsAddress(o.metrics);
   return {
     control,
     runDir,
@@ -123,6 +128,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     ioTimeout,
     adminTimeout,
     authKeys: o.authKeys,
+    metrics: o.metrics,
   };
 }
 
@@ -136,6 +142,7 @@ export class ClientDaemon {
   readonly client: IbnbdClient;
   private readonly control: ControlServer;
   private stopping: Promise<void> | undefined;
+  private metrics: MetricsServer | undefined;
 
   #keys: AuthKeys | null;
 
@@ -167,6 +174,13 @@ export class ClientDaemon {
     configureIoThreads(this.opts.ioThreads);
     // the mappings first: a VM reconnecting to its socket finds its own disk there, and no map
     // can take a name a persisted mapping holds
+    if (this.opts.metrics !== undefined) {
+      // bound before anything is restored, so a port in use stops the start with nothing to undo;
+      // loaded only when asked for: a daemon without --metrics never loads prom-client
+      const { startClientMetrics } = await import('../metrics/client-metrics.js');
+      this.metrics = await startClientMetrics(parseMetricsAddress(this.opts.metrics), this.client, this.log);
+      this.log(`metrics at http://${this.metrics.address}/metrics`);
+    }
     for (const line of await this.client.restore()) this.log(line);
     await this.control.listen();
     const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
@@ -210,6 +224,7 @@ export class ClientDaemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await this.control.close().catch(() => undefined);
+      await this.metrics?.close();
       await this.client.shutdown();
       await rm(join(this.opts.runDir, 'vhost'), { recursive: true, force: true }).catch(() => undefined);
       await rm(join(this.opts.runDir, 'devices'), { recursive: true, force: true }).catch(() => undefined);

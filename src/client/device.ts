@@ -77,6 +77,11 @@ export class MappedDevice {
     return this.#state;
   }
 
+  /** When the device entered its state. */
+  get since(): Date {
+    return this.#since;
+  }
+
   get stateReason(): string {
     if (this.#state !== 'open' && this.session.state === 'closed') {
       const paths = this.session.native.paths();

@@ -24,6 +24,8 @@ export interface SessionObserver {
 
 export class ClientSession implements AdminChannel {
   state: SessionState = 'open';
+  /** When it entered that state (Date.now()), for the metrics' time in state. */
+  stateSince = Date.now();
   /** Counts link state changes: work started under one epoch is void once it moved on. */
   linkEpoch = 0;
   protocolVersion = 0;
@@ -197,6 +199,7 @@ export class ClientSessions {
         const state: SessionState = ev === 'disconnected' ? 'closed' : 'open';
         if (session.state === state) return;
         session.state = state;
+        session.stateSince = Date.now();
         session.linkEpoch++;
         if (session.live) this.observer.onSessionState(session, state);
       },

@@ -6,6 +6,8 @@ import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { ControlServer } from '../control/server.js';
 import { serverCommands } from './control-commands.js';
 import { startNativeServer } from './native-port.js';
+import type { NativeServerStats } from '../backend/server-native.js';
+import type { MetricsServer } from '../metrics/http.js';
 import { validateServerOptions, type RawServerOptions, type ServerOptions } from './options.js';
 import { probe } from './probe.js';
 import { ExportServer, type ServerEvent } from './server.js';
@@ -20,6 +22,8 @@ export interface RunningServer {
   setAuthKeys(keys: AuthKeys | null): void;
   /** closes every session (devices released) and the transport; idempotent */
   stop(): Promise<void>;
+  /** the native sessions, paths and device metrics, for a /metrics scrape */
+  ioStats(): NativeServerStats['sessions'];
 }
 
 /** The transport server and the IBNBD control path over it, without control socket or signals. */
@@ -35,6 +39,7 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
     server: s,
     bound: native.bound(),
     setAuthKeys: (keys) => native.setAuthKeys(keys),
+    ioStats: () => native.ioStats(),
     stop: () =>
       (stopping ??= (async () => {
         try {
@@ -75,6 +80,19 @@ export async function runServerDaemon(
     await running.stop();
     const err = toIbnbdError(e);
     throw new IbnbdError(err.code, `control socket ${opts.control}: ${err.message}`);
+  }
+  let metrics: MetricsServer | undefined;
+  if (opts.metrics) {
+    // loaded only when asked for: a daemon without --metrics never loads prom-client
+    const { startServerMetrics } = await import('../metrics/server-metrics.js');
+    try {
+      metrics = await startServerMetrics(opts.metrics, server, running.ioStats, (m) => log.warn(m));
+    } catch (e) {
+      await control.close();
+      await running.stop();
+      throw e;
+    }
+    log.info(`metrics at http://${metrics.address}/metrics`);
   }
   log.info(
     `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath}; control ${opts.control}; ` +
@@ -125,6 +143,7 @@ export async function runServerDaemon(
   log.info(`${signal}: stopping`);
   service.stopping();
   await control.close();
+  await metrics?.close();
   const sessions = server.sessions.size;
   await running.stop();
   log.info(`stopped (${sessions} session(s) closed, ${server.exports.size} device(s) open)`);

@@ -19,6 +19,9 @@ export interface NativeServerHandle {
   setAuthKeys(keys: AuthKeys | null): void;
   /** Stops listening and closes every session (session-down events follow). */
   stop(): Promise<void>;
+  /** Every session with its paths and its devices' per-operation metrics, session ids as the
+   *  ExportServer knows them: read at a /metrics scrape, never per IO. */
+  ioStats(): NativeServerStats['sessions'];
 }
 
 function formatEndpoint(e: Endpoint): string {
@@ -64,7 +67,13 @@ function startOne(
   listen: Endpoint[],
   opts: ServerOptions,
   onEvent: (ev: ServerEvent) => void,
-): { port: NativePort; bound: Endpoint[]; setAuthKeys(keys: AuthKeys | null): void; stop(): Promise<void> } {
+): {
+  port: NativePort;
+  bound: Endpoint[];
+  setAuthKeys(keys: AuthKeys | null): void;
+  stop(): Promise<void>;
+  ioStats(): NativeServerStats['sessions'];
+} {
   let native: NativeServer;
   try {
     native = new NativeServer(
@@ -129,7 +138,7 @@ function startOne(
     paths: (sessionId) => toPaths(statsOf(sessionId)?.paths),
     closeSession: (sessionId) => native.closeSession(sessionId),
   };
-  return { port, bound, setAuthKeys: (k) => native.setAuthKeys(k), stop: () => native.stop() };
+  return { port, bound, setAuthKeys: (k) => native.setAuthKeys(k), stop: () => native.stop(), ioStats: () => native.stats(true).sessions };
 }
 
 /** RDMA listens where TCP got its ports. A wildcard [::] is dual-stack under rdma_cm (as the
@@ -223,5 +232,6 @@ export function startNativeServer(
       await Promise.all(ones.map((o) => o.one.stop()));
       requests.clear();
     },
+    ioStats: () => ones.flatMap((o) => o.one.ioStats().map((s) => ({ ...s, sessionId: o.prefix + s.sessionId }))),
   };
 }

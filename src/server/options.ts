@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
 import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
+import { parseMetricsAddress, type MetricsAddress } from '../metrics/address.js';
 
 export const DEFAULT_PORT = 1234;
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
@@ -33,6 +34,8 @@ export interface ServerOptions {
   /** --allow: the peer networks that may connect at all ("ADDR/PREFIX"); empty: any */
   allow: string[];
   limits: ServerLimits;
+  /** --metrics: where GET /metrics is served (Prometheus); undefined: no endpoint */
+  metrics?: MetricsAddress;
 }
 
 /** The bounds a flood of connections, handshakes or sessions cannot pass (docs/security.md). */
@@ -83,6 +86,7 @@ export interface RawServerOptions {
   maxBufferMemory?: string | number;
   maxDevicesPerSession?: string | number;
   openTimeoutMs?: string | number;
+  metrics?: string;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -170,5 +174,6 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
   };
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits };
+  const metrics = raw.metrics === undefined ? undefined : parseMetricsAddress(raw.metrics);
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics };
 }

@@ -185,6 +185,20 @@ test('every validation errno', async (t) => {
   t.is((await c.request({ dir: 'read', usr: badFlags, readLen: 512 })).errno, EINVAL, 'unknown flag');
   t.is((await c.request({ dir: 'write', usr: raw })).errno, EINVAL, 'READ op sent as a WRITE');
   t.is((await c.request({ dir: 'read', usr: raw.subarray(0, 20), readLen: 512 })).errno, EINVAL, 'truncated IO message');
+
+  // the metrics (docs/operations.md, "Metrics"): every request that reached a device is counted
+  // under its operation and its kind of error; what never named one (unknown device, undecodable
+  // message) is not a device's
+  const devs = r.server.stats(true).sessions[0]!.devices;
+  const m = (id: number) => devs.find((d) => d.deviceId === id)!.io!;
+  const ro = m(7);
+  t.deepEqual([ro.read.requests, ro.read.bytes, ro.read.errors.invalid], [1, 4096, 0]);
+  for (const op of ['write', 'discard', 'write_zeroes', 'other'] as const) t.deepEqual([ro[op].requests, ro[op].errors.invalid, ro[op].bytes], [1, 1, 0], op);
+  const rw = m(8);
+  t.deepEqual([rw.read.requests, rw.read.errors.invalid, rw.read.bytes], [3, 3, 0], 'beyond the end, read length, READ sent as a WRITE');
+  t.deepEqual([rw.discard.errors.invalid, rw.write.errors.invalid], [1, 1]);
+  t.deepEqual([rw.other.requests, rw.other.errors.unsupported, rw.other.errors.invalid], [1, 1, 0], 'secure erase on a file');
+  t.is(rw.read.latencyBuckets.reduce((a, b) => a + b, 0), 3, 'every request in the histogram');
 });
 
 test('loop device, O_DIRECT: random IO verified, DISCARD and WRITE_ZEROES by ioctl read back zeroes', async (t) => {

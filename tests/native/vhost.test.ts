@@ -111,6 +111,10 @@ test.serial('4 queues: every queue carries verified IO', async (t) => {
   t.is(s.queues.length, 4);
   for (const [i, q] of s.queues.entries()) t.true(q.requests >= 100, `queue ${i} served ${q.requests}`);
   t.is(s.requests, 400);
+  // the per-operation metrics are what those totals are made of, summed over the four queues
+  const io = dev.vhost.stats(true).io!;
+  t.deepEqual([io.write.requests, io.read.requests, io.write.bytes, io.read.bytes], [200, 200, s.writeBytes, s.readBytes]);
+  t.is(io.read.latencyBuckets.reduce((a, b) => a + b, 0), 200);
 });
 
 test.serial('FLUSH, DISCARD and WRITE_ZEROES reach the server file', async (t) => {
@@ -223,6 +227,10 @@ test.serial('session without a path, holdOnLoss off (RNBD): requests complete wi
   t.is(r.code, 1, JSON.stringify(r.json));
   t.is(r.json.write.errors, 8);
   t.true(dev.vhost.stats().errors >= 8);
+  // in the metrics: failed writes, every one for want of a path (transport), none the server's
+  const io = dev.vhost.stats(true).io!;
+  t.true(io.write.errors.transport >= 8, JSON.stringify(io.write));
+  t.is(io.write.errors.io + io.write.errors.invalid + io.write.errors.unsupported, 0);
 });
 
 test('options are validated with precise EINVAL messages', (t) => {
@@ -272,6 +280,15 @@ test.serial('descriptor chains of any layout, GET_ID, bad requests answered with
   t.deepEqual(res.noStatus, { len: 0 }, 'consumed, nothing written');
   t.deepEqual(res.flushAfter, { len: 1, status: 0 }, 'the queue still works');
   t.true(r.json.closedAfterBadAddr, 'a descriptor outside guest memory ends the connection, not the process');
+  // the metrics' kinds: UNSUPP answers are unsupported (the unknown type, the discard's flags),
+  // requests refused before any IO invalid (short header, direction, length, beyond the end…)
+  const io = dev.vhost.stats(true).io!;
+  const ops = ['read', 'write', 'flush', 'discard', 'write_zeroes', 'other'] as const;
+  const kind = (k: 'unsupported' | 'invalid' | 'io') => ops.reduce((n, op) => n + io[op].errors[k], 0);
+  t.is(kind('unsupported'), 2);
+  t.is(io.discard.errors.unsupported, 1);
+  t.true(kind('invalid') >= 4, JSON.stringify(io));
+  t.is(kind('io'), 0);
   const l = await raw(['--path', dev.socket, '--timeout-ms', '5000', 'chain-loop']);
   t.is(l.json.closed, true, 'a looping chain ends the connection');
   const v = await blkio(['--path', dev.socket, '--count', '16', 'verify']);

@@ -69,6 +69,7 @@ struct SrvPath {
   uint8_t auth_nonce[32] = {};
   std::atomic<PathState> state{PathState::kConnecting};
   std::atomic<uint64_t> inflight{0};
+  std::atomic<uint64_t> requests{0};  // received on this path (PathInfo::requests, the metrics)
   transport::core::Heartbeat hb;  // misses and round trip (core/liveness.h)
   int hb_timer = -1;        // set by the info exchange, on loop 0
   std::string src, dst;

@@ -231,6 +231,7 @@ void RdmaServer::OnIoReq(SrvPath* p, Conn* c, uint32_t payload) {
   io.transport_private[0] = reinterpret_cast<uintptr_t>(&slot);
   io.transport_private[1] = buf_id;
   p->inflight++;  // keeps the path and session while the request waits or runs
+  p->requests.fetch_add(1, std::memory_order_relaxed);
   s->inflight++;
   EventLoop* loop = c->loop();
   Slot* sp = &slot;

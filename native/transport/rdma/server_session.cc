@@ -48,6 +48,7 @@ std::vector<transport::PathInfo> SrvSession::Paths() const {
     i.state = p->state;
     i.inflight = p->inflight;
     i.hb_rtt_ns = p->hb.rtt_ns();
+    i.requests = p->requests.load(std::memory_order_relaxed);
     out.push_back(i);
   }
   return out;

@@ -60,6 +60,7 @@ std::vector<PathInfo> SrvSession::Paths() const {
     int64_t inf = p->inflight.load();
     pi.inflight = inf > 0 ? static_cast<uint64_t>(inf) : 0;
     pi.hb_rtt_ns = p->hb.rtt_ns();
+    pi.requests = p->requests.load(std::memory_order_relaxed);
     out.push_back(pi);
   }
   return out;

@@ -142,6 +142,7 @@ void SrvConn::Dispatch(SrvReq* r) {
     return;
   }
   busy[r->id] = 1;
+  path->requests.fetch_add(1, std::memory_order_relaxed);
   srv->handler()->OnRequest(&r->io);
 }
 

@@ -79,6 +79,7 @@ struct SrvPath {
   std::atomic<bool> dead{false};
   core::Heartbeat hb;  // misses and round trip (core/liveness.h)
   std::atomic<int64_t> inflight{0};
+  std::atomic<uint64_t> requests{0};  // received on this path (PathInfo::requests, the metrics)
   std::string client_addr, local_addr;
   unsigned service_loop = 0;
 };

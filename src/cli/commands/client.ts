@@ -86,6 +86,7 @@ export function register(program: Command): void {
       positiveInt('--admin-timeout'),
       CLIENT_DEFAULTS.adminTimeout,
     )
+    .option('--metrics <addr:port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)')
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): a session whose name is listed authenticates itself and the server (TCP); SIGHUP reloads it')
     .action(async (o: { config?: string }, cmd: Command) => {
       const cli = commandLineValues(cmd, CLIENT_CONFIG_KEYS);

@@ -47,6 +47,7 @@ export function register(program: Command): void {
     .option('--queue-depth <n>', 'requests in flight per session')
     .option('--max-io-size <bytes>', 'largest IO in bytes')
     .option('--io-threads <n>', 'IO threads')
+    .option('--metrics <addr:port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)')
     .option('--transport <tcp|rdma|auto>', 'auto (default): TCP, plus RDMA on the same port when the host has an RDMA device')
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
