@@ -20,6 +20,7 @@ export const CLIENT_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'io-timeout', prop: 'ioTimeout', type: 'integer' },
   { key: 'admin-timeout', prop: 'adminTimeout', type: 'integer' },
   { key: 'auth-keys', prop: 'authKeys', type: 'string' },
+  { key: 'log-level', prop: 'logLevel', type: 'string' },
 ];
 
 function checkClientValue(prop: string, value: unknown): void {

@@ -13,6 +13,9 @@ import { serviceNotifier } from '../service/systemd.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
 import { StateFile } from './state-file.js';
+import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger, type LogLevel } from '../logger.js';
+import { applyReload } from '../config/reload.js';
+import { routeNativeLogs } from '../backend/native-log.js';
 
 export interface ClientDaemonOptions {
   control: string;
@@ -41,6 +44,8 @@ export interface ClientDaemonOptions {
   adminTimeout?: number;
   /** --auth-keys: the file of session secrets; a session whose name has one authenticates (TCP). */
   authKeys?: string;
+  /** --log-level: lines below it (the native addon's too) are not written; SIGHUP moves it. */
+  logLevel?: LogLevel;
 }
 
 /** --admin-timeout's range (s). */
@@ -107,6 +112,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   if (!Number.isInteger(maxReconnectAttempts) || maxReconnectAttempts < -1 || maxReconnectAttempts > 1 << 30) {
     throw new IbnbdError('EINVAL', `--max-reconnect-attempts: ${maxReconnectAttempts} is not -1 (forever) or an integer from 0 to ${1 << 30}`);
   }
+  const logLevel = parseLogLevel(o.logLevel ?? 'info');
   // read now: an unreadable or world-readable file stops the start, with the reason
   if (o.authKeys !== undefined) loadKeysFile(o.authKeys, false);
   return {
@@ -123,6 +129,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     ioTimeout,
     adminTimeout,
     authKeys: o.authKeys,
+    logLevel,
   };
 }
 
@@ -139,7 +146,7 @@ export class ClientDaemon {
 
   #keys: AuthKeys | null;
 
-  constructor(readonly opts: ClientDaemonOptions, private readonly log: (line: string) => void) {
+  constructor(readonly opts: ClientDaemonOptions, private readonly log: Logger) {
     this.#keys = opts.authKeys !== undefined ? loadKeysFile(opts.authKeys, false) : null;
     this.client = new IbnbdClient({
       secretOf: (sessname) => this.#keys?.secrets.get(sessname),
@@ -167,14 +174,14 @@ export class ClientDaemon {
     configureIoThreads(this.opts.ioThreads);
     // the mappings first: a VM reconnecting to its socket finds its own disk there, and no map
     // can take a name a persisted mapping holds
-    for (const line of await this.client.restore()) this.log(line);
+    await this.client.restore();
     await this.control.listen();
     const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
     const ctrl = this.opts.ctrlLossTmo ?? CLIENT_DEFAULTS.ctrlLossTmo;
     const fast = this.opts.fastIoFailTmo ?? CLIENT_DEFAULTS.fastIoFailTmo;
     const ioTimeout = this.opts.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout;
     const adminTimeout = this.opts.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout;
-    this.log(
+    this.log.info(
       `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, state dir ${this.opts.stateDir}, ` +
         `lost paths redialled at most ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms apart ` +
         `${attempts < 0 ? 'forever' : `at most ${attempts} times`}; ` +
@@ -198,12 +205,12 @@ export class ClientDaemon {
 
   /** SIGHUP: the keys file again, for sessions created from now on; on an error the old keys stay. */
   reloadKeys(): void {
-    if (this.opts.authKeys === undefined) return this.log('SIGHUP: no --auth-keys file to reload');
+    if (this.opts.authKeys === undefined) return this.log.info('SIGHUP: no --auth-keys file to reload');
     try {
       this.#keys = loadKeysFile(this.opts.authKeys, false);
-      this.log(`SIGHUP: ${this.#keys.secrets.size} session secret(s) reloaded from ${this.opts.authKeys}; sessions already up keep theirs`);
+      this.log.info(`SIGHUP: ${this.#keys.secrets.size} session secret(s) reloaded from ${this.opts.authKeys}; sessions already up keep theirs`);
     } catch (e) {
-      this.log(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
+      this.log.warn(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
     }
   }
 
@@ -213,7 +220,7 @@ export class ClientDaemon {
       await this.client.shutdown();
       await rm(join(this.opts.runDir, 'vhost'), { recursive: true, force: true }).catch(() => undefined);
       await rm(join(this.opts.runDir, 'devices'), { recursive: true, force: true }).catch(() => undefined);
-      this.log('client daemon: stopped');
+      this.log.info('client daemon: stopped');
     })();
     return this.stopping;
   }
@@ -225,16 +232,17 @@ export async function runClientDaemon(
   /** the config file and how to read the options again (file under command line), for SIGHUP */
   config?: { file: string; reread: () => Partial<ClientDaemonOptions> },
 ): Promise<number> {
-  const log = (line: string) => process.stderr.write(`ibnbd client: ${line}\n`);
   const opts = validateClientOptions(options);
+  const log: DaemonLogger = daemonLogger({ daemon: 'client', level: opts.logLevel });
+  routeNativeLogs(log);
   const daemon = new ClientDaemon(opts, log);
   await daemon.start();
   // systemd (Type=notify): ready once the restored mappings are served and the control socket answers
-  const service = serviceNotifier({ info: log, warn: log });
+  const service = serviceNotifier(log);
   service.ready(`${daemon.mappings()} device(s) mapped; control socket ${opts.control}`);
   return new Promise<number>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
-      log(`${sig}: shutting down`);
+      log.info(`${sig}: shutting down`);
       service.stopping();
       process.off('SIGHUP', onHup);
       process.off('SIGTERM', onSignal);
@@ -242,25 +250,23 @@ export async function runClientDaemon(
       daemon.stop().then(
         () => resolve(0),
         (e) => {
-          log(`shutdown failed: ${String(e)}`);
+          log.error(`shutdown failed: ${String(e)}`);
           resolve(1);
         },
       );
     };
     // SIGHUP: the config file and the keys file again; the keys change for sessions created from
-    // now on, anything else that changed needs a restart
+    // now on, the log level at once, anything else that changed needs a restart
     let current = options;
     const onHup = () => {
       if (config) {
         try {
           const next = config.reread();
-          const restart = [...new Set([...Object.keys(current), ...Object.keys(next)])]
-            .filter((k) => k !== 'authKeys' && JSON.stringify((current as Record<string, unknown>)[k]) !== JSON.stringify((next as Record<string, unknown>)[k]));
-          if (restart.length) log(`SIGHUP: ${config.file} changes ${restart.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')}: takes effect at the next restart`);
+          applyReload(log, config.file, current, next);
           current = next;
           if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
         } catch (e) {
-          return log(`SIGHUP: ${errorText(e)}; nothing changed`);
+          return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
         }
       }
       daemon.reloadKeys();

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
 import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
+import { parseLogLevel, type LogLevel } from '../logger.js';
 
 export const DEFAULT_PORT = 1234;
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
@@ -33,6 +34,8 @@ export interface ServerOptions {
   /** --allow: the peer networks that may connect at all ("ADDR/PREFIX"); empty: any */
   allow: string[];
   limits: ServerLimits;
+  /** --log-level: the daemon's logs (and the native addon's) below it are not written */
+  logLevel: LogLevel;
 }
 
 /** The bounds a flood of connections, handshakes or sessions cannot pass (docs/security.md). */
@@ -83,6 +86,7 @@ export interface RawServerOptions {
   maxBufferMemory?: string | number;
   maxDevicesPerSession?: string | number;
   openTimeoutMs?: string | number;
+  logLevel?: string;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -169,6 +173,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
     openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
   };
+  const logLevel = parseLogLevel(raw.logLevel ?? 'info');
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits };
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, logLevel };
 }
