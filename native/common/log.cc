@@ -1,7 +1,9 @@
 // The native log facility (log.h): a bounded ring of fixed-size lines, drained on the JS thread
 // by a thread-safe function that calls the daemon's sink. Exports:
 //   setLogSink(fn | null): fn({level, component, msg, session?, device?, path?, dropped?}) gets
-//     every line from now on; null goes back to stderr.
+//     every line from now on; null goes back to stderr. Either way the previous sink first gets,
+//     synchronously, what the ring still holds: a daemon unregisters in its 'exit' handler, so
+//     the lines of its last moments come out as JSON too.
 //   setLogLevel(n): lines below n (pino's numbers: 10 trace … 50 error) are not even formatted.
 #include "common/log.h"
 
@@ -56,6 +58,10 @@ bool g_has_sink = false;
 bool g_wake_pending = false;  // one TSFN call in flight at most: a burst costs one wake-up
 Tsfn g_tsfn;
 
+// JS thread only: the sink, for the synchronous drain. A pointer, never destroyed at static
+// destruction (the environment is gone by then); dropped by the cleanup hook.
+Napi::FunctionReference* g_sink = nullptr;
+
 const char* LevelName(int level) {
   if (level >= 50) return "error";
   if (level >= 40) return "warn";
@@ -91,7 +97,7 @@ Napi::Object ToJs(Napi::Env env, const Entry& e) {
 }
 
 // On the JS thread: take what the ring holds, then hand each line to the sink.
-void CallJs(Napi::Env env, Napi::Function fn, std::nullptr_t*, void*) {
+void Drain(Napi::Env env, Napi::Function fn) {
   static std::vector<Entry> batch;  // JS thread only
   batch.clear();
   {
@@ -107,17 +113,35 @@ void CallJs(Napi::Env env, Napi::Function fn, std::nullptr_t*, void*) {
     try {
       fn.Call({ToJs(env, e)});
     } catch (const Napi::Error& err) {
-      fprintf(stderr, "ibnbd: the log sink threw: %s\n", err.Message().c_str());
+      // the sink threw, or JS cannot run any more (the environment is being torn down, with no
+      // message): the line is written as text rather than lost
+      if (!err.Message().empty()) fprintf(stderr, "ibnbd: the log sink threw: %s\n", err.Message().c_str());
+      WriteStderr(e);
     }
   }
+}
+
+void CallJs(Napi::Env env, Napi::Function fn, std::nullptr_t*, void*) {
+  bool current = true;
+  try {
+    // a wake-up for a sink replaced since: what the ring holds now is the new sink's
+    current = env == nullptr || (g_sink != nullptr && fn.StrictEquals(g_sink->Value()));
+  } catch (const Napi::Error&) {
+    env = Napi::Env(nullptr);  // JS cannot run any more: Drain writes the lines as text
+  }
+  if (current) Drain(env, fn);
 }
 
 // At environment teardown (process exit): lines still in the ring go to stderr, later ones too;
 // the TSFN itself is Node's to finalize, so it is never touched again.
 void OnEnvCleanup(void*) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  FlushToStderrLocked();
-  g_has_sink = false;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    FlushToStderrLocked();
+    g_has_sink = false;
+  }
+  delete g_sink;
+  g_sink = nullptr;
 }
 
 void Deliver(const Entry& e) {
@@ -150,18 +174,21 @@ Napi::Value SetLogSink(const Napi::CallbackInfo& info) {
   Tsfn old;
   {
     std::lock_guard<std::mutex> lock(g_mu);
-    if (g_has_sink) {
-      FlushToStderrLocked();  // undelivered lines of the previous sink are not lost
-      old = g_tsfn;
-    }
-    g_has_sink = false;
-    g_wake_pending = false;
+    if (g_has_sink) old = g_tsfn;
+    g_has_sink = false;  // lines logged from here on go to stderr until the new sink is in
   }
-  if (static_cast<napi_threadsafe_function>(old) != nullptr) old.Release();
+  if (static_cast<napi_threadsafe_function>(old) != nullptr) {
+    Drain(env, g_sink->Value());  // the previous sink's lines are not lost
+    delete g_sink;
+    g_sink = nullptr;
+    old.Release();
+  }
   if (info[0].IsNull()) return env.Undefined();
-  Tsfn tsfn = Tsfn::New(env, info[0].As<Napi::Function>(), "ibnbd-log", 0, 1);
+  Napi::Function fn = info[0].As<Napi::Function>();
+  Tsfn tsfn = Tsfn::New(env, fn, "ibnbd-log", 0, 1);
   // the sink must not keep a daemon alive that has nothing else to do
   tsfn.Unref(env);
+  g_sink = new Napi::FunctionReference(Napi::Persistent(fn));
   std::lock_guard<std::mutex> lock(g_mu);
   g_tsfn = tsfn;
   g_has_sink = true;

@@ -39,13 +39,14 @@ export function logNativeLine(log: Logger, line: NativeLogLine): void {
 /**
  * From now on the addon's lines go through `log`, and its threshold follows the logger's level
  * (lines below it are not even formatted natively). The addon's wake-up does not keep the
- * process alive, and lines still queued when it exits go to stderr as text.
+ * process alive; at exit the sink is unregistered, which hands it what is still queued.
  */
 export function routeNativeLogs(log: DaemonLogger): void {
   const addon = loadNative<NativeLogExports>();
   addon.setLogLevel(LEVEL_VALUES[log.level]);
   log.onLevel((level) => addon.setLogLevel(LEVEL_VALUES[level]));
   addon.setLogSink((line) => logNativeLine(log, line));
+  process.once('exit', () => addon.setLogSink(null));
 }
 
 /** Native lines back to stderr as text (tests that load the addon alone). */
