@@ -7,7 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { tempDir } from '../../harness/fixtures.js';
-import { startClientDaemon, startServerDaemon, type Daemon, type LogEntry } from '../support/daemons.js';
+import { ibnbd, startClientDaemon, startServerDaemon, type Daemon, type LogEntry } from '../support/daemons.js';
 import { TEST_TRANSPORT } from '../support/transport-under-test.js';
 
 async function waitForEntry(d: Daemon, pred: (e: LogEntry) => boolean, what: string, ms = 10_000): Promise<LogEntry> {
@@ -71,6 +71,8 @@ test('client: SIGHUP moves the level live from the config file, for lines that f
   writeFileSync(cfg, 'log-level = "warn"\n');
   const client = await startClientDaemon(t, dir, ['--config', cfg]);
   t.false(client.entries().some((e) => e.level === 'info'), 'at warn, the start is silent');
+  // an answered request: the daemon is past its start and handles SIGHUP (else it would end it)
+  t.is((await ibnbd(['list', '--control', client.control])).code, 0);
   client.proc.kill('SIGHUP'); // the level stays warn: its info line is left out
   writeFileSync(cfg, 'log-level = "debug"\n');
   await new Promise((r) => setTimeout(r, 300));
