@@ -27,10 +27,21 @@ function info(text: string): void {
   process.stdout.write(`    ${text}\n`);
 }
 
+/** A daemon's JSON log line as "level: message" (docs/operations.md, "Logs"); other text as is. */
+function readable(line: string): string {
+  try {
+    const e = JSON.parse(line) as { level?: string; msg?: string };
+    if (typeof e.msg === 'string') return `${e.level ?? '?'}: ${e.msg}`;
+  } catch {
+    // not a log line
+  }
+  return line;
+}
+
 function daemon(name: string, args: string[]): ChildProcess {
   const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => {
-    for (const line of d.toString().split('\n')) if (line) process.stdout.write(`    [${name}] ${line}\n`);
+    for (const line of d.toString().split('\n')) if (line) process.stdout.write(`    [${name}] ${readable(line)}\n`);
   });
   children.push(child);
   return child;

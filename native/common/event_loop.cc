@@ -13,11 +13,14 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <vector>
+
+#include "common/log.h"
 
 namespace ibnbd {
 
@@ -94,7 +97,7 @@ struct EventLoop::Impl {
       int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), -1);
       if (n < 0) {
         if (errno == EINTR) continue;
-        fprintf(stderr, "ibnbd: %s: epoll_wait: %m\n", name.c_str());
+        LogMsg(LogLevel::kError, {"event-loop"}, "%s: epoll_wait: %s", name.c_str(), strerror(errno));
         break;
       }
       bool wake = false;
@@ -130,7 +133,7 @@ EventLoop::EventLoop(std::string name) : impl_(std::make_unique<Impl>()) {
   impl_->epfd = epoll_create1(EPOLL_CLOEXEC);
   impl_->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (impl_->epfd < 0 || impl_->wakefd < 0) {
-    fprintf(stderr, "ibnbd: %s: cannot create epoll/eventfd: %m\n", impl_->name.c_str());
+    LogMsg(LogLevel::kError, {"event-loop"}, "%s: cannot create epoll/eventfd: %s", impl_->name.c_str(), strerror(errno));
     abort();
   }
   epoll_event ev{};

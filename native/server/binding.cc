@@ -16,6 +16,7 @@
 
 #include "common/errors.h"
 #include "common/io_metrics_js.h"
+#include "common/log.h"
 #include "common/module.h"
 #include "proto/ibnbd_proto.h"
 #include "server/device.h"
@@ -148,7 +149,7 @@ class Handler : public transport::ServerHandler {
       try {
         cb.Call({o});
       } catch (const Napi::Error& err) {
-        fprintf(stderr, "ibnbd: NativeServer onEvent threw: %s\n", err.Message().c_str());
+        LogMsg(LogLevel::kError, {"server"}, "NativeServer onEvent threw: %s", err.Message().c_str());
       }
     });
     if (!sent) delete ev;

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "proto/ibnbd_proto.h"
 #include "transport/core/fault.h"
 
@@ -105,7 +106,7 @@ class Ring final : public BatchEndTask {
   bool Init() {
     int rc = io_uring_queue_init(kRingEntries, &ring_, 0);
     if (rc < 0) {
-      fprintf(stderr, "ibnbd: io_uring_queue_init: %s\n", strerror(-rc));
+      LogMsg(LogLevel::kError, {"io-uring"}, "io_uring_queue_init: %s", strerror(-rc));
       return false;
     }
     efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -10,6 +10,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ibnbd::testing::InitTransportBench(env, exports);
   ibnbd::testing::InitSessionCoreCheck(env, exports);
   ibnbd::testing::InitRtrsAuth(env, exports);
+  ibnbd::testing::InitLogBurst(env, exports);
   return exports;
 }
 

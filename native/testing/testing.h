@@ -13,5 +13,6 @@ void InitTcpFrames(Napi::Env env, Napi::Object exports);         // the C++ TCP 
 void InitTransportBench(Napi::Env env, Napi::Object exports);    // benchReads
 void InitSessionCoreCheck(Napi::Env env, Napi::Object exports);  // reconnectorRun, heartbeatTicks
 void InitRtrsAuth(Napi::Env env, Napi::Object exports);          // the RDMA authentication proof
+void InitLogBurst(Napi::Env env, Napi::Object exports);          // logBurst: lines from a native thread
 
 }  // namespace ibnbd::testing

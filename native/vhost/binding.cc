@@ -161,6 +161,9 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     Napi::Value hold = o.Get("holdOnLoss");
     if (!hold.IsUndefined() && !hold.IsBoolean()) ThrowErrno(env, EINVAL, "holdOnLoss must be a boolean");
     device_->SetHoldOnLoss(!hold.IsBoolean() || hold.As<Napi::Boolean>().Value());
+    Napi::Value name = o.Get("name");
+    if (!name.IsUndefined() && !name.IsString()) ThrowErrno(env, EINVAL, "name must be a string");
+    if (name.IsString()) device_->SetLogName(name.As<Napi::String>().Utf8Value());
   }
 
   ~NativeVhostBlk() override {

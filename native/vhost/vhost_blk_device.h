@@ -92,6 +92,10 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   // policy waits; JS sets wait mode once it hears of the loss) or failed at once (the seed's
   // behaviour, ctrl_loss_tmo=0). Set once after construction; default true.
   void SetHoldOnLoss(bool hold) { hold_on_loss_.store(hold); }
+  // The mapping's name ("ibnbd0") as the `device` of its log lines; the socket path without
+  // one. Set once before Start(), read by every thread after it.
+  void SetLogName(std::string name) { log_name_ = std::move(name); }
+  const std::string& log_name() const { return log_name_.empty() ? socket_path_ : log_name_; }
   // A re-OPEN reported another size: bounds checks and GET_CONFIG use it from now on. Any thread.
   void SetSizeBytes(uint64_t size_bytes) { capacity_sectors_.store(size_bytes >> kSectorShift); }
   uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
@@ -101,6 +105,7 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
  private:
   BlkLimits limits_;
   std::string socket_path_;
+  std::string log_name_;
   std::shared_ptr<transport::ClientSession> session_;
   EventFn on_event_;
   EventLoop* loop_;

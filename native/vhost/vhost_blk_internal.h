@@ -36,6 +36,7 @@
 
 #include "common/event_loop.h"
 #include "common/io_metrics.h"
+#include "common/log.h"
 #include "proto/ibnbd_proto.h"
 #include "vhost/blk_request.h"
 #include "vhost/vhost_blk_device.h"
@@ -174,8 +175,8 @@ struct VhostBlkDevice::Impl {
   static EventLoop& QueueLoop(int qidx) { return IoThreads::Get().loop(unsigned(qidx)); }
   const BlkLimits& limits() const { return self->limits_; }
 
-  void Log(const std::string& what) {
-    std::fprintf(stderr, "ibnbd vhost-blk %s: %s\n", self->socket_path_.c_str(), what.c_str());
+  void Log(LogLevel level, const std::string& what) {
+    LogMsg(level, {.component = "vhost-blk", .device = self->log_name().c_str()}, "%s", what.c_str());
   }
 
   // Per-request failures come from the guest or the network, at any rate: at most

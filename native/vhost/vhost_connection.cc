@@ -234,7 +234,7 @@ void VhostBlkDevice::Impl::AfterDrain(Connection* c) {
 
 void VhostBlkDevice::Impl::Violation(const std::string& why) {
   protocol_errors++;
-  Log("protocol error, disconnecting the front-end: " + why);
+  Log(LogLevel::kWarn, "protocol error, disconnecting the front-end: " + why);
   Emit("error", "vhost-user protocol error: " + why);
 }
 
@@ -253,7 +253,7 @@ void VhostBlkDevice::Impl::RegisterGuestMemory(Connection* c) {
     uint64_t handle = 0;
     int rc = self->session_->RegisterMemory(reinterpret_cast<void*>(addr), r.size, &handle);
     if (rc < 0) {
-      Log("guest memory region of " + std::to_string(r.size) + " bytes not registered (" +
+      Log(LogLevel::kWarn, "guest memory region of " + std::to_string(r.size) + " bytes not registered (" +
           std::strerror(-rc) + "): its requests use the bounce buffers");
       continue;
     }
@@ -279,7 +279,7 @@ bool VhostBlkDevice::Impl::ReadMsg(VuDev* d, int, VhostUserMsg* out) {
 void VhostBlkDevice::Impl::OnPanic(VuDev* d, const char* err) {
   Connection* c = Conn(d);
   c->broken = true;
-  c->impl->Log(std::string("libvhost-user: ") + (err ? err : "?"));
+  c->impl->Log(LogLevel::kError, std::string("libvhost-user: ") + (err ? err : "?"));
   c->impl->Emit("error", std::string("vhost-user: ") + (err ? err : "?"));
 }
 
@@ -307,9 +307,7 @@ void VhostBlkDevice::Impl::SetWatch(VuDev* d, int fd, int, vu_watch_cb cb, void*
     int rc = loop->Add(dup_fd, EPOLLIN,
                        [sc, fd, dup_fd](uint32_t) { OnKickFd(sc.get(), fd, dup_fd); });
     // Cannot happen with a fresh descriptor; if it does the ring would silently stall, so say it.
-    if (rc != 0)
-      std::fprintf(stderr, "ibnbd vhost-blk: cannot watch a kick eventfd: %s\n",
-                   std::strerror(-rc));
+    if (rc != 0) sc->impl->Log(LogLevel::kError, std::string("cannot watch a kick eventfd: ") + std::strerror(-rc));
   });
 }
 
@@ -354,7 +352,7 @@ int VhostBlkDevice::Impl::ProcessMsg(VuDev* d, VhostUserMsg* m, int* do_reply) {
       if (cfg.offset == offsetof(BlkConfig, wce) && cfg.size == 1)
         c->impl->wce = cfg.region[0] != 0;
       else
-        c->impl->Log("SET_CONFIG of read-only config bytes ignored");
+        c->impl->Log(LogLevel::kWarn, "SET_CONFIG of read-only config bytes ignored");
       *do_reply = 0;
       return 1;
     }

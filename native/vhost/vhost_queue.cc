@@ -389,9 +389,9 @@ void VhostBlkDevice::Impl::LogRequest(const std::string& what) {
   if (win != now && log_window.compare_exchange_strong(win, now)) {
     uint64_t n = log_in_window.exchange(0);
     if (n > kRequestLogBurst)
-      Log(std::to_string(n - kRequestLogBurst) + " request failures not logged");
+      Log(LogLevel::kWarn, std::to_string(n - kRequestLogBurst) + " request failures not logged");
   }
-  if (log_in_window++ < kRequestLogBurst) Log(what);
+  if (log_in_window++ < kRequestLogBurst) Log(LogLevel::kWarn, what);
 }
 
 // ---- teardown, finalize (H, write lock) -------------------------------------------------
@@ -401,7 +401,7 @@ void VhostBlkDevice::Impl::ScheduleTeardown(Connection* c, bool fail_inflight,
                                             const std::string& why) {
   c->broken = true;
   if (c->teardown_posted.exchange(true) || c->dead) return;
-  if (!why.empty()) Log(why);
+  if (!why.empty()) Log(LogLevel::kWarn, why);
   home().Post([this, keep = c->keep, c, fail_inflight] {
     if (Shared(c)) Teardown(c, fail_inflight);
   });

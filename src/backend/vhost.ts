@@ -34,6 +34,8 @@ export interface VhostBlkOptions {
    *  client decides (setServerDeviceId), or answered IOERR at once (false: RNBD's behaviour,
    *  ctrl_loss_tmo=0). Default true. */
   holdOnLoss?: boolean;
+  /** The mapping's name: the `device` of the native log lines about it (default: the socket path). */
+  name?: string;
 }
 
 export type VhostEvent =
@@ -91,6 +93,7 @@ export function validateVhostOptions(o: VhostBlkOptions): VhostBlkOptions {
   if (typeof o.socketPath !== 'string' || o.socketPath.length === 0) invalid('socketPath must be a non-empty string');
   if (Buffer.byteLength(o.socketPath) > 107) invalid(`socketPath longer than 107 bytes: ${o.socketPath}`);
   if (o.session === null || typeof o.session !== 'object') invalid('session must be a NativeClientSession');
+  if (o.name !== undefined && (typeof o.name !== 'string' || Buffer.byteLength(o.name) > 100)) invalid('name must be a string of at most 100 bytes');
   if (!isU32(o.deviceId)) invalid(`deviceId must be an integer 0..4294967295, got ${String(o.deviceId)}`);
   if (o.serial !== undefined) {
     if (typeof o.serial !== 'string') invalid('serial must be a string');

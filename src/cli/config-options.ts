@@ -3,6 +3,7 @@
 // typed on the command line override the file; commander's own defaults never do.
 import type { Command } from 'commander';
 import type { ConfigKey, ConfigValues } from '../config/config-file.js';
+import { LOG_LEVELS } from '../logger.js';
 
 /** The options given on the command line, by option property. */
 export function commandLineValues(cmd: Command, keys: readonly ConfigKey[]): Record<string, unknown> {
@@ -16,3 +17,9 @@ export function commandLineValues(cmd: Command, keys: readonly ConfigKey[]): Rec
 export function mergeOptions(file: ConfigValues | null, cli: Record<string, unknown>): Record<string, unknown> {
   return { ...(file?.values ?? {}), ...cli };
 }
+
+/** --log-level of both daemons (key log-level in their config files). */
+export const LOG_LEVEL_OPTION = [
+  '--log-level <level>',
+  `${LOG_LEVELS.join(', ')} (default info): lines below it are not written; SIGHUP re-reads it from the config file`,
+] as const;

@@ -19,6 +19,7 @@
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IbnbdError, errorText } from '../errors.js';
+import { silentLogger, type Logger } from '../logger.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { RECONNECT_DEFAULTS, deviceIdOf, formatMapString, policyConflict, type MapRequest } from '../proto/map-string.js';
 import { hostHasRdma } from '../backend/transport.js';
@@ -41,7 +42,7 @@ import {
 
 export interface IbnbdClientOptions extends Partial<SessionOptions> {
   runDir: string;
-  log?: (line: string) => void;
+  log?: Logger;
   /** ctrl_loss_tmo of maps that do not name one (s; -1 = for ever, 0 = RNBD: fail at once). */
   ctrlLossTmo?: number;
   /** fast_io_fail_tmo of maps that do not name one (s; -1 = off). */
@@ -64,12 +65,12 @@ export class IbnbdClient {
   /** The global lock: short local steps only (names, sockets, links, the device table). */
   private readonly lock = new SerialQueue();
   private readonly sessions: ClientSessions;
-  private readonly log: (line: string) => void;
+  private readonly log: Logger;
   private readonly adminTimeoutMs: number;
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly opts: IbnbdClientOptions) {
-    this.log = opts.log ?? (() => undefined);
+    this.log = opts.log ?? silentLogger;
     this.adminTimeoutMs = opts.adminTimeoutMs ?? ADMIN_TIMEOUT_DEFAULT_MS;
     this.sessions = new ClientSessions(
       { onSessionState: (s, state) => this.onSessionState(s, state) },
@@ -142,7 +143,7 @@ export class IbnbdClient {
       });
       return dev.info();
     } catch (e) {
-      if (e instanceof IbnbdError && e.code === 'ETIMEDOUT') this.log(`map of ${req.devicePath} failed: ${e.message}`);
+      if (e instanceof IbnbdError && e.code === 'ETIMEDOUT') this.log.warn(`map of ${req.devicePath} failed: ${e.message}`, { session: req.sessname });
       if (!dev && req.name !== undefined) this.names.release(req.name);
       throw e;
     } finally {
@@ -153,10 +154,10 @@ export class IbnbdClient {
   }
 
   /** The state file, read before the control socket answers (restore.ts). */
-  restore(): Promise<string[]> {
+  async restore(): Promise<void> {
     const state = this.opts.state;
-    if (!state) return Promise.resolve([]);
-    return restoreMappings({
+    if (!state) return;
+    await restoreMappings(this.log, {
       state,
       resolve: (req) => this.resolve(req),
       claim: (name) => this.names.claim(name),
@@ -202,7 +203,7 @@ export class IbnbdClient {
     if (waiting && this.pending.remove(nameOrId)) {
       this.names.release(nameOrId);
       await this.persist();
-      this.log(`unmapped ${nameOrId} (it was not restored)`);
+      this.log.info(`unmapped ${nameOrId} (it was not restored)`, { device: nameOrId });
       return waiting;
     }
     const info = await this.unmapMapped(nameOrId, force);
@@ -220,7 +221,7 @@ export class IbnbdClient {
       const t0 = Date.now();
       await this.teardown(dev, { force: true, inQueue: false, deadline: t0 + this.adminTimeoutMs });
       // how long the in-flight requests took to be cancelled or drained (bounded by io_timeout)
-      this.log(`unmapped ${dev.name} (force, ${Date.now() - t0} ms)`);
+      dev.log.info(`unmapped ${dev.name} (force, ${Date.now() - t0} ms)`);
       return info;
     }
     this.checkNotBusy(dev);
@@ -235,7 +236,7 @@ export class IbnbdClient {
         this.checkNotBusy(dev);
         const info = dev.info();
         await this.teardown(dev, { force: false, inQueue: true, deadline: Date.now() + this.adminTimeoutMs });
-        this.log(`unmapped ${dev.name}`);
+        dev.log.info(`unmapped ${dev.name}`);
         return info;
       });
     } finally {
@@ -312,7 +313,7 @@ export class IbnbdClient {
           return Promise.all(
             devs.map((dev) =>
               this.teardown(dev, { force: true, inQueue: false, deadline }).catch((e) =>
-                this.log(`unmap ${dev.name} at shutdown: ${String(e)}`),
+                dev.log.warn(`unmap ${dev.name} at shutdown: ${String(e)}`),
               ),
             ),
           );
@@ -366,7 +367,7 @@ export class IbnbdClient {
         // the link went down (and maybe up) since the OPEN: the session's loss reached its other
         // devices only; this one follows now (a re-open pass queued behind this job re-opens it)
         dev.sessionLost();
-        this.log(`${dev.name}: the session lost its link while it was being mapped; ${dev.stateReason}`);
+        dev.log.warn(`${dev.name}: the session lost its link while it was being mapped; ${dev.stateReason}`);
       }
       return dev;
     } catch (e) {
@@ -386,6 +387,7 @@ export class IbnbdClient {
     const socketPath = join(this.vhostDir, `${name}.sock`);
     const linkPath = join(this.devicesDir, linkNameFor(deviceId, session.sessname, this.devices));
     let vhost: VhostBlk | undefined;
+    const devLog = this.log.child({ session: session.sessname, device: name });
     try {
       await mkdir(this.vhostDir, { recursive: true, mode: 0o755 });
       await mkdir(this.devicesDir, { recursive: true, mode: 0o755 });
@@ -409,8 +411,9 @@ export class IbnbdClient {
           // ctrl_loss_tmo=0: what the last path had in flight fails with it, as in RNBD; else it
           // is held until sessionLost() applies the device's policy
           holdOnLoss: req.ctrlLossTmo !== 0,
+          name, // the `device` of its native log lines
         },
-        (ev: VhostEvent) => this.log(`${name}: ${describeEvent(ev)}`),
+        (ev: VhostEvent) => devLog.info(`${name}: ${describeEvent(ev)}`),
       );
       vhost.start();
       await rm(linkPath, { force: true });
@@ -423,10 +426,10 @@ export class IbnbdClient {
       if (req.name === undefined) this.names.release(name); // a claimed name is its caller's to give back
       throw e;
     }
-    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, { ...req, name }, session, open, vhost, this.log);
+    const dev = new MappedDevice(index, name, deviceId, socketPath, linkPath, { ...req, name }, session, open, vhost, devLog);
     this.devices.set(name, dev);
     session.devices.add(name);
-    this.log(`mapped ${req.devicePath} of session ${req.sessname} as ${name} (${socketPath})`);
+    dev.log.info(`mapped ${req.devicePath} of session ${req.sessname} as ${name} (${socketPath})`);
     return dev;
   }
 
@@ -473,7 +476,7 @@ export class IbnbdClient {
     const s = dev.session;
     const r = await s.queue.runWithin(deadline - Date.now(), () => this.closeOnServer(dev, epoch, deadline));
     if (r === QUEUE_BUSY && dev.state === 'open') {
-      this.log(
+      dev.log.warn(
         `${dev.name}: no CLOSE sent for server device ${dev.open.deviceId}: session ${s.sessname} is not usable, its ` +
           `earlier admin requests (waiting for the server) did not finish within the ${this.adminTimeoutMs / 1000} s ` +
           'admin timeout; the server keeps the device open until that session closes',
@@ -489,15 +492,15 @@ export class IbnbdClient {
     const why =
       s.closed ? 'closed' : s.state !== 'open' ? 'disconnected' : s.linkEpoch !== epoch ? 'reconnected since' : undefined;
     if (why) {
-      this.log(`${dev.name}: no CLOSE sent for server device ${id}: session ${s.sessname} is ${why}, the server dropped the device with it`);
+      dev.log.info(`${dev.name}: no CLOSE sent for server device ${id}: session ${s.sessname} is ${why}, the server dropped the device with it`);
       return;
     }
     const left = deadline - Date.now();
     if (left <= 0) {
-      this.log(`${dev.name}: no CLOSE sent for server device ${id}: no time left of the ${this.adminTimeoutMs / 1000} s admin timeout`);
+      dev.log.warn(`${dev.name}: no CLOSE sent for server device ${id}: no time left of the ${this.adminTimeoutMs / 1000} s admin timeout`);
       return;
     }
-    await closeDevice(s, id, left).catch((e) => this.log(`CLOSE of ${dev.name} on the server failed: ${String(e)}`));
+    await closeDevice(s, id, left).catch((e) => dev.log.warn(`CLOSE of ${dev.name} on the server failed: ${String(e)}`));
   }
 
   /** An OPEN answered after its timeout: the server has a device open that no mapping uses;
@@ -506,21 +509,27 @@ export class IbnbdClient {
   private undoLateOpen(session: ClientSession, epoch: number, devicePath: string, open: OpenRspMsg): void {
     const id = open.deviceId;
     const what = `session ${session.sessname}: OPEN of '${devicePath}' answered after the admin timeout (server device ${id})`;
+    const log = this.sessionLog(session);
     void session.queue
       .run(async () => {
         if (session.closed || session.linkEpoch !== epoch) {
-          this.log(`${what}: the session closed or lost its link since; nothing to undo`);
+          log.info(`${what}: the session closed or lost its link since; nothing to undo`);
           return;
         }
         const user = this.sessionDevices(session).find((d) => d.state === 'open' && d.open.deviceId === id);
         if (user) {
-          this.log(`${what}: ${user.name} has that id now; kept`);
+          log.info(`${what}: ${user.name} has that id now; kept`);
           return;
         }
-        this.log(`${what}: sending CLOSE`);
-        await closeDevice(session, id).catch((e) => this.log(`${what}: CLOSE failed: ${errorText(e)}`));
+        log.info(`${what}: sending CLOSE`);
+        await closeDevice(session, id).catch((e) => log.warn(`${what}: CLOSE failed: ${errorText(e)}`));
       })
       .catch(() => undefined);
+  }
+
+  /** The lines about one session carry its name. */
+  private sessionLog(session: ClientSession): Logger {
+    return this.log.child({ session: session.sessname });
   }
 
   private sessionDevices(session: ClientSession): MappedDevice[] {
@@ -539,12 +548,13 @@ export class IbnbdClient {
   // off from the server id here, synchronously, before any re-OPEN of this session can be sent.
   private onSessionState(session: ClientSession, state: SessionState): void {
     const devs = this.sessionDevices(session);
+    const log = this.sessionLog(session);
     if (state === 'closed') {
       for (const dev of devs) dev.sessionLost();
       const by = (s: string) => devs.filter((d) => d.state === s).map((d) => d.name).join(', ');
       const waiting = by('reconnecting');
       const closed = by('closed');
-      this.log(
+      log.warn(
         `session ${session.sessname}: every path lost; reconnecting` +
           (waiting ? `; waiting (IO held by ctrl_loss_tmo/fast_io_fail_tmo): ${waiting}` : '') +
           (closed ? `; closed (IO fails with IOERR): ${closed}` : '') +
@@ -553,7 +563,7 @@ export class IbnbdClient {
       return;
     }
     const names = devs.map((d) => d.name).join(', ') || 'no devices';
-    this.log(`session ${session.sessname}: connected again; re-opening ${names}`);
+    log.info(`session ${session.sessname}: connected again; re-opening ${names}`);
     const epoch = session.linkEpoch;
     // in the session's queue, after the maps and unmaps of it queued before: its set of devices
     // changes under it only by a forced unmap (checked after each await)
@@ -564,10 +574,10 @@ export class IbnbdClient {
           stillMapped: (dev) => this.devices.get(dev.name) === dev,
           stale: () => session.linkEpoch !== epoch || session.closed || this.sessions.get(session.sessname) !== session || !!this.stopping,
           undoLateOpen: (devicePath, late) => this.undoLateOpen(session, epoch, devicePath, late),
-          log: this.log,
+          log,
         }),
       )
-      .catch((e) => this.log(`session ${session.sessname}: re-open failed: ${String(e)}`));
+      .catch((e) => log.warn(`session ${session.sessname}: re-open failed: ${String(e)}`));
   }
 
 }

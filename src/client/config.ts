@@ -21,6 +21,7 @@ export const CLIENT_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'admin-timeout', prop: 'adminTimeout', type: 'integer' },
   { key: 'auth-keys', prop: 'authKeys', type: 'string' },
   { key: 'metrics', prop: 'metrics', type: 'string' },
+  { key: 'log-level', prop: 'logLevel', type: 'string' },
 ];
 
 function checkClientValue(prop: string, value: unknown): void {

@@ -15,6 +15,9 @@ import { IbnbdClient } from './client.js';
 import { parseMetricsAddress } from '../metrics/address.js';
 import type { MetricsServer } from '../metrics/http.js';
 import { StateFile } from './state-file.js';
+import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger, type LogLevel } from '../logger.js';
+import { applyReload } from '../config/reload.js';
+import { routeNativeLogs } from '../backend/native-log.js';
 
 export interface ClientDaemonOptions {
   control: string;
@@ -45,6 +48,8 @@ export interface ClientDaemonOptions {
   authKeys?: string;
   /** --metrics ADDR:PORT: where GET /metrics is served (Prometheus); undefined: no endpoint. */
   metrics?: string;
+  /** --log-level: lines below it (the native addon's too) are not written; SIGHUP moves it. */
+  logLevel?: LogLevel;
 }
 
 /** --admin-timeout's range (s). */
@@ -111,6 +116,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   if (!Number.isInteger(maxReconnectAttempts) || maxReconnectAttempts < -1 || maxReconnectAttempts > 1 << 30) {
     throw new IbnbdError('EINVAL', `--max-reconnect-attempts: ${maxReconnectAttempts} is not -1 (forever) or an integer from 0 to ${1 << 30}`);
   }
+  const logLevel = parseLogLevel(o.logLevel ?? 'info');
   // read now: an unreadable or world-readable file stops the start, with the reason
   if (o.authKeys !== undefined) loadKeysFile(o.authKeys, false);
   if (o.metrics !== undefined) parseMetricsAddress(o.metrics);
@@ -129,6 +135,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     adminTimeout,
     authKeys: o.authKeys,
     metrics: o.metrics,
+    logLevel,
   };
 }
 
@@ -146,7 +153,7 @@ export class ClientDaemon {
 
   #keys: AuthKeys | null;
 
-  constructor(readonly opts: ClientDaemonOptions, private readonly log: (line: string) => void) {
+  constructor(readonly opts: ClientDaemonOptions, private readonly log: Logger) {
     this.#keys = opts.authKeys !== undefined ? loadKeysFile(opts.authKeys, false) : null;
     this.client = new IbnbdClient({
       secretOf: (sessname) => this.#keys?.secrets.get(sessname),
@@ -178,17 +185,17 @@ export class ClientDaemon {
       // bound before anything is restored, so a port in use stops the start with nothing to undo;
       // loaded only when asked for: a daemon without --metrics never loads prom-client
       const { startClientMetrics } = await import('../metrics/client-metrics.js');
-      this.metrics = await startClientMetrics(parseMetricsAddress(this.opts.metrics), this.client, this.log);
-      this.log(`metrics at http://${this.metrics.address}/metrics`);
+      this.metrics = await startClientMetrics(parseMetricsAddress(this.opts.metrics), this.client, (m) => this.log.warn(m));
+      this.log.info(`metrics at http://${this.metrics.address}/metrics`);
     }
-    for (const line of await this.client.restore()) this.log(line);
+    await this.client.restore();
     await this.control.listen();
     const attempts = this.opts.maxReconnectAttempts ?? CLIENT_DEFAULTS.maxReconnectAttempts;
     const ctrl = this.opts.ctrlLossTmo ?? CLIENT_DEFAULTS.ctrlLossTmo;
     const fast = this.opts.fastIoFailTmo ?? CLIENT_DEFAULTS.fastIoFailTmo;
     const ioTimeout = this.opts.ioTimeout ?? CLIENT_DEFAULTS.ioTimeout;
     const adminTimeout = this.opts.adminTimeout ?? CLIENT_DEFAULTS.adminTimeout;
-    this.log(
+    this.log.info(
       `client daemon: control socket ${this.opts.control}, run dir ${this.opts.runDir}, state dir ${this.opts.stateDir}, ` +
         `lost paths redialled at most ${this.opts.reconnectDelayMs ?? CLIENT_DEFAULTS.reconnectDelayMs} ms apart ` +
         `${attempts < 0 ? 'forever' : `at most ${attempts} times`}; ` +
@@ -212,12 +219,12 @@ export class ClientDaemon {
 
   /** SIGHUP: the keys file again, for sessions created from now on; on an error the old keys stay. */
   reloadKeys(): void {
-    if (this.opts.authKeys === undefined) return this.log('SIGHUP: no --auth-keys file to reload');
+    if (this.opts.authKeys === undefined) return this.log.info('SIGHUP: no --auth-keys file to reload');
     try {
       this.#keys = loadKeysFile(this.opts.authKeys, false);
-      this.log(`SIGHUP: ${this.#keys.secrets.size} session secret(s) reloaded from ${this.opts.authKeys}; sessions already up keep theirs`);
+      this.log.info(`SIGHUP: ${this.#keys.secrets.size} session secret(s) reloaded from ${this.opts.authKeys}; sessions already up keep theirs`);
     } catch (e) {
-      this.log(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
+      this.log.warn(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
     }
   }
 
@@ -228,7 +235,7 @@ export class ClientDaemon {
       await this.client.shutdown();
       await rm(join(this.opts.runDir, 'vhost'), { recursive: true, force: true }).catch(() => undefined);
       await rm(join(this.opts.runDir, 'devices'), { recursive: true, force: true }).catch(() => undefined);
-      this.log('client daemon: stopped');
+      this.log.info('client daemon: stopped');
     })();
     return this.stopping;
   }
@@ -240,16 +247,17 @@ export async function runClientDaemon(
   /** the config file and how to read the options again (file under command line), for SIGHUP */
   config?: { file: string; reread: () => Partial<ClientDaemonOptions> },
 ): Promise<number> {
-  const log = (line: string) => process.stderr.write(`ibnbd client: ${line}\n`);
   const opts = validateClientOptions(options);
+  const log: DaemonLogger = daemonLogger({ daemon: 'client', level: opts.logLevel });
+  routeNativeLogs(log);
   const daemon = new ClientDaemon(opts, log);
   await daemon.start();
   // systemd (Type=notify): ready once the restored mappings are served and the control socket answers
-  const service = serviceNotifier({ info: log, warn: log });
+  const service = serviceNotifier(log);
   service.ready(`${daemon.mappings()} device(s) mapped; control socket ${opts.control}`);
   return new Promise<number>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
-      log(`${sig}: shutting down`);
+      log.info(`${sig}: shutting down`);
       service.stopping();
       process.off('SIGHUP', onHup);
       process.off('SIGTERM', onSignal);
@@ -257,25 +265,23 @@ export async function runClientDaemon(
       daemon.stop().then(
         () => resolve(0),
         (e) => {
-          log(`shutdown failed: ${String(e)}`);
+          log.error(`shutdown failed: ${String(e)}`);
           resolve(1);
         },
       );
     };
     // SIGHUP: the config file and the keys file again; the keys change for sessions created from
-    // now on, anything else that changed needs a restart
+    // now on, the log level at once, anything else that changed needs a restart
     let current = options;
     const onHup = () => {
       if (config) {
         try {
           const next = config.reread();
-          const restart = [...new Set([...Object.keys(current), ...Object.keys(next)])]
-            .filter((k) => k !== 'authKeys' && JSON.stringify((current as Record<string, unknown>)[k]) !== JSON.stringify((next as Record<string, unknown>)[k]));
-          if (restart.length) log(`SIGHUP: ${config.file} changes ${restart.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')}: takes effect at the next restart`);
+          applyReload(log, config.file, current, next);
           current = next;
           if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
         } catch (e) {
-          return log(`SIGHUP: ${errorText(e)}; nothing changed`);
+          return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
         }
       }
       daemon.reloadKeys();

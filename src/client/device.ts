@@ -9,6 +9,7 @@ import type { OpenRspMsg } from '../proto/ibnbd.js';
 import type { MapRequest } from '../proto/map-string.js';
 import type { TransportKind as Transport } from '../transport/paths.js';
 import type { ClientSession } from './session.js';
+import { silentLogger, type Logger } from '../logger.js';
 
 export type DeviceState = 'open' | 'reconnecting' | 'closed';
 
@@ -69,7 +70,8 @@ export class MappedDevice {
     /** The last successful OPEN_RSP (the map's, then each re-OPEN's). */
     public open: OpenRspMsg,
     readonly vhost: VhostBlk,
-    private readonly log: (line: string) => void = () => undefined,
+    /** its lines carry its session and name */
+    readonly log: Logger = silentLogger,
   ) {}
 
   /** open: the server knows the device under open.deviceId and the vhost IO path uses it. */
@@ -118,7 +120,7 @@ export class MappedDevice {
         this.#nativeNotOpen(false);
         this.#reason = `${LOST}; fast_io_fail_tmo (${fast} s) expired: IO fails until the device is open again` +
           (ctrl < 0 ? '' : `; closed after ctrl_loss_tmo (${ctrl} s)`);
-        this.log(`${this.name}: fast_io_fail_tmo (${fast} s) expired: its IO fails now, reconnecting goes on`);
+        this.log.warn(`${this.name}: fast_io_fail_tmo (${fast} s) expired: its IO fails now, reconnecting goes on`);
       });
     }
     if (ctrl > 0) {
@@ -127,7 +129,7 @@ export class MappedDevice {
           `ctrl_loss_tmo (${ctrl} s) expired: session disconnected, every path to the server lost since ` +
             `${this.#since.toISOString()}; IO fails; re-opened if the session reconnects`,
         );
-        this.log(`${this.name}: ${this.#reason}`);
+        this.log.warn(`${this.name}: ${this.#reason}`);
       });
     }
   }

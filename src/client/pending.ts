@@ -7,6 +7,7 @@ import { errorText, toIbnbdError } from '../errors.js';
 import { RECONNECT_DEFAULTS, deviceIdOf } from '../proto/map-string.js';
 import type { DeviceInfo, MappedRequest } from './device.js';
 import { describePathSpecs } from './session.js';
+import type { Logger } from '../logger.js';
 
 interface Pending {
   name: string;
@@ -29,7 +30,7 @@ export class PendingMappings {
      *  mapping is unmapped meanwhile: the attempt then undoes what it made. */
     private readonly attempt: (name: string, request: MappedRequest, wanted: () => boolean) => Promise<void>,
     private readonly retryMs: (request: MappedRequest) => number,
-    private readonly log: (line: string) => void,
+    private readonly log: Logger,
   ) {}
 
   has(name: string): boolean {
@@ -50,7 +51,7 @@ export class PendingMappings {
     const reason = errorText(error);
     const p: Pending = { name, request, socketPath, reason, refused: refusedBy(error), since: new Date(), attempts: 1 };
     this.#byName.set(name, p);
-    this.log(`${name}: not restored: ${reason}; trying again every ${this.retryMs(request) / 1000} s`);
+    this.log.warn(`${name}: not restored: ${reason}; trying again every ${this.retryMs(request) / 1000} s`, { device: name, session: request.sessname });
     this.#schedule(p);
   }
 
@@ -113,7 +114,7 @@ export class PendingMappings {
       this.attempt(p.name, p.request, () => this.#byName.get(p.name) === p && !this.#stopped).then(
         () => {
           if (this.#byName.get(p.name) === p) this.#byName.delete(p.name);
-          this.log(`${p.name}: restored after ${p.attempts + 1} attempts`);
+          this.log.info(`${p.name}: restored after ${p.attempts + 1} attempts`, { device: p.name, session: p.request.sessname });
         },
         (e: unknown) => {
           if (this.#byName.get(p.name) !== p) return;

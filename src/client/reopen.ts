@@ -9,6 +9,7 @@ import type { OpenRspMsg } from '../proto/ibnbd.js';
 import { closeDevice, openDevice, sessInfo } from './admin.js';
 import type { MappedDevice } from './device.js';
 import type { ClientSession } from './session.js';
+import type { Logger } from '../logger.js';
 
 export interface ReopenContext {
   /** The session's devices, in map order. */
@@ -19,7 +20,8 @@ export interface ReopenContext {
   stale(): boolean;
   /** An OPEN answered after its admin timeout: undo it in the session's turn. */
   undoLateOpen(devicePath: string, late: OpenRspMsg): void;
-  log(line: string): void;
+  /** the session's logger */
+  log: Logger;
 }
 
 export async function reopenDevices(session: ClientSession, ctx: ReopenContext): Promise<void> {
@@ -33,7 +35,7 @@ export async function reopenDevices(session: ClientSession, ctx: ReopenContext):
     if (stale()) return;
     const why = `SESS_INFO after reconnect failed: ${errorText(e)}`;
     for (const dev of devs) dev.markClosed(why);
-    log(`session ${session.sessname}: ${why}; devices stay closed until the next reconnect`);
+    log.warn(`session ${session.sessname}: ${why}; devices stay closed until the next reconnect`);
     return;
   }
   for (const dev of devs) {
@@ -48,7 +50,7 @@ export async function reopenDevices(session: ClientSession, ctx: ReopenContext):
       if (stale()) return;
       if (!ctx.stillMapped(dev)) continue; // unmapped (forced) meanwhile
       dev.markClosed(`re-OPEN after reconnect failed: ${errorText(e)}`);
-      log(`${dev.name}: ${dev.stateReason}; it stays closed (IO fails) until the next reconnect or unmap`);
+      dev.log.warn(`${dev.name}: ${dev.stateReason}; it stays closed (IO fails) until the next reconnect or unmap`);
       continue;
     }
     if (stale()) return; // answered by a connection that is gone again: nothing to rely on
@@ -63,7 +65,7 @@ export async function reopenDevices(session: ClientSession, ctx: ReopenContext):
       dev.markClosed(
         `re-OPEN after reconnect: logical block size changed from ${dev.open.logicalBlockSize} to ${open.logicalBlockSize}`,
       );
-      log(`${dev.name}: ${dev.stateReason}; it stays closed`);
+      dev.log.warn(`${dev.name}: ${dev.stateReason}; it stays closed`);
       continue;
     }
     const newSize = Number(open.nsectors) * 512;
@@ -73,15 +75,15 @@ export async function reopenDevices(session: ClientSession, ctx: ReopenContext):
       } catch (e) {
         await closeDevice(session, open.deviceId).catch(() => undefined);
         dev.markClosed(`re-OPEN after reconnect: unusable size ${newSize}: ${errorText(e)}`);
-        log(`${dev.name}: ${dev.stateReason}`);
+        dev.log.warn(`${dev.name}: ${dev.stateReason}`);
         continue;
       }
-      log(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
+      dev.log.info(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
     }
     const held = dev.state === 'reconnecting' ? heldRequests(dev) : 0;
     dev.vhost.setServerDeviceId(open.deviceId); // held requests are re-submitted first, in order
     dev.markReopened(open);
-    log(
+    dev.log.info(
       `${dev.name}: re-opened ${dev.request.devicePath} as server device ${open.deviceId}` +
         (held > 0 ? `; ${held} held requests resubmitted` : ''),
     );

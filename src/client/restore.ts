@@ -2,11 +2,12 @@
 // across restarts"), before its control socket answers: the file read (a bad one is moved aside
 // by state-file.ts), every name reserved first, then every mapping made again under its name, in
 // parallel; what cannot be made yet is kept and retried (pending.ts). Entries the file holds but
-// no daemon could use are written aside as they were, never dropped. Returns the lines to log.
+// no daemon could use are written aside as they were, never dropped; each outcome is logged.
 import { writeFile } from 'node:fs/promises';
 import { errorText } from '../errors.js';
 import type { MapRequest } from '../proto/map-string.js';
 import type { MappedRequest } from './device.js';
+import type { Logger } from '../logger.js';
 import type { StateFile } from './state-file.js';
 
 export interface RestoreHost {
@@ -23,18 +24,17 @@ export interface RestoreHost {
   persist(): Promise<void>;
 }
 
-export async function restoreMappings(host: RestoreHost): Promise<string[]> {
+export async function restoreMappings(log: Logger, host: RestoreHost): Promise<void> {
   const { state } = host;
   const loaded = await state.load();
-  const report: string[] = [];
   if (loaded.quarantined) {
-    report.push(`state file unusable (${loaded.quarantined.reason}); kept as ${loaded.quarantined.path}; starting with no mappings`);
+    log.warn(`state file unusable (${loaded.quarantined.reason}); kept as ${loaded.quarantined.path}; starting with no mappings`);
   }
   if (loaded.rejected.length > 0) {
     const aside = `${state.path}.rejected-${new Date().toISOString().replace(/[:.]/g, '-')}`;
     // as they were, with why: nothing of the user's is dropped
     await writeFile(aside, `${JSON.stringify(loaded.rejected.map((r) => ({ reason: r.reason, entry: r.raw })), null, 1)}\n`, { mode: 0o600 });
-    for (const r of loaded.rejected) report.push(`mapping ${r.entry} not restored: ${r.reason} (kept in ${aside})`);
+    for (const r of loaded.rejected) log.warn(`mapping ${r.entry} not restored: ${r.reason} (kept in ${aside})`, { device: r.entry });
   }
   const todo: Array<{ name: string; request: MappedRequest }> = [];
   for (const m of loaded.mappings) {
@@ -42,7 +42,7 @@ export async function restoreMappings(host: RestoreHost): Promise<string[]> {
     try {
       request = host.resolve(m.request);
     } catch (e) {
-      report.push(`mapping ${m.name} not restored: ${errorText(e)}`);
+      log.warn(`mapping ${m.name} not restored: ${errorText(e)}`, { device: m.name });
       continue;
     }
     if (!host.claim(m.name)) continue; // a duplicate: load() refuses those already
@@ -52,13 +52,12 @@ export async function restoreMappings(host: RestoreHost): Promise<string[]> {
     todo.map(async ({ name, request }) => {
       try {
         await host.restoreOne(name, request);
-        report.push(`mapping ${name} restored: ${request.devicePath} of session ${request.sessname}`);
+        log.info(`mapping ${name} restored: ${request.devicePath} of session ${request.sessname}`, { device: name, session: request.sessname });
       } catch (e) {
         host.keepPending(name, request, e);
-        report.push(`mapping ${name} not restored yet: ${errorText(e)}; kept, retried every reconnect_delay`);
+        log.warn(`mapping ${name} not restored yet: ${errorText(e)}; kept, retried every reconnect_delay`, { device: name, session: request.sessname });
       }
     }),
   );
   await host.persist();
-  return report;
 }

@@ -58,13 +58,13 @@ export async function handleAdmin(
       }
       case 'OPEN': {
         if (DROP_OPEN !== undefined && msg.devName === DROP_OPEN) {
-          log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(msg.devName)} left unanswered (IBNBD_FAULT_DROP_OPEN, a test hook)`);
+          log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(msg.devName)} left unanswered (IBNBD_FAULT_DROP_OPEN, a test hook)`, { device: msg.devName });
           return { errno: 0, noReply: true };
         }
         needReadBuffer(dir, dataLen, OPEN_RSP_SIZE);
         const res = await s.open({ accessMode: msg.accessMode, ioMode: msg.ioMode, devName: msg.devName }, givenUp);
         if (!res.reused) {
-          log.info(`session ${s.sessname}: opened ${msg.devName} as device ${res.deviceId} (${msg.accessMode}, ${res.ioMode})`);
+          log.info(`session ${s.sessname}: opened ${msg.devName} as device ${res.deviceId} (${msg.accessMode}, ${res.ioMode})`, { device: msg.devName });
         }
         return { errno: 0, data: encode(openRsp(res.deviceId, res.geometry)) };
       }
@@ -80,7 +80,7 @@ export async function handleAdmin(
     }
   } catch (e) {
     const err = toIbnbdError(e);
-    if (msg.type === 'OPEN') log.info(`session ${s.sessname}: OPEN ${JSON.stringify(msg.devName)} refused: ${err.toString()}`);
+    if (msg.type === 'OPEN') log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(msg.devName)} refused: ${err.toString()}`, { device: msg.devName });
     return { errno: errnoNumber(err.code) };
   }
 }

@@ -23,6 +23,7 @@ export const SERVER_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'max-devices-per-session', prop: 'maxDevicesPerSession', type: 'integer' },
   { key: 'open-timeout-ms', prop: 'openTimeoutMs', type: 'integer' },
   { key: 'metrics', prop: 'metrics', type: 'string' },
+  { key: 'log-level', prop: 'logLevel', type: 'string' },
 ];
 
 /** Each value on its own, as the daemon checks it (a search path stands in for the required one). */

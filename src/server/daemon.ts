@@ -11,7 +11,9 @@ import type { MetricsServer } from '../metrics/http.js';
 import { validateServerOptions, type RawServerOptions, type ServerOptions } from './options.js';
 import { probe } from './probe.js';
 import { ExportServer, type ServerEvent } from './server.js';
-import { stderrLogger, type Logger } from '../logger.js';
+import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger } from '../logger.js';
+import { applyReload } from '../config/reload.js';
+import { routeNativeLogs } from '../backend/native-log.js';
 import { serviceNotifier } from '../service/systemd.js';
 
 export interface RunningServer {
@@ -57,11 +59,13 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
  */
 export async function runServerDaemon(
   raw: RawServerOptions,
-  log: Logger = stderrLogger('ibnbd-server'),
   /** the config file and how to read the options again (file under command line), for SIGHUP */
   config?: { file: string; reread: () => RawServerOptions },
+  /** default: JSON lines on stderr at --log-level, the native addon's among them */
+  log: DaemonLogger = daemonLogger({ daemon: 'server', level: parseLogLevel(raw.logLevel ?? 'info') }),
 ): Promise<void> {
   const opts = validateServerOptions(raw);
+  routeNativeLogs(log);
   const running = startServer(opts, log);
   if (opts.allow.length) log.info(`connections accepted only from ${opts.allow.join(', ')} (--allow)`);
   if (opts.authKeys) {
@@ -99,7 +103,8 @@ export async function runServerDaemon(
       `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
   );
   // SIGHUP: the config file and the keys file again. The keys change live (sessions already up
-  // stay: they authenticated when they connected); anything else that changed needs a restart.
+  // stay: they authenticated when they connected), so does the log level; anything else that
+  // changed needs a restart.
   let current = raw;
   const onHup = () => {
     let next = current;
@@ -109,8 +114,7 @@ export async function runServerDaemon(
       } catch (e) {
         return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
       }
-      const restart = changedOptions(current, next).filter((k) => k !== 'authKeys');
-      if (restart.length) log.warn(`SIGHUP: ${config.file} changes ${restart.map(optionName).join(', ')}: takes effect at the next restart`);
+      applyReload(log, config.file, current, next);
     }
     if (!next.authKeys) {
       current = { ...next, authKeys: current.authKeys };
@@ -147,15 +151,4 @@ export async function runServerDaemon(
   const sessions = server.sessions.size;
   await running.stop();
   log.info(`stopped (${sessions} session(s) closed, ${server.exports.size} device(s) open)`);
-}
-
-/** The options whose values differ between two readings (arrays compared element by element). */
-function changedOptions(a: RawServerOptions, b: RawServerOptions): string[] {
-  const keys = new Set([...Object.keys(a), ...Object.keys(b)]) as Set<keyof RawServerOptions>;
-  return [...keys].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
-}
-
-/** "maxSessions" → "max-sessions", the option's (and the config key's) name. */
-function optionName(prop: string): string {
-  return prop.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }

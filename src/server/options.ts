@@ -5,6 +5,7 @@ import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
 import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { parseMetricsAddress, type MetricsAddress } from '../metrics/address.js';
+import { parseLogLevel, type LogLevel } from '../logger.js';
 
 export const DEFAULT_PORT = 1234;
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
@@ -36,6 +37,8 @@ export interface ServerOptions {
   limits: ServerLimits;
   /** --metrics: where GET /metrics is served (Prometheus); undefined: no endpoint */
   metrics?: MetricsAddress;
+  /** --log-level: the daemon's logs (and the native addon's) below it are not written */
+  logLevel: LogLevel;
 }
 
 /** The bounds a flood of connections, handshakes or sessions cannot pass (docs/security.md). */
@@ -87,6 +90,7 @@ export interface RawServerOptions {
   maxDevicesPerSession?: string | number;
   openTimeoutMs?: string | number;
   metrics?: string;
+  logLevel?: string;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -173,7 +177,8 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
     openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
   };
+  const logLevel = parseLogLevel(raw.logLevel ?? 'info');
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
   const metrics = raw.metrics === undefined ? undefined : parseMetricsAddress(raw.metrics);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics };
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics, logLevel };
 }

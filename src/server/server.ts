@@ -47,6 +47,7 @@ export class ExportServer {
   readonly exports: ExportTable;
   readonly sessions = new Map<string, ExportSession>();
   readonly #log: Logger;
+  readonly #sessionLogs = new WeakMap<ExportSession, Logger>();
   readonly #dataPath: DataPath;
 
   constructor(
@@ -89,7 +90,7 @@ export class ExportServer {
       maxDevices: this.opts.maxDevicesPerSession,
     });
     this.sessions.set(sessionId, s);
-    this.#log.info(`session ${sessname} (${sessionId}) up`);
+    this.#sessionLog(s).info(`session ${sessname} (${sessionId}) up`, { paths: s.paths });
   }
 
   #sessionDown(sessionId: string): void {
@@ -98,7 +99,14 @@ export class ExportServer {
     this.sessions.delete(sessionId);
     const n = s.devices.size;
     s.closeAll();
-    this.#log.info(`session ${s.sessname} (${sessionId}) down, ${n} device(s) released`);
+    this.#sessionLog(s).info(`session ${s.sessname} (${sessionId}) down, ${n} device(s) released`);
+  }
+
+  /** The lines about one session carry its name (made once a session: its admin messages use it). */
+  #sessionLog(s: ExportSession): Logger {
+    let log = this.#sessionLogs.get(s);
+    if (!log) this.#sessionLogs.set(s, (log = this.#log.child({ session: s.sessname })));
+    return log;
   }
 
   #request(ev: Extract<ServerEvent, { type: 'request' }>): void {
@@ -107,7 +115,7 @@ export class ExportServer {
     const limit = this.opts.openTimeoutMs;
     const d = limit !== undefined ? decode(ev.usr) : null;
     if (!d?.ok || d.msg.type !== 'OPEN') {
-      void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log).then((reply) => this.#answer(ev, reply));
+      void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#sessionLog(s)).then((reply) => this.#answer(ev, reply));
       return;
     }
     // an OPEN, bounded: past the limit it is answered ETIMEDOUT and given up (session.ts)
@@ -120,10 +128,10 @@ export class ExportServer {
     void givenUp.then(() => {
       if (answered) return;
       answered = true;
-      this.#log.warn(`session ${s.sessname}: OPEN ${JSON.stringify(devName)} failed: ETIMEDOUT: opening ${JSON.stringify(devName)} did not finish within ${limit} ms (--open-timeout-ms): a hung device or filesystem?`);
+      this.#sessionLog(s).warn(`session ${s.sessname}: OPEN ${JSON.stringify(devName)} failed: ETIMEDOUT: opening ${JSON.stringify(devName)} did not finish within ${limit} ms (--open-timeout-ms): a hung device or filesystem?`);
       this.#answer(ev, { errno: constants.errno.ETIMEDOUT });
     });
-    void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#log, givenUp).then((reply) => {
+    void handleAdmin(s, ev.usr, ev.dir, ev.dataLen, this.#sessionLog(s), givenUp).then((reply) => {
       clearTimeout(timer);
       if (answered) return;
       answered = true;
@@ -147,7 +155,7 @@ export class ExportServer {
       for (const d of s.devices.values()) {
         if (d.exp.name === deviceName) {
           s.forceClose(d.deviceId);
-          this.#log.info(`force-closed ${deviceName} of session ${sessname} (device id ${d.deviceId})`);
+          this.#sessionLog(s).info(`force-closed ${deviceName} of session ${sessname} (device id ${d.deviceId})`, { device: deviceName });
           return { sessname, device_id: d.deviceId };
         }
       }

@@ -76,6 +76,9 @@ test.serial('the right secret maps and verifies; no secret, a wrong one and a sq
   t.deepEqual((await sessions(server.control)).map((s) => s.sessname).sort(), before.map((s) => s.sessname).sort(), 'no session was created by a refused client');
   t.false((await devices(server.control)).some((d) => String(d.block_dev).endsWith('c.img')), 'nothing was opened for a refused client');
   t.regex(server.log(), /handshake from ip:127\.0\.0\.1:\d+ refused \(EACCES\): authentication failed: session 'vm-3' offered no proof/, 'the attempt is logged with the peer address');
+  const refusal = server.entries().find((e) => e.msg.includes("session 'vm-3' offered no proof"))!;
+  t.like(refusal, { level: 'warn', native: true, component: 'tcp-server' }, 'a native line, at warn');
+  t.regex(refusal.path ?? '', /^ip:127\.0\.0\.1:\d+$/, 'the peer in its own field');
   t.regex(server.log(), /refused \(EACCES\): authentication failed for session 'vm-1'/);
   const again = await verify(dev.socket, 4);
   t.is(again.code, 0, `the real client is unaffected by the squatters: ${JSON.stringify(again.json)}`);

@@ -122,6 +122,7 @@ test.serial('a device whose re-OPEN fails stays closed with the reason; its old 
   t.log(`kept.img re-opened as server device ${keptOpen.server_device_id} (was ${kept.server_device_id}; gone.img had ${gone.server_device_id})`);
   t.is(keptOpen.size, 48 * MiB, 'the re-OPEN updated the capacity');
   t.regex(s.client.log(), /ibnbd1: capacity changed from 33554432 to 50331648 bytes/);
+  t.like(s.client.entries().find((e) => e.msg.startsWith('ibnbd1: capacity changed')), { level: 'info', daemon: 'client', device: 'ibnbd1' });
   const info = await blkio(['--path', kept.socket, 'info']);
   t.is(info.json.capacity, 48 * MiB, 'a front-end sees the new capacity');
   const goneShown = await show(s.client, gone.name);

@@ -41,6 +41,7 @@ test.serial('OPENs that hang (in open, in the probe) fail alone with ETIMEDOUT; 
   t.true(fastMs < slowMs && listedMs < slowMs, 'the rest went on while the OPEN hung');
   t.true(slowMs >= 2900 && slowMs < scaled(20_000), `failed at --open-timeout-ms, not before (${slowMs} ms)`);
   t.regex(server.log(), /session hs: OPEN "slow\.img" failed: ETIMEDOUT: opening "slow\.img" did not finish within 3000 ms/);
+  t.like(server.entries().find((e) => e.msg.startsWith('session hs: OPEN "slow.img" failed')), { level: 'warn', daemon: 'server', session: 'hs' });
   const p = await slowProbe;
   t.is(p.code, 110, `a device that opens and then hangs in its probe: ETIMEDOUT too (${p.stderr})`);
   t.regex(server.log(), /session hp: OPEN "probe\.img" failed: ETIMEDOUT/);

@@ -15,6 +15,7 @@ test('reports the versions it was built against', (t) => {
   // the product addon carries the product only; test and benchmark bindings are in ibnbd_test.node
   t.deepEqual(Object.keys(loadNative()).sort(), [
     'NativeClientSession', 'NativeServer', 'NativeVhostBlk', 'buildInfo', 'configureIoThreads', 'ioThreadCount', 'linkProbe', 'probeDevice', 'sdNotify',
+    'setLogLevel', 'setLogSink',
   ]);
 });
 

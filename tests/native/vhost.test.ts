@@ -6,6 +6,7 @@ import test from 'ava';
 import { join } from 'node:path';
 import { loadNative } from '../../src/backend/native.js';
 import { VhostBlk, validateVhostOptions } from '../../src/backend/vhost.js';
+import type { NativeLogLine } from '../../src/backend/native-log.js';
 import {
   IO_THREADS,
   MiB,
@@ -180,7 +181,12 @@ const MALFORMED = [
 test.serial('malformed vhost-user messages: front-end disconnected, device survives, another device keeps serving', async (t) => {
   const srv = serveFile(t, 64 * MiB);
   const m = await mapDevice(t, srv.port, 'disk.img');
-  const victim = startDevice(t, optionsFromRsp(m, join(srv.dir, 'victim.sock'), { queues: 2 }));
+  // the device's native log lines, as a daemon gets them: its name, level and component
+  const lines: NativeLogLine[] = [];
+  const logs = loadNative<{ setLogSink(fn: ((l: NativeLogLine) => void) | null): void }>();
+  logs.setLogSink((l) => lines.push(l));
+  t.teardown(() => logs.setLogSink(null));
+  const victim = startDevice(t, { ...optionsFromRsp(m, join(srv.dir, 'victim.sock'), { queues: 2 }), name: 'victim0' });
   const other = startDevice(t, optionsFromRsp(m, join(srv.dir, 'other.sock')));
   // the other device is busy the whole time
   const busy = blkio(['--path', other.socket, '--qd', '8', '--count', '240', '--seed', '51', '--min-size', '4096', '--max-size', '131072', '--offset', String(32 * MiB), '--span', String(32 * MiB), '--queues', '1', 'verify'], 120_000);
@@ -191,6 +197,8 @@ test.serial('malformed vhost-user messages: front-end disconnected, device survi
   }
   t.true(victim.vhost.stats().protocolErrors >= MALFORMED.length - 2, 'protocol errors counted');
   t.true(victim.events.some((e) => e.type === 'error'), 'errors reported to JS');
+  t.true(await waitFor(() => lines.some((l) => l.device === 'victim0')), 'the native log says which device');
+  t.like(lines.find((l) => l.device === 'victim0' && l.msg.startsWith('protocol error, disconnecting the front-end: ')), { level: 40, component: 'vhost-blk' });
   const b = await busy;
   t.is(b.code, 0, JSON.stringify(b.json) + b.stderr);
   // the victim itself serves the next, well-behaved front-end

@@ -34,10 +34,46 @@ export async function ibnbdJson<T = Record<string, any>>(args: string[], timeout
   return JSON.parse(r.stdout) as T;
 }
 
+/** One line of a daemon's stderr (docs/operations.md, "Logs"). */
+export interface LogEntry {
+  level: string;
+  time: string;
+  daemon: string;
+  msg: string;
+  session?: string;
+  device?: string;
+  path?: string;
+  native?: boolean;
+  component?: string;
+  [key: string]: unknown;
+}
+
+/** A daemon's stderr, line by line: JSON lines parsed; anything else (a crash's text, a line
+ *  still being written) kept as its msg, level '?'. */
+export function parseLog(text: string): LogEntry[] {
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => {
+      try {
+        const e = JSON.parse(l) as unknown;
+        if (e !== null && typeof e === 'object' && typeof (e as LogEntry).msg === 'string') return e as LogEntry;
+      } catch {
+        // not JSON: below
+      }
+      return { level: '?', time: '', daemon: '', msg: l };
+    });
+}
+
 export interface Daemon {
   proc: ChildProcess;
   control: string;
+  /** The messages, one a line, as written (JSON escapes undone): what the tests' regexes read. */
   log(): string;
+  /** Every line with its fields. */
+  entries(): LogEntry[];
+  /** stderr as the daemon wrote it. */
+  raw(): string;
   /** SIGTERM (or the given signal); resolves with the exit code once it exited. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
@@ -68,7 +104,7 @@ function startDaemon(t: ExecutionContext, args: string[], control: string, env?:
       const probe = net.connect(control);
       probe.once('connect', () => {
         probe.destroy();
-        resolve({ proc, control, log: () => log, stop });
+        resolve({ proc, control, log: () => parseLog(log).map((e) => e.msg).join('\n'), entries: () => parseLog(log), raw: () => log, stop });
       });
       probe.once('error', () => {
         probe.destroy();

@@ -76,6 +76,15 @@ test('the example config files of packaging/config are valid', (t) => {
   const server = readServerConfig(join(projectRoot, 'packaging', 'config', 'server.toml'))!;
   t.is(server.values.devSearchPath, '/srv/ibnbd/%SESSNAME%');
   t.is(server.values.maxBufferMemory, '8G');
+  t.is(server.values.logLevel, 'info');
   const client = readClientConfig(join(projectRoot, 'packaging', 'config', 'client.toml'))!;
-  t.deepEqual(client.values, { reconnectDelay: 2, ctrlLossTmo: 600, fastIoFailTmo: -1, ioTimeout: 30, adminTimeout: 30 });
+  t.deepEqual(client.values, { reconnectDelay: 2, ctrlLossTmo: 600, fastIoFailTmo: -1, ioTimeout: 30, adminTimeout: 30, logLevel: 'info' });
+});
+
+test('log-level: a key of both daemons, held to --log-level\'s names', (t) => {
+  t.deepEqual(readServerConfig(file(t, 'server.toml', 'dev-search-path = "/srv"\nlog-level = "debug"\n'))!.values, { devSearchPath: '/srv', logLevel: 'debug' });
+  t.deepEqual(readClientConfig(file(t, 'client.toml', 'log-level = "warn"\n'))!.values, { logLevel: 'warn' });
+  const e = t.throws(() => readClientConfig(file(t, 'client.toml', 'log-level = "loud"\n')), { code: 'EINVAL' })!;
+  t.regex(e.message, /client\.toml:1: key 'log-level': --log-level "loud": must be one of trace, debug, info, warn, error/);
+  t.throws(() => readServerConfig(file(t, 'server.toml', 'dev-search-path = "/srv"\nlog-level = 3\n')), { code: 'EINVAL', message: /key 'log-level': expected a string, got an integer/ });
 });

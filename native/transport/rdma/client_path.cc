@@ -27,6 +27,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/log.h"
 #include "transport/core/auth.h"
 #include "transport/core/fault.h"
 #include "transport/core/policy.h"
@@ -54,8 +55,8 @@ struct ConnRspOut {
 // The map fails with EACCES and "authentication failed" alone (session.ts); the reason goes to
 // this daemon's log, once per attempt.
 void RdmaClientSession::AuthFailed(Path* p, const char* why) {
-  fprintf(stderr, "ibnbd: rdma session %s path %s: authentication failed: %s\n", opts_.sessname.c_str(),
-          p->spec.dst.addr.c_str(), why);
+  LogMsg(LogLevel::kError, {.component = "rdma-session", .session = opts_.sessname.c_str(), .path = p->spec.dst.addr.c_str()},
+         "session %s path %s: authentication failed: %s", opts_.sessname.c_str(), p->spec.dst.addr.c_str(), why);
   SetLastError(std::string("authentication failed: ") + why);
 }
 

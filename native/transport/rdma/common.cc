@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 
+#include "common/log.h"
 #include "transport/rdma/gid.h"
 #include "transport/rdma/rdma.h"
 #include "transport/wire.h"
@@ -31,8 +32,10 @@ void SetLastError(const std::string& msg) {
 }
 
 void DebugLog(const std::string& msg) {
-  static const bool on = getenv("IBNBD_RDMA_DEBUG") != nullptr;
-  if (on) fprintf(stderr, "ibnbd rdma: %s\n", msg.c_str());
+  // --log-level debug shows them; IBNBD_RDMA_DEBUG, the older switch, raises them to info so they
+  // show at the default level too
+  static const LogLevel level = getenv("IBNBD_RDMA_DEBUG") != nullptr ? LogLevel::kInfo : LogLevel::kDebug;
+  LogMsg(level, {"rdma"}, "%s", msg.c_str());
 }
 
 const char* LastRdmaError() { return transport::LastCreateError(); }

@@ -25,8 +25,8 @@ namespace ibnbd::rdma {
 void SetLastError(const std::string& msg);
 // The reason recorded last on this thread ("" for none).
 const char* LastRdmaError();
-// Logs to stderr when IBNBD_RDMA_DEBUG is set: connection decisions that are not errors of a
-// call (a rejected request, a path closed by the peer) and would otherwise leave no trace.
+// Logs at debug level (info with IBNBD_RDMA_DEBUG set): connection decisions that are not errors
+// of a call (a rejected request, a path closed by the peer) and would otherwise leave no trace.
 void DebugLog(const std::string& msg);
 
 // 0 when at least one verbs device exists, else -ENODEV with the reason recorded.

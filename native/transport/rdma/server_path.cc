@@ -26,6 +26,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/log.h"
 #include "transport/core/auth.h"
 #include "transport/rdma/auth_proof.h"
 #include "transport/rdma/server_internal.h"
@@ -137,8 +138,8 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
     // With keys, a path gets in with a proof (our client), or, without one, under a name the
     // keys file opens to unauthenticated peers (the kernel's client, which cannot give one).
     if (!bad && opts_.auth && opts_.auth->required() && !proven && (p->auth || !opts_.auth->OpenOverRdma(name))) {
-      fprintf(stderr, "ibnbd: rdma server: session '%s' from %s refused (EACCES): authentication failed%s\n",
-              name.c_str(), p->src.c_str(),
+      LogMsg(LogLevel::kWarn, {.component = "rdma-server", .session = name.c_str(), .path = p->src.c_str()},
+             "session '%s' from %s refused (EACCES): authentication failed%s", name.c_str(), p->src.c_str(),
               p->auth ? "" : " (no proof; over RDMA only the names the keys file marks 'rdma-unauthenticated' get in without one)");
       // our client is told so, outside mu_ (a failed send closes the path: RequestClose); the
       // kernel's only sees its path closed

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "common/log.h"
 #include "transport/core/allow.h"
 #include "transport/core/auth.h"
 #include "transport/core/fault.h"
@@ -164,8 +165,9 @@ void RdmaServer::OnConnectRequest(rdma_cm_event* ev, std::unique_ptr<Conn>* reje
   int err = 0;
   const auto& pc = ev->param.conn;
   if (opts_.allow && !opts_.allow->Allows(rdma_get_peer_addr(ev->id))) {
-    fprintf(stderr, "ibnbd: rdma server: connection from %s refused (EACCES): not in --allow\n",
-            FormatSockaddr(rdma_get_peer_addr(ev->id)).c_str());
+    const std::string peer = FormatSockaddr(rdma_get_peer_addr(ev->id));
+    LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = peer.c_str()},
+           "connection from %s refused (EACCES): not in --allow", peer.c_str());
     err = -EACCES;
   } else if (!pc.private_data || pc.private_data_len < sizeof(req)) {
     err = -EINVAL;
@@ -309,8 +311,9 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
   if (it == sessions_.end()) {
     if (!(req.flags & wire::kFirstConn)) return -ENXIO;
     if (sessions_.size() >= opts_.limits.max_sessions) {
-      fprintf(stderr, "ibnbd: rdma server: new session from %s refused (EBUSY): --max-sessions %u reached\n",
-              FormatSockaddr(rdma_get_peer_addr(id)).c_str(), opts_.limits.max_sessions);
+      const std::string peer = FormatSockaddr(rdma_get_peer_addr(id));
+      LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = peer.c_str()},
+             "new session from %s refused (EBUSY): --max-sessions %u reached", peer.c_str(), opts_.limits.max_sessions);
       return -EBUSY;
     }
     auto ns = std::make_unique<SrvSession>();
@@ -348,14 +351,16 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
       }
     if (pending >= opts_.limits.max_pending && oldest) {
       if (handshake_evicted_++ % 1000 == 0)
-        fprintf(stderr, "ibnbd: rdma server: %u paths still connecting (--max-pending-handshakes): the oldest is closed "
-                "for the newest (%llu so far)\n", opts_.limits.max_pending, (unsigned long long)handshake_evicted_);
+        LogMsg(LogLevel::kWarn, {"rdma-server"},
+               "%u paths still connecting (--max-pending-handshakes): the oldest is closed for the newest (%llu so far)",
+               opts_.limits.max_pending, (unsigned long long)handshake_evicted_);
       ClosePathLocked(oldest);
     }
     const size_t chunks_len = size_t(s->qd) * s->chunk_size;
     if (reserved_bytes_ + chunks_len > opts_.limits.max_buffer_bytes) {
-      fprintf(stderr, "ibnbd: rdma server: path from %s refused (ENOMEM): its chunks would pass --max-buffer-memory\n",
-              FormatSockaddr(rdma_get_peer_addr(id)).c_str());
+      const std::string peer = FormatSockaddr(rdma_get_peer_addr(id));
+      LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = peer.c_str()},
+             "path from %s refused (ENOMEM): its chunks would pass --max-buffer-memory", peer.c_str());
       return -ENOMEM;
     }
     auto np = std::make_unique<SrvPath>();
@@ -380,8 +385,9 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
   for (auto* sp : s->paths)
     for (auto& c : sp->conns) conns += c ? 1 : 0;
   if (conns >= opts_.limits.max_conns_per_session) {
-    fprintf(stderr, "ibnbd: rdma server: connection of session %s refused (EBUSY): --max-conns-per-session %u reached\n",
-            p->src.c_str(), opts_.limits.max_conns_per_session);
+    LogMsg(LogLevel::kWarn, {.component = "rdma-server", .session = s->name.c_str(), .path = p->src.c_str()},
+           "connection of session %s refused (EBUSY): --max-conns-per-session %u reached", p->src.c_str(),
+           opts_.limits.max_conns_per_session);
     return -EBUSY;
   }
   *out = p;
@@ -431,9 +437,9 @@ void RdmaServer::ExpireHandshakesLocked() {
   handshake_expired_ += late.size();
   if (!late.empty() && now - handshake_logged_ns_ >= 1000000000ull) {
     handshake_logged_ns_ = now;
-    fprintf(stderr, "ibnbd: rdma server: path from %s closed: its set-up did not finish within %u ms "
-            "(--handshake-timeout-ms; %llu so far)\n", late.front()->src.c_str(), opts_.limits.handshake_timeout_ms,
-            (unsigned long long)handshake_expired_);
+    LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = late.front()->src.c_str()},
+           "path from %s closed: its set-up did not finish within %u ms (--handshake-timeout-ms; %llu so far)",
+           late.front()->src.c_str(), opts_.limits.handshake_timeout_ms, (unsigned long long)handshake_expired_);
   }
 }
 
@@ -569,7 +575,7 @@ void RdmaServer::Stop() {
   if (Reaper::Get().Drain(10000)) {
     rdma_destroy_event_channel(ch_);
   } else {
-    fprintf(stderr, "ibnbd: rdma server: a connection teardown is stuck in the kernel after 10 s; stopping anyway\n");
+    LogMsg(LogLevel::kError, {"rdma-server"}, "a connection teardown is stuck in the kernel after 10 s; stopping anyway");
   }
   ch_ = nullptr;
   close(wake_fd_);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "common/log.h"
 #include "transport/core/auth.h"
 #include "transport/tcp/client_internal.h"
 #include "transport/tcp/frames.h"
@@ -29,8 +30,8 @@ int TcpClientSession::AnswerChallenge(int fd, const std::vector<uint8_t>& reques
     HandshakeRsp rsp;
     if ((rc = DecodeHandshakeRsp(b, &rsp)) != 0) return rc;
     if (rsp.err != 0) return rsp.err;
-    fprintf(stderr, "ibnbd: tcp session %s: the server did not authenticate itself (it has no keys?)\n",
-            opt_.sessname.c_str());
+    LogMsg(LogLevel::kError, {.component = "tcp-session", .session = opt_.sessname.c_str()},
+           "session %s: the server did not authenticate itself (it has no keys?)", opt_.sessname.c_str());
     return -EACCES;
   }
   if ((rc = RecvAllBefore(fd, b + kHandshakeRspSize, kAuthChallengeSize - kHandshakeRspSize, deadline_ns)) != 0)
@@ -51,8 +52,8 @@ int TcpClientSession::AnswerChallenge(int fd, const std::vector<uint8_t>& reques
                           request.data(), transcript_len, proof.client_proof))
     return -EACCES;
   if (!core::ProofsEqual(expect, ch.server_proof)) {
-    fprintf(stderr, "ibnbd: tcp session %s: the server's proof is wrong: it does not hold this session's secret\n",
-            opt_.sessname.c_str());
+    LogMsg(LogLevel::kError, {.component = "tcp-session", .session = opt_.sessname.c_str()},
+           "session %s: the server's proof is wrong: it does not hold this session's secret", opt_.sessname.c_str());
     return -EACCES;
   }
   uint8_t out[kAuthProofSize];

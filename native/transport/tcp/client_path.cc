@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "transport/core/auth.h"
 #include "transport/core/policy.h"
 #include "transport/tcp/client_internal.h"
@@ -382,8 +383,9 @@ void TcpClientSession::PathFailed(ClientPath* p, uint64_t gen, const char* why) 
   if (now - p->fail_log_ns.load() >= 1000000000ull) {
     p->fail_log_ns.store(now);
     const uint32_t more = p->fail_unlogged.exchange(0);
-    fprintf(stderr, "ibnbd: tcp session %s path %s: %s%s\n", opt_.sessname.c_str(), p->dst_str.c_str(), why,
-            more ? (" (and " + std::to_string(more) + " failures of this path not logged since the last line)").c_str() : "");
+    LogMsg(LogLevel::kWarn, {.component = "tcp-session", .session = opt_.sessname.c_str(), .path = p->dst_str.c_str()},
+           "session %s path %s: %s%s", opt_.sessname.c_str(), p->dst_str.c_str(), why,
+           more ? (" (and " + std::to_string(more) + " failures of this path not logged since the last line)").c_str() : "");
   } else {
     p->fail_unlogged.fetch_add(1);
   }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "transport/core/policy.h"
 #include "transport/tcp/client_internal.h"
 #include "transport/tcp/frames.h"
@@ -84,7 +85,8 @@ void TcpClientSession::PostDone(ClientIo* io, int err) {
 void TcpClientSession::Submit(ClientIo* io) {
   EventLoop* l = EventLoop::Current();
   if (l == nullptr || l->index() >= IoThreads::Get().size()) {
-    fprintf(stderr, "ibnbd: ClientSession::Submit outside an IO thread\n");
+    LogMsg(LogLevel::kError, {.component = "tcp-session", .session = opt_.sessname.c_str()},
+           "ClientSession::Submit outside an IO thread");
     return PostDone(io, -EINVAL);
   }
   io->transport_private[kTpLoop] = l->index();

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "transport/core/allow.h"
 #include "transport/core/fault.h"
 #include "transport/tcp/frames.h"
@@ -148,7 +149,7 @@ void TcpServer::OnAccept(int lfd) {
         const uint64_t now = NowNs();
         if (now - last_accept_error_log_ns_ > 60ull * 1000000000ull) {  // once a minute at most
           last_accept_error_log_ns_ = now;
-          fprintf(stderr, "ibnbd: tcp server: accept: %s; not accepting for a second (said once a minute)\n", strerror(e));
+          LogMsg(LogLevel::kError, {"tcp-server"}, "accept: %s; not accepting for a second (said once a minute)", strerror(e));
         }
         IoThreads::Get().loop(0).Modify(lfd, 0);
         paused_.push_back(lfd);
@@ -156,7 +157,8 @@ void TcpServer::OnAccept(int lfd) {
       return;
     }
     if (opt_.allow && !opt_.allow->Allows(reinterpret_cast<sockaddr*>(&peer))) {
-      fprintf(stderr, "ibnbd: tcp server: connection from %s refused: not in --allow\n", FormatSockaddr(peer).c_str());
+      LogMsg(LogLevel::kWarn, {.component = "tcp-server", .path = FormatSockaddr(peer).c_str()}, "connection from %s refused: not in --allow",
+             FormatSockaddr(peer).c_str());
       close(fd);
       continue;
     }
@@ -192,8 +194,8 @@ void TcpServer::LogRefusal(const std::string& peer, int err, const std::string& 
     return;
   }
   refusals_logged_++;
-  fprintf(stderr, "ibnbd: tcp server: handshake from %s refused (%s): %s\n", peer.c_str(),
-          strerrorname_np(-err) ? strerrorname_np(-err) : "?", why.c_str());
+  LogMsg(LogLevel::kWarn, {.component = "tcp-server", .path = peer.c_str()}, "handshake from %s refused (%s): %s", peer.c_str(),
+         strerrorname_np(-err) ? strerrorname_np(-err) : "?", why.c_str());
 }
 
 void TcpServer::Reject(Pending* p, int err, const std::string& why) {
@@ -218,12 +220,12 @@ void TcpServer::Sweep() {
     if (now - p->since_ns > timeout_ns) stale.push_back(fd);
   // one line a sweep, however many: a flood of half-open connections must not flood the log
   if (!stale.empty())
-    fprintf(stderr, "ibnbd: tcp server: no handshake in time from %s%s; closing\n", pending_[stale[0]]->peer.c_str(),
-            stale.size() > 1 ? (" and " + std::to_string(stale.size() - 1) + " more").c_str() : "");
+    LogMsg(LogLevel::kWarn, {"tcp-server"}, "no handshake in time from %s%s; closing", pending_[stale[0]]->peer.c_str(),
+           stale.size() > 1 ? (" and " + std::to_string(stale.size() - 1) + " more").c_str() : "");
   for (int fd : stale) ClosePending(fd);
   if (refusals_unlogged_)
-    fprintf(stderr, "ibnbd: tcp server: %llu more handshakes refused in the last second, not logged one by one\n",
-            static_cast<unsigned long long>(refusals_unlogged_));
+    LogMsg(LogLevel::kWarn, {"tcp-server"}, "%llu more handshakes refused in the last second, not logged one by one",
+           static_cast<unsigned long long>(refusals_unlogged_));
   refusals_logged_ = 0;
   refusals_unlogged_ = 0;
   // listeners paused by EMFILE/ENFILE at accept (OnAccept) are watched again
@@ -240,9 +242,9 @@ void TcpServer::EvictOldestPending() {
     if (p->since_ns < since) since = p->since_ns, oldest = fd;
   if (oldest < 0) return;
   if (evictions_++ % 1000 == 0)
-    fprintf(stderr, "ibnbd: tcp server: %zu handshakes in progress (--max-pending-handshakes): closing the oldest, "
-            "from %s (%llu so far)\n", pending_.size(), pending_[oldest]->peer.c_str(),
-            static_cast<unsigned long long>(evictions_));
+    LogMsg(LogLevel::kWarn, {"tcp-server"},
+           "%zu handshakes in progress (--max-pending-handshakes): closing the oldest, from %s (%llu so far)",
+           pending_.size(), pending_[oldest]->peer.c_str(), static_cast<unsigned long long>(evictions_));
   ClosePending(oldest);
 }
 
@@ -378,8 +380,8 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
     }
   }
   if (!retired.empty())
-    fprintf(stderr, "ibnbd: tcp server: session '%s' path from %s retired: it reconnected\n",
-            req.sessname.c_str(), retired_from.c_str());
+    LogMsg(LogLevel::kInfo, {.component = "tcp-server", .session = req.sessname.c_str(), .path = retired_from.c_str()},
+           "session '%s' path from %s retired: it reconnected", req.sessname.c_str(), retired_from.c_str());
   for (auto& c : retired) c->loop->Post([c] { c->Close(); });
   if (err) return Reject(pend, err, why);
   if (fire_up) {
@@ -439,8 +441,8 @@ void TcpServer::KillPath(const std::shared_ptr<SrvPath>& p, const char* why) {
     }
   }
   if (!stopped_)
-    fprintf(stderr, "ibnbd: tcp server: session '%s' path from %s closed: %s\n", name.c_str(),
-            p->client_addr.c_str(), why);
+    LogMsg(LogLevel::kInfo, {.component = "tcp-server", .session = name.c_str(), .path = p->client_addr.c_str()},
+           "session '%s' path from %s closed: %s", name.c_str(), p->client_addr.c_str(), why);
   for (auto& c : conns) {
     if (!c) continue;
     c->loop->Post([c] { c->Close(); });
@@ -515,8 +517,7 @@ void TcpServer::Stop() {
   std::unique_lock<std::mutex> lk(mu_);
   // Connections close on their IO threads; only a stuck loop can make this take long.
   if (!cv_.wait_for(lk, std::chrono::seconds(30), [&] { return live_sessions_ == 0; }))
-    fprintf(stderr, "ibnbd: tcp server: %d session(s) still closing after 30 s; stopping anyway\n",
-            live_sessions_);
+    LogMsg(LogLevel::kError, {"tcp-server"}, "%d session(s) still closing after 30 s; stopping anyway", live_sessions_);
 }
 
 }  // namespace ibnbd::transport::tcp::server

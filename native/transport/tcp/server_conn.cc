@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "transport/tcp/data_buffers.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/net.h"
@@ -147,8 +148,8 @@ void SrvConn::Dispatch(SrvReq* r) {
 }
 
 void SrvConn::BadFrame(const char* what) {
-  fprintf(stderr, "ibnbd: tcp server: session '%s' from %s: %s; closing the path\n",
-          sess->name.c_str(), path->client_addr.c_str(), what);
+  LogMsg(LogLevel::kWarn, {.component = "tcp-server", .session = sess->name.c_str(), .path = path->client_addr.c_str()},
+         "session '%s' from %s: %s; closing the path", sess->name.c_str(), path->client_addr.c_str(), what);
   Fail(what);
 }
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "common/log.h"
 #include "transport/tcp/frames.h"
 #include "transport/tcp/server_internal.h"
 
@@ -109,8 +110,8 @@ void TcpServer::Fence(const std::shared_ptr<SrvConn>& from, const uint8_t* path_
     if (wait) HoldFenceAckLocked(from, cookie);
   }
   if (!to_close.empty())
-    fprintf(stderr, "ibnbd: tcp server: session '%s' path from %s fenced by the client\n",
-            from->sess->name.c_str(), who.c_str());
+    LogMsg(LogLevel::kInfo, {.component = "tcp-server", .session = from->sess->name.c_str(), .path = who.c_str()},
+           "session '%s' path from %s fenced by the client", from->sess->name.c_str(), who.c_str());
   for (auto& c : to_close) c->loop->Post([c] { c->Close(); });
   if (!wait) from->Queue(FrameKind::kFenceAck, 0, 0, cookie, nullptr);
 }

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
 import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS, runClientDaemon, type ClientDaemonOptions } from '../../client/daemon.js';
 import { CLIENT_CONFIG_KEYS, DEFAULT_CLIENT_CONFIG, readClientConfig } from '../../client/config.js';
-import { commandLineValues, mergeOptions } from '../config-options.js';
+import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions } from '../config-options.js';
 
 /** -1 or a non-negative integer (-1: forever). */
 function attemptsInt(flag: string) {
@@ -87,6 +87,7 @@ export function register(program: Command): void {
       CLIENT_DEFAULTS.adminTimeout,
     )
     .option('--metrics <addr:port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)')
+    .option(...LOG_LEVEL_OPTION)
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): a session whose name is listed authenticates itself and the server (TCP); SIGHUP reloads it')
     .action(async (o: { config?: string }, cmd: Command) => {
       const cli = commandLineValues(cmd, CLIENT_CONFIG_KEYS);

@@ -13,7 +13,7 @@ import { addControlOptions, printResult, sendRequest, type ControlOptions } from
 import { OPEN_POOL_THREADS } from '../../server/device-fds.js';
 import { DEFAULT_SERVER_CONFIG, readServerConfig, SERVER_CONFIG_KEYS } from '../../server/config.js';
 import type { RawServerOptions } from '../../server/options.js';
-import { commandLineValues, mergeOptions } from '../config-options.js';
+import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions } from '../config-options.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -49,6 +49,7 @@ export function register(program: Command): void {
     .option('--io-threads <n>', 'IO threads')
     .option('--metrics <addr:port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)')
     .option('--transport <tcp|rdma|auto>', 'auto (default): TCP, plus RDMA on the same port when the host has an RDMA device')
+    .option(...LOG_LEVEL_OPTION)
     // options after a subcommand's name belong to it (`ibnbd server devices --control S`)
     .enablePositionalOptions()
     .action(async (o: Record<string, unknown>, cmd: Command) => {
@@ -61,7 +62,7 @@ export function register(program: Command): void {
       const raw = options();
       // loaded only here: the introspection commands do not need the native addon
       const { runServerDaemon } = await import('../../server/daemon.js');
-      await runServerDaemon(raw, undefined, { file: configFile ?? DEFAULT_SERVER_CONFIG, reread: options });
+      await runServerDaemon(raw, { file: configFile ?? DEFAULT_SERVER_CONFIG, reread: options });
     });
 
   addControlOptions(
