@@ -2,32 +2,45 @@
 // Builds native/ with node-gyp against the system's Node headers (no header download here).
 // Release always; the sanitizer configuration (Debug: ASan + UBSan) too when IBNBD_SANITIZE=1.
 // Re-running only recompiles what changed (node-gyp's make), so `npm test` stays cheap.
+//
+// --addon-only: the product addon alone (native/binding.gyp's ibnbd_addon_only), what an
+// installed npm package builds (scripts/install.sh); it has no devDependencies, so node-gyp is
+// the one npm runs its install scripts with ($npm_config_node_gyp).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const nativeDir = join(root, 'native');
-const gyp = join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
-const env = { ...process.env, npm_config_nodedir: process.env.npm_config_nodedir || '/usr' };
-const jobs = String(Math.max(1, (await import('node:os')).availableParallelism()));
+const addonOnly = process.argv.includes('--addon-only');
+const localGyp = join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+const gyp = existsSync(localGyp) ? localGyp : process.env.npm_config_node_gyp;
+if (!gyp || !existsSync(gyp)) {
+  console.error('build-native: node-gyp not found (run `npm ci` in a checkout; an install gets npm\'s own)');
+  process.exit(1);
+}
+const nodedir = process.env.npm_config_nodedir || '/usr';
+const env = { ...process.env, npm_config_nodedir: nodedir };
+const jobs = String(Math.max(1, availableParallelism()));
 
-function run(args) {
-  const r = spawnSync(process.execPath, [gyp, ...args, '--nodedir=/usr', `--jobs=${jobs}`], {
+function run(command, extra = []) {
+  const r = spawnSync(process.execPath, [gyp, command, `--nodedir=${nodedir}`, `--jobs=${jobs}`, ...extra], {
     cwd: nativeDir, env, stdio: 'inherit',
   });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
-// configure again whenever the list of sources may have changed: gyp expands it at configure time
+// configure again whenever the list of sources or the mode may have changed: gyp expands the
+// list at configure time
 const sourcesStamp = join(nativeDir, 'build', 'sources.txt');
-const list = spawnSync('bash', ['-c', 'find . -name "*.cc" -not -path "./build*" -not -path "./third_party/*" | sort; cat binding.gyp | sha256sum'], { cwd: nativeDir, encoding: 'utf8' }).stdout;
-const { readFileSync, writeFileSync } = await import('node:fs');
+const list = spawnSync('bash', ['-c', 'find . -name "*.cc" -not -path "./build*" -not -path "./third_party/*" | sort; cat binding.gyp | sha256sum'], { cwd: nativeDir, encoding: 'utf8' }).stdout
+  + (addonOnly ? 'addon-only\n' : '');
 const stale = !existsSync(join(nativeDir, 'build', 'Makefile')) || !existsSync(sourcesStamp) || readFileSync(sourcesStamp, 'utf8') !== list;
 if (stale) {
-  run(['configure']);
+  run('configure', ['--', `-Dibnbd_addon_only=${addonOnly ? 1 : 0}`]);
   writeFileSync(sourcesStamp, list);
 }
-run(['build']);
-if (process.env.IBNBD_SANITIZE === '1') run(['build', '--debug']);
+run('build');
+if (process.env.IBNBD_SANITIZE === '1') run('build', ['--debug']);
