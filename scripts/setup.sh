@@ -8,17 +8,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-cache="${IBNBD_CACHE_DIR:-${HOME:-/root}/.cache/ibnbd-vhost}"
-mkdir -p "$cache"
-
-log() { printf 'setup: %s\n' "$*" >&2; }
+. "$here/setup-common.sh"   # $cache, log, the private apt lists (prepare_private_list, apt_private)
 
 # ---------------------------------------------------------------------------------------------
-# Pinned fetched sources. Security uploads change the Debian revision of qemu, never its orig
-# tarball, so the tarball's hash is the pin and the revision is only the first one we try.
-QEMU_SRC_VERSION="1:7.2+dfsg-7+deb12u18"
-QEMU_ORIG="qemu_7.2+dfsg.orig.tar.xz"
-QEMU_ORIG_SHA256="91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f"
+# Pinned fetched sources (libvhost-user's pin is in scripts/libvhost-user.sh).
 LIBBLKIO_VERSION="1.5.0"
 
 APT_PACKAGES=(
@@ -53,93 +46,10 @@ getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 
 # ---------------------------------------------------------------------------------------------
-# Private apt configuration for deb-src and trixie entries, derived from the system's own
-# sources so that no archive host is written in this repository.
-aptdir="$cache/apt"
-system_sources() {
-  # deb822 files first, then one-line lists; print "URI|Signed-By" for Debian's main archive.
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk '
-      BEGIN { RS=""; FS="\n" }
-      {
-        types=""; uris=""; suites=""; signed="";
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^Types:/)     { types=$i;  sub(/^Types:[ \t]*/, "", types) }
-          if ($i ~ /^URIs:/)      { uris=$i;   sub(/^URIs:[ \t]*/, "", uris) }
-          if ($i ~ /^Suites:/)    { suites=$i; sub(/^Suites:[ \t]*/, "", suites) }
-          if ($i ~ /^Signed-By:/) { signed=$i; sub(/^Signed-By:[ \t]*/, "", signed) }
-        }
-        if (types ~ /deb/ && suites ~ /(^| )bookworm( |$)/) print uris "|" signed
-      }' "$f"
-  done
-  if [ -f /etc/apt/sources.list ]; then
-    awk '$1 == "deb" && $3 == "bookworm" { print $2 "|" }' /etc/apt/sources.list
-  fi
-}
-apt_private() {
-  # $1: name of the private list (src | trixie); rest: apt-get arguments.
-  local name="$1"; shift
-  local dir="$aptdir/$name"
-  apt-get -o Dir::Etc::sourcelist="$dir/sources.list" -o Dir::Etc::sourceparts=- \
-          -o Dir::State::Lists="$dir/lists" -o Dir::Cache::archives="$dir/archives" \
-          -o Debug::NoLocking=1 -o APT::Sandbox::User=root "$@"
-}
-prepare_private_list() {
-  # $1: name; $2: line template with @URI@ (one line per system URI)
-  local name="$1" tmpl="$2" line uri signed
-  local dir="$aptdir/$name"
-  mkdir -p "$dir/lists/partial" "$dir/archives/partial"
-  if [ ! -s "$dir/sources.list" ]; then
-    : > "$dir/sources.list.new"
-    while IFS='|' read -r uri signed; do
-      [ -n "$uri" ] || continue
-      case "$uri" in *security*) continue ;; esac
-      line="${tmpl//@URI@/$uri}"
-      if [ -n "$signed" ]; then line="${line//@SIGNED@/[signed-by=$signed]}"; else line="${line//@SIGNED@/}"; fi
-      echo "$line" >> "$dir/sources.list.new"
-    done < <(system_sources)
-    [ -s "$dir/sources.list.new" ] || { log "no Debian bookworm entry in the system's apt sources"; exit 1; }
-    mv "$dir/sources.list.new" "$dir/sources.list"
-  fi
-  if [ ! -f "$dir/updated.stamp" ]; then
-    log "apt-get update for the private '$name' list"
-    apt_private "$name" update -qq
-    touch "$dir/updated.stamp"
-  fi
-}
-
-# ---------------------------------------------------------------------------------------------
 # 2. libvhost-user from Debian's qemu source package (orig tarball pinned by sha256).
-lvu="$cache/libvhost-user"
-if [ ! -f "$lvu/.ok" ] || [ "$(cat "$lvu/.ok")" != "$QEMU_ORIG_SHA256" ]; then
-  srcdir="$cache/qemu-src"
-  mkdir -p "$srcdir"
-  if [ ! -f "$srcdir/$QEMU_ORIG" ] || ! echo "$QEMU_ORIG_SHA256  $srcdir/$QEMU_ORIG" | sha256sum -c --quiet - 2>/dev/null; then
-    prepare_private_list src "deb-src @SIGNED@ @URI@ bookworm main"
-    log "downloading Debian's qemu source package"
-    ( cd "$srcdir" && rm -f ./*.dsc ./*.debian.tar.xz && \
-      { apt_private src source --download-only -qq "qemu=$QEMU_SRC_VERSION" 2>/dev/null || \
-        apt_private src source --download-only -qq qemu; } )
-  fi
-  echo "$QEMU_ORIG_SHA256  $srcdir/$QEMU_ORIG" | sha256sum -c --quiet - || {
-    log "sha256 mismatch for $QEMU_ORIG"; exit 1; }
-  log "unpacking subprojects/libvhost-user"
-  rm -rf "$lvu.tmp" && mkdir -p "$lvu.tmp"
-  tar --no-same-owner -xJf "$srcdir/$QEMU_ORIG" -C "$lvu.tmp" --strip-components=1 --wildcards \
-    '*/subprojects/libvhost-user/*' '*/include/qemu/atomic.h' '*/include/qemu/compiler.h' \
-    '*/include/standard-headers/linux/*'
-  rm -rf "$lvu" && mv "$lvu.tmp" "$lvu"
-  dsc="$(ls "$srcdir"/qemu_*.dsc 2>/dev/null | head -n1)"
-  dsc="${dsc##*/}"; dsc="${dsc#qemu_}"; echo "qemu ${dsc%.dsc} ($QEMU_ORIG sha256 ${QEMU_ORIG_SHA256:0:16}…)" > "$lvu/.version"
-  echo "$QEMU_ORIG_SHA256" > "$lvu/.ok"
-  # the orig tarball is kept for the hash check; the .dsc/.debian.tar are not needed
-fi
-
-# the addon build (native/binding.gyp) compiles it from here; the link is git-ignored
-mkdir -p "$root/native/third_party"
-ln -sfn "$lvu/subprojects/libvhost-user" "$root/native/third_party/libvhost-user"
+# the addon build (native/binding.gyp) compiles it from native/third_party/libvhost-user, a
+# git-ignored link into the cache; an installed package gets it the same way (scripts/install.sh)
+bash "$here/libvhost-user.sh" "$root"
 
 # ---------------------------------------------------------------------------------------------
 # 3. libblkio 1.5.0 from Debian 13 (not in bookworm): a real vhost-user-blk client for tests.

@@ -32,7 +32,9 @@ export function loadNative<T = Record<string, unknown>>(): T {
   if (!cached) {
     const path = nativeAddonPath();
     if (!existsSync(path)) {
-      throw new Error(`ibnbd-vhost: native addon not built (${path}); run \`npm run build\``);
+      // a checkout builds with npm; an installed package built it in its install step (scripts/install.sh)
+      const how = existsSync(join(projectRoot, '.git')) ? '`npm run build`' : '`npm rebuild -g ibnbd-vhost` (with the --prefix it was installed under)';
+      throw new Error(`ibnbd-vhost: native addon not built (${path}); run ${how}`);
     }
     cached = require(path) as Record<string, unknown>;
   }

@@ -39,7 +39,8 @@ export async function versionText(): Promise<string> {
     lines.push(`libvhost-user ${b.libvhostUser}`, `libibverbs ${b.libibverbs}, librdmacm ${b.librdmacm}, liburing ${b.liburing}`);
     if (b.sanitize) lines.push('native addon: the ASan + UBSan build');
   } catch (e) {
-    lines.push(`native addon: not loaded (${(e as Error).message.split('\n')[0]}); \`npm run build\` builds it`);
+    // the message says how to build it, in a checkout or an installed package (backend/native.ts)
+    lines.push(`native addon: not loaded: ${(e as Error).message.split('\n')[0]}`);
   }
   return `${lines.join('\n')}\n`;
 }

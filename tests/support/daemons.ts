@@ -9,7 +9,13 @@ import { projectRoot } from '../../src/backend/native.js';
 import { freePort, sparseFile, tempDir } from '../../harness/fixtures.js';
 import { TEST_TRANSPORT, scaled, testListen } from './transport-under-test.js';
 
-export const cliPath = join(projectRoot, 'bin', 'ibnbd.js');
+/** The `ibnbd` these helpers run: the checkout's, unless a test of an installed package named
+ *  that package's with useCli (an ava file is a process of its own, so this is per file). */
+export let cliPath = join(projectRoot, 'bin', 'ibnbd.js');
+
+export function useCli(path: string): void {
+  cliPath = path;
+}
 
 export interface CliResult {
   code: number;
