@@ -22,9 +22,9 @@
 //      a server frozen 40 s under a verifying writer, a write held on a path io_timeout declares
 //      dead (the newer write stays), unmap --force at a frozen server under QD32;
 //   I. a server with --auth-keys over RDMA: our client with the session's secret maps and passes
-//      verified IO; with a wrong secret, without one, or against a server without keys it is
-//      refused (EACCES where it holds a secret); the kernel client only under a name the file
-//      marks rdma-unauthenticated;
+//      verified IO, and goes on while a squatter without the secret tries its name; a wrong
+//      secret, none, a replayed proof, or a server without keys: EACCES; the kernel client only
+//      under a name the file marks rdma-unauthenticated;
 //   J. a path that connects and then never sends its info request: the server closes it after
 //      --handshake-timeout-ms (its chunks freed), the client's map fails.
 import test from 'ava';
@@ -314,22 +314,37 @@ rnbd_unmap $KI normal; echo "KUNMAP_I $?"
 ${node} ${cliPath} client --control /tmp/clt5.sock --run-dir /tmp/run5 --state-dir /tmp/clt5-state 2> /tmp/clt5.log &
 CLT5=$!
 i=0; while [ ! -S /tmp/clt5.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 26; sleep 0.1; done
-echo "OURS_I_DENIED $(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt5.sock 2>&1 | tr -d '\n')"
-echo "CLTLOG5_I $(grep -o 'authentication failed: [^(]*' /tmp/clt5.log | sort -u | tr '\n' '|')"
 ${node} ${cliPath} client --control /tmp/clt6.sock --run-dir /tmp/run6 --state-dir /tmp/clt6-state --auth-keys /tmp/clt6.keys 2> /tmp/clt6.log &
 CLT6=$!
 i=0; while [ ! -S /tmp/clt6.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 28; sleep 0.1; done
 OUT=$(${IB} map "sessname=vmbad path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt6.sock 2>&1); echo "OURS_I_WRONGKEY $? $(echo $OUT | tr -d '\n')"
 OUT=$(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT} device_path=disk.img transport=rdma" --control /tmp/clt6.sock 2>&1); echo "OURS_I_KEYLESS_SERVER $? $(echo $OUT | tr -d '\n')"
 ${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt6.sock --json > /tmp/m.json; echo "OURS_I_MAP $? $(tr -d '\n' < /tmp/m.json)"
+# a squatter: another client daemon, without the secret, takes the name of the session that is up
+echo "OURS_I_DENIED $(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt5.sock 2>&1 | tr -d '\n')"
+echo "CLTLOG5_I $(grep -o 'authentication failed: [^(]*' /tmp/clt5.log | sort -u | tr '\n' '|')"
+# one daemon fewer before the next starts: under the sanitizer job each takes 120-160 MB; six of
+# them left 640 MB of this 1.5-GiB guest, and a seventh in the 1-GiB guest it had before stalled
+# the kernel (soft lockups) and lost the server
+echo "MEM_I $(grep MemAvailable /proc/meminfo | tr -s ' ')"
+kill -TERM $CLT5; wait $CLT5; echo "CLT5_EXIT $?"
 timeout 120 ${tool('ibnbd-blkio')} --timeout-ms 60000 --path /tmp/run6/vhost/ibnbd0.sock --qd 16 --count 128 --seed 91 --min-size 4096 --max-size ${BLOCK} --span ${64 * MiB} verify > /tmp/vi.json; echo "VERIFY_I $? $(tr -d '\n' < /tmp/vi.json)"
 echo "SESS_I_UP $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
 ${IB} unmap ibnbd0 --control /tmp/clt6.sock > /dev/null; echo "OURS_I_UNMAP $?"
+# a replay: a client daemon with the right secret records its first proof and sends that same
+# recording on its next session (IBNBD_FAULT_REPLAY_AUTH), against a fresh server nonce
+IBNBD_FAULT_REPLAY_AUTH=/tmp/replay.bin ${node} ${cliPath} client --control /tmp/clt8.sock --run-dir /tmp/run8 --state-dir /tmp/clt8-state --auth-keys /tmp/clt6.keys 2> /tmp/clt8.log &
+CLT8=$!
+i=0; while [ ! -S /tmp/clt8.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 30; sleep 0.1; done
+OUT=$(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt8.sock 2>&1); echo "REPLAY_I_FIRST $? $(stat -c %s /tmp/replay.bin 2>/dev/null)"
+${IB} unmap ibnbd0 --control /tmp/clt8.sock > /dev/null
+OUT=$(${IB} map "sessname=vmx path=ip:10.0.2.15:${PORT3} device_path=f.img transport=rdma" --control /tmp/clt8.sock 2>&1); echo "REPLAY_I $? $(echo $OUT | tr -d '\n')"
+kill -TERM $CLT8; wait $CLT8
 echo "CLTLOG_I $(grep -o 'authentication failed: [^(]*' /tmp/clt6.log | sort -u | tr '\n' '|')"
 kill -TERM $CLT6; wait $CLT6
 echo "SRVLOG_I $(grep -c "refused (EACCES): authentication failed" /tmp/srv3.log)"
 echo "SESS_I $(${IB} server sessions --control /tmp/srv3.sock --json | tr -d '\n')"
-kill -TERM $CLT5 $SRV3; wait $CLT5; wait $SRV3; echo "SRV3_EXIT $?"
+kill -TERM $SRV3; wait $SRV3; echo "SRV3_EXIT $?"
 step I done
 
 echo "== J: a path that connects and then says nothing is closed after the server's handshake timeout"
@@ -375,7 +390,7 @@ async function runDaemonsGuest(
   const r = await runGuest({
     ...kernelRnbdGuestOptions(peer),
     cpus: 2,
-    memMiB: 1024,
+    memMiB: 1536, // six daemons under ASan take ~870 MB (scenario I)
     timeoutMs,
     script: script(`${sanitizerEnv}${process.execPath}`),
     // progress for whoever watches a slow run: IBNBD_GUEST_LOG=/path
@@ -569,7 +584,7 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.is(rcJson(out, 'KMAP_I_OPEN').rc, 0, 'one marked rdma-unauthenticated gets in');
   t.is(rcJson(out, 'KWRITE_I').rc, 0);
   t.is(rcJson(out, 'KUNMAP_I').rc, 0);
-  t.regex(line(out, 'OURS_I_DENIED'), /EACCES: session vmx: authentication failed/, 'our client without a secret is refused over RDMA as well: EACCES');
+  t.regex(line(out, 'OURS_I_DENIED'), /EACCES: session vmx: authentication failed/, 'a squatter without the secret, on the name of a session that is up: EACCES');
   const wrong = rcJson(out, 'OURS_I_WRONGKEY');
   t.is(wrong.rc, 13, `a wrong secret: EACCES (${wrong.json})`);
   t.regex(String(wrong.json), /authentication failed/);
@@ -582,11 +597,14 @@ function checkFaultScenarios(t: import('ava').ExecutionContext, out: string, out
   t.is(vi.rc, 0, `I: verified IO on the authenticated session: ${JSON.stringify(vi.json)}`);
   t.deepEqual(JSON.parse(line(out, 'SESS_I_UP')).sessions.map((x: { sessname: string }) => x.sessname), ['vmx'], 'only the proven session is on the server');
   t.is(rcJson(out, 'OURS_I_UNMAP').rc, 0);
+  t.regex(line(out, 'REPLAY_I_FIRST'), /^0 64$/, 'the recording session maps (and its 64-byte proof is recorded)');
+  const replay = rcJson(out, 'REPLAY_I');
+  t.is(replay.rc, 13, `a replayed proof is refused: EACCES (${replay.json})`);
   const cltLog = line(out, 'CLTLOG_I');
   t.regex(cltLog, /the server refused our proof/, "the client daemon's log says the server refused the wrong secret");
   t.regex(cltLog, /the server did not authenticate itself/, "and that the keyless server did not prove the secret");
   t.regex(line(out, 'CLTLOG5_I'), /the server requires a proof for this session name, and this daemon has no secret for it/, 'the daemon without a secret logs why');
-  t.true(Number(line(out, 'SRVLOG_I')) >= 3, 'each refusal is logged (kernel, no proof, wrong proof)');
+  t.true(Number(line(out, 'SRVLOG_I')) >= 4, 'each refusal is logged (kernel, no proof, wrong proof, replay)');
   t.deepEqual(JSON.parse(line(out, 'SESS_I')).sessions.map((x: { sessname: string }) => x.sessname), [], 'no refused session stayed');
   t.is(rcJson(out, 'SRV3_EXIT').rc, 0);
 

@@ -46,4 +46,20 @@ bool FaultStallWrite(uint64_t offset, unsigned* ms) {
   return true;
 }
 
+bool FaultReplayAuth(uint8_t* msg, size_t len) {
+  const char* file = getenv("IBNBD_FAULT_REPLAY_AUTH");
+  if (!file || !*file) return false;
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {  // recorded before: send the recording instead
+    ssize_t n = read(fd, msg, len);
+    close(fd);
+    return n == static_cast<ssize_t>(len);
+  }
+  fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  bool ok = write(fd, msg, len) == static_cast<ssize_t>(len);
+  close(fd);
+  return ok;
+}
+
 }  // namespace ibnbd::transport

@@ -243,6 +243,7 @@ int RdmaClientSession::InfoExchange(Path* p, int timeout_ms) {
         !PathProof(opts_.auth_secret, transport::core::AuthRole::kClient, tail.client_nonce, p->server_nonce,
                    paths_uuid_, p->sess_uuid, req->pathname, tail.proof))
       return -EIO;
+    transport::FaultReplayAuth(reinterpret_cast<uint8_t*>(&tail), sizeof(tail));  // tests only
     memcpy(req_buf + sizeof(*req), &tail, sizeof(tail));
   }
   ibv_sge ssge = {reinterpret_cast<uintptr_t>(req_buf), static_cast<uint32_t>(req_len), p->info.mr->lkey};

@@ -131,12 +131,10 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
     // the cm thread: the client sends the info request as soon as its own side is up)
     bool bad = p->state != PathState::kConnecting;
     for (auto& pc : p->conns) bad = bad || !pc;
-    bad = bad || name.empty() || name.find('/') != std::string::npos || name.find('.') != std::string::npos;
-    for (auto& [k, other] : sessions_)
-      if (other.get() != s && other->name == name) bad = true;  // the kernel's -EPERM
-    if (!s->name.empty() && s->name != name) bad = true;
     // With keys, a path gets in with a proof (our client), or, without one, under a name the
-    // keys file opens to unauthenticated peers (the kernel's client, which cannot give one).
+    // keys file opens to unauthenticated peers (the kernel's client, which cannot give one). As
+    // over TCP, before anything about sessions: a squatter without the secret learns nothing
+    // of the name it tried, and is refused the same way.
     if (!bad && opts_.auth && opts_.auth->required() && !proven && (p->auth || !opts_.auth->OpenOverRdma(name))) {
       LogMsg(LogLevel::kWarn, {.component = "rdma-server", .session = name.c_str(), .path = p->src.c_str()},
              "session '%s' from %s refused (EACCES): authentication failed%s", name.c_str(), p->src.c_str(),
@@ -145,6 +143,12 @@ void RdmaServer::OnInfoReq(SrvPath* p, Conn* c, const uint8_t* buf, uint32_t len
       // kernel's only sees its path closed
       refuse_auth = p->auth || p->knows_refusal;
       bad = !refuse_auth;
+    }
+    if (!refuse_auth) {
+      bad = bad || name.empty() || name.find('/') != std::string::npos || name.find('.') != std::string::npos;
+      for (auto& [k, other] : sessions_)
+        if (other.get() != s && other->name == name) bad = true;  // the kernel's -EPERM
+      if (!s->name.empty() && s->name != name) bad = true;
     }
     if (bad) {
       close_requests_.push_back(p);
