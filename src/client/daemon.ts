@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { errorText, IbnbdError } from '../errors.js';
 import { configureIoThreads } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
+import { takeDaemonSignals } from '../service/signals.js';
 import { serviceNotifier } from '../service/systemd.js';
 import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
@@ -251,43 +252,42 @@ export async function runClientDaemon(
   const log: DaemonLogger = daemonLogger({ daemon: 'client', level: opts.logLevel });
   routeNativeLogs(log);
   const daemon = new ClientDaemon(opts, log);
-  await daemon.start();
+  // before anything listens: a stop or reload during the start waits for it (signals.ts)
+  const signals = takeDaemonSignals();
+  try {
+    await daemon.start();
+  } catch (e) {
+    signals.dispose();
+    throw e;
+  }
   // systemd (Type=notify): ready once the restored mappings are served and the control socket answers
   const service = serviceNotifier(log);
   service.ready(`${daemon.mappings()} device(s) mapped; control socket ${opts.control}`);
-  return new Promise<number>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      log.info(`${sig}: shutting down`);
-      service.stopping();
-      process.off('SIGHUP', onHup);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      daemon.stop().then(
-        () => resolve(0),
-        (e) => {
-          log.error(`shutdown failed: ${String(e)}`);
-          resolve(1);
-        },
-      );
-    };
-    // SIGHUP: the config file and the keys file again; the keys change for sessions created from
-    // now on, the log level at once, anything else that changed needs a restart
-    let current = options;
-    const onHup = () => {
-      if (config) {
-        try {
-          const next = config.reread();
-          applyReload(log, config.file, current, next);
-          current = next;
-          if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
-        } catch (e) {
-          return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
-        }
+  // SIGHUP: the config file and the keys file again; the keys change for sessions created from
+  // now on, the log level at once, anything else that changed needs a restart
+  let current = options;
+  signals.onReload(() => {
+    if (config) {
+      try {
+        const next = config.reread();
+        applyReload(log, config.file, current, next);
+        current = next;
+        if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
+      } catch (e) {
+        return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
       }
-      daemon.reloadKeys();
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onHup);
+    }
+    daemon.reloadKeys();
   });
+  const sig = await signals.stop;
+  signals.dispose();
+  log.info(`${sig}: shutting down`);
+  service.stopping();
+  try {
+    await daemon.stop();
+    return 0;
+  } catch (e) {
+    log.error(`shutdown failed: ${String(e)}`);
+    return 1;
+  }
 }

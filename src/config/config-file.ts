@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
 import { errorText, IbnbdError } from '../errors.js';
 
-export type ConfigType = 'string' | 'integer' | 'size' | 'strings' | 'boolean';
+export type ConfigType = 'string' | 'integer' | 'size' | 'strings' | 'boolean' | 'table';
 
 export interface ConfigKey {
   /** the key in the file: the command-line option without its leading dashes */
@@ -43,6 +43,7 @@ function typeOk(type: ConfigType, v: unknown): boolean {
     case 'size': return (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint' || typeof v === 'string';
     case 'strings': return Array.isArray(v) && v.every((x) => typeof x === 'string');
     case 'boolean': return typeof v === 'boolean';
+    case 'table': return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
   }
 }
 
@@ -52,6 +53,7 @@ const EXPECTED: Record<ConfigType, string> = {
   size: 'an integer of bytes or a string such as "8G"',
   strings: 'an array of strings',
   boolean: 'true or false',
+  table: 'a table',
 };
 
 /** The line a top-level key is set on (the first, as TOML allows one). */

@@ -8,6 +8,8 @@ export const DEFAULT_SERVER_CONFIG = '/etc/ibnbd/server.toml';
 export const SERVER_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'listen', prop: 'listen', type: 'strings' },
   { key: 'dev-search-path', prop: 'devSearchPath', type: 'string' },
+  // [export] name = "PATH" or name = { path = "PATH", read-only = true }: the --export options
+  { key: 'export', prop: 'export', type: 'table' },
   { key: 'control', prop: 'control', type: 'string' },
   { key: 'transport', prop: 'transport', type: 'string' },
   { key: 'queue-depth', prop: 'queueDepth', type: 'integer' },

@@ -14,6 +14,7 @@ import { ExportServer, type ServerEvent } from './server.js';
 import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger } from '../logger.js';
 import { applyReload } from '../config/reload.js';
 import { routeNativeLogs } from '../backend/native-log.js';
+import { takeDaemonSignals } from '../service/signals.js';
 import { serviceNotifier } from '../service/systemd.js';
 
 export interface RunningServer {
@@ -33,7 +34,7 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
   let server: ExportServer | undefined;
   const early: ServerEvent[] = [];
   const native = startNativeServer(opts, (ev) => (server ? server.handleEvent(ev) : early.push(ev)), (m) => log.warn(m));
-  server = new ExportServer(native.port, { devSearchPath: opts.devSearchPath, probe, log, maxDevicesPerSession: opts.limits.maxDevicesPerSession, openTimeoutMs: opts.limits.openTimeoutMs });
+  server = new ExportServer(native.port, { ...(opts.devSearchPath !== undefined ? { devSearchPath: opts.devSearchPath } : {}), exports: opts.exports, probe, log, maxDevicesPerSession: opts.limits.maxDevicesPerSession, openTimeoutMs: opts.limits.openTimeoutMs });
   for (const ev of early.splice(0)) server.handleEvent(ev);
   let stopping: Promise<void> | null = null;
   const s = server;
@@ -66,7 +67,15 @@ export async function runServerDaemon(
 ): Promise<void> {
   const opts = validateServerOptions(raw);
   routeNativeLogs(log);
-  const running = startServer(opts, log);
+  // before anything listens: a stop or reload during the start waits for it (signals.ts)
+  const signals = takeDaemonSignals();
+  let running: ReturnType<typeof startServer>;
+  try {
+    running = startServer(opts, log);
+  } catch (e) {
+    signals.dispose();
+    throw e;
+  }
   if (opts.allow.length) log.info(`connections accepted only from ${opts.allow.join(', ')} (--allow)`);
   if (opts.authKeys) {
     log.info(`sessions authenticate: ${opts.authKeys.secrets.size} secret(s) from ${opts.authKeys.file}` +
@@ -81,6 +90,7 @@ export async function runServerDaemon(
   try {
     await control.listen();
   } catch (e) {
+    signals.dispose();
     await running.stop();
     const err = toIbnbdError(e);
     throw new IbnbdError(err.code, `control socket ${opts.control}: ${err.message}`);
@@ -92,6 +102,7 @@ export async function runServerDaemon(
     try {
       metrics = await startServerMetrics(opts.metrics, server, running.ioStats, (m) => log.warn(m));
     } catch (e) {
+      signals.dispose();
       await control.close();
       await running.stop();
       throw e;
@@ -99,7 +110,8 @@ export async function runServerDaemon(
     log.info(`metrics at http://${metrics.address}/metrics`);
   }
   log.info(
-    `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath}; control ${opts.control}; ` +
+    `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath ?? '(none)'}; ` +
+      `${opts.exports.size} named export(s)${opts.exports.size ? ` (${[...opts.exports.values()].map((e) => `${e.name}${e.readOnly ? ' ro' : ''}`).join(', ')})` : ''}; control ${opts.control}; ` +
       `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
   );
   // SIGHUP: the config file and the keys file again. The keys change live (sessions already up
@@ -129,21 +141,13 @@ export async function runServerDaemon(
       log.warn(`SIGHUP: keys file not reloaded, the previous keys stay: ${errorText(e)}`);
     }
   };
-  process.on('SIGHUP', onHup);
+  signals.onReload(onHup);
   // systemd (Type=notify): ready now that the listeners and the control socket are up
   const service = serviceNotifier(log);
   service.ready(`listening on ${running.bound.join(' ')}; control socket ${opts.control}`);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const on = (sig: NodeJS.Signals) => {
-      process.off('SIGTERM', on);
-      process.off('SIGINT', on);
-      resolve(sig);
-    };
-    process.on('SIGTERM', on);
-    process.on('SIGINT', on);
-  });
-  process.off('SIGHUP', onHup);
+  const signal = await signals.stop;
+  signals.dispose();
   log.info(`${signal}: stopping`);
   service.stopping();
   await control.close();

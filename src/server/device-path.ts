@@ -91,6 +91,15 @@ export async function resolveDevicePath(template: string, sessname: string, devN
   return { searchDir, fullPath, realPath, realSearchDir };
 }
 
+/**
+ * A named export's path on the real filesystem: the file it resolves to is also the only thing
+ * the opened descriptor may be (realSearchDir = realPath: isInside() then means "is it").
+ */
+export async function resolveNamedPath(path: string): Promise<ResolvedDevicePath> {
+  const realPath = await realpathOrThrow(path, 'export');
+  return { searchDir: path, fullPath: path, realPath, realSearchDir: realPath };
+}
+
 /** realpath(3) on libuv's thread pool: a hung filesystem holds a pool thread, not the loop. */
 async function realpathOrThrow(path: string, what: string): Promise<string> {
   try {

@@ -10,7 +10,8 @@ import { IbnbdError } from '../errors.js';
 import type { AccessMode, IoMode } from '../proto/ibnbd.js';
 import { WriterCount } from './access.js';
 import { claim, closeFdSet, deviceName, errnoFromFs, faultDelay, fdPath, openFdSet, openPath, statFd, statPath, type FdSet } from './device-fds.js';
-import { isInside, resolveDevicePath } from './device-path.js';
+import { isInside } from './device-path.js';
+import { locateDevice, type DeviceLocator } from './export-list.js';
 
 export type { FdSet } from './device-fds.js';
 
@@ -119,13 +120,13 @@ export class ExportTable {
    * opens of one export are serialized, so the table never changes under one of them.
    */
   async open(
-    searchPath: string,
+    locator: DeviceLocator,
     sessname: string,
     devName: string,
     mode: AccessMode,
     admit: (exp: Export) => IoMode,
   ): Promise<OpenedDevice> {
-    const where = await resolveDevicePath(searchPath, sessname, devName);
+    const where = await locateDevice(locator, sessname, devName, mode);
     // Never open(2) anything else (a tty, a fifo, a tape that rewinds on open); the type is
     // checked again on the descriptor.
     const pre = await statPath(where.realPath);

@@ -6,6 +6,7 @@ import { SESSNAME_TOKEN } from './device-path.js';
 import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { parseMetricsAddress, type MetricsAddress } from '../metrics/address.js';
 import { parseLogLevel, type LogLevel } from '../logger.js';
+import { parseExportList, type ExportList } from './export-list.js';
 
 export const DEFAULT_PORT = 1234;
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
@@ -25,7 +26,10 @@ export interface ServerOptions {
   /** tcp (our framing), rdma (RTRS on the wire, docs/rdma-transport.md) or auto (default) */
   transport?: ServerTransport;
   listen: ListenAddr[];
-  devSearchPath: string;
+  /** --dev-search-path: device_path is a path under it; undefined when only named exports are served */
+  devSearchPath?: string;
+  /** --export / [export]: device_path names one of these (taken before the search path) */
+  exports: ExportList;
   control: string;
   queueDepth: number;
   maxIoSize: number;
@@ -91,6 +95,8 @@ export interface RawServerOptions {
   openTimeoutMs?: string | number;
   metrics?: string;
   logLevel?: string;
+  /** --export NAME=PATH[,ro] (repeatable), or the config file's [export] table */
+  export?: string[] | Record<string, unknown>;
 }
 
 function invalid(option: string, value: unknown, why: string): IbnbdError {
@@ -143,19 +149,25 @@ function intOption(name: string, v: string | number | undefined, dflt: number, m
   return n;
 }
 
-export function validateServerOptions(raw: RawServerOptions): ServerOptions {
-  const listen = (raw.listen && raw.listen.length > 0 ? raw.listen : ['0.0.0.0', '[::]']).map(parseListen);
-  // no implicit "/": which files and devices clients may open is the operator's explicit choice
-  if (raw.devSearchPath === undefined) {
-    throw new IbnbdError('EINVAL', '--dev-search-path is required: the directory clients may open devices and files under (an explicit "/" is allowed)');
-  }
-  const devSearchPath = raw.devSearchPath;
+function checkSearchPath(devSearchPath: string): void {
   if (!devSearchPath.startsWith('/')) throw invalid('dev-search-path', devSearchPath, 'must be an absolute path');
   if (devSearchPath.includes('\0')) throw invalid('dev-search-path', devSearchPath, 'contains a NUL byte');
   if (devSearchPath.split('/').includes('..')) throw invalid('dev-search-path', devSearchPath, 'has a ".." component');
   if (Buffer.byteLength(devSearchPath.split(SESSNAME_TOKEN).join('x'.repeat(256))) >= 4096 - 256) {
     throw invalid('dev-search-path', devSearchPath, 'too long');
   }
+}
+
+export function validateServerOptions(raw: RawServerOptions): ServerOptions {
+  const listen = (raw.listen && raw.listen.length > 0 ? raw.listen : ['0.0.0.0', '[::]']).map(parseListen);
+  const exports = parseExportList(raw.export);
+  // no implicit "/": which files and devices clients may open is the operator's explicit choice,
+  // a directory or a list of named exports
+  if (raw.devSearchPath === undefined && exports.size === 0) {
+    throw new IbnbdError('EINVAL', '--dev-search-path or --export is required: the directory clients may open devices and files under (an explicit "/" is allowed), or the named exports they may map');
+  }
+  const devSearchPath = raw.devSearchPath;
+  if (devSearchPath !== undefined) checkSearchPath(devSearchPath);
   const control = raw.control ?? DEFAULT_CONTROL_SOCKET;
   if (control.length === 0 || control.includes('\0')) throw invalid('control', control, 'not a socket path');
   if (Buffer.byteLength(control) > 107) throw invalid('control', control, 'longer than a unix socket path may be (107 bytes)');
@@ -180,5 +192,5 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const logLevel = parseLogLevel(raw.logLevel ?? 'info');
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
   const metrics = raw.metrics === undefined ? undefined : parseMetricsAddress(raw.metrics);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics, logLevel };
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics, logLevel, exports };
 }

@@ -7,6 +7,7 @@ import { IbnbdError, toIbnbdError } from '../errors.js';
 import { handleAdmin, type AdminReply } from './admin.js';
 import { decode } from '../proto/ibnbd.js';
 import { ExportTable, type ProbeDevice } from './exports.js';
+import type { ExportList } from './export-list.js';
 import {
   devicesTree,
   sessionsTree,
@@ -34,7 +35,10 @@ export type ServerEvent =
   | { type: 'request'; sessionId: string; requestId: number; dir: 'read' | 'write'; usr: Buffer; dataLen: number };
 
 export interface ExportServerOptions {
-  devSearchPath: string;
+  /** dev_search_path; undefined when only named exports are served */
+  devSearchPath?: string;
+  /** named exports (--export, [export]); none when unset */
+  exports?: ExportList;
   probe: ProbeDevice;
   log?: Logger;
   maxDevicesPerSession?: number;
@@ -85,7 +89,7 @@ export class ExportServer {
     if (this.sessions.has(sessionId)) return;
     const s = new ExportSession(sessionId, sessname, (paths ?? []).map((p) => p.src), {
       exports: this.exports,
-      searchPath: this.opts.devSearchPath,
+      locator: { exports: this.opts.exports ?? new Map(), ...(this.opts.devSearchPath !== undefined ? { searchPath: this.opts.devSearchPath } : {}) },
       dataPath: this.#dataPath,
       maxDevices: this.opts.maxDevicesPerSession,
     });

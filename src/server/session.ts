@@ -6,6 +6,7 @@ import { IbnbdError } from '../errors.js';
 import type { DeviceGeometry } from '../backend/server-native.js';
 import type { AccessMode, IoMode } from '../proto/ibnbd.js';
 import { probeFd, type Export, type ExportTable, type FdSet } from './exports.js';
+import type { DeviceLocator } from './export-list.js';
 
 export const SERVER_PROTO_VER = 2;
 const MAX_DEVICE_ID = 0xffffffff;
@@ -27,8 +28,8 @@ export interface DataPath {
 
 export interface SessionContext {
   exports: ExportTable;
-  /** dev_search_path, %SESSNAME% not yet expanded */
-  searchPath: string;
+  /** named exports, then dev_search_path (%SESSNAME% not yet expanded): what device_path names */
+  locator: DeviceLocator;
   dataPath: DataPath;
   /** devices one session may have open (--max-devices-per-session); more are EMFILE */
   maxDevices?: number;
@@ -123,7 +124,7 @@ export class ExportSession {
     if (this.ctx.maxDevices !== undefined && this.devices.size >= this.ctx.maxDevices) {
       throw new IbnbdError('EMFILE', `session ${this.sessname} has ${this.devices.size} devices open, its most (--max-devices-per-session)`);
     }
-    const opened = await this.ctx.exports.open(this.ctx.searchPath, this.sessname, req.devName, mode, (exp) => {
+    const opened = await this.ctx.exports.open(this.ctx.locator, this.sessname, req.devName, mode, (exp) => {
       const holder = exp.holders.get(this.sessname);
       if (holder) {
         throw new IbnbdError(

@@ -104,7 +104,7 @@ test('bad daemon options fail before anything starts, naming the option', async 
   // no implicit "/": the search path is the operator's choice, said out loud
   const none = await ibnbd(['server', '--control', '/tmp/ibnbd-never.sock']);
   t.is(none.code, 22);
-  t.regex(none.stderr, /--dev-search-path is required/);
+  t.regex(none.stderr, /--dev-search-path or --export is required/);
   const r2 = await ibnbd(['server', '--dev-search-path', 'rel']);
   t.is(r2.code, 22);
   t.regex(r2.stderr, /--dev-search-path "rel": must be an absolute path/);

@@ -126,18 +126,19 @@ export interface ServerDaemon extends Daemon {
 }
 
 /** port: a given one (a restart on the same address), else a free one. Listens on the transport
- *  under test. env: added to the daemon's environment. */
+ *  under test. env: added to the daemon's environment. searchPath null: no --dev-search-path (named
+ *  exports only, given in extra). */
 export async function startServerDaemon(
   t: ExecutionContext,
   dir: string,
-  searchPath: string,
+  searchPath: string | null,
   extra: string[] = [],
   port?: number,
   env?: Record<string, string>,
 ): Promise<ServerDaemon> {
   port ??= await freePort();
   const control = join(dir, `server-${port}.sock`);
-  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, '--dev-search-path', searchPath, '--control', control, ...extra], control, env);
+  const d = await startDaemon(t, ['server', '--listen', testListen(port), '--transport', TEST_TRANSPORT, ...(searchPath === null ? [] : ['--dev-search-path', searchPath]), '--control', control, ...extra], control, env);
   return { ...d, port };
 }
 

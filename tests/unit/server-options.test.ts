@@ -21,7 +21,7 @@ test('defaults: port 1234 on every address, control socket under /run/ibnbd, no 
   t.is(o.authKeys, null);
   const none = err(() => validateServerOptions({}));
   t.is(none.code, 'EINVAL');
-  t.regex(none.message ?? '', /^--dev-search-path is required/);
+  t.regex(none.message ?? '', /^--dev-search-path or --export is required/);
   t.is(validateServerOptions({ devSearchPath: '/' }).devSearchPath, '/', 'an explicit / is allowed');
   t.is(o.control, '/run/ibnbd/server.sock');
   t.is(o.queueDepth, 512);
