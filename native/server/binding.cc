@@ -176,6 +176,18 @@ class Handler : public transport::ServerHandler {
   std::shared_ptr<EventSink> sink_;
 };
 
+// The bounds of transport.h's Limits from a JS object (checked in src/server/options.ts); the
+// fields it does not give keep the values in `v`.
+transport::Server::Options::LimitValues LimitsFromJs(Napi::Object o, transport::Server::Options::LimitValues v) {
+  v.max_sessions = transport::U32Field(o, "maxSessions", v.max_sessions, 1, 1u << 20);
+  v.max_conns_per_session = transport::U32Field(o, "maxConnsPerSession", v.max_conns_per_session, 2, 1u << 20);
+  v.max_pending = transport::U32Field(o, "maxPendingHandshakes", v.max_pending, 1, 1u << 20);
+  v.handshake_timeout_ms = transport::U32Field(o, "handshakeTimeoutMs", v.handshake_timeout_ms, 100, 600000);
+  if (o.Get("maxBufferBytes").IsNumber())
+    v.max_buffer_bytes = static_cast<uint64_t>(o.Get("maxBufferBytes").As<Napi::Number>().Int64Value());
+  return v;
+}
+
 class NativeServer : public Napi::ObjectWrap<NativeServer> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
@@ -188,6 +200,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
                              InstanceMethod("closeSession", &NativeServer::CloseSession),
                              InstanceMethod("stats", &NativeServer::Stats),
                              InstanceMethod("setAuthKeys", &NativeServer::SetAuthKeys),
+                             InstanceMethod("setLimits", &NativeServer::SetLimits),
                              InstanceMethod("stop", &NativeServer::Stop)}));
   }
 
@@ -212,14 +225,8 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
         transport::U32Field(o, "heartbeatMissedMax", transport::kHeartbeatMissedMax, 0, 1000);
     opt.auth = auth_;
     // the bounds against floods (transport.h, Limits), checked in JS (src/server/options.ts)
-    opt.limits.max_sessions = transport::U32Field(o, "maxSessions", opt.limits.max_sessions, 1, 1u << 20);
-    opt.limits.max_conns_per_session =
-        transport::U32Field(o, "maxConnsPerSession", opt.limits.max_conns_per_session, 2, 1u << 20);
-    opt.limits.max_pending = transport::U32Field(o, "maxPendingHandshakes", opt.limits.max_pending, 1, 1u << 20);
-    opt.limits.handshake_timeout_ms =
-        transport::U32Field(o, "handshakeTimeoutMs", opt.limits.handshake_timeout_ms, 100, 600000);
-    if (o.Get("maxBufferBytes").IsNumber())
-      opt.limits.max_buffer_bytes = static_cast<uint64_t>(o.Get("maxBufferBytes").As<Napi::Number>().Int64Value());
+    limits_->Set(LimitsFromJs(o, limits_->Get()));
+    opt.limits = limits_;
     Napi::Value al = o.Get("allow");  // CIDR strings, checked in JS (src/server/options.ts)
     if (al.IsArray()) {
       auto allow = std::make_shared<transport::core::AllowList>();
@@ -416,6 +423,15 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     return p;
   }
 
+  // setLimits({ maxSessions, ... }): new bounds for a running server (SIGHUP), from the next
+  // accept or handshake on; the fields not given keep their values.
+  Napi::Value SetLimits(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) ThrowErrno(env, EINVAL, "setLimits(limits)");
+    limits_->Set(LimitsFromJs(info[0].As<Napi::Object>(), limits_->Get()));
+    return env.Undefined();
+  }
+
   // setAuthKeys({ name: Buffer }, openOverRdma: string[], required): the keys file, validated in
   // JS (src/auth/keys-file.ts); replaces the last set whole, for handshakes that start after it.
   Napi::Value SetAuthKeys(const Napi::CallbackInfo& info) {
@@ -553,6 +569,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
 
   std::unique_ptr<Handler> handler_;
   std::shared_ptr<transport::core::AuthKeys> auth_ = std::make_shared<transport::core::AuthKeys>();
+  std::shared_ptr<transport::Server::Options::Limits> limits_ = std::make_shared<transport::Server::Options::Limits>();
   std::unique_ptr<transport::Server> server_;
   Napi::ThreadSafeFunction tsfn_;
   std::shared_ptr<EventSink> sink_;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -207,7 +208,7 @@ class Server {
     std::shared_ptr<const core::AllowList> allow;
     // Bounds a flood of connections or sessions cannot pass (docs/security.md): refused with
     // -EBUSY (sessions, connections) or -ENOMEM (buffer memory), and logged.
-    struct Limits {
+    struct LimitValues {
       uint32_t max_sessions = 1024;
       uint32_t max_conns_per_session = 256;  // over all its paths
       uint32_t max_pending = 512;            // handshakes in progress; the oldest goes first
@@ -215,7 +216,26 @@ class Server {
       // request buffers a session may pin: queue depth × max IO size, summed over sessions
       // (TCP) or paths (RDMA, whose chunks are per path)
       uint64_t max_buffer_bytes = 8ull << 30;
-    } limits;
+    };
+    // Shared with the daemon, which changes them while the server runs (SIGHUP). Each is read
+    // where it is checked — an accept, a handshake, the pending sweep, never an IO — so a new
+    // value holds from the next check on; what was admitted before stays.
+    class Limits {
+     public:
+      LimitValues Get() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return v_;
+      }
+      void Set(const LimitValues& v) {
+        std::lock_guard<std::mutex> lock(mu_);
+        v_ = v;
+      }
+
+     private:
+      mutable std::mutex mu_;
+      LimitValues v_;
+    };
+    std::shared_ptr<Limits> limits = std::make_shared<Limits>();
   };
   static std::unique_ptr<Server> Create(const std::string& transport, Options options,
                                         ServerHandler* handler, int* err);

@@ -23,6 +23,17 @@ export interface NativeServerOptions {
   maxBufferBytes?: number;
 }
 
+/** The bounds against floods a running server can be given again (SIGHUP). */
+export type NativeServerLimits = Pick<NativeServerOptions, 'maxSessions' | 'maxConnsPerSession' | 'maxPendingHandshakes' | 'handshakeTimeoutMs' | 'maxBufferBytes'>;
+
+function checkLimits(l: NativeServerLimits): void {
+  checkInt('maxSessions', l.maxSessions, 1, 1 << 20);
+  checkInt('maxConnsPerSession', l.maxConnsPerSession, 2, 1 << 20);
+  checkInt('maxPendingHandshakes', l.maxPendingHandshakes, 1, 1 << 20);
+  checkInt('handshakeTimeoutMs', l.handshakeTimeoutMs, 100, 600_000);
+  checkInt('maxBufferBytes', l.maxBufferBytes, 1, Number.MAX_SAFE_INTEGER);
+}
+
 export type NativeServerEvent =
   | { type: 'session-up'; sessionId: string; sessname: string; uuid: string; paths: PathInfo[] }
   | { type: 'session-down'; sessionId: string }
@@ -81,6 +92,7 @@ interface NativeServerRaw {
   closeSession(sessionId: string): void;
   stats(withIo?: boolean): NativeServerStats;
   setAuthKeys(secrets: Record<string, Buffer>, openOverRdma: string[], required: boolean): void;
+  setLimits(limits: NativeServerLimits): void;
   stop(): Promise<void>;
 }
 
@@ -110,11 +122,7 @@ export class NativeServer {
     checkInt('maxIoSize', opts.maxIoSize, 4096, 16 << 20);
     checkInt('heartbeatMs', opts.heartbeatMs, 1, 3_600_000);
     checkInt('heartbeatMissedMax', opts.heartbeatMissedMax, 0, 1000);
-    checkInt('maxSessions', opts.maxSessions, 1, 1 << 20);
-    checkInt('maxConnsPerSession', opts.maxConnsPerSession, 2, 1 << 20);
-    checkInt('maxPendingHandshakes', opts.maxPendingHandshakes, 1, 1 << 20);
-    checkInt('handshakeTimeoutMs', opts.handshakeTimeoutMs, 100, 600_000);
-    checkInt('maxBufferBytes', opts.maxBufferBytes, 1, Number.MAX_SAFE_INTEGER);
+    checkLimits(opts);
     if (opts.allow !== undefined && (!Array.isArray(opts.allow) || opts.allow.some((c) => typeof c !== 'string'))) {
       throw new IbnbdError('EINVAL', 'allow must be an array of CIDR strings');
     }
@@ -152,6 +160,11 @@ export class NativeServer {
     const secrets: Record<string, Buffer> = Object.create(null) as Record<string, Buffer>;
     for (const [name, secret] of keys?.secrets ?? []) secrets[name] = secret;
     wrap(() => this.#raw.setAuthKeys(secrets, [...(keys?.openOverRdma ?? [])], keys !== null));
+  }
+  /** New bounds, from the next accept or handshake on (what was admitted stays). */
+  setLimits(limits: NativeServerLimits): void {
+    checkLimits(limits);
+    wrap(() => this.#raw.setLimits(limits));
   }
   stop(): Promise<void> {
     return this.#raw.stop();

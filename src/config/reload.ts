@@ -17,9 +17,12 @@ function changedOptions(a: Record<string, unknown>, b: Record<string, unknown>):
   return [...keys].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
 }
 
-/** The new reading against the one in force: the log level moves now, the rest is reported. */
-export function applyReload(log: DaemonLogger, file: string, current: object, next: { logLevel?: unknown }): void {
-  const restart = changedOptions(current as Record<string, unknown>, next as Record<string, unknown>).filter((k) => !LIVE_OPTIONS.has(k));
+/**
+ * The new reading against the one in force: the log level moves now, the rest is reported.
+ * `live`: the daemon's own options it applies itself (the server's bounds), not reported.
+ */
+export function applyReload(log: DaemonLogger, file: string, current: object, next: { logLevel?: unknown }, live: readonly string[] = []): void {
+  const restart = changedOptions(current as Record<string, unknown>, next as Record<string, unknown>).filter((k) => !LIVE_OPTIONS.has(k) && !live.includes(k));
   if (restart.length) log.warn(`SIGHUP: ${file} changes ${restart.map(optionName).join(', ')}: takes effect at the next restart`);
   reloadLogLevel(log, next.logLevel);
 }

@@ -8,7 +8,7 @@ import { serverCommands } from './control-commands.js';
 import { startNativeServer } from './native-port.js';
 import type { NativeServerStats } from '../backend/server-native.js';
 import type { MetricsServer } from '../metrics/http.js';
-import { validateServerOptions, type RawServerOptions, type ServerOptions } from './options.js';
+import { LIMIT_OPTION, LIVE_LIMIT_OPTIONS, parseLimits, validateServerOptions, type RawServerOptions, type ServerLimits, type ServerOptions } from './options.js';
 import { probe } from './probe.js';
 import { ExportServer, type ServerEvent } from './server.js';
 import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger } from '../logger.js';
@@ -23,6 +23,8 @@ export interface RunningServer {
   bound: string[];
   /** new session secrets for handshakes from now on (null: none required) */
   setAuthKeys(keys: AuthKeys | null): void;
+  /** new bounds: the transports' from the next accept or handshake on, the OPEN policy's from the next OPEN */
+  setLimits(limits: ServerLimits): void;
   /** closes every session (devices released) and the transport; idempotent */
   stop(): Promise<void>;
   /** the native sessions, paths and device metrics, for a /metrics scrape */
@@ -42,6 +44,10 @@ export function startServer(opts: ServerOptions, log: Logger): RunningServer {
     server: s,
     bound: native.bound(),
     setAuthKeys: (keys) => native.setAuthKeys(keys),
+    setLimits: (limits) => {
+      native.setLimits(limits);
+      s.setLimits(limits);
+    },
     ioStats: () => native.ioStats(),
     stop: () =>
       (stopping ??= (async () => {
@@ -115,9 +121,20 @@ export async function runServerDaemon(
       `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
   );
   // SIGHUP: the config file and the keys file again. The keys change live (sessions already up
-  // stay: they authenticated when they connected), so does the log level; anything else that
-  // changed needs a restart.
+  // stay: they authenticated when they connected), so do the log level and the bounds; anything
+  // else that changed needs a restart.
   let current = raw;
+  let limits = opts.limits;
+  // the bounds (docs/security.md) change live: the native ones from the next accept or
+  // handshake on, the OPEN policy's from the next OPEN; what was admitted stays
+  const applyLimits = (next: RawServerOptions) => {
+    const fresh = parseLimits(next);
+    const changed = (Object.keys(fresh) as Array<keyof ServerLimits>).filter((k) => fresh[k] !== limits[k]);
+    if (!changed.length) return;
+    running.setLimits(fresh);
+    log.info(`SIGHUP: bounds now ${changed.map((k) => `${LIMIT_OPTION[k]} ${fresh[k]}`).join(', ')} (was ${changed.map((k) => limits[k]).join(', ')})`);
+    limits = fresh;
+  };
   const onHup = () => {
     let next = current;
     if (config) {
@@ -126,7 +143,8 @@ export async function runServerDaemon(
       } catch (e) {
         return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
       }
-      applyReload(log, config.file, current, next);
+      applyReload(log, config.file, current, next, LIVE_LIMIT_OPTIONS);
+      applyLimits(next);
     }
     if (!next.authKeys) {
       current = { ...next, authKeys: current.authKeys };

@@ -3,11 +3,11 @@
 // NativePort the ExportServer drives (respond, attach/detach, in-flight counts, paths).
 // The only file here that knows the binding's shape.
 import { toIbnbdError } from '../errors.js';
-import { NativeServer, type NativeServerEvent, type NativeServerStats } from '../backend/server-native.js';
+import { NativeServer, type NativeServerEvent, type NativeServerLimits, type NativeServerStats } from '../backend/server-native.js';
 import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/transport.js';
 import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
-import type { ServerOptions } from './options.js';
+import type { ServerLimits, ServerOptions } from './options.js';
 import type { AuthKeys } from '../auth/keys-file.js';
 import type { NativePort, ServerEvent } from './server.js';
 import type { AttachSpec } from './session.js';
@@ -17,6 +17,8 @@ export interface NativeServerHandle {
   bound(): string[];
   /** New session secrets for every transport (SIGHUP); null: sessions need none. */
   setAuthKeys(keys: AuthKeys | null): void;
+  /** New bounds for every transport (SIGHUP), from the next accept or handshake on. */
+  setLimits(limits: ServerLimits): void;
   /** Stops listening and closes every session (session-down events follow). */
   stop(): Promise<void>;
   /** Every session with its paths and its devices' per-operation metrics, session ids as the
@@ -61,6 +63,15 @@ function toServerEvent(ev: NativeServerEvent): ServerEvent | null {
   }
 }
 
+/** The bounds the native side checks (the devices per session and the OPEN timeout are JS's). */
+function nativeLimits(l: ServerLimits): NativeServerLimits {
+  return {
+    maxSessions: l.maxSessions, maxConnsPerSession: l.maxConnsPerSession,
+    maxPendingHandshakes: l.maxPendingHandshakes, handshakeTimeoutMs: l.handshakeTimeoutMs,
+    maxBufferBytes: l.maxBufferBytes,
+  };
+}
+
 /** One native transport server (one transport) and its NativePort, ids as the native side has them. */
 function startOne(
   transport: 'tcp' | 'rdma',
@@ -71,6 +82,7 @@ function startOne(
   port: NativePort;
   bound: Endpoint[];
   setAuthKeys(keys: AuthKeys | null): void;
+  setLimits(limits: ServerLimits): void;
   stop(): Promise<void>;
   ioStats(): NativeServerStats['sessions'];
 } {
@@ -79,9 +91,7 @@ function startOne(
     native = new NativeServer(
       {
         transport, listen, queueDepth: opts.queueDepth, maxIoSize: opts.maxIoSize, allow: opts.allow,
-        maxSessions: opts.limits.maxSessions, maxConnsPerSession: opts.limits.maxConnsPerSession,
-        maxPendingHandshakes: opts.limits.maxPendingHandshakes, handshakeTimeoutMs: opts.limits.handshakeTimeoutMs,
-        maxBufferBytes: opts.limits.maxBufferBytes,
+        ...nativeLimits(opts.limits),
       },
       (raw) => {
         const ev = toServerEvent(raw);
@@ -138,7 +148,7 @@ function startOne(
     paths: (sessionId) => toPaths(statsOf(sessionId)?.paths),
     closeSession: (sessionId) => native.closeSession(sessionId),
   };
-  return { port, bound, setAuthKeys: (k) => native.setAuthKeys(k), stop: () => native.stop(), ioStats: () => native.stats(true).sessions };
+  return { port, bound, setAuthKeys: (k) => native.setAuthKeys(k), setLimits: (l) => native.setLimits(nativeLimits(l)), stop: () => native.stop(), ioStats: () => native.stats(true).sessions };
 }
 
 /** RDMA listens where TCP got its ports. A wildcard [::] is dual-stack under rdma_cm (as the
@@ -228,6 +238,7 @@ export function startNativeServer(
     // TCP endpoints as before ("ADDR:PORT"), RDMA ones prefixed "rdma:"
     bound: () => ones.flatMap((o) => o.one.bound.map((e) => (o.transport === 'rdma' ? 'rdma:' : '') + formatEndpoint(e))),
     setAuthKeys: (keys) => ones.forEach((o) => o.one.setAuthKeys(keys)),
+    setLimits: (limits) => ones.forEach((o) => o.one.setLimits(limits)),
     stop: async () => {
       await Promise.all(ones.map((o) => o.one.stop()));
       requests.clear();

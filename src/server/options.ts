@@ -158,6 +158,32 @@ function checkSearchPath(devSearchPath: string): void {
   }
 }
 
+/** The bounds (docs/security.md), also read again by SIGHUP: they change live. */
+export function parseLimits(raw: RawServerOptions): ServerLimits {
+  return {
+    maxSessions: intOption('max-sessions', raw.maxSessions, DEFAULT_LIMITS.maxSessions, 1, 1 << 20),
+    maxConnsPerSession: intOption('max-conns-per-session', raw.maxConnsPerSession, DEFAULT_LIMITS.maxConnsPerSession, 2, 1 << 20),
+    maxPendingHandshakes: intOption('max-pending-handshakes', raw.maxPendingHandshakes, DEFAULT_LIMITS.maxPendingHandshakes, 1, 1 << 20),
+    handshakeTimeoutMs: intOption('handshake-timeout-ms', raw.handshakeTimeoutMs, DEFAULT_LIMITS.handshakeTimeoutMs, 100, 600_000),
+    maxBufferBytes: raw.maxBufferMemory === undefined ? DEFAULT_LIMITS.maxBufferBytes : parseBytes('max-buffer-memory', raw.maxBufferMemory),
+    maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
+    openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
+  };
+}
+
+/** Each bound's option (and config key). */
+export const LIMIT_OPTION: Readonly<Record<keyof ServerLimits, string>> = {
+  maxSessions: 'max-sessions', maxConnsPerSession: 'max-conns-per-session', maxPendingHandshakes: 'max-pending-handshakes',
+  handshakeTimeoutMs: 'handshake-timeout-ms', maxBufferBytes: 'max-buffer-memory', maxDevicesPerSession: 'max-devices-per-session',
+  openTimeoutMs: 'open-timeout-ms',
+};
+
+/** The options SIGHUP applies to a running server, by property (the rest needs a restart). */
+export const LIVE_LIMIT_OPTIONS = [
+  'maxSessions', 'maxConnsPerSession', 'maxPendingHandshakes', 'handshakeTimeoutMs', 'maxBufferMemory',
+  'maxDevicesPerSession', 'openTimeoutMs',
+] as const;
+
 export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const listen = (raw.listen && raw.listen.length > 0 ? raw.listen : ['0.0.0.0', '[::]']).map(parseListen);
   const exports = parseExportList(raw.export);
@@ -180,15 +206,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
     throw invalid('transport', transport, 'must be tcp, rdma or auto');
   }
   const allow = (raw.allow ?? []).map(parseCidr);
-  const limits: ServerLimits = {
-    maxSessions: intOption('max-sessions', raw.maxSessions, DEFAULT_LIMITS.maxSessions, 1, 1 << 20),
-    maxConnsPerSession: intOption('max-conns-per-session', raw.maxConnsPerSession, DEFAULT_LIMITS.maxConnsPerSession, 2, 1 << 20),
-    maxPendingHandshakes: intOption('max-pending-handshakes', raw.maxPendingHandshakes, DEFAULT_LIMITS.maxPendingHandshakes, 1, 1 << 20),
-    handshakeTimeoutMs: intOption('handshake-timeout-ms', raw.handshakeTimeoutMs, DEFAULT_LIMITS.handshakeTimeoutMs, 100, 600_000),
-    maxBufferBytes: raw.maxBufferMemory === undefined ? DEFAULT_LIMITS.maxBufferBytes : parseBytes('max-buffer-memory', raw.maxBufferMemory),
-    maxDevicesPerSession: intOption('max-devices-per-session', raw.maxDevicesPerSession, DEFAULT_LIMITS.maxDevicesPerSession, 1, 1 << 20),
-    openTimeoutMs: intOption('open-timeout-ms', raw.openTimeoutMs, DEFAULT_LIMITS.openTimeoutMs, 100, 600_000),
-  };
+  const limits = parseLimits(raw);
   const logLevel = parseLogLevel(raw.logLevel ?? 'info');
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
   const metrics = raw.metrics === undefined ? undefined : parseMetricsAddress(raw.metrics);

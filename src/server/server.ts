@@ -85,13 +85,21 @@ export class ExportServer {
     }
   }
 
+  /** SIGHUP's new bounds of the OPEN policy: for the next OPEN of every session. */
+  setLimits(limits: { maxDevicesPerSession: number; openTimeoutMs: number }): void {
+    this.opts.maxDevicesPerSession = limits.maxDevicesPerSession;
+    this.opts.openTimeoutMs = limits.openTimeoutMs;
+  }
+
   #sessionUp(sessionId: string, sessname: string, paths?: SessionPathEntry[]): void {
     if (this.sessions.has(sessionId)) return;
+    const opts = this.opts;
     const s = new ExportSession(sessionId, sessname, (paths ?? []).map((p) => p.src), {
       exports: this.exports,
       locator: { exports: this.opts.exports ?? new Map(), ...(this.opts.devSearchPath !== undefined ? { searchPath: this.opts.devSearchPath } : {}) },
       dataPath: this.#dataPath,
-      maxDevices: this.opts.maxDevicesPerSession,
+      // read at each OPEN: SIGHUP may change it (setLimits)
+      get maxDevices() { return opts.maxDevicesPerSession; },
     });
     this.sessions.set(sessionId, s);
     this.#sessionLog(s).info(`session ${sessname} (${sessionId}) up`, { paths: s.paths });

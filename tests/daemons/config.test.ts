@@ -17,7 +17,7 @@ async function waitForLog(log: () => string, re: RegExp, ms = 10_000): Promise<v
   }
 }
 
-test('server: the file sets what the command line does not, the command line wins, SIGHUP says what needs a restart', async (t) => {
+test('server: the file sets what the command line does not, the command line wins, SIGHUP moves the bounds live and says what needs a restart', async (t) => {
   const dir = tempDir(t, 'cfg-srv');
   const ex = join(dir, 'exports');
   mkdirSync(ex);
@@ -32,10 +32,20 @@ test('server: the file sets what the command line does not, the command line win
   t.is(first.code, 0, first.stderr);
   const second = await ibnbd(['map', `sessname=c1 ${testMapTarget(server.port)} device_path=b.img`, '--control', client.control]);
   t.is(second.code, 24, `max-devices-per-session = 1 from the file: EMFILE (${second.stderr})`);
-  // SIGHUP with a changed file: the limit needs a restart, and the log says so
-  writeFileSync(cfg, `transport = "${other}"\nmax-devices-per-session = 1\nmax-sessions = 5\n`);
+  // SIGHUP with a changed file: the bounds change at once (devices per session up, sessions
+  // down to the one that is up), queue-depth needs a restart and the log says so
+  writeFileSync(cfg, `transport = "${other}"\nmax-devices-per-session = 2\nmax-sessions = 1\nqueue-depth = 64\n`);
   server.proc.kill('SIGHUP');
-  await waitForLog(server.log, /SIGHUP: .*server\.toml changes max-sessions: takes effect at the next restart/);
+  await waitForLog(server.log, /SIGHUP: bounds now max-sessions 1, max-devices-per-session 2 \(was 100, 1\)/);
+  await waitForLog(server.log, /SIGHUP: .*server\.toml changes queue-depth: takes effect at the next restart/);
+  t.notRegex(server.log(), /changes [^:]*max-sessions/, 'a bound is not reported as needing a restart');
+  const again = await ibnbd(['map', `sessname=c1 ${testMapTarget(server.port)} device_path=b.img`, '--control', client.control]);
+  t.is(again.code, 0, `max-devices-per-session = 2 after SIGHUP: the second device maps (${again.stderr})`);
+  mkdirSync(join(dir, 'c2'));
+  const client2 = await startClientDaemon(t, join(dir, 'c2'));
+  const other2 = await ibnbd(['map', `sessname=c2 ${testMapTarget(server.port)} device_path=a.img access_mode=ro`, '--control', client2.control]);
+  t.not(other2.code, 0, 'max-sessions = 1 after SIGHUP: a second session is refused');
+  await waitForLog(server.log, /--max-sessions 1/);
   // a file that no longer parses changes nothing and is reported
   writeFileSync(cfg, 'max-sessions = [\n');
   server.proc.kill('SIGHUP');

@@ -310,10 +310,10 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
   SrvSession* s;
   if (it == sessions_.end()) {
     if (!(req.flags & wire::kFirstConn)) return -ENXIO;
-    if (sessions_.size() >= opts_.limits.max_sessions) {
+    if (sessions_.size() >= opts_.limits->Get().max_sessions) {
       const std::string peer = FormatSockaddr(rdma_get_peer_addr(id));
       LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = peer.c_str()},
-             "new session from %s refused (EBUSY): --max-sessions %u reached", peer.c_str(), opts_.limits.max_sessions);
+             "new session from %s refused (EBUSY): --max-sessions %u reached", peer.c_str(), opts_.limits->Get().max_sessions);
       return -EBUSY;
     }
     auto ns = std::make_unique<SrvSession>();
@@ -349,15 +349,15 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
         pending++;
         if (!oldest || q->born_ns < oldest->born_ns) oldest = q.get();
       }
-    if (pending >= opts_.limits.max_pending && oldest) {
+    if (pending >= opts_.limits->Get().max_pending && oldest) {
       if (handshake_evicted_++ % 1000 == 0)
         LogMsg(LogLevel::kWarn, {"rdma-server"},
                "%u paths still connecting (--max-pending-handshakes): the oldest is closed for the newest (%llu so far)",
-               opts_.limits.max_pending, (unsigned long long)handshake_evicted_);
+               opts_.limits->Get().max_pending, (unsigned long long)handshake_evicted_);
       ClosePathLocked(oldest);
     }
     const size_t chunks_len = size_t(s->qd) * s->chunk_size;
-    if (reserved_bytes_ + chunks_len > opts_.limits.max_buffer_bytes) {
+    if (reserved_bytes_ + chunks_len > opts_.limits->Get().max_buffer_bytes) {
       const std::string peer = FormatSockaddr(rdma_get_peer_addr(id));
       LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = peer.c_str()},
              "path from %s refused (ENOMEM): its chunks would pass --max-buffer-memory", peer.c_str());
@@ -384,10 +384,10 @@ int RdmaServer::AdmitConn(rdma_cm_id* id, const wire::ConnReq& req, SrvPath** ou
   size_t conns = 0;
   for (auto* sp : s->paths)
     for (auto& c : sp->conns) conns += c ? 1 : 0;
-  if (conns >= opts_.limits.max_conns_per_session) {
+  if (conns >= opts_.limits->Get().max_conns_per_session) {
     LogMsg(LogLevel::kWarn, {.component = "rdma-server", .session = s->name.c_str(), .path = p->src.c_str()},
            "connection of session %s refused (EBUSY): --max-conns-per-session %u reached", p->src.c_str(),
-           opts_.limits.max_conns_per_session);
+           opts_.limits->Get().max_conns_per_session);
     return -EBUSY;
   }
   *out = p;
@@ -429,7 +429,7 @@ void RdmaServer::ClosePathLocked(SrvPath* p) {
 // freed; one log line a second however many.
 void RdmaServer::ExpireHandshakesLocked() {
   const uint64_t now = transport::core::MonotonicNs();
-  const uint64_t limit = uint64_t(opts_.limits.handshake_timeout_ms) * 1000000ull;
+  const uint64_t limit = uint64_t(opts_.limits->Get().handshake_timeout_ms) * 1000000ull;
   std::vector<SrvPath*> late;
   for (auto& p : paths_)
     if (p->state == PathState::kConnecting && now - p->born_ns > limit) late.push_back(p.get());
@@ -439,7 +439,7 @@ void RdmaServer::ExpireHandshakesLocked() {
     handshake_logged_ns_ = now;
     LogMsg(LogLevel::kWarn, {.component = "rdma-server", .path = late.front()->src.c_str()},
            "path from %s closed: its set-up did not finish within %u ms (--handshake-timeout-ms; %llu so far)",
-           late.front()->src.c_str(), opts_.limits.handshake_timeout_ms, (unsigned long long)handshake_expired_);
+           late.front()->src.c_str(), opts_.limits->Get().handshake_timeout_ms, (unsigned long long)handshake_expired_);
   }
 }
 

@@ -162,7 +162,7 @@ void TcpServer::OnAccept(int lfd) {
       close(fd);
       continue;
     }
-    if (pending_.size() >= opt_.limits.max_pending) EvictOldestPending();
+    if (pending_.size() >= opt_.limits->Get().max_pending) EvictOldestPending();
     SetNoDelay(fd);
     auto p = std::make_unique<Pending>();
     p->fd = fd;
@@ -215,7 +215,7 @@ void TcpServer::Sweep() {
   (void)n;
   uint64_t now = NowNs();
   std::vector<int> stale;
-  const uint64_t timeout_ns = uint64_t(opt_.limits.handshake_timeout_ms) * 1000000ull;
+  const uint64_t timeout_ns = uint64_t(opt_.limits->Get().handshake_timeout_ms) * 1000000ull;
   for (auto& [fd, p] : pending_)
     if (now - p->since_ns > timeout_ns) stale.push_back(fd);
   // one line a sweep, however many: a flood of half-open connections must not flood the log
@@ -302,12 +302,12 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           if (s->name == req.sessname) err = -EPERM, why = "session name in use by another session";
         const uint64_t bytes = uint64_t(std::min(req.queue_depth, opt_.queue_depth)) *
                                std::min(req.max_io_size, opt_.max_io_size);
-        if (!err && sessions_.size() >= opt_.limits.max_sessions) {
+        if (!err && sessions_.size() >= opt_.limits->Get().max_sessions) {
           err = -EBUSY, why = "the server has its most sessions (--max-sessions " +
-                               std::to_string(opt_.limits.max_sessions) + ")";
-        } else if (!err && reserved_bytes_ + bytes > opt_.limits.max_buffer_bytes) {
+                               std::to_string(opt_.limits->Get().max_sessions) + ")";
+        } else if (!err && reserved_bytes_ + bytes > opt_.limits->Get().max_buffer_bytes) {
           err = -ENOMEM, why = "the sessions' request buffers would pass --max-buffer-memory (" +
-                               std::to_string(opt_.limits.max_buffer_bytes) + " bytes)";
+                               std::to_string(opt_.limits->Get().max_buffer_bytes) + " bytes)";
         }
         if (!err) {
           sess = std::make_shared<SrvSession>();
@@ -355,9 +355,9 @@ void TcpServer::Handshake(Pending* pend, HandshakeReq& req) {
           sess->paths.push_back(path);
         }
       }
-      if (!err && !path->conns[req.conn_index] && sess->open_conns >= int(opt_.limits.max_conns_per_session))
+      if (!err && !path->conns[req.conn_index] && sess->open_conns >= int(opt_.limits->Get().max_conns_per_session))
         err = -EBUSY, why = "the session has its most connections (--max-conns-per-session " +
-                             std::to_string(opt_.limits.max_conns_per_session) + ")";
+                             std::to_string(opt_.limits->Get().max_conns_per_session) + ")";
       if (!err && path->conn_count != req.conn_count) err = -EINVAL, why = "connection count differs";
       if (!err && path->conns[req.conn_index]) err = -EEXIST, why = "connection index already taken";
       if (!err) {
