@@ -201,6 +201,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
                              InstanceMethod("stats", &NativeServer::Stats),
                              InstanceMethod("setAuthKeys", &NativeServer::SetAuthKeys),
                              InstanceMethod("setLimits", &NativeServer::SetLimits),
+                             InstanceMethod("resizeDevice", &NativeServer::Resize),
                              InstanceMethod("stop", &NativeServer::Stop)}));
   }
 
@@ -393,6 +394,17 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
     return env.Undefined();
   }
 
+  // resizeDevice(sessionId, deviceId, sizeBytes): the range checks follow a re-OPEN's geometry
+  Napi::Value Resize(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsNumber())
+      ThrowErrno(env, EINVAL, "resizeDevice(sessionId, deviceId, sizeBytes)");
+    auto dev = SessionOf(env, info[0])->Find(info[1].As<Napi::Number>().Uint32Value());
+    if (!dev) ThrowErrno(env, ENOENT, "device id not attached");
+    dev->size_bytes.store(static_cast<uint64_t>(info[2].As<Napi::Number>().DoubleValue()));
+    return env.Undefined();
+  }
+
   Napi::Value Detach(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[1].IsNumber()) ThrowErrno(env, EINVAL, "detachDevice(sessionId, deviceId)");
@@ -497,7 +509,7 @@ class NativeServer : public Napi::ObjectWrap<NativeServer> {
         SessionCopy c{sid, sess.s->sessname(), sess.s->uuid(), double(MonotonicNs() - sess.up_since_ns) / 1e9, sess.s->Paths(), {}};
         std::lock_guard<std::mutex> dl(sess.devices->mu);
         for (auto& [id, d] : sess.devices->devices) {
-          c.devices.push_back({id, d->inflight.load(), d->read_only, d->size_bytes, {}});
+          c.devices.push_back({id, d->inflight.load(), d->read_only, d->size_bytes.load(), {}});
           if (with_io) d->io.AddTo(&c.devices.back().io);
         }
         copies.push_back(std::move(c));

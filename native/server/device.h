@@ -22,7 +22,8 @@ struct Device {
   bool read_only = true;
   bool block_device = false;
   bool memory_backed = false;  // tmpfs/ramfs file: READ/WRITE copied inline (io_path.cc)
-  uint64_t size_bytes = 0;
+  // a re-OPEN's fresh geometry may grow it while IO runs (ibnbd resize): read per request
+  std::atomic<uint64_t> size_bytes{0};
   uint32_t logical_block_size = 512;
 
   std::atomic<int64_t> inflight{0};

@@ -272,7 +272,8 @@ int Validate(const ServerIo* io, const proto::IoMsg& m, const Device& dev, Op* o
   if (m.op != IoOp::kFlush) {
     if (m.sector > UINT64_MAX / proto::kSectorSize) return -EIO;
     uint64_t off = m.sector * proto::kSectorSize;
-    if (off > dev.size_bytes || len > dev.size_bytes - off) return -EIO;
+    const uint64_t size = dev.size_bytes.load(std::memory_order_relaxed);
+    if (off > size || len > size - off) return -EIO;
     op->off = off;
   }
   op->len = static_cast<uint32_t>(len);

@@ -10,7 +10,9 @@
 //   setServerDeviceId(id | null, wait?)     the id of a re-OPEN; null: not open, IO waits (wait)
 //                                           or fails IOERR (vhost_blk_device.h)
 //   options.holdOnLoss (default true)       requests lost with their path wait for the session
-//   setSizeBytes(n)                         the size a re-OPEN reported
+//   setSizeBytes(n)                         the size a re-OPEN reported, or a resize set
+//   notifyConfigChange()                    tell the front-end (back-end channel): true if told
+//   writtenEnd()                            end of the highest byte written (a shrink's floor)
 #include <napi.h>
 
 #include <memory>
@@ -77,6 +79,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
          InstanceMethod<&NativeVhostBlk::Stats>("stats"),
          InstanceMethod<&NativeVhostBlk::SetServerDeviceId>("setServerDeviceId"),
          InstanceMethod<&NativeVhostBlk::SetSizeBytes>("setSizeBytes"),
+         InstanceMethod<&NativeVhostBlk::NotifyConfigChange>("notifyConfigChange"),
+         InstanceMethod<&NativeVhostBlk::WrittenEnd>("writtenEnd"),
          InstanceMethod<&NativeVhostBlk::Close>("close")});
     exports.Set("NativeVhostBlk", f);
   }
@@ -223,6 +227,19 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       ThrowErrno(env, EINVAL, "sizeBytes must be a positive multiple of the logical block size");
     device_->SetSizeBytes(uint64_t(d));
     return env.Undefined();
+  }
+
+  // true when the front-end was told (it has a back-end channel); blocking for one hop to H
+  Napi::Value NotifyConfigChange(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    return Napi::Boolean::New(env, device_->NotifyConfigChange());
+  }
+
+  Napi::Value WrittenEnd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!device_) ThrowErrno(env, EBADF, "closed");
+    return Napi::Number::New(env, double(device_->written_end()));
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

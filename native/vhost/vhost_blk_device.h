@@ -96,9 +96,22 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   // one. Set once before Start(), read by every thread after it.
   void SetLogName(std::string name) { log_name_ = std::move(name); }
   const std::string& log_name() const { return log_name_.empty() ? socket_path_ : log_name_; }
-  // A re-OPEN reported another size: bounds checks and GET_CONFIG use it from now on. Any thread.
+  // A re-OPEN reported another size, or `ibnbd resize` set one: bounds checks and GET_CONFIG
+  // use it from now on. Any thread.
   void SetSizeBytes(uint64_t size_bytes) { capacity_sectors_.store(size_bytes >> kSectorShift); }
   uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
+  // Tells the front-end that the config space changed (the capacity): a CONFIG_CHANGE_MSG on
+  // the back-end channel, which QEMU answers by reading GET_CONFIG and notifying the guest.
+  // Posted to the home loop; false when no front-end has set up a back-end channel.
+  bool NotifyConfigChange();
+  // The end of the highest byte any write or write-zeroes of this device's front-ends has
+  // reached since the device was created: what a shrink must not cut (ibnbd resize).
+  uint64_t written_end() const { return written_end_.load(std::memory_order_relaxed); }
+  void NoteWritten(uint64_t end) {
+    uint64_t cur = written_end_.load(std::memory_order_relaxed);
+    while (end > cur && !written_end_.compare_exchange_weak(cur, end, std::memory_order_relaxed)) {
+    }
+  }
 
   struct Impl;  // the loop-side state (vhost_blk_internal.h)
 
@@ -129,6 +142,7 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
            wait_.load(std::memory_order_acquire);
   }
   std::atomic<uint64_t> capacity_sectors_;
+  std::atomic<uint64_t> written_end_{0};
   std::unique_ptr<Impl> impl_;
   friend struct Impl;
 };

@@ -36,7 +36,9 @@ constexpr int kMaxPendingReplyBytes = 256 * 1024;  // a front-end that stops rea
 constexpr uint64_t kProtocolFeatures =
     (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
     (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
-    (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+    (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |
+    // the back-end channel: only for CONFIG_CHANGE_MSG when the capacity changes (resize)
+    (1ull << VHOST_USER_PROTOCOL_F_SLAVE_REQ);
 
 }  // namespace
 
@@ -373,6 +375,31 @@ int VhostBlkDevice::Impl::GetConfig(VuDev* d, uint8_t* config, uint32_t len) {
 
 int VhostBlkDevice::Impl::SetConfig(VuDev*, const uint8_t*, uint32_t, uint32_t, uint32_t) {
   return 0;
+}
+
+// ---- the back-end channel (H) ------------------------------------------------------------
+
+// A CONFIG_CHANGE_MSG is a bare header (no payload, no reply asked: QEMU reads GET_CONFIG on the
+// main socket while handling it, so waiting here for an ack would wait on ourselves). On H, the
+// only thread that dispatches SET_SLAVE_REQ_FD or tears the connection down, so the channel's fd
+// cannot change under the write; libvhost-user's own mutex for it is taken all the same.
+bool VhostBlkDevice::NotifyConfigChange() {
+  bool sent = false;
+  loop_->RunSync([&] {
+    ConnPtr c = impl_->conn;
+    if (!c) return;
+    VuDev& d = c->dev;
+    const uint64_t want = (1ull << VHOST_USER_PROTOCOL_F_SLAVE_REQ) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
+    if (d.slave_fd < 0 || (d.protocol_features & want) != want) return;
+    struct {
+      uint32_t request, flags, size;
+    } hdr = {VHOST_USER_SLAVE_CONFIG_CHANGE_MSG, 1 /* version */, 0};
+    pthread_mutex_lock(&d.slave_mutex);
+    sent = send(d.slave_fd, &hdr, sizeof hdr, MSG_NOSIGNAL | MSG_DONTWAIT) == ssize_t(sizeof hdr);
+    pthread_mutex_unlock(&d.slave_mutex);
+    if (!sent) impl_->Log(LogLevel::kWarn, "the front-end's back-end channel did not take the config change: " + std::string(strerror(errno)));
+  });
+  return sent;
 }
 
 void VhostBlkDevice::Impl::QueueStarted(VuDev* d, int qidx, bool started) {  // H, write lock

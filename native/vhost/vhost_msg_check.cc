@@ -78,6 +78,8 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
     case VHOST_USER_SET_OWNER:
     case VHOST_USER_RESET_OWNER:
       return expect(0, 0);
+    case VHOST_USER_SET_SLAVE_REQ_FD:  // the back-end channel (config changes), one socket fd
+      return expect(0, 1);
     case VHOST_USER_SET_FEATURES:
     case VHOST_USER_SET_PROTOCOL_FEATURES:
       return expect(kU64, 0);
@@ -160,7 +162,7 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
       return RegionFdOk(m->fds[0], in.mmap_offset, in.mmap_size, why);
     }
     default:
-      // Migration logging, postcopy, IOTLB, back-end channel, in-band kicks (VRING_KICK needs
+      // Migration logging, postcopy, IOTLB, in-band kicks (VRING_KICK needs
       // INBAND_NOTIFICATIONS), net/crypto/gpu messages: not offered by this device, so a
       // front-end sending them is broken.
       return Bad(why, "unsupported request " + std::to_string(m->request));

@@ -168,6 +168,9 @@ void VhostBlkDevice::Impl::StartRequest(Request* r) {
   c->requests[r->qidx].insert(r);
   c->inflight++;
   counters[r->qidx].inflight++;
+  // how far the guest has written: a shrink below it is refused (ibnbd resize)
+  for (const PlannedIo& p : r->plan.ios)
+    if (p.op == kOpWrite || p.op == kOpWriteZeroes) self->NoteWritten((p.sector << kSectorShift) + p.bytes);
   if (r->plan.local) {
     if (!r->plan.error.empty()) LogRequest("request failed: " + r->plan.error);
     return Finish(r, r->plan.local_status);

@@ -89,6 +89,7 @@ interface NativeServerRaw {
   respond(requestId: number, errno: number, data?: Buffer): void;
   attachDevice(sessionId: string, deviceId: number, spec: AttachDeviceSpec): void;
   detachDevice(sessionId: string, deviceId: number): Promise<void>;
+  resizeDevice(sessionId: string, deviceId: number, sizeBytes: number): void;
   closeSession(sessionId: string): void;
   stats(withIo?: boolean): NativeServerStats;
   setAuthKeys(secrets: Record<string, Buffer>, openOverRdma: string[], required: boolean): void;
@@ -147,6 +148,11 @@ export class NativeServer {
   /** Resolves once no IO is in flight on the device any more. */
   detachDevice(sessionId: string, deviceId: number): Promise<void> {
     return wrap(() => this.#raw.detachDevice(sessionId, deviceId));
+  }
+  /** The id's IO may reach sizeBytes from now on (a re-OPEN's fresh geometry). */
+  resizeDevice(sessionId: string, deviceId: number, sizeBytes: number): void {
+    checkInt('sizeBytes', sizeBytes, 0, Number.MAX_SAFE_INTEGER);
+    wrap(() => this.#raw.resizeDevice(sessionId, deviceId, sizeBytes));
   }
   closeSession(sessionId: string): void {
     wrap(() => this.#raw.closeSession(sessionId));

@@ -70,6 +70,8 @@ interface NativeVhostBlkInstance {
   stats(withIo?: boolean): VhostStats;
   setServerDeviceId(id: number | null, wait?: boolean): void;
   setSizeBytes(bytes: number): void;
+  notifyConfigChange(): boolean;
+  writtenEnd(): number;
   close(): Promise<boolean>;
 }
 
@@ -190,7 +192,22 @@ export class VhostBlk {
     }
   }
 
-  /** The size a re-OPEN reported: bounds checks and the config space use it from now on. */
+  /** Tells the front-end its config space changed (the capacity): true if it could be told
+   *  (a QEMU with the back-end channel set up); it then reads GET_CONFIG and tells the guest. */
+  notifyConfigChange(): boolean {
+    try {
+      return this.#native.notifyConfigChange();
+    } catch (e) {
+      throw toIbnbdError(e);
+    }
+  }
+
+  /** The end of the highest byte the front-ends have written (a shrink must not cut it). */
+  writtenEnd(): number {
+    return this.#native.writtenEnd();
+  }
+
+  /** The size a re-OPEN reported, or a resize set: bounds checks and the config space use it from now on. */
   setSizeBytes(bytes: number): void {
     const lbs = this.options.logicalBlockSize ?? 512;
     if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {

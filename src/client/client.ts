@@ -29,6 +29,7 @@ import { MappedDevice, type DeviceInfo, type MappedRequest } from './device.js';
 import { NameAllocator } from './names.js';
 import { PendingMappings } from './pending.js';
 import { reopenDevices } from './reopen.js';
+import { resizeMapped, type ResizeOptions, type ResizeResult } from './resize.js';
 import { restoreMappings } from './restore.js';
 import type { StateFile } from './state-file.js';
 import { QUEUE_BUSY, SerialQueue } from './serialize.js';
@@ -243,6 +244,14 @@ export class IbnbdClient {
       session.users--;
       await this.sessions.releaseIfUnused(session);
     }
+  }
+
+  /** resize: the size from the server again, or the given one; the guest is told (resize.ts). */
+  async resize(nameOrId: string, o: ResizeOptions): Promise<DeviceInfo & ResizeResult> {
+    const dev = this.find(nameOrId);
+    const r = await dev.session.queue.run(() => resizeMapped(dev, o));
+    dev.log.info(`${dev.name}: size ${r.from} → ${r.to} bytes` + (r.frontendTold ? '; the front-end was told' : '; no front-end to tell'));
+    return { ...dev.info(), ...r };
   }
 
   private checkNotBusy(dev: MappedDevice): void {

@@ -173,6 +173,12 @@ export class ClientDaemon {
     this.control = new ControlServer(opts.control, {
       map: async (args) => ({ device: await this.client.map(parseMapString(stringArg(args, 'map'))) }),
       unmap: async (args) => ({ device: await this.client.unmap(stringArg(args, 'device'), args.force === true) }),
+      resize: async (args) => ({
+        device: await this.client.resize(stringArg(args, 'device'), {
+          ...(args.size !== undefined ? { sizeBytes: Number(args.size) } : {}),
+          force: args.force === true,
+        }),
+      }),
       list: () => ({ devices: this.client.list() }),
       show: (args) => ({ device: this.client.show(stringArg(args, 'device')) }),
     });

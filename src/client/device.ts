@@ -46,6 +46,8 @@ export interface DeviceInfo {
   io_timeout: number;
   ctrl_loss_tmo: number;
   fast_io_fail_tmo: number;
+  /** ISO 8601 time the size last changed (ibnbd resize, or a re-OPEN that found another); null: never */
+  size_changed_at: string | null;
 }
 
 const LOST = 'session disconnected: every path to the server is lost; reconnecting';
@@ -155,8 +157,23 @@ export class MappedDevice {
     if (this.#state === 'reconnecting') this.#nativeNotOpen(false);
   }
 
+  /** What the device offers: the server's size, or less where `ibnbd resize --size` said so. */
   get sizeBytes(): number {
-    return Number(this.open.nsectors) * 512;
+    return Math.min(Number(this.open.nsectors) * 512, this.sizeLimit ?? Infinity);
+  }
+
+  /** `ibnbd resize --size`: the device offers at most this (kept through re-OPENs); undefined: all of it. */
+  sizeLimit: number | undefined;
+  #sizeChangedAt: Date | null = null;
+
+  /** The size changed (a resize, or a re-OPEN's geometry): the OPEN_RSP it comes from, and the
+   *  front-end told; false when it could not be (no back-end channel: it sees it at its next GET_CONFIG). */
+  sizeChanged(open: OpenRspMsg): boolean {
+    // checked by the vhost device first (a multiple of the block size): nothing changes on a throw
+    this.vhost.setSizeBytes(Math.min(Number(open.nsectors) * 512, this.sizeLimit ?? Infinity));
+    this.open = open;
+    this.#sizeChangedAt = new Date();
+    return this.vhost.notifyConfigChange();
   }
 
   info(): DeviceInfo {
@@ -184,6 +201,7 @@ export class MappedDevice {
       io_timeout: this.session.ioTimeoutMs / 1000,
       ctrl_loss_tmo: this.request.ctrlLossTmo,
       fast_io_fail_tmo: this.request.fastIoFailTmo,
+      size_changed_at: this.#sizeChangedAt?.toISOString() ?? null,
     };
   }
 

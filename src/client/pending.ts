@@ -104,6 +104,7 @@ export class PendingMappings {
       io_timeout: r.ioTimeout ?? RECONNECT_DEFAULTS.ioTimeout,
       ctrl_loss_tmo: r.ctrlLossTmo,
       fast_io_fail_tmo: r.fastIoFailTmo,
+      size_changed_at: null,
     };
   }
 

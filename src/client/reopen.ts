@@ -68,17 +68,18 @@ export async function reopenDevices(session: ClientSession, ctx: ReopenContext):
       dev.log.warn(`${dev.name}: ${dev.stateReason}; it stays closed`);
       continue;
     }
-    const newSize = Number(open.nsectors) * 512;
+    const newSize = Math.min(Number(open.nsectors) * 512, dev.sizeLimit ?? Infinity);
     if (newSize !== dev.sizeBytes) {
+      const was = dev.sizeBytes;
       try {
-        dev.vhost.setSizeBytes(newSize);
+        dev.sizeChanged(open);
       } catch (e) {
         await closeDevice(session, open.deviceId).catch(() => undefined);
         dev.markClosed(`re-OPEN after reconnect: unusable size ${newSize}: ${errorText(e)}`);
         dev.log.warn(`${dev.name}: ${dev.stateReason}`);
         continue;
       }
-      dev.log.info(`${dev.name}: capacity changed from ${dev.sizeBytes} to ${newSize} bytes`);
+      dev.log.info(`${dev.name}: capacity changed from ${was} to ${newSize} bytes`);
     }
     const held = dev.state === 'reconnecting' ? heldRequests(dev) : 0;
     dev.vhost.setServerDeviceId(open.deviceId); // held requests are re-submitted first, in order

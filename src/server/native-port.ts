@@ -144,6 +144,7 @@ function startOne(
         if (toIbnbdError(e).code !== 'ENOENT') throw e;
       }
     },
+    resize: (sessionId, deviceId, sizeBytes) => native.resizeDevice(sessionId, deviceId, sizeBytes),
     inflight: (sessionId, deviceId) => statsOf(sessionId)?.devices.find((d) => d.deviceId === deviceId)?.inflight ?? 0,
     paths: (sessionId) => toPaths(statsOf(sessionId)?.paths),
     closeSession: (sessionId) => native.closeSession(sessionId),
@@ -219,6 +220,10 @@ export function startNativeServer(
     detach: (sessionId, deviceId) => {
       const o = owner(sessionId);
       o.port.detach(o.id, deviceId);
+    },
+    resize: (sessionId, deviceId, sizeBytes) => {
+      const o = owner(sessionId);
+      o.port.resize?.(o.id, deviceId, sizeBytes);
     },
     inflight: (sessionId, deviceId) => {
       const o = owner(sessionId);

@@ -24,6 +24,7 @@ export interface NativePort {
   respond(requestId: number, errno: number, data?: Buffer): void;
   attach(sessionId: string, deviceId: number, spec: AttachSpec): void;
   detach(sessionId: string, deviceId: number): void;
+  resize?(sessionId: string, deviceId: number, sizeBytes: number): void;
   inflight(sessionId: string, deviceId: number): number;
   paths(sessionId: string): SessionPathEntry[];
   closeSession?(sessionId: string): void;
@@ -63,6 +64,7 @@ export class ExportServer {
     this.#dataPath = {
       attach: (sid, id, spec) => port.attach(sid, id, spec),
       detach: (sid, id) => port.detach(sid, id),
+      resize: (sid, id, size) => port.resize?.(sid, id, size),
     };
   }
 

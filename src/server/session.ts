@@ -24,6 +24,8 @@ export interface DataPath {
   attach(sessionId: string, deviceId: number, spec: AttachSpec): void;
   /** Stops IO on the id; when it returns no IO uses the descriptors any more. */
   detach(sessionId: string, deviceId: number): void;
+  /** A re-OPEN found another size: the range checks of the id's IO follow it. */
+  resize?(sessionId: string, deviceId: number, sizeBytes: number): void;
 }
 
 export interface SessionContext {
@@ -212,8 +214,11 @@ export class ExportSession {
 
   async #reprobe(dev: SessionDevice): Promise<DeviceGeometry> {
     try {
+      const before = dev.geometry.sizeBytes;
       dev.geometry = await this.ctx.exports.probe(probeFd(dev.fds), dev.exp.blockDevice);
       dev.exp.geometry = dev.geometry;
+      // a grown file or device (ibnbd resize): this mapping's IO may now reach the new end
+      if (dev.geometry.sizeBytes !== before) this.ctx.dataPath.resize?.(this.id, dev.deviceId, dev.geometry.sizeBytes);
     } catch {
       /* keep the geometry of the first OPEN */
     }

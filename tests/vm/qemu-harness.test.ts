@@ -150,8 +150,10 @@ test.serial('hostroot mode runs host programs (node) and writes to a writable sh
       mode: 'hostroot',
       shares: [{ hostPath: share, tag: 'work' }],
       timeoutMs: 120_000,
+      // the Node running this test (the pinned one, not whatever "node" the PATH has), as every
+      // guest harness starts the daemons
       script: `
-        node -e 'console.log("node", process.version, 6 * 7)'
+        ${process.execPath} -e 'console.log("node", process.version, 6 * 7)'
         echo from-guest-root > ${share}/result
         mark ready
         host_read answer

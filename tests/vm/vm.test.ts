@@ -1,7 +1,7 @@
 // Real VMs on our vhost-user-blk sockets: QEMU guests (TCG) booted by harness/qemu/harness.ts, the
 // daemons and the CLI as a user runs them (tests/support/daemons.ts), the bytes checked in the server's file.
 import test, { type ExecutionContext } from 'ava';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from '../support/daemons.js';
 import { startGuest, runGuest } from '../../harness/qemu/harness.js';
@@ -9,6 +9,8 @@ import { sparseFile, tempDir } from '../../harness/fixtures.js';
 import { fileBytes, MiB } from '../support/vhost-helpers.js';
 
 const DISK = 64 * MiB;
+/** what the server's file grows to while the VM runs, and `ibnbd resize` tells the guest */
+const GROWN = 96 * MiB;
 
 async function setup(t: ExecutionContext) {
   const dir = tempDir(t, 'vm');
@@ -64,9 +66,19 @@ dd if=/tmp/pat of=/dev/vda bs=64k seek=768 oflag=direct 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/back2 bs=64k skip=768 count=32 iflag=direct 2>/dev/null
 cmp /tmp/pat /tmp/back2 && echo "after-restart=ok"
+mark resize-ready
+host_wait resized
+# ibnbd resize told QEMU (back-end channel), QEMU told the driver: the disk grows, no reboot
+i=0; while [ "$(cat $d/size)" != "${GROWN / 512}" ]; do i=$((i+1)); [ $i -gt 600 ] && { echo "resize=timeout size=$(cat $d/size)"; exit 1; }; sleep 0.1; done
+echo "grown size=$(cat $d/size)"
+# a pattern at 80 MiB, past the old end: written, read back, and the host finds it in the file
+dd if=/tmp/pat of=/dev/vda bs=64k seek=1280 oflag=direct 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back3 bs=64k skip=1280 count=32 iflag=direct 2>/dev/null
+cmp /tmp/pat /tmp/back3 && echo "resize-write=ok"
 `;
 
-test.serial('a VM with QEMU\'s default queue count sees the device, round-trips O_DIRECT data and a filesystem, holds it busy, and survives a back-end restart', async (t) => {
+test.serial('a VM with QEMU\'s default queue count sees the device, round-trips O_DIRECT data and a filesystem, holds it busy, survives a back-end restart, and sees its disk grow', async (t) => {
   t.timeout(240_000);
   const s = await setup(t);
   // the default mapping and QEMU's default queue count (one per vCPU, 2 here): the VM starts
@@ -101,6 +113,20 @@ test.serial('a VM with QEMU\'s default queue count sees the device, round-trips 
     await new Promise((r) => setTimeout(r, 100));
   }
   guest.sendLine('restarted');
+
+  // online resize: a shrink below what the guest wrote (50 MiB, after the restart) is refused;
+  // the server's file grows, `ibnbd resize` takes the new size from the server and tells QEMU
+  await guest.waitForMarker('resize-ready', 60_000);
+  const shrink = await ibnbd(['resize', device.name, '--size', '32M', '--control', s.client.control]);
+  t.is(shrink.code, 16, `a shrink below the guest's writes: EBUSY (${shrink.stderr})`);
+  truncateSync(s.file, GROWN);
+  const beyond = await ibnbd(['resize', device.name, '--size', String(GROWN + MiB), '--control', s.client.control]);
+  t.is(beyond.code, 22, `beyond the server's size: EINVAL (${beyond.stderr})`);
+  const grown = await ibnbdJson<{ device: any }>(['resize', device.name, '--control', s.client.control]);
+  t.is(grown.device.size, GROWN);
+  t.true(grown.device.frontendTold, 'QEMU was told through the back-end channel');
+  t.truthy(grown.device.size_changed_at);
+  guest.sendLine('resized');
   const r = await guest.exited;
   t.is(r.exitCode, 0, r.output);
   const out = r.output;
@@ -110,12 +136,15 @@ test.serial('a VM with QEMU\'s default queue count sees the device, round-trips 
   t.regex(out, /direct-io=ok/);
   t.regex(out, /filesystem=ok/);
   t.regex(out, /after-restart=ok/);
+  t.regex(out, new RegExp(`grown size=${GROWN / 512}`), 'the guest saw its disk grow without a reboot');
+  t.regex(out, /resize-write=ok/);
 
   // the host sees the guest's bytes in the server's file
   const md5 = /direct-io=ok md5=([0-9a-f]{32})/.exec(out)?.[1];
   const { createHash } = await import('node:crypto');
   t.is(createHash('md5').update(fileBytes(s.file, 40 * MiB, 2 * MiB)).digest('hex'), md5 ?? 'no md5 in the output');
   t.true(fileBytes(s.file, 48 * MiB, 2 * MiB).equals(fileBytes(s.file, 40 * MiB, 2 * MiB)), 'the write after the restart landed too');
+  t.true(fileBytes(s.file, 80 * MiB, 2 * MiB).equals(fileBytes(s.file, 40 * MiB, 2 * MiB)), 'and the one past the old end, in the grown file');
 
   // the VM powered off: unmap succeeds
   t.is((await ibnbd(['unmap', device.name, '--control', s.client.control])).code, 0);

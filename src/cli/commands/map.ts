@@ -3,6 +3,7 @@
 // typo is an EINVAL from the CLI with the same message the daemon would give.
 import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
+import { parseBytes } from '../../server/options.js';
 import { IO_TIMEOUT_MAX, MAP_USAGE, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, deviceIdOf, formatMapString, mapRequestFromFields, parseMapString, type MapRequest } from '../../proto/map-string.js';
 import {
   addControlOptions,
@@ -117,6 +118,26 @@ export function register(program: Command): void {
   ).action(async (device: string, flags: ControlOptions & { force: boolean }) => {
     const result = await sendRequest(flags, { cmd: 'unmap', device: checkDeviceArg(device), force: flags.force });
     printResult(result, flags, (r) => (Object.keys(r).length === 0 ? `unmapped ${device}` : formatKeyValues(r)));
+  });
+
+  addControlOptions(
+    program
+      .command('resize')
+      .summary('give a mapped device a new size; the guest is told')
+      .description(
+        "Resize a mapped device while its VM runs: to the size the server now reports (a grown file or device), or to --size, never beyond the server's. " +
+          'The VM is told through its vhost-user back-end channel and sees the new capacity at once. A shrink below what the guest has written is EBUSY unless --force.',
+      )
+      .argument('<device>', 'the mapping name or device_id')
+      .option('--size <bytes>', "the new size (k/M/G/T suffixes; a multiple of the logical block size, at most the server's)")
+      .option('--force', 'shrink even below what the guest has written', false),
+  ).action(async (device: string, flags: ControlOptions & { size?: string; force: boolean }) => {
+    const size = flags.size === undefined ? undefined : parseBytes('size', flags.size);
+    const result = await sendRequest(flags, { cmd: 'resize', device: checkDeviceArg(device), ...(size !== undefined ? { size } : {}), force: flags.force });
+    printResult(result, flags, (r) => {
+      const d = (r as { device?: { name: string; from: number; to: number; frontendTold: boolean } }).device;
+      return d ? `${d.name}: ${d.from} → ${d.to} bytes${d.frontendTold ? '' : ' (no front-end connected to tell)'}` : formatKeyValues(r);
+    });
   });
 
   addControlOptions(program.command('list').summary('list mapped devices').description('List the mapped devices.')).action(
