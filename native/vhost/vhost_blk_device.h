@@ -102,7 +102,8 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   uint64_t capacity_sectors() const { return capacity_sectors_.load(std::memory_order_relaxed); }
   // Tells the front-end that the config space changed (the capacity): a CONFIG_CHANGE_MSG on
   // the back-end channel, which QEMU answers by reading GET_CONFIG and notifying the guest.
-  // Posted to the home loop; false when no front-end has set up a back-end channel.
+  // Runs on the home loop (RunSync: blocking, not from that loop); false when no front-end has
+  // set up a back-end channel.
   bool NotifyConfigChange();
   // The end of the highest byte any write or write-zeroes of this device's front-ends has
   // reached since the device was created: what a shrink must not cut (ibnbd resize).
