@@ -142,7 +142,7 @@
           # A hand-written vhost-user front-end for malformed-message tests (native/tools/).
           "target_name": "ibnbd-vhost-raw",
           "type": "executable",
-          "sources": ["tools/ibnbd-vhost-raw.c"],
+          "sources": ["tools/ibnbd-vhost-raw.c", "tools/vhost_raw.c", "tools/vhost_raw_dirtylog.c"],
           "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-result"]
         }
       ]

@@ -5,7 +5,7 @@
 //   start()                                 throws EEXIST / EADDRINUSE / ENAMETOOLONG / ...
 //   frontendConnected                       getter
 //   disconnectFrontend() → Promise<boolean> in-flight requests answered with IOERR
-//   stats(withIo?) → { queues: [...], connections, protocolErrors, ... totals, io? (per operation) }
+//   stats(withIo?) → { queues: [...], connections, protocolErrors, dirtyLog, dirtyPages, ... totals, io? (per operation) }
 //   close() → Promise<boolean>              true when every transport request drained
 //   setServerDeviceId(id | null, wait?)     the id of a re-OPEN; null: not open, IO waits (wait)
 //                                           or fails IOERR (vhost_blk_device.h)
@@ -270,6 +270,8 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
     Napi::Object o = counters(total);
     o.Set("connections", double(s.connections));
     o.Set("protocolErrors", double(s.protocol_errors));
+    o.Set("dirtyLog", s.dirty_log);
+    o.Set("dirtyPages", double(s.dirty_pages));
     o.Set("queues", queues);
     // stats(true): the per-operation metrics too, for a /metrics scrape (src/metrics/)
     if (info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>()) o.Set("io", IoSnapshotToJs(env, s.io));

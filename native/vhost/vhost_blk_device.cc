@@ -185,6 +185,8 @@ DeviceStats VhostBlkDevice::Stats() const {
   }
   s.connections = impl_->connections.load();
   s.protocol_errors = impl_->protocol_errors.load();
+  s.dirty_log = impl_->logging.load();
+  s.dirty_pages = impl_->dirty_pages.load();
   return s;
 }
 

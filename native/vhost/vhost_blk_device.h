@@ -49,6 +49,8 @@ struct DeviceStats {
   IoSnapshot io;  // per operation, summed over the queues (the Prometheus metrics)
   uint64_t connections = 0;     // front-ends accepted so far
   uint64_t protocol_errors = 0;  // front-ends disconnected for a malformed message or ring
+  bool dirty_log = false;        // the front-end is migrating the VM: written pages are logged
+  uint64_t dirty_pages = 0;      // pages marked in dirty logs since the device started
 };
 
 class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {

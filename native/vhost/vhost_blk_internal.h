@@ -39,6 +39,7 @@
 #include "common/log.h"
 #include "proto/ibnbd_proto.h"
 #include "vhost/blk_request.h"
+#include "vhost/dirty_log.h"
 #include "vhost/vhost_blk_device.h"
 
 extern "C" {
@@ -108,6 +109,7 @@ class ConnLock {
 };
 
 struct Connection {
+  explicit Connection(std::atomic<uint64_t>* dirty_pages) : log(dirty_pages) {}
   VuDev dev;  // first: libvhost-user callbacks get &dev and we cast back
   VhostBlkDevice::Impl* impl = nullptr;
   std::shared_ptr<VhostBlkDevice> keep;  // the device outlives its connections' late completions
@@ -141,6 +143,9 @@ struct Connection {
     uint64_t handle;
   };
   std::vector<Registered> registered;
+  // Migration's dirty log (SET_LOG_BASE); the rings' rule: changed under the write lock, marked
+  // by queue loops under the read lock.
+  DirtyLog log;
 };
 
 class WriteGuard {
@@ -165,6 +170,9 @@ struct VhostBlkDevice::Impl {
   std::atomic<bool> wce;
   std::unique_ptr<QueueCounters[]> counters;
   std::atomic<uint64_t> connections{0}, protocol_errors{0};
+  // the live connection's dirty logging (VHOST_F_LOG_ALL with a log table), for show; H writes
+  std::atomic<bool> logging{false};
+  std::atomic<uint64_t> dirty_pages{0};  // pages marked in migration logs, every connection
   VuDevIface iface{};
 
   explicit Impl(VhostBlkDevice* s) : self(s), wce(s->limits_.writeback) {
@@ -207,6 +215,11 @@ struct VhostBlkDevice::Impl {
   void RegisterGuestMemory(Connection* c);
   void UnregisterGuestMemory(Connection* c);
   void Violation(const std::string& why);
+  void UpdateLogging(Connection* c);  // H, write lock: after SET_FEATURES / SET_LOG_BASE
+  // Queue loop (read lock) or H (write lock): marks the pages a request wrote, after the writes
+  // and before the push; false (connection torn down) when the log cannot hold them.
+  bool LogRequestPages(Connection* c, Request* r);
+  bool LogUsedRing(Connection* c, int qidx);
 
   // ---- libvhost-user callbacks (vhost_connection.cc) ------------------------------------
   // From vu_dispatch on H under the write lock; OnPanic from any loop, either lock side.

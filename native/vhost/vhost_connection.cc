@@ -38,7 +38,9 @@ constexpr uint64_t kProtocolFeatures =
     (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
     (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |
     // the back-end channel: only for CONFIG_CHANGE_MSG when the capacity changes (resize)
-    (1ull << VHOST_USER_PROTOCOL_F_SLAVE_REQ);
+    (1ull << VHOST_USER_PROTOCOL_F_SLAVE_REQ) |
+    // migration: the dirty log in shared memory (dirty_log.h); QEMU blocks migration without it
+    (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
 
 }  // namespace
 
@@ -67,7 +69,7 @@ void VhostBlkDevice::Impl::OnAccept() {
     close(fd);
     return;
   }
-  auto c = std::make_shared<Connection>();
+  auto c = std::make_shared<Connection>(&dirty_pages);
   c->impl = this;
   c->keep = self->shared_from_this();
   c->requests.resize(limits().queues);
@@ -335,18 +337,51 @@ uint64_t VhostBlkDevice::Impl::GetFeatures(VuDev* d) {
   return BlkFeatures(Conn(d)->impl->limits());
 }
 
-void VhostBlkDevice::Impl::SetFeatures(VuDev*, uint64_t) {}
+// VHOST_F_LOG_ALL may come and go at any time while the rings run (QEMU turns logging on when
+// a migration starts and off when it is cancelled); it takes effect from the next answer.
+void VhostBlkDevice::Impl::SetFeatures(VuDev* d, uint64_t) {
+  Conn(d)->impl->UpdateLogging(Conn(d));
+}
+
+void VhostBlkDevice::Impl::UpdateLogging(Connection* c) {
+  const bool on = DirtyLog::Enabled(c->dev, c->log);
+  if (logging.exchange(on) != on)
+    Log(LogLevel::kInfo, on ? "dirty logging on (migration)" : "dirty logging off");
+}
 
 int VhostBlkDevice::Impl::ProcessMsg(VuDev* d, VhostUserMsg* m, int* do_reply) {
   Connection* c = Conn(d);
   switch (m->request) {
     case VHOST_USER_GET_PROTOCOL_FEATURES:
-      // Exactly what this device implements; libvhost-user's own list adds the back-end
-      // channel, host notifiers, logging and postcopy, which we do not serve.
+      // Exactly what this device implements; libvhost-user's own list adds host notifiers
+      // and postcopy, which we do not serve.
       m->payload.u64 = kProtocolFeatures;
       m->size = sizeof(m->payload.u64);
       m->fd_num = 0;
       *do_reply = 1;
+      return 1;
+    case VHOST_USER_SET_LOG_BASE: {
+      // Our own log, not libvhost-user's (dirty_log.h says why); its dev->log_table stays NULL,
+      // so its own marking never runs. With LOG_SHMFD the front-end waits for a reply.
+      std::string why;
+      const int fd = m->fds[0];
+      m->fd_num = 0;
+      if (!c->log.SetBase(fd, m->payload.log.mmap_size, m->payload.log.mmap_offset, &why)) {
+        c->impl->Log(LogLevel::kError, why);
+        d->broken = true;  // no log means a migration that loses pages: end the connection
+        *do_reply = 0;
+        return 1;
+      }
+      c->impl->UpdateLogging(c);
+      m->payload.u64 = 0;
+      m->size = sizeof(m->payload.u64);
+      *do_reply = 1;
+      return 1;
+    }
+    case VHOST_USER_SET_LOG_FD:
+      c->log.SetCallFd(m->fds[0]);
+      m->fd_num = 0;
+      *do_reply = 0;
       return 1;
     case VHOST_USER_SET_CONFIG: {
       // Only `writeback` is writable (CONFIG_WCE); other writes are ignored, not fatal.

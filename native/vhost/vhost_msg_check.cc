@@ -15,6 +15,7 @@ constexpr size_t kRegion = sizeof(VhostUserMemoryRegion);
 constexpr size_t kMemReg = sizeof(VhostUserMemRegMsg);
 constexpr size_t kConfigHdr = offsetof(VhostUserConfig, region);
 constexpr size_t kInflight = sizeof(VhostUserInflight);
+constexpr size_t kLog = sizeof(VhostUserLog);
 
 bool Bad(std::string* why, std::string s) {
   *why = std::move(s);
@@ -79,7 +80,11 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
     case VHOST_USER_RESET_OWNER:
       return expect(0, 0);
     case VHOST_USER_SET_SLAVE_REQ_FD:  // the back-end channel (config changes), one socket fd
+    case VHOST_USER_SET_LOG_FD:        // the eventfd kicked after dirty-log marks
       return expect(0, 1);
+    case VHOST_USER_SET_LOG_BASE:  // the dirty log: shared memory the fd must cover
+      if (size != kLog || fds != 1) return Bad(why, "SET_LOG_BASE malformed");
+      return RegionFdOk(m->fds[0], m->payload.log.mmap_offset, m->payload.log.mmap_size, why);
     case VHOST_USER_SET_FEATURES:
     case VHOST_USER_SET_PROTOCOL_FEATURES:
       return expect(kU64, 0);
@@ -162,7 +167,7 @@ bool CheckVhostMsg(const VuDev* dev, const VhostUserMsg* m, std::string* why) {
       return RegionFdOk(m->fds[0], in.mmap_offset, in.mmap_size, why);
     }
     default:
-      // Migration logging, postcopy, IOTLB, in-band kicks (VRING_KICK needs
+      // Postcopy, IOTLB, in-band kicks (VRING_KICK needs
       // INBAND_NOTIFICATIONS), net/crypto/gpu messages: not offered by this device, so a
       // front-end sending them is broken.
       return Bad(why, "unsupported request " + std::to_string(m->request));

@@ -141,6 +141,7 @@ void VhostBlkDevice::Impl::PostProcessAll(Connection* c) {  // H
 
 void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
   VuVirtq* vq = vu_get_queue(&c->dev, qidx);
+  bool popped = false;
   while (!c->dead && !c->broken && !c->draining && !c->dev.broken) {
     if (!vu_queue_started(&c->dev, vq) || !vu_queue_enabled(&c->dev, vq)) break;
     // waiting for the server: new requests stay in the ring (no memory of ours); reopening
@@ -148,6 +149,7 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
     if (self->RingsPaused()) break;
     void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
     if (!mem) break;
+    popped = true;
     VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
     Request* r = new (mem) Request();
     r->elem = elem;
@@ -155,6 +157,8 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
     r->qidx = qidx;
     StartRequest(r);
   }
+  // a pop writes avail_event into the used ring (VIRTIO_RING_F_EVENT_IDX)
+  if (popped && !c->dev.broken && DirtyLog::Enabled(c->dev, c->log)) LogUsedRing(c, qidx);
   if (c->dev.broken) ScheduleTeardown(c, false, "");
 }
 
@@ -383,7 +387,33 @@ void VhostBlkDevice::Impl::Answer(Connection* c, Request* r, uint8_t status) {
   }
   RecordAnswer(q.io, *r, status);
   r->answered = true;
-  if (!c->dev.broken) vu_queue_push(&c->dev, vu_get_queue(&c->dev, r->qidx), &r->elem, len);
+  if (c->dev.broken) return;
+  // Migration: the pages are marked once written and before the guest can see the answer; the
+  // used ring once its entry is written (a log read between a mark and the write it covers
+  // would miss the write).
+  const bool logging = DirtyLog::Enabled(c->dev, c->log);
+  if (logging && !LogRequestPages(c, r)) return;
+  vu_queue_push(&c->dev, vu_get_queue(&c->dev, r->qidx), &r->elem, len);
+  if (logging) LogUsedRing(c, r->qidx);
+}
+
+// Every device-writable buffer of the request (read data, GET_ID string, status byte), whole:
+// marking a page the device did not write only costs the migration one more copy of it.
+bool VhostBlkDevice::Impl::LogRequestPages(Connection* c, Request* r) {
+  if (c->log.MarkIov(c->dev, r->elem.in_sg, r->elem.in_num)) return true;
+  protocol_errors++;
+  ScheduleTeardown(c, false, "the front-end's dirty log does not cover the guest memory of a request");
+  return false;
+}
+
+bool VhostBlkDevice::Impl::LogUsedRing(Connection* c, int qidx) {
+  if (c->log.MarkUsedRing(*vu_get_queue(&c->dev, qidx))) {
+    c->log.Kick();
+    return true;
+  }
+  protocol_errors++;
+  ScheduleTeardown(c, false, "the front-end's dirty log does not cover used ring " + std::to_string(qidx));
+  return false;
 }
 
 void VhostBlkDevice::Impl::LogRequest(const std::string& what) {
@@ -434,6 +464,7 @@ void VhostBlkDevice::Impl::Teardown(Connection* c, bool fail_inflight) {
   c->dev.sock = -1;
   if (conn.get() == c) {
     conn.reset();
+    logging = false;
     self->connected_ = false;
     if (!self->closed_) SetAccepting(true);
   }

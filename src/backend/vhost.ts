@@ -58,6 +58,10 @@ export interface VhostQueueStats {
 export interface VhostStats extends VhostQueueStats {
   connections: number;
   protocolErrors: number;
+  /** the front-end is migrating the VM: pages the device writes are marked in its dirty log */
+  dirtyLog: boolean;
+  /** pages marked in dirty logs since the device started */
+  dirtyPages: number;
   queues: VhostQueueStats[];
   /** stats(true) only: per operation, summed over the queues (the Prometheus metrics) */
   io?: IoMetrics;

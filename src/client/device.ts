@@ -48,6 +48,8 @@ export interface DeviceInfo {
   fast_io_fail_tmo: number;
   /** ISO 8601 time the size last changed (ibnbd resize, or a re-OPEN that found another); null: never */
   size_changed_at: string | null;
+  /** a VM migration is under way: the front-end turned on dirty logging (VHOST_F_LOG_ALL) */
+  dirty_log: boolean;
 }
 
 const LOST = 'session disconnected: every path to the server is lost; reconnecting';
@@ -202,6 +204,7 @@ export class MappedDevice {
       ctrl_loss_tmo: this.request.ctrlLossTmo,
       fast_io_fail_tmo: this.request.fastIoFailTmo,
       size_changed_at: this.#sizeChangedAt?.toISOString() ?? null,
+      dirty_log: this.vhost.stats().dirtyLog,
     };
   }
 

@@ -105,6 +105,7 @@ export class PendingMappings {
       ctrl_loss_tmo: r.ctrlLossTmo,
       fast_io_fail_tmo: r.fastIoFailTmo,
       size_changed_at: null,
+      dirty_log: false,
     };
   }
 

@@ -37,9 +37,11 @@ test.serial('features and config space follow the device: RO, MQ, limits, protoc
   t.is(bit(f, 16), 0n, 'no SECURE_ERASE unless the server supports it');
   const pf = p.json.protocolFeatures as string;
   // BACKEND_REQ: the channel a resize tells the front-end on (CONFIG_CHANGE_MSG)
-  for (const [b, name] of [[0, 'MQ'], [3, 'REPLY_ACK'], [5, 'BACKEND_REQ'], [9, 'CONFIG'], [12, 'INFLIGHT_SHMFD'], [15, 'CONFIGURE_MEM_SLOTS']] as const)
+  // LOG_SHMFD (and VHOST_F_LOG_ALL): migration's dirty log, vhost-dirty-log.test.ts
+  for (const [b, name] of [[0, 'MQ'], [1, 'LOG_SHMFD'], [3, 'REPLY_ACK'], [5, 'BACKEND_REQ'], [9, 'CONFIG'], [12, 'INFLIGHT_SHMFD'], [15, 'CONFIGURE_MEM_SLOTS']] as const)
     t.is(bit(pf, b), 1n, `protocol ${name}`);
-  for (const [b, name] of [[1, 'LOG_SHMFD'], [8, 'PAGEFAULT'], [10, 'BACKEND_SEND_FD'], [11, 'HOST_NOTIFIER']] as const)
+  t.is(bit(f, 26), 1n, 'VHOST_F_LOG_ALL');
+  for (const [b, name] of [[8, 'PAGEFAULT'], [10, 'BACKEND_SEND_FD'], [11, 'HOST_NOTIFIER']] as const)
     t.is(bit(pf, b), 0n, `protocol ${name} not offered`);
   t.is(p.json.queueNum, 4);
   const cfg = Buffer.from(p.json.config as string, 'hex');
