@@ -109,8 +109,10 @@ class ConnLock {
 };
 
 struct Connection {
+  // The constructor makes this no aggregate any more: the C structs below are zeroed by their
+  // `{}`, not by make_shared's value-initialization (ReadSome relies on rx.fd_num starting at 0).
   explicit Connection(std::atomic<uint64_t>* dirty_pages) : log(dirty_pages) {}
-  VuDev dev;  // first: libvhost-user callbacks get &dev and we cast back
+  VuDev dev{};  // first: libvhost-user callbacks get &dev and we cast back
   VhostBlkDevice::Impl* impl = nullptr;
   std::shared_ptr<VhostBlkDevice> keep;  // the device outlives its connections' late completions
   ConnLock lock;
@@ -118,9 +120,9 @@ struct Connection {
   int sock = -1;
   bool sock_watched = false;
   bool teardown_done = false;
-  VhostUserMsg rx;
+  VhostUserMsg rx{};
   size_t rx_got = 0;
-  VhostUserMsg held;             // the message waiting for the drain
+  VhostUserMsg held{};           // the message waiting for the drain
   const VhostUserMsg* current = nullptr;  // handed to vu_dispatch via read_msg
   // written under the write lock (broken also from panics under the read lock)
   std::atomic<bool> dead{false};
