@@ -86,7 +86,7 @@ export function interopTables(f: InteropFigures, samples: InteropSample[], workl
   }
   out.push('');
   const oo = pairById('oo').short;
-  out.push(`${oo} ÷ ${kq} (issue 21's target: ≥ ${OO_OVER_KQ_TARGET.toFixed(2)}× in every workload; reported, not asserted):`);
+  out.push(`${oo} ÷ ${kq} (issue 21's target: ≥ ${OO_OVER_KQ_TARGET.toFixed(2)}× in every workload; reported, not asserted):`, '');
   out.push(`| workload | ${oo} | ${kq} | throughput ÷ ${kq} | mean latency ÷ ${kq} | target |`);
   out.push('|---|---|---|---|---|---|');
   for (const w of workloads) {
@@ -98,7 +98,7 @@ export function interopTables(f: InteropFigures, samples: InteropSample[], workl
     out.push(`| ${w.label} | ${fig(o)} | ${fig(q)} | ${f2(r?.throughput)}× | ${f2(r?.lat_mean)}× | ${met} |`);
   }
   out.push('');
-  out.push('Kernel client, the two load generators on the same /dev/rnbdN (medians):');
+  out.push('Kernel client, the two load generators on the same /dev/rnbdN (medians):', '');
   out.push('| workload | pair | fio IOPS | fio MB/s | fio mean µs | blkio-bench IOPS | fio ÷ blkio-bench | block requests per IO (merged) |');
   out.push('|---|---|---|---|---|---|---|---|');
   const req = (c: Cell | null | undefined) => (c?.requests_per_io === undefined ? '—' : `${f2(c.requests_per_io)} (${f2(c.merges_per_io)})`);
@@ -112,7 +112,7 @@ export function interopTables(f: InteropFigures, samples: InteropSample[], workl
         : `| ${w.label} | ${pair.short} | FAILED: ${err ?? 'no result'} | | | | | ${req(bc)} |`);
     }
   }
-  out.push(`${kq}: block requests qsd issued on the K→K /dev/rnbdN per load-generator IO (merged): ` +
+  out.push('', `${kq}: block requests qsd issued on the K→K /dev/rnbdN per load-generator IO (merged): ` +
     workloads.map((w) => `${w.label} ${req(f.cells[w.id]?.kq)}`).join('; '));
   return out;
 }
