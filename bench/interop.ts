@@ -2,21 +2,27 @@
 // guest (TCG, hostroot mode, rxe0 on eth0 = 10.0.2.15). The kernel's rnbd_server (port 1234) and
 // our `ibnbd server` (port 4321) export the same loop device (a file on the guest's tmpfs); the
 // kernel's rnbd_client maps it from each (/dev/rnbdN) and so does our client daemon (a
-// vhost-user-blk socket each). Four pairs, three read workloads, interleaved rounds, one load
-// generator for all of them (ibnbd-blkio-bench: libblkio's io_uring driver with O_DIRECT on
-// /dev/rnbdN, its virtio-blk-vhost-user driver on our sockets), and fio on /dev/rnbdN as a
-// cross-check of the load generator. Figures are reported as ratios to the all-kernel pair, never
-// asserted. See docs/performance.md ("Kernel RNBD side by side").
+// vhost-user-blk socket each); qemu-storage-daemon exports the kernel client's device from the
+// kernel server as a vhost-user-blk socket too (the stack a user would build instead of our
+// client). Five stacks (bench/interop-stacks.ts), three read workloads, interleaved rounds, one
+// load generator for all of them (ibnbd-blkio-bench: libblkio's io_uring driver with O_DIRECT on
+// /dev/rnbdN, its virtio-blk-vhost-user driver on the sockets), and fio on /dev/rnbdN as a
+// cross-check of the load generator. Figures are reported as ratios to the all-kernel pair and to
+// the kernel client + qsd, never asserted (bench/interop-report.ts). See docs/performance.md
+// ("Kernel RNBD side by side").
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { BenchOptions } from './options.js';
-import { human, median } from './report.js';
 import { GUEST_WORKLOAD_IDS, WORKLOADS, type Workload } from './workloads.js';
 import {
-  errText, f1, f2, failedRun, GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, readLoadRun, runBenchGuest, startOurDaemonsShell,
-  STEP_SHELL, STOP_OUR_DAEMONS_SHELL, type GuestPaths, type LoadRun,
+  GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, runBenchGuest, startOurDaemonsShell,
+  STEP_SHELL, STOP_OUR_DAEMONS_SHELL, type GuestPaths,
 } from './guest-bench.js';
+import { QSD_BLOCKDEV_OPTIONS, startQsdShell, STOP_QSD_SHELL } from './interop-qsd.js';
+import { interopFigures, interopTables } from './interop-report.js';
+import { readSamples, runName } from './interop-results.js';
+import { FIO_PAIRS, PAIRS } from './interop-stacks.js';
 import { GUEST_IP, kernelRnbdGuestOptions, kernelRnbdPrelude } from '../harness/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -35,20 +41,6 @@ const DEFAULT_GUEST_CPUS = 1;
 const GUEST_MEM_MIB = 1536;
 /** Boot, module loads, daemons, maps and teardown under TCG, with room to spare. */
 const SETUP_BUDGET_S = 180;
-
-export type PairId = 'kk' | 'ko' | 'ok' | 'oo';
-interface Pair { id: PairId; label: string; short: string; kernelClient: boolean; target: string }
-export const PAIRS: readonly Pair[] = [
-  { id: 'kk', label: 'kernel client → kernel server', short: 'K→K', kernelClient: true, target: '$KK' },
-  { id: 'ko', label: 'kernel client → our server', short: 'K→ours', kernelClient: true, target: '$KO' },
-  { id: 'ok', label: 'our client → kernel server', short: 'ours→K', kernelClient: false, target: '$OK' },
-  { id: 'oo', label: 'our client → our server', short: 'ours→ours', kernelClient: false, target: '$OO' },
-];
-/** The pairs fio also measures: the ones with a /dev/rnbdN to run it on. */
-const FIO_PAIRS = PAIRS.filter((p) => p.kernelClient);
-
-type Tool = 'blkio' | 'fio';
-const runName = (round: number, w: Workload, pair: PairId, tool: Tool) => `r${round}-${w.id}-${pair}-${tool}`;
 
 /** Each run's bound, and the guest's: every run plus the set-up budget, with half again to spare. */
 function runLimitS(o: BenchOptions): number {
@@ -81,9 +73,8 @@ function guestScript(o: BenchOptions, p: GuestPaths, workloads: Workload[]): str
     for (const w of workloads) {
       for (const pair of PAIRS) {
         const name = runName(round, w, pair.id, 'blkio');
-        runs.push(pair.kernelClient
-          ? withDeviceStat(pair.target, name, loadgenShell(p, o, w, pair.target, name, '--driver io_uring '))
-          : loadgenShell(p, o, w, pair.target, name));
+        const run = loadgenShell(p, o, w, pair.target, name, pair.via === 'block' ? '--driver io_uring ' : '');
+        runs.push(pair.kernelDev ? withDeviceStat(pair.kernelDev, name, run) : run);
       }
       for (const pair of FIO_PAIRS) runs.push(fioShell(o, w, pair.target, runName(round, w, pair.id, 'fio')));
     }
@@ -101,12 +92,14 @@ LOOP=$(rnbd_loop /tmp/backing.img) || exit 25
 DEV=\${LOOP##*/}
 step "backing $LOOP"
 ${startOurDaemonsShell(p, `${GUEST_IP}:${OUR_PORT}`, '/dev', `--queue-depth ${SESSION_QUEUE_DEPTH} `)}
-# read-only everywhere: four opens of one device, and the workloads only read
+# read-only everywhere: four opens of one device (and qsd's of $KK), and the workloads only read
 KK=$(rnbd_map kk $DEV ro) || exit 26
 RNBD_PORT=${OUR_PORT}
 KO=$(rnbd_map ko $DEV ro) || exit 27
 RNBD_PORT=1234
 step "kernel client: $KK from the kernel server, $KO from ours"
+# the alternative to our client: qsd exports the kernel client's K→K device as a vhost-user socket
+${startQsdShell('$KK', '/tmp/kq.sock', 'KQ', 30)}
 ${ourMapShell(p, `sessname=ok path=ip:${GUEST_IP} device_path=$DEV access_mode=ro`, 'map-ok', 'OK', 28)}
 # io_mode=fileio: the kernel client's OPEN carries no io_mode (its byte is reserved, 0 = fileio
 # in IBNBD's encoding), so our server serves K→ours in fileio; ours→ours asks for the same, and
@@ -118,69 +111,13 @@ ${runs.join('\n')}
 ${IB} list --control /tmp/clt.sock --json > ${GUEST_OUT}/list.json 2>&1
 ${IB} server sessions --control /tmp/srv.sock --json > ${GUEST_OUT}/server-sessions.json 2>&1
 step measured
+${STOP_QSD_SHELL}
 rnbd_unmap $KK; rnbd_unmap $KO
 # our client daemon closes its sessions as it ends (no CLI round trips: node under TCG starts slowly)
 ${STOP_OUR_DAEMONS_SHELL}
 losetup -d $LOOP
 step done
 exit 0`;
-}
-
-/** fio's JSON (`--output-format=json`, one job) as a LoadRun; percentiles of the total latency (`lat_percentiles=1`). */
-export function parseFio(text: string, w: Workload): LoadRun {
-  const start = text.indexOf('{');
-  if (start < 0) return failedRun(w, 'no JSON in fio output');
-  let j: any;
-  try {
-    j = JSON.parse(text.slice(start));
-  } catch (e) {
-    return failedRun(w, `fio JSON: ${(e as Error).message}`);
-  }
-  const job = j?.jobs?.[0];
-  const rd = job?.read;
-  if (!rd || typeof rd.iops !== 'number') return failedRun(w, 'fio JSON without a read section');
-  if (job.error) return failedRun(w, `fio job error ${job.error}`);
-  if (!(rd.total_ios > 0)) return failedRun(w, 'fio completed no IO');
-  const pct = (rd.lat_ns?.percentile ?? {}) as Record<string, number>;
-  const at = (p: string) => (typeof pct[p] === 'number' ? pct[p]! / 1e3 : NaN);
-  return {
-    workload: w.id, label: w.label, ok: true, submitted: 0, iops: rd.iops, mbps: rd.bw_bytes / 1e6,
-    lat_us: { mean: rd.lat_ns.mean / 1e3, p50: at('50.000000'), p99: at('99.000000'), p999: at('99.900000') },
-  };
-}
-
-function readFio(dir: string, name: string, w: Workload): LoadRun {
-  const f = join(dir, `${name}.json`);
-  if (!existsSync(f)) return failedRun(w, `no result ${errText(dir, name)}`);
-  const r = parseFio(readFileSync(f, 'utf8'), w);
-  return r.ok ? r : { ...r, error: `${r.error} ${errText(dir, name)}`.trim() };
-}
-
-/** Block requests the kernel client issued (and merged) per load-generator IO, from /sys/block/<dev>/stat. */
-function deviceRequests(dir: string, name: string, run: LoadRun): { requests_per_io: number; merges_per_io: number } | null {
-  try {
-    // fields 1 and 2: reads completed, reads merged
-    const read = (s: string) => readFileSync(join(dir, `${name}.${s}`), 'utf8').trim().split(/\s+/).map(Number);
-    const [a, b] = [read('stat0'), read('stat1')];
-    if (!run.submitted) return null;
-    return { requests_per_io: (b[0]! - a[0]!) / run.submitted, merges_per_io: (b[1]! - a[1]!) / run.submitted };
-  } catch {
-    return null;
-  }
-}
-
-interface Cell { rounds: number; iops: number; mbps: number; mean: number; p50: number; p99: number; requests_per_io?: number; merges_per_io?: number }
-
-function cellOf(runs: LoadRun[], dev: ({ requests_per_io: number; merges_per_io: number } | null)[] = []): Cell | null {
-  const good = runs.filter((r) => r.ok);
-  if (!good.length) return null;
-  const med = (f: (r: LoadRun) => number) => median(good.map(f));
-  const d = dev.filter((x): x is NonNullable<typeof x> => x !== null);
-  return {
-    rounds: good.length, iops: med((r) => r.iops), mbps: med((r) => r.mbps),
-    mean: med((r) => r.lat_us.mean ?? NaN), p50: med((r) => r.lat_us.p50 ?? NaN), p99: med((r) => r.lat_us.p99 ?? NaN),
-    ...(d.length ? { requests_per_io: median(d.map((x) => x.requests_per_io)), merges_per_io: median(d.map((x) => x.merges_per_io)) } : {}),
-  };
 }
 
 /** Boots the guest, runs everything, prints and saves; the exit code of the bench. */
@@ -192,7 +129,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
   const timeoutMs = guestTimeoutMs(opts, workloads.length);
   const cpus = opts.guestCpus ?? DEFAULT_GUEST_CPUS;
   log(`bench --interop: one soft-RoCE guest (TCG, ${cpus} vCPU(s)), ${opts.rounds} round(s) × ${workloads.map((w) => w.id).join(', ')} × ` +
-    `${PAIRS.length} pairs + fio on ${FIO_PAIRS.length}, ${opts.runtimeMs} ms each (+${opts.rampMs} ms ramp); guest limit ${timeoutMs / 1000} s; share ${share}`);
+    `${PAIRS.length} stacks + fio on ${FIO_PAIRS.length}, ${opts.runtimeMs} ms each (+${opts.rampMs} ms ramp); guest limit ${timeoutMs / 1000} s; share ${share}`);
   try {
     const r = await runBenchGuest('bench --interop', {
       ...kernelRnbdGuestOptions({ shares: [{ hostPath: share, tag: 'out', guestPath: GUEST_OUT }] }),
@@ -203,37 +140,8 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
     });
     if (opts.keep) log(`guest output kept in ${share}`);
 
-    // every run of every round, then the medians per pair and workload
-    const samples: { round: number; workload: string; pair: PairId; tool: Tool; run: LoadRun; device: ReturnType<typeof deviceRequests> }[] = [];
-    for (let round = 1; round <= opts.rounds; round++) {
-      for (const w of workloads) {
-        for (const pair of PAIRS) {
-          const name = runName(round, w, pair.id, 'blkio');
-          const run = readLoadRun(share, name, w);
-          samples.push({ round, workload: w.id, pair: pair.id, tool: 'blkio', run, device: pair.kernelClient ? deviceRequests(share, name, run) : null });
-        }
-        for (const pair of FIO_PAIRS) samples.push({ round, workload: w.id, pair: pair.id, tool: 'fio', run: readFio(share, runName(round, w, pair.id, 'fio'), w), device: null });
-      }
-    }
-    const pick = (w: Workload, pair: PairId, tool: Tool) => samples.filter((s) => s.workload === w.id && s.pair === pair && s.tool === tool);
-    const cells: Record<string, Partial<Record<PairId, Cell | null>>> = {};
-    const fioCells: Record<string, Partial<Record<PairId, Cell | null>>> = {};
-    const ratios: Record<string, Partial<Record<PairId, { throughput: number; lat_mean: number } | null>>> = {};
-    for (const w of workloads) {
-      cells[w.id] = {};
-      fioCells[w.id] = {};
-      ratios[w.id] = {};
-      for (const pair of PAIRS) {
-        const s = pick(w, pair.id, 'blkio');
-        cells[w.id]![pair.id] = cellOf(s.map((x) => x.run), s.map((x) => x.device));
-      }
-      for (const pair of FIO_PAIRS) fioCells[w.id]![pair.id] = cellOf(pick(w, pair.id, 'fio').map((x) => x.run));
-      const kk = cells[w.id]!.kk;
-      for (const pair of PAIRS) {
-        const c = cells[w.id]![pair.id];
-        ratios[w.id]![pair.id] = c && kk ? { throughput: c[w.headline] / kk[w.headline], lat_mean: c.mean / kk.mean } : null;
-      }
-    }
+    const samples = readSamples(share, opts.rounds, workloads);
+    const figures = interopFigures(samples, workloads);
     const readJson = (f: string): unknown => { try { return JSON.parse(readFileSync(join(share, f), 'utf8')); } catch { return null; } };
     const ours = readJson('list.json');
     const ourServerSessions = readJson('server-sessions.json');
@@ -244,37 +152,13 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
     out.push(`ibnbd-vhost bench --interop ${new Date().toISOString()} — one QEMU/TCG guest (${cpus} vCPU(s), ${GUEST_MEM_MIB} MiB, Debian 6.1 kernel), rdma_rxe on eth0 ${GUEST_IP}`);
     out.push(`backing: a loop device over a ${BACKING_MIB} MiB file on the guest's tmpfs, exported read-only by the kernel's rnbd_server (:1234) and our ibnbd server (:${OUR_PORT}), ` +
       `session queue depth ${SESSION_QUEUE_DEPTH} on both`);
-    out.push(`load: ibnbd-blkio-bench for all four pairs (--driver io_uring, O_DIRECT, on /dev/rnbdN; virtio-blk-vhost-user on our sockets), one queue, seed ${opts.seed}, ` +
+    out.push(`K+qsd: ${readText('qsd-version.txt') || 'qemu-storage-daemon ?'} exporting the K→K /dev/rnbdN read-only as vhost-user-blk ` +
+      `(host_device, ${QSD_BLOCKDEV_OPTIONS}, num-queues=1, main loop)`);
+    out.push(`load: ibnbd-blkio-bench for all ${PAIRS.length} stacks (--driver io_uring, O_DIRECT, on /dev/rnbdN; virtio-blk-vhost-user on the sockets), one queue, seed ${opts.seed}, ` +
       `${opts.runtimeMs} ms per run (+${opts.rampMs} ms ramp), ${opts.rounds} interleaved round(s), medians; fio (${readText('fio-version.txt') || '?'}, io_uring, direct=1) on /dev/rnbdN as a cross-check`);
     out.push(`host load average at start ${load0.join(' ')}, end ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
     out.push('');
-    out.push('| workload | pair | IOPS | MB/s | mean µs | p50 µs | p99 µs | throughput ÷ K→K | mean latency ÷ K→K |');
-    out.push('|---|---|---|---|---|---|---|---|---|');
-    for (const w of workloads) {
-      for (const pair of PAIRS) {
-        const c = cells[w.id]![pair.id];
-        const ratio = ratios[w.id]![pair.id];
-        const err = pick(w, pair.id, 'blkio').find((s) => !s.run.ok)?.run.error;
-        out.push(c
-          ? `| ${w.label} | ${pair.short} | ${human(c.iops)} | ${f1(c.mbps)} | ${f1(c.mean)} | ${f1(c.p50)} | ${f1(c.p99)} | ${f2(ratio?.throughput)}× | ${f2(ratio?.lat_mean)}× |`
-          : `| ${w.label} | ${pair.short} | FAILED: ${err ?? 'no result'} | | | | | | |`);
-      }
-    }
-    out.push('');
-    out.push('Kernel client, the two load generators on the same /dev/rnbdN (medians):');
-    out.push('| workload | pair | fio IOPS | fio MB/s | fio mean µs | blkio-bench IOPS | fio ÷ blkio-bench | block requests per IO (merged) |');
-    out.push('|---|---|---|---|---|---|---|---|');
-    for (const w of workloads) {
-      for (const pair of FIO_PAIRS) {
-        const fc = fioCells[w.id]![pair.id];
-        const bc = cells[w.id]![pair.id];
-        const err = pick(w, pair.id, 'fio').find((s) => !s.run.ok)?.run.error;
-        const req = bc?.requests_per_io === undefined ? '—' : `${f2(bc.requests_per_io)} (${f2(bc.merges_per_io)})`;
-        out.push(fc
-          ? `| ${w.label} | ${pair.short} | ${human(fc.iops)} | ${f1(fc.mbps)} | ${f1(fc.mean)} | ${bc ? human(bc.iops) : '—'} | ${bc ? f2(fc[w.headline] / bc[w.headline]) : '—'}× | ${req} |`
-          : `| ${w.label} | ${pair.short} | FAILED: ${err ?? 'no result'} | | | | | ${req} |`);
-      }
-    }
+    out.push(...interopTables(figures, samples, workloads));
     out.push('');
     if (kdev) out.push(`kernel client queues: ${kdev.split('\n').join('; ')}`);
     const text = out.join('\n') + '\n';
@@ -288,7 +172,8 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
         guest: { cpus, memMiB: GUEST_MEM_MIB, accel: 'tcg', rdma: 'rdma_rxe on eth0', backing: `loop over ${BACKING_MIB} MiB tmpfs file`, session_queue_depth: SESSION_QUEUE_DEPTH },
       },
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
-      pairs: PAIRS, workloads, medians: cells, ratios_over_kernel_pair: ratios, fio_medians: fioCells,
+      pairs: PAIRS, workloads, medians: figures.cells, ratios: figures.ratios, ratios_over_kernel_pair: figures.overKernelPair, fio_medians: figures.fioCells,
+      qsd: { version: readText('qsd-version.txt'), blockdev: `driver=host_device,read-only=on,${QSD_BLOCKDEV_OPTIONS}`, export: 'vhost-user-blk, num-queues=1, writable=off' },
       kernel_client_queues: kdev, our_devices: ours, our_server_sessions: ourServerSessions, samples,
     };
     writeFileSync(join(outDir, 'bench.json'), JSON.stringify(json, null, 2) + '\n');

@@ -1,5 +1,6 @@
 // qemu-storage-daemon exporting a file as a vhost-user-blk socket: a real, independent backend
-// to check the harness against (and a reference peer for our own backend's tests).
+// to check the harness against (and a reference peer for our own backend's tests). The export's
+// argument is shared with the bench, which runs qsd inside a guest (bench/interop-qsd.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { IbnbdError } from '../../src/errors.js';
@@ -19,13 +20,17 @@ export interface Qsd {
   stop(): Promise<void>;
 }
 
+/** One `--export` of a block node as a vhost-user-blk socket (commas in the path doubled, as QEMU's option syntax wants). */
+export function vhostUserBlkExportArg(o: { nodeName: string; socket: string; writable: boolean; numQueues: number }): string {
+  return `type=vhost-user-blk,id=e0,node-name=${o.nodeName},addr.type=unix,addr.path=${o.socket.replace(/,/g, ',,')},` +
+    `writable=${o.writable ? 'on' : 'off'},num-queues=${o.numQueues}`;
+}
+
 export async function startQsd(o: QsdOptions): Promise<Qsd> {
   const args = [
     '--blockdev', `driver=file,node-name=f0,filename=${o.file.replace(/,/g, ',,')}`,
     '--blockdev', 'driver=raw,node-name=d0,file=f0',
-    '--export',
-    `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${o.socket.replace(/,/g, ',,')},` +
-      `writable=${o.writable === false ? 'off' : 'on'},num-queues=${o.numQueues ?? 1}`,
+    '--export', vhostUserBlkExportArg({ nodeName: 'd0', socket: o.socket, writable: o.writable !== false, numQueues: o.numQueues ?? 1 }),
   ];
   const child = spawn('qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

@@ -1,14 +1,16 @@
 // `npm run bench -- --interop` in its short mode (one round, 1 s per run): the kernel's RNBD and
-// ours side by side in one soft-RoCE guest. Asserted: every one of the 12 cells (kernel/our client
-// × kernel/our server × 3 workloads) produced a figure, the ratios to the all-kernel pair are
-// computed from them and printed, fio's cross-check ran on both /dev/rnbdN, our client's two
-// maps went over RDMA to the two servers, and our server served both of its clients in the same
-// io_mode. The figures themselves are reported, never asserted.
+// ours side by side in one soft-RoCE guest. Asserted: every one of the 15 cells (kernel/our client
+// × kernel/our server, and the kernel client + qsd, × 3 workloads) produced a figure, the ratios
+// to the all-kernel pair and to the kernel client + qsd are computed from them, printed and saved
+// by name, fio's cross-check ran on both /dev/rnbdN, our client's two maps went over RDMA to the
+// two servers, and our server served both of its clients in the same io_mode. The figures
+// themselves are reported, never asserted.
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseFio, PAIRS } from '../../bench/interop.js';
+import { parseFio } from '../../bench/interop-results.js';
+import { PAIRS } from '../../bench/interop-stacks.js';
 import { WORKLOADS } from '../../bench/workloads.js';
 import { runBench } from '../support/bench-runner.js';
 
@@ -43,7 +45,7 @@ test('fio output that says nothing measurable is a failed run with the reason', 
 
 interface Cell { iops: number; mbps: number; mean: number; p50: number; p99: number; rounds: number }
 
-test.serial('bench --interop, short: 12 cells with figures and ratios to the all-kernel pair, fio beside it, our maps over RDMA', async (t) => {
+test.serial('bench --interop, short: 15 cells with figures and ratios to the all-kernel pair and to K+qsd, fio beside it, our maps over RDMA', async (t) => {
   t.timeout(240_000);
   const dir = mkdtempSync(join(tmpdir(), 'ibnbd-bench-interop-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -59,6 +61,8 @@ test.serial('bench --interop, short: 12 cells with figures and ratios to the all
     medians: Record<string, Record<string, Cell | null>>;
     fio_medians: Record<string, Record<string, Cell | null>>;
     ratios_over_kernel_pair: Record<string, Record<string, { throughput: number; lat_mean: number } | null>>;
+    ratios: Record<string, Record<string, { throughput: number; lat_mean: number } | null>>;
+    qsd: { version: string };
     our_devices: { devices: { session: string; transport: string; read_only: boolean; paths: string[] }[] };
     our_server_sessions: { sessions: { sessname: string; devices: { io_mode: string; access_mode: string }[] }[] };
     guest: { exitCode: number };
@@ -68,6 +72,7 @@ test.serial('bench --interop, short: 12 cells with figures and ratios to the all
   let cells = 0;
   for (const w of json.workloads) {
     const kk = json.medians[w.id]!.kk!;
+    const kq = json.medians[w.id]!.kq!;
     for (const pair of PAIRS) {
       const c = json.medians[w.id]![pair.id];
       if (!c) { t.fail(`${pair.label}: no figures for ${w.id}`); continue; }
@@ -77,16 +82,27 @@ test.serial('bench --interop, short: 12 cells with figures and ratios to the all
       const ratio = json.ratios_over_kernel_pair[w.id]![pair.id]!;
       t.true(Math.abs(ratio.throughput - c[w.headline] / kk[w.headline]) < 1e-9, `${pair.id} ${w.id} ratio`);
       t.true(Math.abs(ratio.lat_mean - c.mean / kk.mean) < 1e-9);
+      // by name too, for scripts comparing runs: <pair>_over_kk and <pair>_over_kq
+      if (pair.id !== 'kk') t.deepEqual(json.ratios[`${pair.id}_over_kk`]![w.id], ratio);
+      if (pair.id !== 'kq' && kq) {
+        const q = json.ratios[`${pair.id}_over_kq`]![w.id]!;
+        t.true(Math.abs(q.throughput - c[w.headline] / kq[w.headline]) < 1e-9, `${pair.id} ${w.id} ÷ K+qsd`);
+        t.true(Math.abs(q.lat_mean - c.mean / kq.mean) < 1e-9);
+      }
       cells++;
     }
     for (const pair of ['kk', 'ko']) t.true((json.fio_medians[w.id]![pair]?.iops ?? 0) > 0, `fio ${pair} ${w.id}`);
   }
-  t.is(cells, 12);
+  t.is(cells, 15);
+  t.regex(json.qsd.version, /qemu-storage-daemon/);
 
-  // the table: one row per cell, each with its two ratios; the all-kernel rows are 1.00×
-  const rows = r.stdout.split('\n').filter((l) => /^\| .* \| (K→K|K→ours|ours→K|ours→ours) \| [\d.]+k? \|.*×.*× \|$/.test(l));
-  t.is(rows.length, 12, r.stdout);
-  t.is(rows.filter((l) => / K→K \|.* 1\.00× \| 1\.00× \|$/.test(l)).length, 3);
+  // the table: one row per cell, each with its four ratios; the rows of each base are 1.00× to it
+  const rows = r.stdout.split('\n').filter((l) => /^\| .* \| (K→K|K→ours|ours→K|ours→ours|K\+qsd) \| [\d.]+k? \|.*×.*×.*×.*× \|$/.test(l));
+  t.is(rows.length, 15, r.stdout);
+  t.is(rows.filter((l) => / K→K \|.* 1\.00× \| 1\.00× \| [\d.]+× \| [\d.]+× \|$/.test(l)).length, 3);
+  t.is(rows.filter((l) => / K\+qsd \|.* 1\.00× \| 1\.00× \|$/.test(l)).length, 3);
+  // and ours→ours ÷ K+qsd per workload, the issue's target beside it
+  t.is(r.stdout.split('\n').filter((l) => /^\| .* \| [\d.]+× \| [\d.]+× \| (met|missed) \|$/.test(l)).length, 3, r.stdout);
   t.is(readFileSync(join(out, 'table.txt'), 'utf8'), r.stdout);
 
   // our client's maps: one from each server, over RDMA, read-only
