@@ -74,8 +74,9 @@ class IoThreads {
   EventLoop& loop(unsigned i);            // i modulo size()
 
   // Adaptive polling ("--poll-us N"): after a batch that did work, a loop keeps asking epoll
-  // without sleeping for up to N microseconds before it blocks again; 0 (the default) never
-  // polls. Any thread, at any time: every loop reads it before each wait.
+  // without sleeping (yielding the core between empty polls) for up to N microseconds before it
+  // blocks again; 0 (the default) never polls. Any thread, at any time: every loop reads it
+  // before each wait.
   static void SetPollUs(unsigned us);
   static unsigned PollUs();
   struct PollCounts {
