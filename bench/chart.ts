@@ -5,7 +5,7 @@ import type { TargetId } from './options.js';
 import type { Report, TargetInfo } from './report.js';
 import type { Workload } from './workloads.js';
 
-const COLORS: Record<TargetId, string> = { a: '#d62728', b: '#1f77b4', c: '#ff7f0e', d: '#2ca02c', e: '#7f7f7f', m: '#9467bd' };
+const COLORS: Record<TargetId, string> = { a: '#d62728', b: '#1f77b4', c: '#ff7f0e', d: '#2ca02c', e: '#7f7f7f', m: '#9467bd', p: '#8c564b' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

@@ -1,9 +1,10 @@
 // Command line of the bench runner. Every value is checked here, with a message naming the flag.
 import { WORKLOADS } from './workloads.js';
 
-export const TARGET_IDS = ['a', 'b', 'c', 'd', 'e', 'm'] as const;
+export const TARGET_IDS = ['a', 'b', 'c', 'd', 'e', 'm', 'p'] as const;
 export type TargetId = (typeof TARGET_IDS)[number];
-/** m (ours with /metrics scraped every second) runs only when asked for: --metrics-cost. */
+/** m (ours with /metrics scraped every second) and p (ours with --poll-us) run only when asked
+ *  for: --metrics-cost, --targets …,p. */
 const DEFAULT_TARGETS: TargetId[] = ['a', 'b', 'c', 'd', 'e'];
 
 export interface BenchOptions {
@@ -23,6 +24,8 @@ export interface BenchOptions {
   workloads: string[];
   seed: number;
   ioThreads: number | undefined;
+  /** --poll-us of target p's daemons (default 50) */
+  pollUs: number;
   keep: boolean;
 }
 
@@ -35,12 +38,14 @@ export const USAGE = `usage: npm run bench -- [options]
   --size BYTES          data file size (default 1G; k/M/G suffixes)
   --file-dir DIR        where the data file lives (default /dev/shm: tmpfs is page cache only)
   --out DIR             results folder (default results/<timestamp>)
-  --targets a,b,c,d,e,m which targets (default a-e; m: ours with both daemons' /metrics
-                        scraped every second, compared with a)
+  --targets a,b,c,d,e,m,p which targets (default a-e; m: ours with both daemons' /metrics
+                        scraped every second, compared with a; p: ours with both daemons'
+                        adaptive polling on, --poll-us, compared with a)
   --metrics-cost        add m and a: what scraping /metrics every second costs ours (a/m)
   --workloads ID,...    ${WORKLOADS.map((w) => w.id).join(',')}
   --seed N              seed of the IO pattern (default 1)
   --io-threads N        passed to our server and client daemons
+  --poll-us N           the polling window of target p's daemons, 1..1000 µs (default 50)
   --keep                keep the work folder (logs, sockets)
   --rdma                ours over RDMA in one soft-RoCE guest next to perftest's ib_send_lat +
                         ib_write_lat (4 KiB randread QD1/QD32, 128 KiB read QD8; --runtime-ms, --ramp-ms,
@@ -68,7 +73,7 @@ export function parseOptions(argv: string[]): BenchOptions {
   const o: BenchOptions = {
     quick: false, rdma: false, interop: false, guestCpus: undefined, rounds: 3, runtimeMs: 3000, rampMs: 300, timeoutMs: 10000,
     fileBytes: 1 << 30, fileDir: '/dev/shm', outDir: undefined, targets: [...DEFAULT_TARGETS],
-    workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, keep: false,
+    workloads: WORKLOADS.map((w) => w.id), seed: 1, ioThreads: undefined, pollUs: 50, keep: false,
   };
   const explicit = new Set<string>();
   let metricsCost = false;
@@ -92,6 +97,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--out': o.outDir = value(); if (!o.outDir) throw new Error('--out: expected a folder'); break;
       case '--seed': o.seed = positive(flag, value(), 0); break;
       case '--io-threads': o.ioThreads = positive(flag, value()); break;
+      case '--poll-us': o.pollUs = positive(flag, value()); if (o.pollUs > 1000) throw new Error('--poll-us: at most 1000'); break;
       case '--targets': {
         const list = (value() ?? '').split(',').filter(Boolean);
         const bad = list.filter((t) => !(TARGET_IDS as readonly string[]).includes(t));

@@ -113,7 +113,7 @@ const TARGETS: { workload: string; peer: TargetId; metric: 'throughput' | 'lat_m
 ];
 
 /** Peers that run only when asked for: their checks are left out of a run without them. */
-const OPTIONAL_PEERS: TargetId[] = ['m'];
+const OPTIONAL_PEERS: TargetId[] = ['m', 'p'];
 
 function checksFor(w: Workload, ratios: Report['ratios'][string], oursRan: boolean, targets: TargetId[]): Check[] {
   return TARGETS.filter((t) => t.workload === w.id && (targets.includes(t.peer) || !OPTIONAL_PEERS.includes(t.peer))).map((t) => {

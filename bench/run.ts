@@ -60,6 +60,7 @@ async function measure(target: Target, w: Workload, ctx: BenchContext, round: nu
     r = { ok: false, error: (e as Error).message };
   }
   const after = daemons.map(cpu0);
+  target.afterRun?.(ctx);
   const cpu: Record<string, number> = {};
   daemons.forEach((d, i) => (cpu[d.name] = Number((after[i]! - before[i]!).toFixed(3))));
   const total = Object.values(cpu).reduce((a, b) => a + b, 0);
@@ -114,10 +115,10 @@ async function main(opts: BenchOptions): Promise<number> {
     makeDataFile(file, opts.fileBytes);
 
     for (const id of opts.targets) {
-      const target = makeTarget(id);
+      const target = makeTarget(id, opts.pollUs);
       const ti: TargetInfo = { id, name: target.name, description: target.description, notes: target.notes };
       infos.push(ti);
-      if (id === 'a' || id === 'm') {
+      if (id === 'a' || id === 'm' || id === 'p') {
         const why = oursUnavailableReason(root);
         if (why) { ti.unavailable = `not available in this build: ${why}`; log(`a: ${ti.unavailable}`); continue; }
       }

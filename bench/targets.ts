@@ -7,6 +7,8 @@
 //   e  raw TCP loopback probe (one thread a side, TCP_NODELAY): the floor of our TCP hop
 //   m  ours again, both daemons with --metrics and scraped every second while a run goes on
 //      (--metrics-cost): a/m is what the Prometheus endpoint costs
+//   p  ours again, both daemons with --poll-us (--targets …,p): a/p is what adaptive polling
+//      gives (latency, IOPS) and costs (CPU s/MIO)
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -32,6 +34,8 @@ export interface Target {
   start(ctx: BenchContext): Promise<void>;
   daemons(): Daemon[];
   run(w: Workload, ctx: BenchContext): Promise<ToolResult>;
+  /** after a run, once its daemons' CPU time was read: what must not be charged to the run */
+  afterRun?(ctx: BenchContext): void;
   stop(): Promise<void>;
 }
 
@@ -208,18 +212,29 @@ class TcpProbe implements Target {
  * libblkio client on the vhost-user-blk socket the map reply names.
  */
 class Ours extends VhostTarget {
-  readonly id: 'a' | 'm';
+  readonly id: 'a' | 'm' | 'p';
   readonly name: string;
   readonly description: string;
   /** m: the daemons' /metrics ports, scraped every second during a run */
   private readonly metricsPorts: number[] = [];
+  private readonly scraped: boolean;
+  /** p: --poll-us of both daemons; 0 for a and m (the daemons' default, off) */
+  private readonly pollUs: number;
 
-  constructor(private readonly scraped: boolean) {
+  constructor(id: 'a' | 'm' | 'p', pollUs = 0) {
     super();
-    this.id = scraped ? 'm' : 'a';
-    this.name = scraped ? 'ours + /metrics 1 s' : 'ours (ibnbd TCP)';
+    this.id = id;
+    this.scraped = id === 'm';
+    this.pollUs = id === 'p' ? pollUs : 0;
+    this.name = id === 'm' ? 'ours + /metrics 1 s' : id === 'p' ? `ours --poll-us ${this.pollUs}` : 'ours (ibnbd TCP)';
     this.description = 'ours: ibnbd server + client over TCP loopback (io_mode=fileio), vhost-user-blk socket of the client' +
-      (scraped ? '; both daemons with --metrics, each /metrics fetched once a second while a run goes on, by a process of its own' : '');
+      (id === 'm' ? '; both daemons with --metrics, each /metrics fetched once a second while a run goes on, by a process of its own' : '') +
+      (id === 'p' ? `; both daemons with --poll-us ${this.pollUs}: after work each IO thread polls for up to ${this.pollUs} µs before it sleeps` : '');
+  }
+
+  /** --poll-us for both daemons of p, nothing for a and m. */
+  private pollArgs(): string[] {
+    return this.pollUs ? ['--poll-us', String(this.pollUs)] : [];
   }
 
   /** --metrics ADDR:PORT for one daemon of m, nothing for a. */
@@ -281,7 +296,7 @@ class Ours extends VhostTarget {
     const cli = join(ctx.root, 'bin', 'ibnbd.js');
     const port = await freePort();
     const serverControl = join(ctx.work, `${this.id}-server.ctl`);
-    const threads = ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : [];
+    const threads = [...(ctx.opts.ioThreads ? ['--io-threads', String(ctx.opts.ioThreads)] : []), ...this.pollArgs()];
     const server = new Daemon('ibnbd server', process.execPath, [
       cli, 'server', '--listen', `127.0.0.1:${port}`, '--dev-search-path', dirname(ctx.file), '--control', serverControl, ...threads,
       ...(await this.metricsArgs()),
@@ -291,6 +306,27 @@ class Ours extends VhostTarget {
     await this.startClientDaemon(ctx, port, threads);
     if (this.scraped) this.startScraper(ctx);
     this.notes.push(`server: \`ibnbd server\` pid ${server.pid}; client: ${this.procs[1]!.name} pid ${this.procs[1]!.pid}; vhost-user socket ${this.socket}`);
+    if (this.pollUs) this.controls = { server: serverControl, client: join(ctx.work, `${this.id}-client.ctl`) };
+  }
+
+  /** p: the control sockets, to read how often polling found work (a note after each run). */
+  private controls: { server: string; client: string } | undefined;
+
+  /** p: polls and hits of both daemons so far, from `ibnbd server sessions` and `ibnbd show`
+   *  (control requests, after the run's CPU time was read). */
+  afterRun(ctx: BenchContext): void {
+    if (!this.controls) return;
+    const cli = join(ctx.root, 'bin', 'ibnbd.js');
+    const ask = (args: string[]): { polls: number; poll_hits: number } | undefined => {
+      const r = spawnSync(process.execPath, [cli, ...args, '--json'], { encoding: 'utf8', timeout: START_TIMEOUT_MS });
+      if (r.status !== 0) return undefined;
+      const j = JSON.parse(r.stdout) as { io_threads?: { polls: number; poll_hits: number }; device?: { io_threads?: { polls: number; poll_hits: number } } };
+      return j.io_threads ?? j.device?.io_threads;
+    };
+    const s = ask(['server', 'sessions', '--control', this.controls.server]);
+    const c = this.socket ? ask(['show', basename(this.socket, '.sock'), '--control', this.controls.client]) : undefined;
+    const text = (x: { polls: number; poll_hits: number } | undefined) => (x ? `${x.poll_hits} hits of ${x.polls} polls (${x.polls ? ((100 * x.poll_hits) / x.polls).toFixed(1) : '0'} %)` : 'n/a');
+    this.notes[1] = `polling so far: server ${text(s)}, client ${text(c)}`;
   }
 
   private async startClientDaemon(ctx: BenchContext, port: number, threads: string[]): Promise<void> {
@@ -315,10 +351,11 @@ class Ours extends VhostTarget {
   }
 }
 
-export function makeTarget(id: TargetId): Target {
+export function makeTarget(id: TargetId, pollUs = 50): Target {
   switch (id) {
-    case 'a': return new Ours(false);
-    case 'm': return new Ours(true);
+    case 'a': return new Ours('a');
+    case 'm': return new Ours('m');
+    case 'p': return new Ours('p', pollUs);
     case 'b': return new QsdLocal();
     case 'c': return new NbdTcp();
     case 'd': return new NbdUnix();

@@ -68,7 +68,7 @@ for (const f of files) {
 }
 
 // --- the product addon -----------------------------------------------------------------------------
-const PRODUCT_EXPORTS = ['NativeClientSession', 'NativeServer', 'NativeVhostBlk', 'buildInfo', 'configureIoThreads', 'ioThreadCount', 'linkProbe', 'probeDevice', 'sdNotify', 'setLogLevel', 'setLogSink'];
+const PRODUCT_EXPORTS = ['NativeClientSession', 'NativeServer', 'NativeVhostBlk', 'buildInfo', 'configureIoThreads', 'ioThreadCount', 'ioThreadStats', 'linkProbe', 'probeDevice', 'sdNotify', 'setLogLevel', 'setLogSink', 'setPollUs'];
 const addon = join(root, 'native', 'build', 'Release', 'ibnbd.node');
 let exportsLine = '(addon not built)';
 if (existsSync(addon)) {

@@ -73,6 +73,18 @@ class IoThreads {
   unsigned size() const;
   EventLoop& loop(unsigned i);            // i modulo size()
 
+  // Adaptive polling ("--poll-us N"): after a batch that did work, a loop keeps asking epoll
+  // without sleeping (yielding the core between empty polls) for up to N microseconds before it
+  // blocks again; 0 (the default) never polls. Any thread, at any time: every loop reads it
+  // before each wait.
+  static void SetPollUs(unsigned us);
+  static unsigned PollUs();
+  struct PollCounts {
+    uint64_t polls = 0;      // non-blocking waits made
+    uint64_t poll_hits = 0;  // those that found work
+  };
+  static PollCounts PollStats();  // summed over the loops; zeros before Get()
+
  private:
   IoThreads();
   struct Impl;

@@ -1,7 +1,7 @@
-// NativeClientSession (the transport client for JS admin requests and tests) and
-// configureIoThreads(n). Blocking calls (connect, close) run on libuv's pool; request() posts
-// the submission to an IO thread and resolves from a thread-safe function. Link events go to
-// the onLinkEvent callback.
+// NativeClientSession (the transport client for JS admin requests and tests) and the IO thread
+// pool's knobs: configureIoThreads(n), setPollUs(us), ioThreadStats(). Blocking calls (connect,
+// close) run on libuv's pool; request() posts the submission to an IO thread and resolves from a
+// thread-safe function. Link events go to the onLinkEvent callback.
 #include "transport/binding.h"
 #include "transport/wire.h"
 
@@ -373,10 +373,34 @@ Napi::Value IoThreadCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), IoThreads::Get().size());
 }
 
+// Adaptive polling of the IO threads (event_loop.cc); the range is checked in TS as well.
+Napi::Value SetPollUs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowErrno(env, EINVAL, "microseconds expected");
+  double us = info[0].As<Napi::Number>().DoubleValue();
+  if (!(us >= 0 && us <= 1000) || us != static_cast<double>(static_cast<unsigned>(us)))
+    ThrowErrno(env, EINVAL, "poll window must be an integer in 0..1000 microseconds");
+  IoThreads::SetPollUs(static_cast<unsigned>(us));
+  return env.Undefined();
+}
+
+// Never starts the pool: before the first session or server the counts are 0.
+Napi::Value IoThreadStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  IoThreads::PollCounts c = IoThreads::PollStats();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pollUs", Napi::Number::New(env, IoThreads::PollUs()));
+  o.Set("polls", Napi::Number::New(env, static_cast<double>(c.polls)));
+  o.Set("pollHits", Napi::Number::New(env, static_cast<double>(c.poll_hits)));
+  return o;
+}
+
 void Init(Napi::Env env, Napi::Object exports) {
   NativeClientSession::Init(env, exports);
   exports.Set("configureIoThreads", Napi::Function::New(env, ConfigureIoThreads, "configureIoThreads"));
   exports.Set("ioThreadCount", Napi::Function::New(env, IoThreadCount, "ioThreadCount"));
+  exports.Set("setPollUs", Napi::Function::New(env, SetPollUs, "setPollUs"));
+  exports.Set("ioThreadStats", Napi::Function::New(env, IoThreadStats, "ioThreadStats"));
 }
 
 }  // namespace

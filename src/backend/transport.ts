@@ -1,5 +1,5 @@
 // Typed view of the native transport client (native/transport/binding.cc): NativeClientSession
-// for JS admin requests and tests, and the IO thread pool size. Options are validated here with
+// for JS admin requests and tests, and the IO thread pool (size, adaptive polling). Options are validated here with
 // precise errors before the thin C++ class sees them.
 import { IbnbdError, toIbnbdError } from '../errors.js';
 import type { Endpoint, MpPolicy, PathSpec, TransportKind } from '../transport/paths.js';
@@ -77,6 +77,8 @@ interface TransportExports {
   NativeClientSession: NativeClientSessionClass;
   configureIoThreads(n: number): void;
   ioThreadCount(): number;
+  setPollUs(us: number): void;
+  ioThreadStats(): IoThreadStats;
 }
 
 const native = (): TransportExports => loadNative<TransportExports>();
@@ -233,6 +235,46 @@ export function configureIoThreads(n: number): void {
 
 export function ioThreadCount(): number {
   return native().ioThreadCount();
+}
+
+/** --poll-us's range: a window longer than a millisecond would only burn CPU (docs/operations.md). */
+export const POLL_US_MAX = 1000;
+
+/** The IO threads' adaptive polling: the window in µs (0: off), the non-blocking waits made in
+ *  windows and those that found work (summed over the threads since the start). */
+export interface IoThreadStats {
+  pollUs: number;
+  polls: number;
+  pollHits: number;
+}
+
+/** After work, each IO thread polls for up to us µs before sleeping (0: never); live, any time. */
+export function setPollUs(us: number): void {
+  if (typeof us !== 'number' || !Number.isInteger(us) || us < 0 || us > POLL_US_MAX) {
+    throw new IbnbdError('EINVAL', `--poll-us: ${String(us)} is not an integer from 0 (off) to ${POLL_US_MAX} microseconds`);
+  }
+  try {
+    native().setPollUs(us);
+  } catch (e) {
+    throw toIbnbdError(e);
+  }
+}
+
+/** Does not start the IO threads: all 0 but pollUs before the first session or server. */
+export function ioThreadStats(): IoThreadStats {
+  return native().ioThreadStats();
+}
+
+/** The same as the control socket answers it (client `show`, server `sessions`): io_threads. */
+export interface IoThreadsEntry {
+  poll_us: number;
+  polls: number;
+  poll_hits: number;
+}
+
+export function ioThreadsEntry(): IoThreadsEntry {
+  const s = ioThreadStats();
+  return { poll_us: s.pollUs, polls: s.polls, poll_hits: s.pollHits };
 }
 
 /** Whether this host has an RDMA device (ibv_get_device_list): the daemons' transport default. */

@@ -18,6 +18,12 @@ export function mergeOptions(file: ConfigValues | null, cli: Record<string, unkn
   return { ...(file?.values ?? {}), ...cli };
 }
 
+/** --poll-us of both daemons (key poll-us in their config files); the range is the daemon's to check. */
+export const POLL_US_OPTION = [
+  '--poll-us <us>',
+  'after IO, each IO thread polls for new work for up to this many microseconds (0..1000) before it sleeps: lower latency for CPU time; 0 = off (default); SIGHUP re-reads it from the config file',
+] as const;
+
 /** --log-level of both daemons (key log-level in their config files). */
 export const LOG_LEVEL_OPTION = [
   '--log-level <level>',

@@ -22,7 +22,7 @@ import { IbnbdError, errorText } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { VhostBlk, type VhostEvent } from '../backend/vhost.js';
 import { RECONNECT_DEFAULTS, deviceIdOf, formatMapString, policyConflict, type MapRequest } from '../proto/map-string.js';
-import { hostHasRdma } from '../backend/transport.js';
+import { hostHasRdma, ioThreadsEntry, type IoThreadsEntry } from '../backend/transport.js';
 import type { OpenRspMsg } from '../proto/ibnbd.js';
 import { closeDevice, openDevice } from './admin.js';
 import { MappedDevice, type DeviceInfo, type MappedRequest } from './device.js';
@@ -267,10 +267,11 @@ export class IbnbdClient {
 
   /** list's fields plus the vhost counters, each transport path (state, in-flight, reconnects,
    *  requests completed on it, requests failed over from it) and the session's bounce count: requests that did not go zero-copy (RDMA: data outside
-   *  registered guest memory; always 0 on TCP). */
-  show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[]; bounce_count: number } {
+   *  registered guest memory; always 0 on TCP); and the IO threads the device's IO runs on
+   *  (io_threads: --poll-us and the polls of the whole daemon, not of this device alone). */
+  show(nameOrId: string): DeviceInfo & { stats: unknown; path_states: unknown[]; bounce_count: number; io_threads: IoThreadsEntry } {
     const waiting = this.pending.info(nameOrId);
-    if (waiting) return { ...waiting, stats: null, path_states: [], bounce_count: 0 };
+    if (waiting) return { ...waiting, stats: null, path_states: [], bounce_count: 0, io_threads: ioThreadsEntry() };
     const dev = this.find(nameOrId);
     const pathStates = dev.session.native.paths().map((p) => ({
       src: p.src,
@@ -285,7 +286,7 @@ export class IbnbdClient {
     // guest IO that bounced: the admin requests (JS copies, each bounced once on RDMA) left out
     const native = dev.session.native;
     const bounceCount = Math.max(0, native.bounceCount - (dev.session.transport === 'rdma' ? native.copiedRequests : 0));
-    return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates, bounce_count: bounceCount };
+    return { ...dev.info(), stats: dev.vhost.stats(), path_states: pathStates, bounce_count: bounceCount, io_threads: ioThreadsEntry() };
   }
 
   /** What /metrics reads at a scrape (src/metrics/client-metrics.ts): the mapped devices and

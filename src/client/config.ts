@@ -10,6 +10,7 @@ export const CLIENT_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'run-dir', prop: 'runDir', type: 'string' },
   { key: 'state-dir', prop: 'stateDir', type: 'string' },
   { key: 'io-threads', prop: 'ioThreads', type: 'integer' },
+  { key: 'poll-us', prop: 'pollUs', type: 'integer' },
   { key: 'heartbeat-ms', prop: 'heartbeatMs', type: 'integer' },
   { key: 'heartbeat-missed-max', prop: 'heartbeatMissedMax', type: 'integer' },
   { key: 'reconnect-delay', prop: 'reconnectDelay', type: 'integer' },

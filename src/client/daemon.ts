@@ -7,7 +7,7 @@ import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorText, IbnbdError } from '../errors.js';
-import { configureIoThreads } from '../backend/transport.js';
+import { configureIoThreads, POLL_US_MAX, setPollUs } from '../backend/transport.js';
 import { ControlServer } from '../control/index.js';
 import { takeDaemonSignals } from '../service/signals.js';
 import { serviceNotifier } from '../service/systemd.js';
@@ -26,6 +26,9 @@ export interface ClientDaemonOptions {
   /** Where the mappings are kept across restarts (mappings.json). */
   stateDir: string;
   ioThreads: number;
+  /** --poll-us: after work, each IO thread polls up to this many µs before it sleeps; 0 off
+   *  (the default); SIGHUP changes it live. */
+  pollUs?: number;
   heartbeatMs?: number;
   heartbeatMissedMax?: number;
   /** Default reconnect_delay in seconds (--reconnect-delay); resolved into reconnectDelayMs. */
@@ -61,6 +64,7 @@ export const CLIENT_DEFAULTS = {
   runDir: '/run/ibnbd',
   stateDir: '/var/lib/ibnbd/client',
   ioThreads: 1,
+  pollUs: 0,
   reconnectDelayMs: RECONNECT_DEFAULTS.reconnectDelay * 1000,
   maxReconnectAttempts: -1,
   ctrlLossTmo: RECONNECT_DEFAULTS.ctrlLossTmo,
@@ -87,6 +91,10 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
   if (!runDir.startsWith('/')) throw new IbnbdError('EINVAL', `--run-dir: '${runDir}' is not an absolute path`);
   if (!Number.isInteger(ioThreads) || ioThreads < 1 || ioThreads > 64) {
     throw new IbnbdError('EINVAL', `--io-threads: ${ioThreads} is not an integer from 1 to 64`);
+  }
+  const pollUs = o.pollUs ?? CLIENT_DEFAULTS.pollUs;
+  if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > POLL_US_MAX) {
+    throw new IbnbdError('EINVAL', `--poll-us: ${pollUs} is not an integer from 0 (off) to ${POLL_US_MAX} microseconds`);
   }
   for (const [k, v] of [['heartbeat-ms', o.heartbeatMs], ['heartbeat-missed-max', o.heartbeatMissedMax]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new IbnbdError('EINVAL', `--${k}: ${v} is not a positive integer`);
@@ -126,6 +134,7 @@ export function validateClientOptions(o: Partial<ClientDaemonOptions>): ClientDa
     runDir,
     stateDir,
     ioThreads,
+    pollUs,
     heartbeatMs: o.heartbeatMs,
     heartbeatMissedMax: o.heartbeatMissedMax,
     reconnectDelayMs,
@@ -186,6 +195,7 @@ export class ClientDaemon {
 
   async start(): Promise<void> {
     configureIoThreads(this.opts.ioThreads);
+    setPollUs(this.opts.pollUs ?? CLIENT_DEFAULTS.pollUs);
     // the mappings first: a VM reconnecting to its socket finds its own disk there, and no map
     // can take a name a persisted mapping holds
     if (this.opts.metrics !== undefined) {
@@ -217,6 +227,15 @@ export class ClientDaemon {
   /** How many devices are mapped now (restored ones included). */
   mappings(): number {
     return this.client.list().length;
+  }
+
+  /** SIGHUP: a new --poll-us (validated), applied to every IO thread at once. */
+  setPollUs(us: number): void {
+    const was = this.opts.pollUs ?? CLIENT_DEFAULTS.pollUs;
+    if (us === was) return;
+    setPollUs(us);
+    this.opts.pollUs = us;
+    this.log.info(`SIGHUP: poll-us now ${us} (was ${was})`);
   }
 
   /** The keys file SIGHUP reads from now on (a config file named another). */
@@ -270,13 +289,14 @@ export async function runClientDaemon(
   const service = serviceNotifier(log);
   service.ready(`${daemon.mappings()} device(s) mapped; control socket ${opts.control}`);
   // SIGHUP: the config file and the keys file again; the keys change for sessions created from
-  // now on, the log level at once, anything else that changed needs a restart
+  // now on, the log level and poll-us at once, anything else that changed needs a restart
   let current = options;
   signals.onReload(() => {
     if (config) {
       try {
         const next = config.reread();
-        applyReload(log, config.file, current, next);
+        applyReload(log, config.file, current, next, ['pollUs']);
+        daemon.setPollUs(next.pollUs ?? CLIENT_DEFAULTS.pollUs);
         current = next;
         if (next.authKeys !== undefined) daemon.useKeysFile(next.authKeys);
       } catch (e) {

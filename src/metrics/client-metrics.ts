@@ -1,12 +1,14 @@
 // The client daemon's metrics (ibnbd_client_…): per mapped device its IO by operation (the
 // vhost device's native counters, one set per virtqueue summed at the scrape) and its state;
-// per session its state; per path of a session its state and counters (the transport's).
+// per session its state; per path of a session its state and counters (the transport's); the IO
+// threads' polling (--poll-us).
 // docs/operations.md, "Metrics", lists every family.
 import type { Registry } from 'prom-client';
 import type { MetricsAddress } from './address.js';
 import { newRegistry, serveMetrics, type MetricsServer } from './http.js';
 import type { IbnbdClient } from '../client/client.js';
-import { ioFamilies, labelPaths, pathFamilies, perScrape, stateFamilies } from './families.js';
+import { ioFamilies, labelPaths, pathFamilies, perScrape, pollFamilies, stateFamilies } from './families.js';
+import { ioThreadStats } from '../backend/transport.js';
 
 export function registerClientMetrics(registry: Registry, client: IbnbdClient): void {
   // one pass over the devices and sessions per scrape, native counters copied once each
@@ -41,6 +43,7 @@ export function registerClientMetrics(registry: Registry, client: IbnbdClient): 
     () => labelPaths(snapshot().sessions.map((s) => ({ session: s.labels.session, paths: s.paths })), (p) => p.dst),
     { failovers: true, requestsHelp: 'Requests completed on the path, any result, over its reconnects' },
   );
+  pollFamilies(registry, 'ibnbd_client', perScrape(ioThreadStats));
 }
 
 /** The client daemon's /metrics endpoint: its families and the process metrics. */

@@ -7,7 +7,7 @@
 // (ibnbd_server_…, one device per device × session); the daemons' files say what they label.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { IO_ERROR_KINDS, IO_OPS, type IoMetrics } from '../backend/io-metrics.js';
-import type { PathInfo, PathState } from '../backend/transport.js';
+import type { IoThreadStats, PathInfo, PathState } from '../backend/transport.js';
 
 type Labels = Record<string, string>;
 interface Sample {
@@ -169,6 +169,20 @@ export function pathFamilies(registry: Registry, prefix: string, read: () => Pat
     () => read().map((p) => ({ labels: p.labels, value: p.path.requests })));
   snapshotGauge(registry, `${prefix}_path_inflight_requests`, 'Requests in flight on the path', labelNames,
     () => read().map((p) => ({ labels: p.labels, value: p.path.inflight })));
+}
+
+/**
+ * The IO threads' adaptive polling (--poll-us), process-wide: the window (a gauge in seconds, the
+ * base unit; 0 when off) and, summed over the threads since the start, the non-blocking waits made
+ * in windows and those that found work. hits / polls is how often polling paid.
+ */
+export function pollFamilies(registry: Registry, prefix: string, read: () => IoThreadStats): void {
+  snapshotGauge(registry, `${prefix}_io_poll_window_seconds`, 'How long an IO thread polls for work after work before it sleeps (--poll-us); 0: never', [],
+    () => [{ labels: {}, value: read().pollUs / 1e6 }]);
+  snapshotCounter(registry, `${prefix}_io_polls_total`, 'Non-blocking waits the IO threads made in their poll windows', [],
+    () => [{ labels: {}, value: read().polls }]);
+  snapshotCounter(registry, `${prefix}_io_poll_hits_total`, 'Non-blocking waits of the poll windows that found work', [],
+    () => [{ labels: {}, value: read().pollHits }]);
 }
 
 /** One session (or client device) and the state it is in since when. */

@@ -1,12 +1,13 @@
 // The server daemon's metrics (ibnbd_server_…): per device × session its IO by operation (the
 // native device table's counters), per session its state and time up, per path its state and
-// counters. docs/operations.md, "Metrics", lists every family.
+// counters; the IO threads' polling (--poll-us). docs/operations.md, "Metrics", lists every family.
 import type { Registry } from 'prom-client';
 import type { MetricsAddress } from './address.js';
 import { newRegistry, serveMetrics, type MetricsServer } from './http.js';
 import type { NativeServerStats } from '../backend/server-native.js';
 import type { ExportServer } from '../server/server.js';
-import { ioFamilies, labelPaths, pathFamilies, perScrape, stateFamilies } from './families.js';
+import { ioFamilies, labelPaths, pathFamilies, perScrape, pollFamilies, stateFamilies } from './families.js';
+import { ioThreadStats } from '../backend/transport.js';
 
 /**
  * One session per name: a client that lost its last path and came back has a new session while
@@ -47,6 +48,7 @@ export function registerServerMetrics(registry: Registry, server: ExportServer, 
     () => labelPaths(snapshot().map((s) => ({ session: s.sessname, paths: s.paths })), (p) => `${p.src.replace(/:\d+$/, '')},${p.dst}`),
     { failovers: false, requestsHelp: 'Requests received on the path over its life' },
   );
+  pollFamilies(registry, 'ibnbd_server', perScrape(ioThreadStats));
 }
 
 /** The server's /metrics endpoint: its families and the process metrics. */

@@ -15,6 +15,7 @@ export const SERVER_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'queue-depth', prop: 'queueDepth', type: 'integer' },
   { key: 'max-io-size', prop: 'maxIoSize', type: 'integer' },
   { key: 'io-threads', prop: 'ioThreads', type: 'integer' },
+  { key: 'poll-us', prop: 'pollUs', type: 'integer' },
   { key: 'auth-keys', prop: 'authKeys', type: 'string' },
   { key: 'allow', prop: 'allow', type: 'strings' },
   { key: 'max-sessions', prop: 'maxSessions', type: 'integer' },

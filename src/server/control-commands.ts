@@ -3,11 +3,13 @@
 import { IbnbdError } from '../errors.js';
 import type { ControlHandler } from '../control/server.js';
 import type { ExportServer } from './server.js';
+import { ioThreadsEntry } from '../backend/transport.js';
 
 export function serverCommands(server: ExportServer): Record<string, ControlHandler> {
   return {
     devices: () => ({ devices: server.devices() }),
-    sessions: () => ({ sessions: server.sessionList() }),
+    // with the daemon's IO threads (--poll-us and its polls): the runtime listing of the daemon
+    sessions: () => ({ sessions: server.sessionList(), io_threads: ioThreadsEntry() }),
     'force-close': (args) => {
       const sessname = stringArg(args, 'sessname');
       const device = stringArg(args, 'device');

@@ -8,7 +8,7 @@ import { serverCommands } from './control-commands.js';
 import { startNativeServer } from './native-port.js';
 import type { NativeServerStats } from '../backend/server-native.js';
 import type { MetricsServer } from '../metrics/http.js';
-import { LIMIT_OPTION, LIVE_LIMIT_OPTIONS, parseLimits, validateServerOptions, type RawServerOptions, type ServerLimits, type ServerOptions } from './options.js';
+import { LIMIT_OPTION, LIVE_LIMIT_OPTIONS, parseLimits, parsePollUs, validateServerOptions, type RawServerOptions, type ServerLimits, type ServerOptions } from './options.js';
 import { probe } from './probe.js';
 import { ExportServer, type ServerEvent } from './server.js';
 import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger } from '../logger.js';
@@ -16,6 +16,7 @@ import { applyReload } from '../config/reload.js';
 import { routeNativeLogs } from '../backend/native-log.js';
 import { takeDaemonSignals } from '../service/signals.js';
 import { serviceNotifier } from '../service/systemd.js';
+import { setPollUs } from '../backend/transport.js';
 
 export interface RunningServer {
   server: ExportServer;
@@ -118,11 +119,11 @@ export async function runServerDaemon(
   log.info(
     `listening on ${running.bound.join(' ')}; dev_search_path ${opts.devSearchPath ?? '(none)'}; ` +
       `${opts.exports.size} named export(s)${opts.exports.size ? ` (${[...opts.exports.values()].map((e) => `${e.name}${e.readOnly ? ' ro' : ''}`).join(', ')})` : ''}; control ${opts.control}; ` +
-      `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}`,
+      `queue_depth ${opts.queueDepth}, max_io_size ${opts.maxIoSize}, io_threads ${opts.ioThreads}, poll_us ${opts.pollUs}`,
   );
   // SIGHUP: the config file and the keys file again. The keys change live (sessions already up
-  // stay: they authenticated when they connected), so do the log level and the bounds; anything
-  // else that changed needs a restart.
+  // stay: they authenticated when they connected), so do the log level, the bounds and poll-us;
+  // anything else that changed needs a restart.
   let current = raw;
   let limits = opts.limits;
   // the bounds (docs/security.md) change live: the native ones from the next accept or
@@ -135,6 +136,15 @@ export async function runServerDaemon(
     log.info(`SIGHUP: bounds now ${changed.map((k) => `${LIMIT_OPTION[k]} ${fresh[k]}`).join(', ')} (was ${changed.map((k) => limits[k]).join(', ')})`);
     limits = fresh;
   };
+  // poll-us: every IO thread reads it before its next wait
+  let pollUs = opts.pollUs;
+  const applyPollUs = (next: RawServerOptions) => {
+    const fresh = parsePollUs(next);
+    if (fresh === pollUs) return;
+    setPollUs(fresh);
+    log.info(`SIGHUP: poll-us now ${fresh} (was ${pollUs})`);
+    pollUs = fresh;
+  };
   const onHup = () => {
     let next = current;
     if (config) {
@@ -143,8 +153,9 @@ export async function runServerDaemon(
       } catch (e) {
         return log.warn(`SIGHUP: ${errorText(e)}; nothing changed`);
       }
-      applyReload(log, config.file, current, next, LIVE_LIMIT_OPTIONS);
+      applyReload(log, config.file, current, next, [...LIVE_LIMIT_OPTIONS, 'pollUs']);
       applyLimits(next);
+      applyPollUs(next);
     }
     if (!next.authKeys) {
       current = { ...next, authKeys: current.authKeys };

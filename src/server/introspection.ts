@@ -122,8 +122,9 @@ export function renderDevices(tree: DeviceEntry[]): string {
   return out.join('\n');
 }
 
-/** The sessions tree as lines: paths, then each device id with its mapping and in-flight count. */
-export function renderSessions(tree: SessionEntry[]): string {
+/** The sessions tree as lines: paths, then each device id with its mapping and in-flight count;
+ *  then the daemon's IO threads, when the answer has them (poll_us, polls, poll_hits). */
+export function renderSessions(tree: SessionEntry[], ioThreads?: Record<string, number>): string {
   const out: string[] = [];
   for (const s of tree) {
     const base = `sessions/${s.sessname}`;
@@ -137,5 +138,6 @@ export function renderSessions(tree: SessionEntry[]): string {
     }
     for (const id of s.closed_ids) out.push(`${base}/devices/${id}: force-closed`);
   }
+  for (const [k, v] of Object.entries(ioThreads ?? {})) out.push(`io_threads/${k}: ${v}`);
   return out.join('\n');
 }

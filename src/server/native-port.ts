@@ -4,7 +4,7 @@
 // The only file here that knows the binding's shape.
 import { toIbnbdError } from '../errors.js';
 import { NativeServer, type NativeServerEvent, type NativeServerLimits, type NativeServerStats } from '../backend/server-native.js';
-import { configureIoThreads, hostHasRdma, type PathInfo } from '../backend/transport.js';
+import { configureIoThreads, hostHasRdma, setPollUs, type PathInfo } from '../backend/transport.js';
 import type { Endpoint } from '../transport/paths.js';
 import type { SessionPathEntry } from './introspection.js';
 import type { ServerLimits, ServerOptions } from './options.js';
@@ -171,6 +171,7 @@ export function startNativeServer(
   log?: (msg: string) => void,
 ): NativeServerHandle {
   configureIoThreads(opts.ioThreads);
+  setPollUs(opts.pollUs);
   const listen = opts.listen.map((l) => ({ kind: 'ip' as const, addr: l.host, port: l.port }));
   const mode = opts.transport ?? 'auto';
   let nextRequest = 1;

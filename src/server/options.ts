@@ -7,12 +7,15 @@ import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { parseMetricsAddress, type MetricsAddress } from '../metrics/address.js';
 import { parseLogLevel, type LogLevel } from '../logger.js';
 import { parseExportList, type ExportList } from './export-list.js';
+import { POLL_US_MAX } from '../backend/transport.js';
 
 export const DEFAULT_PORT = 1234;
 export const DEFAULT_CONTROL_SOCKET = '/run/ibnbd/server.sock';
 export const DEFAULT_QUEUE_DEPTH = 512;
 export const DEFAULT_MAX_IO_SIZE = 128 * 1024;
 export const DEFAULT_IO_THREADS = 1;
+/** --poll-us: off unless asked for (docs/operations.md, "Adaptive polling") */
+export const DEFAULT_POLL_US = 0;
 
 export interface ListenAddr {
   host: string;
@@ -34,6 +37,8 @@ export interface ServerOptions {
   queueDepth: number;
   maxIoSize: number;
   ioThreads: number;
+  /** --poll-us: after work, each IO thread polls up to this many µs before it sleeps; 0 off */
+  pollUs: number;
   /** --auth-keys: the file, loaded (null: sessions are not authenticated) */
   authKeys: AuthKeys | null;
   /** --allow: the peer networks that may connect at all ("ADDR/PREFIX"); empty: any */
@@ -84,6 +89,7 @@ export interface RawServerOptions {
   queueDepth?: string | number;
   maxIoSize?: string | number;
   ioThreads?: string | number;
+  pollUs?: string | number;
   authKeys?: string;
   allow?: string[];
   maxSessions?: string | number;
@@ -178,7 +184,12 @@ export const LIMIT_OPTION: Readonly<Record<keyof ServerLimits, string>> = {
   openTimeoutMs: 'open-timeout-ms',
 };
 
-/** The options SIGHUP applies to a running server, by property (the rest needs a restart). */
+/** --poll-us, also read again by SIGHUP: it changes live. */
+export function parsePollUs(raw: RawServerOptions): number {
+  return intOption('poll-us', raw.pollUs, DEFAULT_POLL_US, 0, POLL_US_MAX);
+}
+
+/** The bounds SIGHUP applies to a running server, by property (poll-us changes live too; the rest needs a restart). */
 export const LIVE_LIMIT_OPTIONS = [
   'maxSessions', 'maxConnsPerSession', 'maxPendingHandshakes', 'handshakeTimeoutMs', 'maxBufferMemory',
   'maxDevicesPerSession', 'openTimeoutMs',
@@ -201,6 +212,7 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const maxIoSize = intOption('max-io-size', raw.maxIoSize, DEFAULT_MAX_IO_SIZE, 4096, 16 * 1024 * 1024);
   if (maxIoSize % 4096 !== 0) throw invalid('max-io-size', raw.maxIoSize, 'must be a multiple of 4096');
   const ioThreads = intOption('io-threads', raw.ioThreads, DEFAULT_IO_THREADS, 1, 64);
+  const pollUs = parsePollUs(raw);
   const transport = raw.transport ?? 'auto';
   if (transport !== 'tcp' && transport !== 'rdma' && transport !== 'auto') {
     throw invalid('transport', transport, 'must be tcp, rdma or auto');
@@ -210,5 +222,5 @@ export function validateServerOptions(raw: RawServerOptions): ServerOptions {
   const logLevel = parseLogLevel(raw.logLevel ?? 'info');
   const authKeys = raw.authKeys === undefined ? null : loadKeysFile(raw.authKeys, true);
   const metrics = raw.metrics === undefined ? undefined : parseMetricsAddress(raw.metrics);
-  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, authKeys, allow, limits, metrics, logLevel, exports };
+  return { transport, listen, devSearchPath, control, queueDepth, maxIoSize, ioThreads, pollUs, authKeys, allow, limits, metrics, logLevel, exports };
 }

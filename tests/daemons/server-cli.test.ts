@@ -75,6 +75,10 @@ test('devices, sessions and force-close through the CLI', async (t) => {
       'sessions/blya/paths/0: 127.0.0.1:40001 -> 127.0.0.1:1234 connected inflight=3',
       `sessions/blya/devices/0: ${disk} mapping_path=disk.img access_mode=rw io_mode=blockio inflight=0`,
       `sessions/blya/devices/1: ${other} mapping_path=/other.img access_mode=ro io_mode=blockio inflight=10`,
+      // the daemon's IO threads (this process never started them: polling off, nothing counted)
+      'io_threads/poll_us: 0',
+      'io_threads/polls: 0',
+      'io_threads/poll_hits: 0',
       '',
     ].join('\n'),
   );

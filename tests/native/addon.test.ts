@@ -14,8 +14,8 @@ test('reports the versions it was built against', (t) => {
   t.is(info.sanitize, process.env.IBNBD_SANITIZE === '1');
   // the product addon carries the product only; test and benchmark bindings are in ibnbd_test.node
   t.deepEqual(Object.keys(loadNative()).sort(), [
-    'NativeClientSession', 'NativeServer', 'NativeVhostBlk', 'buildInfo', 'configureIoThreads', 'ioThreadCount', 'linkProbe', 'probeDevice', 'sdNotify',
-    'setLogLevel', 'setLogSink',
+    'NativeClientSession', 'NativeServer', 'NativeVhostBlk', 'buildInfo', 'configureIoThreads', 'ioThreadCount', 'ioThreadStats', 'linkProbe', 'probeDevice',
+    'sdNotify', 'setLogLevel', 'setLogSink', 'setPollUs',
   ]);
 });
 

@@ -78,7 +78,8 @@ test('the example config files of packaging/config are valid', (t) => {
   t.is(server.values.maxBufferMemory, '8G');
   t.is(server.values.logLevel, 'info');
   const client = readClientConfig(join(projectRoot, 'packaging', 'config', 'client.toml'))!;
-  t.deepEqual(client.values, { reconnectDelay: 2, ctrlLossTmo: 600, fastIoFailTmo: -1, ioTimeout: 30, adminTimeout: 30, logLevel: 'info' });
+  t.deepEqual(client.values, { reconnectDelay: 2, ctrlLossTmo: 600, fastIoFailTmo: -1, ioTimeout: 30, adminTimeout: 30, pollUs: 0, logLevel: 'info' });
+  t.is(server.values.pollUs, 0, 'adaptive polling off, as the daemons\' default');
 });
 
 test('log-level: a key of both daemons, held to --log-level\'s names', (t) => {

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
 import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS, runClientDaemon, type ClientDaemonOptions } from '../../client/daemon.js';
 import { CLIENT_CONFIG_KEYS, DEFAULT_CLIENT_CONFIG, readClientConfig } from '../../client/config.js';
-import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions } from '../config-options.js';
+import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions, POLL_US_OPTION } from '../config-options.js';
 
 /** -1 or a non-negative integer (-1: forever). */
 function attemptsInt(flag: string) {
@@ -30,6 +30,14 @@ function secondsInt(flag: string, zero: string) {
   };
 }
 
+/** A non-negative integer of microseconds (0: off); the range is the daemon's to check. */
+function microsecondsInt(flag: string) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v)) throw new IbnbdError('EINVAL', `${flag}: '${v}' is not 0 (off) or a number of microseconds`);
+    return Number(v);
+  };
+}
+
 function positiveInt(flag: string) {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new IbnbdError('EINVAL', `${flag}: '${v}' is not a positive integer`);
@@ -47,6 +55,7 @@ export function register(program: Command): void {
     .option('--run-dir <dir>', 'where the vhost-user sockets and devices/ links are made', CLIENT_DEFAULTS.runDir)
     .option('--state-dir <dir>', 'where the mappings are kept (mappings.json), so a restarted daemon serves each on the same socket again', CLIENT_DEFAULTS.stateDir)
     .option('--io-threads <n>', 'native IO threads (virtqueues and transport connections)', positiveInt('--io-threads'), CLIENT_DEFAULTS.ioThreads)
+    .option(...POLL_US_OPTION, microsecondsInt('--poll-us'))
     .option('--heartbeat-ms <ms>', 'transport heartbeat interval (default 5000)', positiveInt('--heartbeat-ms'))
     .option('--heartbeat-missed-max <n>', 'missed heartbeats before a path is dead (default 5)', positiveInt('--heartbeat-missed-max'))
     // No commander default for the two spellings of one default: giving both must be seen (EINVAL)

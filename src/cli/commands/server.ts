@@ -13,7 +13,7 @@ import { addControlOptions, printResult, sendRequest, type ControlOptions } from
 import { OPEN_POOL_THREADS } from '../../server/device-fds.js';
 import { DEFAULT_SERVER_CONFIG, readServerConfig, SERVER_CONFIG_KEYS } from '../../server/config.js';
 import type { RawServerOptions } from '../../server/options.js';
-import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions } from '../config-options.js';
+import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions, POLL_US_OPTION } from '../config-options.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -48,6 +48,7 @@ export function register(program: Command): void {
     .option('--queue-depth <n>', 'requests in flight per session')
     .option('--max-io-size <bytes>', 'largest IO in bytes')
     .option('--io-threads <n>', 'IO threads')
+    .option(...POLL_US_OPTION)
     .option('--metrics <addr:port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)')
     .option('--transport <tcp|rdma|auto>', 'auto (default): TCP, plus RDMA on the same port when the host has an RDMA device')
     .option(...LOG_LEVEL_OPTION)
@@ -76,12 +77,15 @@ export function register(program: Command): void {
   });
 
   addControlOptions(
-    server.command('sessions').summary('the client sessions: paths, device ids, in-flight IO'),
+    server.command('sessions').summary("the client sessions: paths, device ids, in-flight IO; the IO threads' polling"),
     DEFAULT_SERVER_SOCKET,
   ).action(async (_o: unknown, cmd: Command) => {
     const opts = cmd.opts() as ControlOptions;
     const r = await sendRequest(opts, { cmd: 'sessions' });
-    printResult(r, opts, (x: ControlResult) => renderSessions((x as { sessions: SessionEntry[] }).sessions));
+    printResult(r, opts, (x: ControlResult) => {
+      const res = x as { sessions: SessionEntry[]; io_threads?: Record<string, number> };
+      return renderSessions(res.sessions, res.io_threads);
+    });
   });
 
   addControlOptions(
