@@ -10,10 +10,10 @@ import { IbnbdError } from '../../src/errors.js';
 import { projectRoot } from '../../src/backend/native.js';
 import { guestKernel } from './guest-kernel.js';
 import { MARK } from './guest-init.js';
-import { buildInitramfs } from './initramfs.js';
+import { buildInitramfs, type GuestFile } from './initramfs.js';
 import { qemuArgs, type DiskSpec, type ShareSpec } from './qemu-args.js';
 
-export { buildInitramfs, buildBaseInitramfs, runArchive } from './initramfs.js';
+export { buildInitramfs, buildBaseInitramfs, runArchive, type GuestFile } from './initramfs.js';
 export { qemuArgs, type DiskSpec, type ShareSpec } from './qemu-args.js';
 export { guestKernel, resolveModules } from './guest-kernel.js';
 export { SCRIPT_PRELUDE } from './guest-init.js';
@@ -30,6 +30,8 @@ export interface GuestOptions {
   memMiB?: number;
   /** vCPUs, default 1; the guest's virtio_blk drives at most one queue per vCPU, so numQueues > 1 needs cpus > 1 */
   cpus?: number;
+  /** QEMU's -cpu model (`qemu64`, `max,-pku`, ...); default `max` */
+  cpuModel?: string;
   /** hard bound on the guest's life; QEMU is killed when it passes */
   timeoutMs: number;
   /** writable 9p shares, mounted in the guest at guestPath (default hostPath) */
@@ -42,6 +44,15 @@ export interface GuestOptions {
   append?: string;
   /** extra QEMU arguments appended as given (e.g. a second NIC on -netdev socket for two-guest tests) */
   qemuExtraArgs?: string[];
+  /** files added to the per-run initramfs member, at bin/NAME or harness/NAME (e.g. a static tool) */
+  files?: GuestFile[];
+  /** a QMP monitor on this unix socket (harness/qemu/qmp.ts) */
+  qmpSocket?: string;
+  /** `-incoming URI` (`unix:/path`, `defer`, ...): a migration destination. Start it with the
+   *  source's options but for its disk sockets, qmpSocket and this: the argv and the initramfs are
+   *  then the same as the source's, which migration requires. Initramfs mode without shares only:
+   *  a mounted 9p export blocks migration. */
+  incoming?: string;
 }
 
 export interface GuestResult {
@@ -80,6 +91,9 @@ const BASE_MODULES = ['virtio_pci', 'virtio_blk'];
 const NINEP_MODULES = ['9pnet_virtio', '9p'];
 const NET_MODULES = ['virtio_net'];
 const TAG_RE = /^[A-Za-z0-9_-]{1,31}$/;
+const FILE_RE = /^(bin|harness)\/[A-Za-z0-9._-]{1,64}$/;
+// what /init and the base archive put there themselves
+const RESERVED_FILES = new Set(['bin/busybox', 'harness/mode', 'harness/net', 'harness/shares', 'harness/script.sh']);
 
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
@@ -118,6 +132,9 @@ function validate(o: GuestOptions): void {
     invalid('qemuExtraArgs must be an array of strings');
   }
   if (o.cpus !== undefined && !(Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 8)) invalid('cpus must be in 1..8');
+  if (o.cpuModel !== undefined && !(typeof o.cpuModel === 'string' && /^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.+=-]+)*$/.test(o.cpuModel))) {
+    invalid(`cpuModel must be a QEMU -cpu value: ${o.cpuModel}`);
+  }
   for (const d of o.disks ?? []) {
     if (!isAbsolute(d.socket) || d.socket.includes('\n')) invalid(`disk socket must be an absolute path: ${d.socket}`);
     if (d.numQueues !== undefined && d.numQueues !== 'qemu' && !(Number.isInteger(d.numQueues) && d.numQueues >= 1 && d.numQueues <= 64)) {
@@ -134,6 +151,21 @@ function validate(o: GuestOptions): void {
     }
     const g = s.guestPath ?? s.hostPath;
     if (!isAbsolute(g) || /[\n]/.test(g)) invalid(`share guestPath must be absolute: ${g}`);
+  }
+  const paths = new Set<string>();
+  for (const f of o.files ?? []) {
+    if (typeof f.path !== 'string' || !FILE_RE.test(f.path) || f.path.includes('..')) invalid(`file path must be bin/NAME or harness/NAME: ${f.path}`);
+    if (RESERVED_FILES.has(f.path) || paths.has(f.path)) invalid(`file path used twice or reserved: ${f.path}`);
+    paths.add(f.path);
+    if (!Buffer.isBuffer(f.data) && typeof f.data !== 'string') invalid(`file data must be a Buffer or a string: ${f.path}`);
+    if (f.mode !== undefined && !(Number.isInteger(f.mode) && f.mode >= 0 && f.mode <= 0o777)) invalid(`file mode must be in 0..0o777: ${f.path}`);
+  }
+  if (o.qmpSocket !== undefined && (typeof o.qmpSocket !== 'string' || !isAbsolute(o.qmpSocket) || o.qmpSocket.includes('\n'))) {
+    invalid(`qmpSocket must be an absolute path: ${o.qmpSocket}`);
+  }
+  if (o.incoming !== undefined) {
+    if (typeof o.incoming !== 'string' || !/^\S+$/.test(o.incoming)) invalid(`incoming must be a migration URI: ${o.incoming}`);
+    if (o.mode === 'hostroot' || (o.shares ?? []).length > 0) invalid('incoming: a guest with 9p (hostroot mode or shares) cannot migrate');
   }
 }
 
@@ -187,6 +219,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
         net: !!o.netdev,
         shares: shares.map((s) => ({ tag: s.tag, guestPath: s.guestPath ?? s.hostPath })),
         script: o.script,
+        files: o.files,
       },
       join(dir, 'initrd.cpio.gz'),
     );
@@ -212,12 +245,15 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
     initrd,
     memMiB: o.memMiB ?? (mode === 'hostroot' ? 512 : 256),
     cpus: o.cpus,
+    cpuModel: o.cpuModel,
     controlSocket,
     disks,
     hostRoot: mode === 'hostroot',
     shares,
     net: !!o.netdev,
     append: o.append,
+    incoming: o.incoming,
+    qmpSocket: o.qmpSocket,
   });
   args.push(...(o.qemuExtraArgs ?? []));
 

@@ -10,11 +10,21 @@ import { INIT_SCRIPT, SCRIPT_PRELUDE } from './guest-init.js';
 
 const BUSYBOX = '/bin/busybox';
 
+/** A file the per-run member adds, e.g. a static tool as `bin/verify-writer` (harness/qemu/static-tool.ts). */
+export interface GuestFile {
+  /** relative to the guest's /: `bin/NAME` or `harness/NAME` */
+  path: string;
+  data: Buffer | string;
+  /** permission bits; default 0o644 */
+  mode?: number;
+}
+
 export interface RunSettings {
   mode: 'initramfs' | 'hostroot';
   net: boolean;
   shares: { tag: string; guestPath: string }[];
   script: string;
+  files?: GuestFile[];
 }
 
 /** Path of the cached base archive holding busybox, /init and `modules` (with dependencies). */
@@ -45,7 +55,7 @@ export function buildBaseInitramfs(modules: string[]): string {
   return file;
 }
 
-/** The per-run member: /harness/{mode,net,shares,script.sh}. */
+/** The per-run member: /harness/{mode,net,shares,script.sh} and the caller's files. */
 export function runArchive(s: RunSettings): Buffer {
   const file = (path: string, text: string, mode = 0o644): CpioEntry => ({
     kind: 'file',
@@ -58,6 +68,7 @@ export function runArchive(s: RunSettings): Buffer {
     file('harness/net', s.net ? '1\n' : '0\n'),
     file('harness/shares', s.shares.map((x) => `${x.tag} ${x.guestPath}\n`).join('')),
     file('harness/script.sh', SCRIPT_PRELUDE + '\n' + s.script + '\n', 0o755),
+    ...(s.files ?? []).map((f): CpioEntry => ({ kind: 'file', path: f.path, data: Buffer.from(f.data), mode: f.mode ?? 0o644 })),
   ]);
 }
 

@@ -25,12 +25,18 @@ export interface QemuArgsInput {
   memMiB: number;
   /** vCPUs; the guest's virtio_blk uses at most one queue per vCPU */
   cpus?: number;
+  /** -cpu model; default max */
+  cpuModel?: string;
   controlSocket: string;
   disks: DiskSpec[];
   hostRoot: boolean;
   shares: ShareSpec[];
   net: boolean;
   append?: string;
+  /** `-incoming URI`: a destination that waits for a migration instead of booting */
+  incoming?: string;
+  /** a QMP monitor listening on this unix socket (migrate, query-migrate, quit) */
+  qmpSocket?: string;
 }
 
 /** QEMU option values separate on ',': a literal comma is written ',,'. */
@@ -40,7 +46,7 @@ function optValue(s: string): string {
 
 export function qemuArgs(a: QemuArgsInput): string[] {
   const args = [
-    '-machine', 'q35,memory-backend=mem', '-accel', 'tcg', '-cpu', 'max', '-smp', String(a.cpus ?? 1),
+    '-machine', 'q35,memory-backend=mem', '-accel', 'tcg', '-cpu', a.cpuModel ?? 'max', '-smp', String(a.cpus ?? 1),
     '-m', `${a.memMiB}M`,
     // vhost-user backends map guest RAM: it must be a shareable fd (without it the backend
     // fails on SET_VRING_ADDR and the guest just hangs)
@@ -68,5 +74,9 @@ export function qemuArgs(a: QemuArgsInput): string[] {
     args.push('-virtfs', `local,path=${optValue(s.hostPath)},mount_tag=${s.tag},security_model=none,multidevs=remap,id=fs_${s.tag}`);
   }
   if (a.net) args.push('-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
+  // wait=off: QEMU starts without waiting for a QMP client
+  if (a.qmpSocket !== undefined) args.push('-qmp', `unix:${optValue(a.qmpSocket)},server=on,wait=off`);
+  // last, so a destination's argv is the source's with this appended (and its own sockets)
+  if (a.incoming !== undefined) args.push('-incoming', a.incoming);
   return args;
 }

@@ -202,6 +202,15 @@ test('bad options are rejected with EINVAL before anything starts', async (t) =>
   await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, shares: [{ hostPath: tmpdir(), tag: 'bad tag' }] }), {
     code: 'EINVAL',
   });
+  // files go to bin/ or harness/ only, never over what /init needs; QMP on an absolute path; a
+  // migration destination cannot have 9p (a mounted export blocks migration)
+  for (const files of [[{ path: 'etc/passwd', data: 'x' }], [{ path: 'harness/script.sh', data: 'x' }], [{ path: 'bin/a', data: 'x', mode: 0o4755 }]]) {
+    await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, files }), { code: 'EINVAL' }, files[0].path);
+  }
+  await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, qmpSocket: 'qmp.sock' }), { code: 'EINVAL' });
+  await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, cpuModel: 'max -smp 4' }), { code: 'EINVAL' });
+  await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, incoming: 'unix:/x y' }), { code: 'EINVAL' });
+  await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, incoming: 'defer', mode: 'hostroot' }), { code: 'EINVAL' });
   await t.throwsAsync(runGuest({ script: 'true', timeoutMs: 1000, modules: ['no_such_module_x'] }), { code: 'ENOENT' });
 });
 
