@@ -15,6 +15,7 @@ test.serial('the dirty log covers every page the device wrote while logging was 
   const r = await raw(['--path', dev.socket, '--timeout-ms', '10000', 'dirty-log']);
   t.is(r.code, 0, r.stderr);
   const j = r.json;
+  t.log(JSON.stringify(j));
   t.true(j.ok, JSON.stringify(j));
   t.deepEqual(j.offered, { logAll: true, logShmfd: true });
   t.is(j.errors, 0, 'every request succeeded');
