@@ -244,8 +244,11 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!device_) ThrowErrno(env, EBADF, "closed");
-    DeviceStats s = device_->Stats();
+    // A device being closed still answers with its counters: `list`, `show` and the metrics
+    // may ask while an unmap waits for its in-flight requests (Stats only reads atomics).
+    const std::shared_ptr<VhostBlkDevice>& dev = device_ ? device_ : closed_;
+    if (!dev) ThrowErrno(env, EBADF, "closed");
+    DeviceStats s = dev->Stats();
     Napi::Array queues = Napi::Array::New(env, s.queues.size());
     QueueStats total;
     // one queue's counters and the device's totals have the same shape in JS
@@ -280,6 +283,7 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     auto dev = std::move(device_);
+    closed_ = dev;
     if (!dev) {
       auto d = Napi::Promise::Deferred::New(info.Env());
       d.Resolve(Napi::Boolean::New(info.Env(), true));
@@ -297,6 +301,7 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
   }
 
   std::shared_ptr<VhostBlkDevice> device_;
+  std::shared_ptr<VhostBlkDevice> closed_;  // after close(): for Stats only
   Napi::ThreadSafeFunction events_;
   bool started_ = false;
 };

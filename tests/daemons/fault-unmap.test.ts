@@ -18,7 +18,7 @@ test.serial('force unmap under QD32 with a server that stopped answering: done w
   const dir = tempDir(t, 'unmap');
   const ex = join(dir, 'exports');
   await mkdir(ex);
-  sparseFile(join(ex, 'a.img'), 64 * MiB);
+  sparseFile(join(ex, 'a.img'), 256 * MiB); // room for 4000 non-overlapping writes of ≤ 64 KiB
   sparseFile(join(ex, 'b.img'), 16 * MiB);
   const serverA = await startServerDaemon(t, dir, ex);
   const dirB = join(dir, 'b');
@@ -30,7 +30,9 @@ test.serial('force unmap under QD32 with a server that stopped answering: done w
   const map = async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control])).device;
   const a = await map(`sessname=fa ${testMapTarget(serverA.port)} device_path=a.img io_timeout=3`);
   const b = await map(`sessname=fb ${testMapTarget(serverB.port)} device_path=b.img`);
-  const loadA = blkio(['--path', a.socket, '--timeout-ms', String(scaled(10_000)), '--qd', '32', '--seed', '5', '--count', '1000',
+  // four times the requests that once all finished before the server was stopped (in the
+  // sanitizer tier on a loaded machine): the forced unmap, not the count, ends this load
+  const loadA = blkio(['--path', a.socket, '--timeout-ms', String(scaled(10_000)), '--qd', '32', '--seed', '5', '--count', '4000',
     '--min-size', '4096', '--max-size', String(64 * 1024), 'write'], scaled(90_000));
   await until(() => show(a.name), (d) => d.stats.writeBytes >= MiB, 30_000, 'load on a');
   serverA.proc.kill('SIGSTOP');
