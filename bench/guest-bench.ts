@@ -40,11 +40,11 @@ export function ibnbdCmd(p: GuestPaths): string {
  * in the background as $SRV and $CLT with logs in GUEST_OUT, and waits (90 s at most, else
  * exit 23) for both control sockets. The caller ends them with `stopOurDaemonsShell`.
  */
-export function startOurDaemonsShell(p: GuestPaths, listen: string, searchPath: string, serverArgs = ''): string {
+export function startOurDaemonsShell(p: GuestPaths, listen: string, searchPath: string, serverArgs = '', clientArgs = ''): string {
   return `mkdir -p /tmp/run
-${p.node} ${p.cli} server --listen ${listen} --dev-search-path ${searchPath} --control /tmp/srv.sock ${serverArgs}2> ${GUEST_OUT}/server.log &
+${p.node} ${p.cli} server --listen ${listen} --dev-search-path ${searchPath} --control /tmp/srv.sock ${serverArgs}2>> ${GUEST_OUT}/server.log &
 SRV=$!
-${p.node} ${p.cli} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state 2> ${GUEST_OUT}/client.log &
+${p.node} ${p.cli} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state ${clientArgs}2>> ${GUEST_OUT}/client.log &
 CLT=$!
 i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 23; sleep 0.1; done
 step daemons up`;
