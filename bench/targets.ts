@@ -15,7 +15,7 @@ import { basename, dirname, join } from 'node:path';
 import type { BenchOptions, TargetId } from './options.js';
 import { freePort } from '../harness/fixtures.js';
 import { Daemon, fileExists, runTool, tcpAccepts, waitFor, type ToolResult } from './procs.js';
-import { isReadLike, type Workload } from './workloads.js';
+import { isReadLike, MAX_QUEUES, type Workload } from './workloads.js';
 
 export interface BenchContext {
   opts: BenchOptions;
@@ -46,7 +46,8 @@ function toolTimeout(ctx: BenchContext): number {
 }
 
 function qsdExportArgs(socket: string): string[] {
-  return ['--export', `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${socket},writable=on,iothread=iot0`];
+  // as many queues as the multi-queue workload drives (ours offers 16 by default); one iothread
+  return ['--export', `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${socket},writable=on,iothread=iot0,num-queues=${MAX_QUEUES}`];
 }
 
 /** Targets the libblkio client drives through a vhost-user-blk socket. */
@@ -67,7 +68,7 @@ abstract class VhostTarget implements Target {
   async run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
     const o = ctx.opts;
     const r = await runTool(ctx.tools.blkio, [
-      '--path', this.socket, '--rw', w.rw, '--bs', String(w.bs), '--qd', String(w.qd), '--queues', '1',
+      '--path', this.socket, '--rw', w.rw, '--bs', String(w.bs), '--qd', String(w.qd), '--queues', String(w.queues ?? 1),
       '--runtime-ms', String(o.runtimeMs), '--ramp-ms', String(o.rampMs), '--seed', String(o.seed),
       '--timeout-ms', String(o.timeoutMs),
     ], toolTimeout(ctx));
@@ -194,6 +195,7 @@ class TcpProbe implements Target {
 
   run(w: Workload, ctx: BenchContext): Promise<ToolResult> {
     const o = ctx.opts;
+    if ((w.queues ?? 1) > 1) return Promise.resolve({ ok: false, error: 'the raw TCP probe has one connection, no queues' });
     const shape = isReadLike(w.rw) ? ['--resp-bytes', String(w.bs)] : ['--req-payload', String(w.bs), '--resp-bytes', '32'];
     return runTool(ctx.tools.probe, [
       'client', '--connect', `127.0.0.1:${this.port}`, '--qd', String(w.qd), ...shape,

@@ -1,5 +1,6 @@
 // The workloads of `npm run bench` (from the benchmark issue): 4 KiB random read and write at
-// QD1 and QD32, 128 KiB sequential read and write at QD8. One queue each, fixed seed.
+// QD1 and QD32, 128 KiB sequential read and write at QD8. One queue each, fixed seed. One more on
+// request: 4 KiB random read on 4 queues × QD32, against the 1-queue figure of the same run.
 export type Rw = 'randread' | 'randwrite' | 'read' | 'write' | 'randrw';
 
 export interface Workload {
@@ -10,6 +11,8 @@ export interface Workload {
   qd: number;
   /** the figure the chart and the summary lead with */
   headline: 'iops' | 'mbps';
+  /** virtqueues the load generator drives, qd requests on each; 1 unless said */
+  queues?: number;
 }
 
 export const WORKLOADS: readonly Workload[] = [
@@ -19,7 +22,14 @@ export const WORKLOADS: readonly Workload[] = [
   { id: 'randwrite-4k-qd32', label: '4 KiB randwrite QD32', rw: 'randwrite', bs: 4096, qd: 32, headline: 'iops' },
   { id: 'read-128k-qd8', label: '128 KiB seq read QD8', rw: 'read', bs: 131072, qd: 8, headline: 'mbps' },
   { id: 'write-128k-qd8', label: '128 KiB seq write QD8', rw: 'write', bs: 131072, qd: 8, headline: 'mbps' },
+  { id: 'randread-4k-4q-qd32', label: '4 KiB randread 4 queues × QD32', rw: 'randread', bs: 4096, qd: 32, queues: 4, headline: 'iops' },
 ];
+
+/** What a run does without --workloads: every workload of one queue. */
+export const DEFAULT_WORKLOAD_IDS: readonly string[] = WORKLOADS.filter((w) => (w.queues ?? 1) === 1).map((w) => w.id);
+
+/** The most queues a workload drives: the peers' exports offer this many. */
+export const MAX_QUEUES = Math.max(...WORKLOADS.map((w) => w.queues ?? 1));
 
 export function isReadLike(rw: Rw): boolean {
   return rw === 'randread' || rw === 'read';
