@@ -11,7 +11,7 @@
 //              one ava process per file, GUEST_JOBS at once (cores / 2: a guest has 2 vCPUs), longest first; each
 //              file's wall time is printed as it ends
 //   sanitizer  tests/sanitizer-suite.txt again on the ASan + UBSan build of both addons (built at
-//              SCHED_IDLE while the guests run; "FILE only" lines run on this build alone)
+//              SCHED_IDLE while the guests run)
 //
 //   npm test                         every tier (IBNBD_SKIP_SANITIZER=1 leaves out the last)
 //   npm test -- --tier native        one tier; repeat --tier (or give a comma list) for several;
@@ -50,19 +50,14 @@ if (nodeMajor < 24) {
   process.exit(1);
 }
 
-// tests/sanitizer-suite.txt: "FILE" runs in its own tier and again on the sanitizer build;
-// "FILE only" runs on the sanitizer build alone when that tier is part of the run (its scenarios
-// are the same, so the plain run would only repeat them), in its own tier otherwise.
+// tests/sanitizer-suite.txt: files that run in their own tier and again on the sanitizer build
 const sanitizerSuite = readFileSync(join(root, 'tests', 'sanitizer-suite.txt'), 'utf8').split('\n')
   .map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
-  .map((l) => { const [file, flag] = l.split(/\s+/); return { file: join('dist', 'tests', file.replace(/\.ts$/, '.js')), only: flag === 'only' }; });
-let sanitizerRuns = false;  // set below, before any tier runs
-const leftToSanitizer = (f) => sanitizerRuns && sanitizerSuite.some((s) => s.only && s.file === f);
+  .map((l) => join('dist', 'tests', l.replace(/\.ts$/, '.js')));
 
 function testFiles(folder) {
   const dir = join(root, 'dist', 'tests', folder);
-  return readdirSync(dir).filter((f) => f.endsWith('.test.js')).sort().map((f) => relative(root, join(dir, f)))
-    .filter((f) => !leftToSanitizer(f));
+  return readdirSync(dir).filter((f) => f.endsWith('.test.js')).sort().map((f) => relative(root, join(dir, f)));
 }
 
 /** Adds what one ava run's summary says to the totals. */
@@ -170,7 +165,7 @@ async function sanitizerTier() {
   // once) the ASan guests starved each other and the host files' timing tests (a run of 8c1fc5e
   // failed fault-unmap and migration while rdma-daemons' guest ran beside them).
   const isGuest = (f) => GUEST_FOLDERS.some((g) => f.startsWith(join('dist', 'tests', g) + '/'));
-  const files = sanitizerSuite.map((s) => s.file);
+  const files = sanitizerSuite;
   let { code } = await ava(files.filter((f) => !isGuest(f)), env);
   for (const f of files.filter(isGuest)) {
     const r = await ava([f], env);
@@ -208,7 +203,7 @@ if (files.length) {
 } else {
   const all = wanted.length === 0;
   const runs = all ? TIERS.filter((t) => t !== 'sanitizer' || process.env.IBNBD_SKIP_SANITIZER !== '1') : wanted;
-  sanitizerRuns = runs.includes('sanitizer');
+  const sanitizerRuns = runs.includes('sanitizer');
   const guestFolders = runs.includes('guests') ? GUEST_FOLDERS : GUEST_FOLDERS.filter((g) => runs.includes(g));
   let guestsDone = false;
   for (const t of runs) {
