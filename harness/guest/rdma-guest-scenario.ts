@@ -12,7 +12,7 @@ import { mkdtempSync, openSync, ftruncateSync, closeSync, readFileSync } from 'n
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { buildInfo } from '../../src/backend/native.js';
-import { ClientSession } from '../../src/backend/transport.js';
+import { ClientSession, ioThreadStats, setPollUs } from '../../src/backend/transport.js';
 import { startServer } from '../../src/server/daemon.js';
 import { validateServerOptions } from '../../src/server/options.js';
 import { silentLogger } from '../../src/logger.js';
@@ -51,13 +51,13 @@ async function adminOpen(s: Session, devName: string, result: Record<string, unk
 }
 
 /** WRITE then READ of patterns, sizes 4 KiB … max IO, QD1 and QD32, from one registered region. */
-async function patterns(s: Session, deviceId: number, devSize: number, backing: () => Buffer) {
+async function patterns(s: Session, deviceId: number, devSize: number, backing: () => Buffer, firstSeed = 1) {
   const maxIo = s.maxIoSize;
   const region = Buffer.alloc(2 * 32 * maxIo);
   const handle = s.registerMemory(region);
   const bounce0 = s.bounceCount;
   const runs: Array<Record<string, unknown>> = [];
-  let seed = 1;
+  let seed = firstSeed;
   for (const size of [4096, 65536, maxIo]) {
     for (const qd of [1, 32]) {
       const span = size * qd;
@@ -103,13 +103,23 @@ async function loopback(): Promise<Record<string, unknown>> {
   const deviceId = await adminOpen(s, 'disk.img', result);
   Object.assign(result, await patterns(s, deviceId, fileSize, () => readFileSync(join(dir, 'disk.img'))));
 
+  // the same with the IO threads polling (--poll-us): both sides' completions are then taken by
+  // the loops' own ibv_poll_cq with the CQs unarmed (Conn as PollSource); other offsets and bytes
+  const before = ioThreadStats();
+  setPollUs(1000);
+  const polled = await patterns(s, deviceId, fileSize, () => readFileSync(join(dir, 'disk.img')), 101);
+  setPollUs(0);
+  const after = ioThreadStats();
+  result.polled = { ...polled, pollHits: after.pollHits - before.pollHits };
+  step(`polled: ${after.pollHits - before.pollHits} hits of ${after.polls - before.polls} polls`);
+
   // the fallback: data in unregistered memory goes through the bounce pool, and is counted
   const plain = Buffer.alloc(8192);
   fill(plain, 77);
-  const before = s.bounceCount;
+  const bouncedBefore = s.bounceCount;
   const pw = await s.request({ dir: 'write', usr: ioMsg(deviceId, 'WRITE', 0, 8192), data: plain });
   const pr = await s.request({ dir: 'read', usr: ioMsg(deviceId, 'READ', 0, 8192), readLen: 8192 });
-  result.bounce = { errnos: [pw.errno, pr.errno], readBackOk: pr.data?.equals(plain) ?? false, counted: s.bounceCount - before };
+  result.bounce = { errnos: [pw.errno, pr.errno], readBackOk: pr.data?.equals(plain) ?? false, counted: s.bounceCount - bouncedBefore };
 
   // a server errno travels in the response immediate
   const past = await s.request({ dir: 'read', usr: ioMsg(deviceId, 'READ', fileSize, 4096), readLen: 4096 });

@@ -15,14 +15,13 @@
 //  - TCP (tcp/client_io_conn.cc, tcp/server_conn.cc): a handler runs only for an fd epoll
 //    reports ready, and reads until the socket is drained, skipping the read that would only
 //    say EAGAIN; polling adds no system call of theirs, only the epoll_wait(0) calls themselves.
-//  - RDMA (rdma/common.cc, Conn::OnChannelReadable): the CQ's completion channel fd is in the
-//    epoll set. Each time it is readable the handler takes the channel's events, re-arms the CQ
-//    (ibv_req_notify_cq) and then drains it with ibv_poll_cq, so the next completion raises a
-//    new channel event and an epoll_wait(0) finds it: polling works without change. What it
-//    saves is the thread's sleep and wake-up; the CQ event itself (an interrupt on hardware, a
-//    kernel work item on rxe) is still raised per completion, because the CQ stays armed. A
-//    loop that called ibv_poll_cq itself during the window, unarmed, would save that too; it
-//    would need a poll hook per loop and is not done.
+//  - RDMA (rdma/common.cc, Conn): the CQ is a PollSource. Its completion channel fd is in the
+//    epoll set for the sleeping loop; while the loop polls it calls ibv_poll_cq itself (memory
+//    the device writes, no system call) and leaves the CQ unarmed, so no CQ event is raised
+//    (an interrupt on hardware, a kernel work item on rxe) and none is read; before the loop
+//    sleeps it re-arms the CQ (ibv_req_notify_cq) and drains it once more, so a completion
+//    that came in between is not left waiting for an event that will not come. Interrupt-
+//    driven, this is the same one read and one re-arm per wake-up as before.
 //  - A heartbeat or sweep timerfd tick is work too and opens a window: ≤ 1 ms of polling per
 //    tick, a tick a second or rarer per path, a negligible share of a core.
 #include "common/event_loop.h"
@@ -89,6 +88,19 @@ struct EventLoop::Impl {
   std::unordered_map<uint64_t, Entry> by_id;
   std::unordered_map<int, uint64_t> id_of_fd;
   std::vector<BatchEndTask*> batch_end;
+  std::vector<PollSource*> poll_sources;  // nullptr: removed while they were being called
+
+  // Calls f on every source; true when one of them found work.
+  template <class F>
+  bool CallSources(F f) {
+    bool found = false;
+    for (size_t i = 0; i < poll_sources.size(); i++) {  // f may add or remove sources
+      PollSource* s = poll_sources[i];
+      if (s && f(s)) found = true;
+    }
+    std::erase(poll_sources, nullptr);
+    return found;
+  }
 
   // Adaptive polling (top of the file): waits made with timeout 0, and those that found work.
   std::atomic<uint64_t> polls{0};
@@ -144,7 +156,15 @@ struct EventLoop::Impl {
         polling = MonotonicNs() - last_work_ns < uint64_t(window_us) * 1000u;
         if (!polling) last_work_ns = 0;  // the window passed empty: sleep until the next event
       }
-      int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), polling ? 0 : -1);
+      // the sources: polled in the window; else armed before the blocking wait, which is
+      // skipped when arming found work (its handlers ran; the batch end below follows them)
+      bool sourced = false;
+      if (!poll_sources.empty()) {
+        sourced = polling ? CallSources([](PollSource* s) { return s->PollOnce(); })
+                          : CallSources([](PollSource* s) { return s->ArmForSleep(); });
+      }
+      int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()),
+                         polling || sourced ? 0 : -1);
       if (n < 0) {
         if (errno == EINTR) continue;
         LogMsg(LogLevel::kError, {"event-loop"}, "%s: epoll_wait: %s", name.c_str(), strerror(errno));
@@ -152,7 +172,7 @@ struct EventLoop::Impl {
       }
       if (polling) {
         Bump(polls);
-        if (n == 0) {
+        if (n == 0 && !sourced) {
           // Nothing yet: let any other runnable thread on this core go first. The work we wait
           // for is often produced by one (the peer daemon's IO thread, the guest's vCPU, the
           // disk's completion): on a busy host a poll without the yield took the very CPU the
@@ -294,6 +314,13 @@ void EventLoop::AtBatchEnd(BatchEndTask* t) {
   if (t->batch_end_queued_) return;
   t->batch_end_queued_ = true;
   impl_->batch_end.push_back(t);
+}
+
+void EventLoop::AddPollSource(PollSource* s) { impl_->poll_sources.push_back(s); }
+
+void EventLoop::RemovePollSource(PollSource* s) {
+  for (PollSource*& q : impl_->poll_sources)
+    if (q == s) q = nullptr;  // CallSources() drops it, also when it is running them now
 }
 
 void EventLoop::CancelBatchEnd(BatchEndTask* t) {

@@ -24,6 +24,23 @@ class BatchEndTask {
   bool batch_end_queued_ = false;
 };
 
+// A completion source a loop can poll without a system call (an RDMA CQ: ibv_poll_cq reads
+// memory the device writes) whose fd notification must be re-enabled before the loop sleeps
+// (ibv_req_notify_cq). While a loop polls (--poll-us) it calls PollOnce() instead of waiting for
+// the fd, so the source stays unarmed and raises no events; before every blocking wait it calls
+// ArmForSleep(). Both run the source's handlers for what they find.
+class PollSource {
+ public:
+  // Takes whatever completed; true when there was something.
+  virtual bool PollOnce() = 0;
+  // Re-enables the fd's notification if it is off, then takes what completed before that;
+  // true when there was something (the loop then does not sleep).
+  virtual bool ArmForSleep() = 0;
+
+ protected:
+  ~PollSource() = default;
+};
+
 class EventLoop {
  public:
   using Handler = std::function<void(uint32_t epoll_events)>;
@@ -50,6 +67,10 @@ class EventLoop {
   // Loop thread only. Queues t to run at the end of the current batch (once, however often it is
   // queued); from outside the loop thread it runs t at once. Cancel before destroying a queued t.
   void AtBatchEnd(BatchEndTask* t);
+  // Loop thread only (or before Start()). A source removed from inside a handler is not called
+  // again.
+  void AddPollSource(PollSource* s);
+  void RemovePollSource(PollSource* s);
   void CancelBatchEnd(BatchEndTask* t);
 
   bool InLoop() const;

@@ -34,6 +34,7 @@ interface Result {
   pastEndErrno?: number;
   paths: PathJs[];
   multipath?: { sessInfo: { errno: number }; runs: Run[]; bounceRegistered: number; paths: PathJs[] };
+  polled?: { runs: Run[]; bounceRegistered: number; pollHits: number };
   deadPeer?: {
     rttBefore: number; connectedAfter: boolean; detectMs: number; events: string[]; state: string; requestWhileDown: number;
     reconnected: boolean; reconnectMs: number; eventsAfter: string[]; pathAfter: PathJs & { reconnects: number }; sessInfoAfter: { errno: number; type: string };
@@ -108,6 +109,12 @@ test.serial('soft-RoCE guest: our server and client over RTRS — admin, verifie
   t.true(res.bounce!.readBackOk, 'unregistered memory round trip through the bounce pool');
   t.is(res.bounce!.counted, 2, 'each bounced request counted');
   t.true(res.pastEndErrno! < 0, 'the server errno arrives in the response immediate');
+  // the same patterns (other offsets and bytes) with the IO threads polling their CQs themselves
+  const polled = res.polled!;
+  t.deepEqual(polled.runs.map((r) => `${r.size}/${r.qd}`), res.runs.map((r) => `${r.size}/${r.qd}`));
+  for (const r of polled.runs) t.true(r.readBackOk && r.backingOk && r.writeErrnos.join() === '0' && r.readErrnos.join() === '0', `polled IO ${r.size} QD${r.qd}`);
+  t.is(polled.bounceRegistered, 0);
+  t.true(polled.pollHits > 0, 'polls found completions');
   const mp = res.multipath!;
   t.is(mp.sessInfo.errno, 0);
   t.deepEqual(mp.paths.map((p) => [p.dst, p.state]), [['ip:10.0.2.15', 'connected'], ['ip:10.0.3.1', 'connected']], 'two paths up');

@@ -167,8 +167,7 @@ int RdmaClientSession::PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_
       wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
       wr.imm_data = htobe32(wire::MakeImm(
           wire::kIoReqImm, (buf_id << mem_bits_) | (io->data_len + io->usr_len)));
-      wr.send_flags = IBV_SEND_SIGNALED;
-      wr.wr_id = WrId(kWrReq, buf_id);
+      wr.wr_id = WrId(kWrReq, buf_id);  // signalled only now and then (Conn::PostSend)
     }
   }
   return c->PostSend(&wrs[0]);

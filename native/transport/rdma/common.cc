@@ -149,6 +149,7 @@ int Conn::Setup(std::shared_ptr<ibv_pd> pd, const Config& cfg) {
   cq_ = ibv_create_cq(id_->verbs, cqe, this, channel_, 0);
   if (!cq_) return -errno;
   if (ibv_req_notify_cq(cq_, 0)) return -errno;
+  armed_ = true;
   ibv_qp_init_attr qa = {};
   qa.send_cq = cq_;
   qa.recv_cq = cq_;
@@ -190,9 +191,40 @@ int Conn::PostRecvWr(ibv_recv_wr* wr) {
 }
 
 int Conn::PostSend(ibv_send_wr* wr) {
+  uint32_t n = 0;
+  ibv_send_wr* last = wr;
+  bool signaled = false;
+  for (ibv_send_wr* w = wr; w; w = w->next) {
+    n++;
+    last = w;
+    signaled |= (w->send_flags & IBV_SEND_SIGNALED) != 0;
+  }
+  std::lock_guard<std::mutex> lock(sq_mu_);
+  if (!signaled && (sq_unsignaled_posts_ + 1 >= kSignalInterval ||
+                    (sq_posted_ + n - sq_retired_) * 2 > cfg_.send_depth)) {
+    last->send_flags |= IBV_SEND_SIGNALED;
+    signaled = true;
+  }
   ibv_send_wr* bad = nullptr;
   int rc = ibv_post_send(id_->qp, wr, &bad);
-  return rc ? -rc : 0;
+  if (rc) return -rc;
+  sq_posted_ += n;
+  if (signaled) {
+    // a chain signalled in the middle too retires the same way: its last mark covers it
+    sq_marks_.push_back(sq_posted_);
+    sq_unsignaled_posts_ = 0;
+  } else {
+    sq_unsignaled_posts_++;
+  }
+  return 0;
+}
+
+void Conn::RetireSends(const ibv_wc& wc) {
+  if (wc.status != IBV_WC_SUCCESS || (wc.opcode & IBV_WC_RECV)) return;
+  std::lock_guard<std::mutex> lock(sq_mu_);
+  if (sq_marks_.empty()) return;
+  sq_retired_ = sq_marks_.front();
+  sq_marks_.pop_front();
 }
 
 int Conn::Attach(EventLoop* loop, std::function<void(const ibv_wc&)> on_wc) {
@@ -203,8 +235,10 @@ int Conn::Attach(EventLoop* loop, std::function<void(const ibv_wc&)> on_wc) {
   int rc = 0;
   loop->RunSync([&] {
     rc = loop->Add(channel_->fd, EPOLLIN, [this](uint32_t) { OnChannelReadable(); });
+    if (rc) return;
+    loop->AddPollSource(this);
     // completions that arrived before the fd was watched
-    if (rc == 0) OnChannelReadable();
+    OnChannelReadable();
   });
   return rc;
 }
@@ -212,35 +246,62 @@ int Conn::Attach(EventLoop* loop, std::function<void(const ibv_wc&)> on_wc) {
 void Conn::Detach() {
   if (!loop_) return;
   EventLoop* loop = loop_;
-  loop->RunSync([&] { loop->Remove(channel_->fd); });
+  loop->RunSync([&] {
+    loop->Remove(channel_->fd);
+    loop->RemovePollSource(this);
+  });
   loop_ = nullptr;
 }
 
 void Conn::OnChannelReadable() {
   ibv_cq* ev_cq = nullptr;
   void* ev_ctx = nullptr;
-  while (ibv_get_cq_event(channel_, &ev_cq, &ev_ctx) == 0) {
+  // One event per wake-up: the CQ is armed at most once between two calls, so it raises at
+  // most one event, and a second read would only say EAGAIN (a system call, tens of µs under
+  // TCG). Should two be pending, the level-triggered loop calls again.
+  if (ibv_get_cq_event(channel_, &ev_cq, &ev_ctx) == 0) {
+    armed_ = false;  // an event disarms the CQ; the loop re-arms it before it sleeps
     if (++unacked_events_ >= 64) {
       ibv_ack_cq_events(cq_, unacked_events_);
       unacked_events_ = 0;
     }
   }
-  // Re-arm first, then drain: a completion arriving in between raises a new event.
-  ibv_req_notify_cq(cq_, 0);
+  Drain();
+}
+
+bool Conn::Drain() {
   ibv_wc wcs[32];
-  for (;;) {
+  bool found = false;
+  while (loop_) {  // a handler may detach us
     int n = ibv_poll_cq(cq_, 32, wcs);
     if (n <= 0) break;
-    for (int i = 0; i < n; i++) on_wc_(wcs[i]);
-    if (!loop_) break;  // the handler detached us
+    found = true;
+    for (int i = 0; i < n; i++) {
+      RetireSends(wcs[i]);
+      on_wc_(wcs[i]);
+    }
   }
+  return found;
+}
+
+bool Conn::PollOnce() { return Drain(); }
+
+bool Conn::ArmForSleep() {
+  if (armed_) return false;
+  // Arm first, then drain: a completion that arrived before the arm raises no event.
+  ibv_req_notify_cq(cq_, 0);
+  armed_ = true;
+  return Drain();
 }
 
 int Conn::WaitOne(ibv_wc* wc, int timeout_ms) {
   for (int waited = 0;; waited += 1) {
     int n = ibv_poll_cq(cq_, 1, wc);
     if (n < 0) return -EIO;
-    if (n == 1) return 0;
+    if (n == 1) {
+      RetireSends(*wc);
+      return 0;
+    }
     if (waited >= timeout_ms) return -ETIMEDOUT;
     usleep(1000);
   }

@@ -8,8 +8,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -66,7 +68,9 @@ inline uint64_t WrId(WrKind k, uint64_t v) { return static_cast<uint64_t>(k) << 
 inline WrKind WrKindOf(uint64_t id) { return static_cast<WrKind>(id >> 56); }
 inline uint64_t WrValue(uint64_t id) { return id & ((1ull << 56) - 1); }
 
-class Conn {
+// The CQ is also a PollSource of the loop it is attached to (common/event_loop.h): a polling
+// loop reads it directly and leaves it unarmed, a sleeping one re-arms it first.
+class Conn final : public PollSource {
  public:
   struct Config {
     uint32_t send_depth = 64;
@@ -94,7 +98,14 @@ class Conn {
   int PostAllRecvs();
   int PostRecvWr(ibv_recv_wr* wr);
   const uint8_t* RecvBuf(uint32_t slot) const { return recv_.data + size_t(slot) * cfg_.recv_buf_size; }
-  int PostSend(ibv_send_wr* wr);  // 0 or -errno
+  // Posts a chain of send work requests; 0 or -errno. Selective signalling, as rtrs does with
+  // its signal_interval: no send completion of ours carries state (a request is done when its
+  // response arrives, which RC delivers after the request's own writes), so a chain without
+  // IBV_SEND_SIGNALED gets it only every kSignalInterval posts, or when the send queue would be
+  // more than half full of work requests no polled completion has retired yet. Each completion
+  // we are spared is a completion-channel event and a thread wake-up less on this side.
+  int PostSend(ibv_send_wr* wr);
+  static constexpr uint32_t kSignalInterval = 16;
 
   rdma_cm_id* id() const { return id_; }
   ibv_qp* qp() const { return id_->qp; }
@@ -106,7 +117,14 @@ class Conn {
   void* owner = nullptr;
 
  private:
+  bool PollOnce() override;
+  bool ArmForSleep() override;
   void OnChannelReadable();
+  // Runs on_wc for every completion in the CQ; true when there was one.
+  bool Drain();
+  // A successful send completion: every work request posted up to the signalled one it
+  // completes has left the send queue.
+  void RetireSends(const ibv_wc& wc);
   rdma_cm_id* id_;
   std::shared_ptr<ibv_pd> pd_;
   Config cfg_;
@@ -116,6 +134,14 @@ class Conn {
   EventLoop* loop_ = nullptr;
   std::function<void(const ibv_wc&)> on_wc_;
   unsigned unacked_events_ = 0;
+  bool armed_ = false;  // the CQ raises an event for its next completion (loop thread)
+  // send queue accounting for PostSend(): work requests posted, those retired by a polled
+  // signalled completion, posts since the last signalled one, and for each signalled work
+  // request in flight the posted count it retires up to (send completions come in post order)
+  std::mutex sq_mu_;
+  uint64_t sq_posted_ = 0, sq_retired_ = 0;
+  uint32_t sq_unsignaled_posts_ = 0;
+  std::deque<uint64_t> sq_marks_;
 };
 
 // Waits for the next cm event on ch (blocking fd) up to timeout_ms. 0 or -ETIMEDOUT / -errno.

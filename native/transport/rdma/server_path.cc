@@ -348,8 +348,7 @@ void RdmaServer::SendResponse(Slot* s, int err) {
     wrs[n].opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
     wrs[n].imm_data = htobe32(wire::MakeImm(need_inv ? wire::kIoRspWInvImm : wire::kIoRspImm,
                                             wire::RspPayload(err, buf_id)));
-    wrs[n].send_flags = IBV_SEND_SIGNALED;
-    n++;
+    n++;  // signalled only now and then (Conn::PostSend)
     for (int i = 0; i < n; i++) {
       wrs[i].wr_id = WrId(kWrRsp, buf_id);
       wrs[i].next = i + 1 < n ? &wrs[i + 1] : nullptr;
