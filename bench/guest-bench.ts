@@ -75,6 +75,31 @@ export function loadgenShell(p: GuestPaths, o: BenchOptions, w: Workload, target
     `--runtime-ms ${o.runtimeMs} --ramp-ms ${o.rampMs} --seed ${o.seed} --timeout-ms ${o.timeoutMs} > ${GUEST_OUT}/${name}.json 2> ${GUEST_OUT}/${name}.err; step "${name} rc $?"`;
 }
 
+/**
+ * Shell that appends one line to GUEST_OUT/<name>.ctx: the voluntary context switches of every
+ * thread of the daemons started by `startOurDaemonsShell` ($SRV, then $CLT). Taken before and
+ * after a load run, the difference is how often their threads went to sleep (and so had to be
+ * woken): the wake-ups a request costs, a count TCG's noisy clocks do not blur.
+ */
+export function sleepsShell(name: string): string {
+  return `for P in $SRV $CLT; do cat /proc/$P/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s+=$2} END {printf "%d ", s}'; done >> ${GUEST_OUT}/${name}.ctx; echo >> ${GUEST_OUT}/${name}.ctx`;
+}
+
+/** Daemon sleeps of one load run (`sleepsShell` before and after it), per request submitted. */
+export interface SleepsPerIo { server: number; client: number; total: number }
+
+/** Reads GUEST_OUT/<name>.ctx; null when the run or its counts are missing. */
+export function readSleepsPerIo(dir: string, name: string, run: LoadRun): SleepsPerIo | null {
+  const f = join(dir, `${name}.ctx`);
+  if (!run.ok || run.submitted <= 0 || !existsSync(f)) return null;
+  const lines = readFileSync(f, 'utf8').trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  if (lines.length !== 2 || lines.some((l) => l.length !== 2 || l.some((x) => !Number.isFinite(x)))) return null;
+  const [[s0, c0], [s1, c1]] = lines as [[number, number], [number, number]];
+  const server = (s1 - s0) / run.submitted;
+  const client = (c1 - c0) / run.submitted;
+  return { server, client, total: server + client };
+}
+
 /** One load generator's result as read back from the share. */
 export interface LoadRun {
   workload: string; label: string; ok: boolean; error?: string; iops: number; mbps: number; lat_us: Record<string, number>;
