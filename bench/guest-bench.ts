@@ -35,30 +35,37 @@ export function ibnbdCmd(p: GuestPaths): string {
   return `timeout 90 ${p.node} ${p.cli}`;
 }
 
+/** The client daemon's control socket of daemon set `set` ('' for the first). */
+export const ourClientControl = (set = '') => `/tmp/clt${set}.sock`;
+
 /**
  * Shell that starts `ibnbd server` (on `listen`, exporting from `searchPath`) and `ibnbd client`
  * in the background as $SRV and $CLT with logs in GUEST_OUT, and waits (90 s at most, else
- * exit 23) for both control sockets. The caller ends them with `stopOurDaemonsShell`.
+ * exit 23) for both control sockets. The caller ends them with `stopOurDaemonsShell`. A second
+ * set running beside the first has its own `set` suffix on the variables, sockets, folders and logs.
  */
-export function startOurDaemonsShell(p: GuestPaths, listen: string, searchPath: string, serverArgs = '', clientArgs = ''): string {
-  return `mkdir -p /tmp/run
-${p.node} ${p.cli} server --listen ${listen} --dev-search-path ${searchPath} --control /tmp/srv.sock ${serverArgs}2>> ${GUEST_OUT}/server.log &
-SRV=$!
-${p.node} ${p.cli} client --control /tmp/clt.sock --run-dir /tmp/run --state-dir /tmp/clt-state ${clientArgs}2>> ${GUEST_OUT}/client.log &
-CLT=$!
-i=0; while [ ! -S /tmp/srv.sock ] || [ ! -S /tmp/clt.sock ]; do i=$((i+1)); [ $i -gt 900 ] && exit 23; sleep 0.1; done
-step daemons up`;
+export function startOurDaemonsShell(p: GuestPaths, listen: string, searchPath: string, serverArgs = '', clientArgs = '', set = ''): string {
+  const srvSock = `/tmp/srv${set}.sock`;
+  const cltSock = ourClientControl(set);
+  return `mkdir -p /tmp/run${set}
+${p.node} ${p.cli} server --listen ${listen} --dev-search-path ${searchPath} --control ${srvSock} ${serverArgs}2>> ${GUEST_OUT}/server${set}.log &
+SRV${set}=$!
+${p.node} ${p.cli} client --control ${cltSock} --run-dir /tmp/run${set} --state-dir /tmp/clt-state${set} ${clientArgs}2>> ${GUEST_OUT}/client${set}.log &
+CLT${set}=$!
+i=0; while [ ! -S ${srvSock} ] || [ ! -S ${cltSock} ]; do i=$((i+1)); [ $i -gt 900 ] && exit 23; sleep 0.1; done
+step daemons${set} up`;
 }
 
 /** Ends the daemons of `startOurDaemonsShell` and waits for them (the port is free afterwards). */
-export const STOP_OUR_DAEMONS_SHELL = 'kill -TERM $CLT $SRV; wait $CLT; wait $SRV';
+export const stopOurDaemonsShell = (set = '') => `kill -TERM $CLT${set} $SRV${set}; wait $CLT${set}; wait $SRV${set}`;
+export const STOP_OUR_DAEMONS_SHELL = stopOurDaemonsShell();
 
 /**
  * Shell that maps `mapString` through our client daemon, leaves the map's JSON in
  * GUEST_OUT/<name>.json and its vhost-user socket in $<variable> (exit `failCode` if either fails).
  */
-export function ourMapShell(p: GuestPaths, mapString: string, name: string, variable: string, failCode: number): string {
-  return `${ibnbdCmd(p)} map "${mapString}" --control /tmp/clt.sock --json > ${GUEST_OUT}/${name}.json 2> ${GUEST_OUT}/${name}.err || exit ${failCode}
+export function ourMapShell(p: GuestPaths, mapString: string, name: string, variable: string, failCode: number, set = ''): string {
+  return `${ibnbdCmd(p)} map "${mapString}" --control ${ourClientControl(set)} --json > ${GUEST_OUT}/${name}.json 2> ${GUEST_OUT}/${name}.err || exit ${failCode}
 ${variable}=$(sed -n 's/.*"socket": *"\\([^"]*\\)".*/\\1/p' ${GUEST_OUT}/${name}.json | head -1)
 [ -S "$${variable}" ] || exit ${failCode}
 step "mapped ${name} $${variable}"`;

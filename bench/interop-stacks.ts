@@ -1,9 +1,12 @@
-// The five stacks `bench --interop` measures on one device in one guest: the four client/server
-// pairs of the kernel's RNBD and ours, and the stack a user would build instead of our client on
+// The six stacks `bench --interop` measures on one device in one guest: the four client/server
+// pairs of the kernel's RNBD and ours, ours again with both daemons polling, and the stack a user would build instead of our client on
 // an RDMA host (the kernel client with qemu-storage-daemon's vhost-user export). Every figure is
 // divided by two of them: the all-kernel pair and that alternative.
 
-export type PairId = 'kk' | 'ko' | 'ok' | 'oo' | 'kq';
+export type PairId = 'kk' | 'ko' | 'ok' | 'oo' | 'op' | 'kq';
+
+/** The polling window of the second set of our daemons (stack op); see bench/rdma.ts for why 1000 under TCG. */
+export const INTEROP_POLL_US = 1000;
 
 export interface Pair {
   id: PairId;
@@ -22,6 +25,8 @@ export const PAIRS: readonly Pair[] = [
   { id: 'ko', label: 'kernel client → our server', short: 'K→ours', via: 'block', target: '$KO', kernelDev: '$KO' },
   { id: 'ok', label: 'our client → kernel server', short: 'ours→K', via: 'vhost-user', target: '$OK' },
   { id: 'oo', label: 'our client → our server', short: 'ours→ours', via: 'vhost-user', target: '$OO' },
+  // a second pair of our daemons, both with --poll-us (interrupt-driven above is the default)
+  { id: 'op', label: `our client → our server, both --poll-us ${INTEROP_POLL_US}`, short: 'ours→ours polled', via: 'vhost-user', target: '$OP' },
   // the same /dev/rnbdN as K→K: the same kernel client, session and kernel server, with qsd's hop on top
   { id: 'kq', label: 'kernel client + qsd vhost-user export', short: 'K+qsd', via: 'vhost-user', target: '$KQ', kernelDev: '$KK' },
 ];

@@ -4,7 +4,8 @@
 // kernel's rnbd_client maps it from each (/dev/rnbdN) and so does our client daemon (a
 // vhost-user-blk socket each); qemu-storage-daemon exports the kernel client's device from the
 // kernel server as a vhost-user-blk socket too (the stack a user would build instead of our
-// client). Five stacks (bench/interop-stacks.ts), three read workloads, interleaved rounds, one
+// client). Six stacks (bench/interop-stacks.ts; ours→ours twice, the second with both daemons
+// polling), three read workloads, interleaved rounds, one
 // load generator for all of them (ibnbd-blkio-bench: libblkio's io_uring driver with O_DIRECT on
 // /dev/rnbdN, its virtio-blk-vhost-user driver on the sockets), and fio on /dev/rnbdN as a
 // cross-check of the load generator. Figures are reported as ratios to the all-kernel pair and to
@@ -17,17 +18,18 @@ import type { BenchOptions } from './options.js';
 import { GUEST_WORKLOAD_IDS, WORKLOADS, type Workload } from './workloads.js';
 import {
   GUEST_OUT, guestPaths, ibnbdCmd, loadgenShell, ourMapShell, runBenchGuest, startOurDaemonsShell,
-  STEP_SHELL, STOP_OUR_DAEMONS_SHELL, type GuestPaths,
+  ourClientControl, STEP_SHELL, STOP_OUR_DAEMONS_SHELL, stopOurDaemonsShell, type GuestPaths,
 } from './guest-bench.js';
 import { QSD_BLOCKDEV_OPTIONS, startQsdShell, STOP_QSD_SHELL } from './interop-qsd.js';
 import { interopFigures, interopTables } from './interop-report.js';
 import { readSamples, runName } from './interop-results.js';
-import { FIO_PAIRS, PAIRS } from './interop-stacks.js';
+import { FIO_PAIRS, INTEROP_POLL_US, PAIRS } from './interop-stacks.js';
 import { GUEST_IP, kernelRnbdGuestOptions, kernelRnbdPrelude } from '../harness/qemu/rnbd-kernel.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
 const OUR_PORT = 4321; // the kernel server has 1234
+const OUR_POLLED_PORT = 4322; // the second set of our daemons (stack op)
 /** Requests in flight per session, both servers (the kernel client's nr_requests follows it). */
 const SESSION_QUEUE_DEPTH = 64;
 const BACKING_MIB = 256;
@@ -105,17 +107,25 @@ ${ourMapShell(p, `sessname=ok path=ip:${GUEST_IP} device_path=$DEV access_mode=r
 # in IBNBD's encoding), so our server serves K→ours in fileio; ours→ours asks for the same, and
 # both rows of our server run the same server path
 ${ourMapShell(p, `sessname=oo path=ip:${GUEST_IP}:${OUR_PORT} device_path=$DEV access_mode=ro io_mode=fileio`, 'map-oo', 'OO', 29)}
+# ours→ours again through a second pair of our daemons that poll (idle while the others run: a
+# thread polls only for a window after its own work). A server opens its block devices
+# exclusively, so the second one exports a second loop device over the same backing file.
+LOOP2=$(rnbd_loop /tmp/backing.img) || exit 25
+${startOurDaemonsShell(p, `${GUEST_IP}:${OUR_POLLED_PORT}`, '/dev', `--queue-depth ${SESSION_QUEUE_DEPTH} --poll-us ${INTEROP_POLL_US} `, `--poll-us ${INTEROP_POLL_US} `, '2')}
+${ourMapShell(p, `sessname=op path=ip:${GUEST_IP}:${OUR_POLLED_PORT} device_path=\${LOOP2##*/} access_mode=ro io_mode=fileio`, 'map-op', 'OP', 31, '2')}
 for d in $KK $KO; do echo "$d max_hw_sectors_kb=$(cat ${kdev('d')}/queue/max_hw_sectors_kb) max_sectors_kb=$(cat ${kdev('d')}/queue/max_sectors_kb) nr_requests=$(cat ${kdev('d')}/queue/nr_requests) nomerges=$(cat ${kdev('d')}/queue/nomerges) scheduler=$(cat ${kdev('d')}/queue/scheduler)"; done > ${GUEST_OUT}/kdev.txt
 fio --version > ${GUEST_OUT}/fio-version.txt 2>&1
 ${runs.join('\n')}
 ${IB} list --control /tmp/clt.sock --json > ${GUEST_OUT}/list.json 2>&1
+${IB} list --control ${ourClientControl('2')} --json > ${GUEST_OUT}/list-polled.json 2>&1
 ${IB} server sessions --control /tmp/srv.sock --json > ${GUEST_OUT}/server-sessions.json 2>&1
 step measured
 ${STOP_QSD_SHELL}
 rnbd_unmap $KK; rnbd_unmap $KO
 # our client daemon closes its sessions as it ends (no CLI round trips: node under TCG starts slowly)
 ${STOP_OUR_DAEMONS_SHELL}
-losetup -d $LOOP
+${stopOurDaemonsShell('2')}
+losetup -d $LOOP $LOOP2
 step done
 exit 0`;
 }
@@ -144,6 +154,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
     const figures = interopFigures(samples, workloads);
     const readJson = (f: string): unknown => { try { return JSON.parse(readFileSync(join(share, f), 'utf8')); } catch { return null; } };
     const ours = readJson('list.json');
+    const oursPolled = readJson('list-polled.json');
     const ourServerSessions = readJson('server-sessions.json');
     const readText = (f: string) => (existsSync(join(share, f)) ? readFileSync(join(share, f), 'utf8').trim() : '');
     const kdev = readText('kdev.txt');
@@ -174,7 +185,7 @@ export async function runInteropBench(opts: BenchOptions, root: string, outDir: 
       guest: { exitCode: r.exitCode, timedOut: r.timedOut, durationMs: r.durationMs, bootMs: r.bootMs, steps: r.output.split('\n').filter((l) => l.startsWith('STEP')) },
       pairs: PAIRS, workloads, medians: figures.cells, ratios: figures.ratios, ratios_over_kernel_pair: figures.overKernelPair, fio_medians: figures.fioCells,
       qsd: { version: readText('qsd-version.txt'), blockdev: `driver=host_device,read-only=on,${QSD_BLOCKDEV_OPTIONS}`, export: 'vhost-user-blk, num-queues=1, writable=off' },
-      kernel_client_queues: kdev, our_devices: ours, our_server_sessions: ourServerSessions, samples,
+      kernel_client_queues: kdev, our_devices: ours, our_devices_polled: oursPolled, our_server_sessions: ourServerSessions, samples,
     };
     writeFileSync(join(outDir, 'bench.json'), JSON.stringify(json, null, 2) + '\n');
     writeFileSync(join(outDir, 'table.txt'), text);

@@ -1,10 +1,11 @@
 // `npm run bench -- --interop` in its short mode (one round, 1 s per run): the kernel's RNBD and
-// ours side by side in one soft-RoCE guest. Asserted: every one of the 15 cells (kernel/our client
-// × kernel/our server, and the kernel client + qsd, × 3 workloads) produced a figure, the ratios
-// to the all-kernel pair and to the kernel client + qsd are computed from them, printed and saved
-// by name, fio's cross-check ran on both /dev/rnbdN, our client's two maps went over RDMA to the
-// two servers, and our server served both of its clients in the same io_mode. The figures
-// themselves are reported, never asserted.
+// ours side by side in one soft-RoCE guest. Asserted: every one of the 18 cells (kernel/our client
+// × kernel/our server, ours→ours again with both daemons polling, and the kernel client + qsd,
+// × 3 workloads) produced a figure, the ratios to the all-kernel pair and to the kernel client +
+// qsd are computed from them, printed and saved by name, fio's cross-check ran on both
+// /dev/rnbdN, our client daemons' three maps went over RDMA to the two servers and the polling
+// one, and our server served both of its clients in the same io_mode. The figures themselves
+// are reported, never asserted.
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -45,7 +46,7 @@ test('fio output that says nothing measurable is a failed run with the reason', 
 
 interface Cell { iops: number; mbps: number; mean: number; p50: number; p99: number; rounds: number }
 
-test.serial('bench --interop, short: 15 cells with figures and ratios to the all-kernel pair and to K+qsd, fio beside it, our maps over RDMA', async (t) => {
+test.serial('bench --interop, short: 18 cells with figures and ratios to the all-kernel pair and to K+qsd, fio beside it, our maps over RDMA', async (t) => {
   t.timeout(240_000);
   const dir = mkdtempSync(join(tmpdir(), 'ibnbd-bench-interop-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -64,6 +65,7 @@ test.serial('bench --interop, short: 15 cells with figures and ratios to the all
     ratios: Record<string, Record<string, { throughput: number; lat_mean: number } | null>>;
     qsd: { version: string };
     our_devices: { devices: { session: string; transport: string; read_only: boolean; paths: string[] }[] };
+    our_devices_polled: { devices: { session: string; transport: string; read_only: boolean; paths: string[] }[] };
     our_server_sessions: { sessions: { sessname: string; devices: { io_mode: string; access_mode: string }[] }[] };
     guest: { exitCode: number };
   };
@@ -93,12 +95,12 @@ test.serial('bench --interop, short: 15 cells with figures and ratios to the all
     }
     for (const pair of ['kk', 'ko']) t.true((json.fio_medians[w.id]![pair]?.iops ?? 0) > 0, `fio ${pair} ${w.id}`);
   }
-  t.is(cells, 15);
+  t.is(cells, 3 * 6);
   t.regex(json.qsd.version, /qemu-storage-daemon/);
 
   // the table: one row per cell, each with its four ratios; the rows of each base are 1.00× to it
-  const rows = r.stdout.split('\n').filter((l) => /^\| .* \| (K→K|K→ours|ours→K|ours→ours|K\+qsd) \| [\d.]+k? \|.*×.*×.*×.*× \|$/.test(l));
-  t.is(rows.length, 15, r.stdout);
+  const rows = r.stdout.split('\n').filter((l) => /^\| .* \| (K→K|K→ours|ours→K|ours→ours|ours→ours polled|K\+qsd) \| [\d.]+k? \|.*×.*×.*×.*× \|$/.test(l));
+  t.is(rows.length, 3 * 6, r.stdout);
   t.is(rows.filter((l) => / K→K \|.* 1\.00× \| 1\.00× \| [\d.]+× \| [\d.]+× \|$/.test(l)).length, 3);
   t.is(rows.filter((l) => / K\+qsd \|.* 1\.00× \| 1\.00× \|$/.test(l)).length, 3);
   // and ours→ours ÷ K+qsd per workload, the issue's target beside it
@@ -111,6 +113,8 @@ test.serial('bench --interop, short: 15 cells with figures and ratios to the all
     ['ok', 'rdma', true, ['ip:10.0.2.15:1234']],
     ['oo', 'rdma', true, ['ip:10.0.2.15:4321']],
   ]);
+  // and the polling pair's map, from the second client daemon to the second server
+  t.deepEqual(json.our_devices_polled.devices.map((d) => [d.session, d.transport, d.read_only, d.paths]), [['op', 'rdma', true, ['ip:10.0.2.15:4322']]]);
   // our server serves the kernel client (whose OPEN names no io_mode) and our client alike
   t.deepEqual(json.our_server_sessions.sessions.map((x) => [x.sessname, x.devices.map((d) => `${d.access_mode} ${d.io_mode}`)]).sort(), [
     ['ko', ['ro fileio']],
