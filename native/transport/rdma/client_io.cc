@@ -170,7 +170,7 @@ int RdmaClientSession::PostRequest(Path* p, Conn* c, ClientIo* io, uint32_t buf_
       wr.wr_id = WrId(kWrReq, buf_id);  // signalled only now and then (Conn::PostSend)
     }
   }
-  return c->PostSend(&wrs[0]);
+  return c->QueueSend(&wrs[0]);  // goes out with the rest of this loop batch's requests
 }
 
 void RdmaClientSession::Complete(Path* p, uint32_t buf_id, int err) {

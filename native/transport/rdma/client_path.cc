@@ -134,7 +134,10 @@ int RdmaClientSession::ConnectConn(Path* p, uint16_t cid, uint16_t cid_num, int 
   if (!pd) return -ENOMEM;
   Conn::Config cfg;
   uint32_t qd = opts_.queue_depth;
-  cfg.send_depth = qd * kMaxWrsPerRequest + 16;
+  // twice a full queue's work requests: sends are signalled selectively and posted a batch at a
+  // time (Conn::PostSend, QueueSend), so a whole batch may be posted while the work requests of
+  // the one before still wait for the completion that retires them
+  cfg.send_depth = 2 * qd * kMaxWrsPerRequest + 16;
   cfg.recv_depth = qd + 16 + 1;  // +1: the info response on cid 0
   cfg.recv_slots = qd + 16;
   cfg.recv_buf_size = 64;  // RKEY_RSP (8 bytes) arrives in a receive buffer

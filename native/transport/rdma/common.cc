@@ -219,6 +219,34 @@ int Conn::PostSend(ibv_send_wr* wr) {
   return 0;
 }
 
+int Conn::QueueSend(const ibv_send_wr* wr) {
+  if (!loop_ || !loop_->InLoop()) return PostSend(const_cast<ibv_send_wr*>(wr));
+  for (const ibv_send_wr* w = wr; w; w = w->next) {
+    queued_wrs_.push_back(*w);
+    queued_sge_at_.push_back(queued_sges_.size());
+    queued_sges_.insert(queued_sges_.end(), w->sg_list, w->sg_list + w->num_sge);
+  }
+  loop_->AtBatchEnd(this);
+  return 0;
+}
+
+void Conn::RunBatchEnd() {
+  if (queued_wrs_.empty()) return;
+  const size_t n = queued_wrs_.size();
+  for (size_t i = 0; i < n; i++) {
+    queued_wrs_[i].sg_list = queued_wrs_[i].num_sge ? &queued_sges_[queued_sge_at_[i]] : nullptr;
+    queued_wrs_[i].next = i + 1 < n ? &queued_wrs_[i + 1] : nullptr;
+  }
+  int rc = PostSend(&queued_wrs_[0]);
+  queued_wrs_.clear();
+  queued_sge_at_.clear();
+  queued_sges_.clear();
+  if (rc) {
+    dead = true;
+    rdma_disconnect(id_);
+  }
+}
+
 void Conn::RetireSends(const ibv_wc& wc) {
   if (wc.status != IBV_WC_SUCCESS || (wc.opcode & IBV_WC_RECV)) return;
   std::lock_guard<std::mutex> lock(sq_mu_);
@@ -249,6 +277,11 @@ void Conn::Detach() {
   loop->RunSync([&] {
     loop->Remove(channel_->fd);
     loop->RemovePollSource(this);
+    // what this batch queued will not go out: the path is going away
+    loop->CancelBatchEnd(this);
+    queued_wrs_.clear();
+    queued_sge_at_.clear();
+    queued_sges_.clear();
   });
   loop_ = nullptr;
 }

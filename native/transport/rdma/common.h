@@ -70,7 +70,7 @@ inline uint64_t WrValue(uint64_t id) { return id & ((1ull << 56) - 1); }
 
 // The CQ is also a PollSource of the loop it is attached to (common/event_loop.h): a polling
 // loop reads it directly and leaves it unarmed, a sleeping one re-arms it first.
-class Conn final : public PollSource {
+class Conn final : public PollSource, public BatchEndTask {
  public:
   struct Config {
     uint32_t send_depth = 64;
@@ -106,6 +106,13 @@ class Conn final : public PollSource {
   // we are spared is a completion-channel event and a thread wake-up less on this side.
   int PostSend(ibv_send_wr* wr);
   static constexpr uint32_t kSignalInterval = 16;
+  // The data path's post: on the connection's own loop the chain (work requests and their
+  // scatter lists, copied) waits for the end of the loop's batch and goes out with every other
+  // chain of that batch in one PostSend(): one doorbell per batch, which on rxe is one write(2)
+  // on the uverbs fd instead of one per request. Off that loop it is posted at once. A post that
+  // fails at the batch end disconnects the connection: the path's loss then re-issues (client)
+  // or abandons (server) what was queued, as for any request in flight on a lost path.
+  int QueueSend(const ibv_send_wr* wr);
 
   rdma_cm_id* id() const { return id_; }
   ibv_qp* qp() const { return id_->qp; }
@@ -117,6 +124,7 @@ class Conn final : public PollSource {
   void* owner = nullptr;
 
  private:
+  void RunBatchEnd() override;  // posts what QueueSend() collected
   bool PollOnce() override;
   bool ArmForSleep() override;
   void OnChannelReadable();
@@ -142,6 +150,11 @@ class Conn final : public PollSource {
   uint64_t sq_posted_ = 0, sq_retired_ = 0;
   uint32_t sq_unsignaled_posts_ = 0;
   std::deque<uint64_t> sq_marks_;
+  // QueueSend()'s chains of this batch (loop thread): the work requests, and for each its first
+  // scatter element in queued_sges_ (pointers are set when the batch is posted)
+  std::vector<ibv_send_wr> queued_wrs_;
+  std::vector<size_t> queued_sge_at_;
+  std::vector<ibv_sge> queued_sges_;
 };
 
 // Waits for the next cm event on ch (blocking fd) up to timeout_ms. 0 or -ETIMEDOUT / -errno.

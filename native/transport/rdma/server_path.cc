@@ -353,7 +353,8 @@ void RdmaServer::SendResponse(Slot* s, int err) {
       wrs[i].wr_id = WrId(kWrRsp, buf_id);
       wrs[i].next = i + 1 < n ? &wrs[i + 1] : nullptr;
     }
-    if (c->PostSend(&wrs[0])) {
+    // goes out with the rest of this loop batch's responses
+    if (c->QueueSend(&wrs[0])) {
       // the cm thread tears the path down; nothing else to do here
       rdma_disconnect(c->id());
     }

@@ -215,8 +215,10 @@ int RdmaServer::AcceptConn(rdma_cm_id* id, const wire::ConnReq& req,
   }
   SrvSession* s = p->sess;
   Conn::Config cfg;
-  // per connection: at most queue_depth responses of ≤ 3 WRs (WRITE, SEND_WITH_INV, imm) + HB
-  cfg.send_depth = s->qd * 3 + 16;
+  // per connection: at most queue_depth responses of ≤ 3 WRs (WRITE, SEND_WITH_INV, imm) + HB,
+  // twice: signalled selectively and posted a batch at a time, a batch may go out while the one
+  // before still waits for the completion that retires it (Conn::PostSend, QueueSend)
+  cfg.send_depth = 2 * s->qd * 3 + 16;
   cfg.recv_depth = s->qd + 16;
   cfg.recv_buf_size = cid == 0 ? 512 : 64;  // cid 0 receives the 272-byte info request
   int rc = conn->Setup(pd, cfg);
