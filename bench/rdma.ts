@@ -24,7 +24,7 @@ const GUEST_TIMEOUT_MS = 420_000;
 /** the polling run: both daemons with --poll-us (docs/operations.md, "Adaptive polling") */
 // The polling window of step 5. Under TCG a round trip in this guest takes about 1 ms, so the
 // host bench's 50 µs window ends long before the answer comes (2026-12-07: polled ÷ interrupt-
-// driven QD1 mean 0.98× at 50, 0.40-0.43× at 1000); 1000 is the daemons' maximum.
+// driven QD1 mean 0.98× at 50, 0.33-0.55× at 1000 over eight runs); 1000 is the daemons' maximum.
 const POLL_US = 1000;
 const POLL_SUFFIX = '-poll';
 const FILE_MIB = 256;
