@@ -102,6 +102,46 @@ test('requests are forwarded both ways with their user message and data', async 
   t.is(big.errno, -22);
 });
 
+// The client takes small READ responses many at a time through its receive buffer and copies
+// their data out, and reads larger ones (over 8 KiB) straight into place: a burst of answers of
+// every size, sent back to back, must put each one's bytes in its own buffer and nowhere else,
+// whichever way it was received and wherever a receive call cut it.
+test('a burst of READ answers of mixed sizes: every buffer gets exactly its own bytes', async (t) => {
+  const h = startServer(t, { queueDepth: 64, maxIoSize: 128 * 1024 });
+  const held: Extract<NativeServerEvent, { type: 'request' }>[] = [];
+  h.answer = (ev) => {
+    held.push(ev);
+    return null;
+  };
+  const c = client(t, h.port, { queueDepth: 64, maxIoSize: 128 * 1024 });
+  await c.connect(5000);
+  const fill = (id: number, len: number): Buffer => {
+    const b = Buffer.alloc(len);
+    for (let j = 0; j < len; j++) b[j] = (id * 31 + j * 7 + (j >> 8)) & 0xff;
+    return b;
+  };
+  const sizes = [512, 4096, 8192, 8193, 4096, 65536, 1, 4096, 131072, 2048, 4096, 12288];
+  for (let round = 0; round < 4; round++) {
+    const n = 60;
+    const ps = Array.from({ length: n }, (_, i) => {
+      const id = round * 1000 + i;
+      const usr = Buffer.alloc(8);
+      usr.writeUInt32LE(id, 4);
+      return c.request({ dir: 'read', usr, readLen: sizes[(i + round) % sizes.length]! }).then((r) => ({ r, id }));
+    });
+    await waitFor(() => held.length === n, 5000, `${n} requests at the server`);
+    // answered all at once, in an order unlike the requests', so responses of both kinds follow
+    // each other in one stream
+    const batch = held.splice(0).reverse();
+    for (const ev of batch) h.server.respond(ev.requestId, 0, fill(ev.usr.readUInt32LE(4), ev.dataLen));
+    for (const { r, id } of await Promise.all(ps)) {
+      t.is(r.errno, 0);
+      const len = sizes[(id % 1000 + round) % sizes.length]!;
+      t.true(r.data!.equals(fill(id, len)), `request ${id} (${len} B) holds its own bytes`);
+    }
+  }
+});
+
 // Requests from JS are spread over the IO threads, so the order in which they reach the permit
 // queue is the threads' race, not the order of the calls: the test checks the bound and that every
 // waiter is served, one new request per answer.
