@@ -7,18 +7,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { tempDir } from '../../harness/fixtures.js';
-import { ibnbd, startClientDaemon, startServerDaemon, type Daemon, type LogEntry } from '../support/daemons.js';
+import { ibnbd, startClientDaemon, startServerDaemon, waitForEntry, type Daemon, type LogEntry } from '../support/daemons.js';
 import { TEST_TRANSPORT } from '../support/transport-under-test.js';
-
-async function waitForEntry(d: Daemon, pred: (e: LogEntry) => boolean, what: string, ms = 10_000): Promise<LogEntry> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const e = d.entries().find(pred);
-    if (e) return e;
-    if (Date.now() > end) throw new Error(`no ${what} in the log:\n${d.raw()}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** Every line a JSON object with the four fields, time in ISO form, of this daemon. */
 function checkLines(t: import('ava').ExecutionContext, d: Daemon, daemon: string): void {

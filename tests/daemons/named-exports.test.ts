@@ -5,7 +5,7 @@ import test from 'ava';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbd, startClientDaemon, startServerDaemon } from '../support/daemons.js';
+import { ibnbd, startClientDaemon, startServerDaemon, waitForEntry } from '../support/daemons.js';
 import { blkio, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { scaled, testMapTarget } from '../support/transport-under-test.js';
 
@@ -21,7 +21,9 @@ test('a server with only named exports: the listed names map (rw, and ro where m
   const cfg = join(dir, 'server.toml');
   writeFileSync(cfg, `[export]\nvm1 = "${vm1}"\niso = { path = "${iso}", read-only = true }\n`);
   const server = await startServerDaemon(t, dir, null, ['--config', cfg]);
-  t.regex(server.log(), /dev_search_path \(none\); 2 named export\(s\) \(vm1, iso ro\)/);
+  // logged once the control socket listens, so possibly after startServerDaemon returned
+  const listening = await waitForEntry(server, (e) => /^listening on /.test(e.msg), 'listening line');
+  t.regex(listening.msg, /dev_search_path \(none\); 2 named export\(s\) \(vm1, iso ro\)/);
   const client = await startClientDaemon(t, dir);
   const target = testMapTarget(server.port);
 

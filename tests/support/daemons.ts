@@ -71,6 +71,18 @@ export function parseLog(text: string): LogEntry[] {
     });
 }
 
+/** The first log entry that pred accepts, waited for: a daemon is ready once its control socket
+ *  answers, and what it logs after that (the server's "listening on …" line) may come later. */
+export async function waitForEntry(d: Daemon, pred: (e: LogEntry) => boolean, what: string, ms = scaled(10_000)): Promise<LogEntry> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const e = d.entries().find(pred);
+    if (e) return e;
+    if (Date.now() > end) throw new Error(`no ${what} in the log:\n${d.raw()}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 export interface Daemon {
   proc: ChildProcess;
   control: string;
