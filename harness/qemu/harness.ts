@@ -28,6 +28,12 @@ export interface GuestOptions {
   modules?: string[];
   /** guest RAM; default 256 (initramfs) or 512 (hostroot) */
   memMiB?: number;
+  /** For a guest that is live-migrated: RAM 8 KiB over memMiB. QEMU 7.2's TCG loses guest
+   *  stores in a migration when a RAM block is a multiple of 256 KiB: its word-at-a-time dirty
+   *  bitmap sync clears the bits without making the vCPUs' TLB entries trap the next store, so a
+   *  page written after it is neither logged nor copied again (fixed in QEMU 9.0). A block of
+   *  another size is synced page by page, and that path resets the TLB entries. docs/migration.md */
+  tcgMigrationRam?: boolean;
   /** vCPUs, default 1; the guest's virtio_blk drives at most one queue per vCPU, so numQueues > 1 needs cpus > 1 */
   cpus?: number;
   /** QEMU's -cpu model (`qemu64`, `max,-pku`, ...); default `max` */
@@ -128,6 +134,7 @@ function validate(o: GuestOptions): void {
   if (o.memMiB !== undefined && !(Number.isInteger(o.memMiB) && o.memMiB >= 64 && o.memMiB <= 8192)) {
     invalid('memMiB must be an integer in 64..8192');
   }
+  if (o.tcgMigrationRam !== undefined && typeof o.tcgMigrationRam !== 'boolean') invalid('tcgMigrationRam must be a boolean');
   if (o.qemuExtraArgs !== undefined && !(Array.isArray(o.qemuExtraArgs) && o.qemuExtraArgs.every((a) => typeof a === 'string'))) {
     invalid('qemuExtraArgs must be an array of strings');
   }
@@ -244,6 +251,7 @@ export async function startGuest(o: GuestOptions): Promise<GuestHandle> {
     kernel: kernel.vmlinuz,
     initrd,
     memMiB: o.memMiB ?? (mode === 'hostroot' ? 512 : 256),
+    ramPlus8K: o.tcgMigrationRam === true,
     cpus: o.cpus,
     cpuModel: o.cpuModel,
     controlSocket,

@@ -23,6 +23,8 @@ export interface QemuArgsInput {
   kernel: string;
   initrd: string;
   memMiB: number;
+  /** guest RAM 8 KiB over memMiB (QEMU rounds -m up to 8 KiB), for guests that live-migrate under TCG (GuestOptions.tcgMigrationRam) */
+  ramPlus8K?: boolean;
   /** vCPUs; the guest's virtio_blk uses at most one queue per vCPU */
   cpus?: number;
   /** -cpu model; default max */
@@ -45,12 +47,13 @@ function optValue(s: string): string {
 }
 
 export function qemuArgs(a: QemuArgsInput): string[] {
+  const ram = a.ramPlus8K ? `${a.memMiB * 1024 + 8}K` : `${a.memMiB}M`;
   const args = [
     '-machine', 'q35,memory-backend=mem', '-accel', 'tcg', '-cpu', a.cpuModel ?? 'max', '-smp', String(a.cpus ?? 1),
-    '-m', `${a.memMiB}M`,
+    '-m', ram,
     // vhost-user backends map guest RAM: it must be a shareable fd (without it the backend
     // fails on SET_VRING_ADDR and the guest just hangs)
-    '-object', `memory-backend-memfd,id=mem,size=${a.memMiB}M,share=on`,
+    '-object', `memory-backend-memfd,id=mem,size=${ram},share=on`,
     '-kernel', a.kernel, '-initrd', a.initrd,
     '-append', `console=ttyS0 panic=-1 quiet${a.append ? ' ' + a.append : ''}`,
     '-display', 'none', '-no-reboot', '-nodefaults',

@@ -3,8 +3,9 @@
 //   qsd         qemu-storage-daemon: one block node, two vhost-user-blk exports (source, destination)
 //   virtio-blk  QEMU's own virtio-blk on the file (-drive, file.locking=off): no vhost-user at all
 // Each run prints one line: the verifier's final counts, or how the destination failed (its
-// console is kept in DIR/fail-N.txt). docs/migration.md, "A failure under TCG with -cpu max".
-//   node_modules/.bin/tsc -p tsconfig.json && node dist/harness/tools/migration-control.js BACKEND [RUNS] [CPU] [DIR]
+// console is kept in DIR/fail-N.txt). RAM aligned: 256 MiB; plus-8k: 256 MiB + 8 KiB, which avoids
+// QEMU 7.2's lost TCG stores (docs/migration.md, "Lost guest stores under TCG").
+//   node_modules/.bin/tsc -p tsconfig.json && node dist/harness/tools/migration-control.js BACKEND [RUNS] [CPU] [RAM] [DIR]
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,9 +14,9 @@ import { startGuest, type GuestOptions } from '../qemu/harness.js';
 import { QmpClient } from '../qemu/qmp.js';
 import { parseVwLine, verifyWriterFile, verifyWriterScript } from '../qemu/verify-writer.js';
 
-const [backend = 'qsd', runs = '10', cpu = 'max', outDir = join(tmpdir(), 'ibnbd-migration-control')] = process.argv.slice(2);
-if (backend !== 'qsd' && backend !== 'virtio-blk') {
-  console.error('usage: migration-control qsd|virtio-blk [RUNS] [CPU] [DIR]');
+const [backend = 'qsd', runs = '10', cpu = 'max', ram = 'aligned', outDir = join(tmpdir(), 'ibnbd-migration-control')] = process.argv.slice(2);
+if ((backend !== 'qsd' && backend !== 'virtio-blk') || (ram !== 'aligned' && ram !== 'plus-8k')) {
+  console.error('usage: migration-control qsd|virtio-blk [RUNS] [CPU] [aligned|plus-8k] [DIR]');
   process.exit(2);
 }
 const BLOCKS = 4096;
@@ -40,7 +41,7 @@ async function once(n: number): Promise<string> {
     qsd
       ? { disks: [{ socket: `${dir}/${side}.sock` }] }
       : { qemuExtraArgs: ['-drive', `file=${file},if=none,id=d0,format=raw,cache=none,file.locking=off`, '-device', 'virtio-blk-pci,drive=d0'] };
-  const common = { memMiB: 256, cpuModel: cpu, timeoutMs: 200_000, files: [verifyWriterFile()], script: SCRIPT };
+  const common = { memMiB: 256, tcgMigrationRam: ram === 'plus-8k', cpuModel: cpu, timeoutMs: 200_000, files: [verifyWriterFile()], script: SCRIPT };
   const src = await startGuest({ ...common, ...disk('a'), qmpSocket: `${dir}/qmp-a.sock` });
   const dst = await startGuest({ ...common, ...disk('b'), qmpSocket: `${dir}/qmp-b.sock`, incoming: `unix:${dir}/mig.sock` });
   try {
@@ -60,7 +61,7 @@ async function once(n: number): Promise<string> {
     clearTimeout(bound);
     const final = r.serial.split('\n').map(parseVwLine).find((l) => l?.tag === 'VW-FINAL');
     const oops = /Kernel panic|BUG:|Oops|corruption|is not a head/.test(r.serial);
-    if (!final || oops) writeFileSync(join(outDir, `fail-${backend}-${cpu}-${n}.txt`), `qemu stderr:\n${r.qemuStderr}\n--- console:\n${r.serial}\n`);
+    if (!final || oops) writeFileSync(join(outDir, `fail-${backend}-${cpu}-${ram}-${n}.txt`), `qemu stderr:\n${r.qemuStderr}\n--- console:\n${r.serial}\n`);
     return `run ${n}: downtime ${q.downtime} ms; ${final ? JSON.stringify(final) : oops ? 'destination guest crashed' : 'destination guest silent'}`;
   } finally {
     await Promise.all([src.kill(), dst.kill()]);
@@ -70,5 +71,5 @@ async function once(n: number): Promise<string> {
 }
 
 mkdirSync(outDir, { recursive: true });
-console.log(`backend ${backend}, -cpu ${cpu}, ${runs} runs; failures kept in ${outDir}`);
+console.log(`backend ${backend}, -cpu ${cpu}, RAM ${ram}, ${runs} runs; failures kept in ${outDir}`);
 for (let n = 1; n <= Number(runs); n++) console.log(await once(n));
