@@ -102,10 +102,10 @@ test('requests are forwarded both ways with their user message and data', async 
   t.is(big.errno, -22);
 });
 
-// The client reads each READ's data straight into its buffer, with the next header in the same
-// call: a burst of answers of every size (1 B to 128 KiB), sent back to back in an order unlike
-// the requests', must put each one's bytes in its own buffer and nowhere else, wherever a
-// receive call cut the stream.
+// The client takes small READ responses many at a time through its receive buffer and copies
+// their data out, and reads larger ones (over 8 KiB) straight into place: a burst of answers of
+// every size, sent back to back, must put each one's bytes in its own buffer and nowhere else,
+// whichever way it was received and wherever a receive call cut it.
 test('a burst of READ answers of mixed sizes: every buffer gets exactly its own bytes', async (t) => {
   const h = startServer(t, { queueDepth: 64, maxIoSize: 128 * 1024 });
   const held: Extract<NativeServerEvent, { type: 'request' }>[] = [];

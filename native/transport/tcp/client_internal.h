@@ -184,16 +184,23 @@ struct IoConn final : BatchEndTask {
   size_t head_off = 0;
   bool want_out = false;
   bool dead = false;
-  uint8_t rx[kFrameHeaderSize * 64];
+  // READ responses with at most this much data come through rx with the headers around them
+  // (one receive call for a whole batch of them, then a copy into guest memory); larger ones
+  // are read in place (docs/tcp-transport.md, "Receiving responses").
+  static constexpr uint32_t kCopyReadMax = 8192;
+  static constexpr size_t kRxBytes = 64 * 1024;
+  std::vector<uint8_t> rx;
   size_t rx_have = 0;
   ClientIo* cur = nullptr;  // response whose data is being received
   uint32_t cur_off = 0;
   int cur_err = 0;
-  uint32_t reads_pending = 0;  // READs in flight that will bring data back
+  // READs in flight whose data is read in place: while there are any, rx takes one header at a
+  // time, so that such data never lands in rx
+  uint32_t inplace_reads_pending = 0;
 
   IoConn(TcpClientSession* s, ClientPath* p, uint64_t g, int f, EventLoop* l, uint32_t q)
       : sess(s), path(p), gen(g), fd(f), loop(l), loop_index(l->index()), qd(q), inflight(q),
-        hdrs(static_cast<size_t>(q) * kFrameHeaderSize) {}
+        hdrs(static_cast<size_t>(q) * kFrameHeaderSize), rx(kRxBytes) {}
 
   int Register();
   void Fail(const char* why);
@@ -206,6 +213,10 @@ struct IoConn final : BatchEndTask {
   void CopyIntoCur(const uint8_t* src, size_t len);
   int OnHeader(const uint8_t* p);
   bool CurReceived() const;
+  static bool ReadInPlace(const ClientIo* io) {
+    return io->dir == Dir::kRead && io->data_len > kCopyReadMax;
+  }
+  size_t RxRoom() const;
   void OnReadable();
   void Teardown();
 };

@@ -53,7 +53,7 @@ void IoConn::Fail(const char* why) {
 void IoConn::Send(ClientIo* io) {
   uint32_t id = static_cast<uint32_t>(io->transport_private[kTpPermit]);
   inflight[id] = io;
-  if (io->dir == Dir::kRead && io->data_len > 0) reads_pending++;
+  if (ReadInPlace(io)) inplace_reads_pending++;
   const int64_t before = path->inflight.fetch_add(1, std::memory_order_relaxed);
   path->progress.OnSubmit(NowNs(), before > 0 ? uint64_t(before) : 0);
   FrameHeader h;
@@ -156,8 +156,9 @@ void IoConn::CompleteCur() {
   sess->Finish(io, cur_err);
 }
 
-// Bytes already in rx that belong to the current response's data (never happens with the
-// read-size policy below, kept for robustness): copied into the destination.
+// Bytes already in rx that belong to the current response's data (a READ of at most
+// kCopyReadMax; the read-size policy below keeps larger ones out of rx): copied into the
+// destination.
 void IoConn::CopyIntoCur(const uint8_t* src, size_t len) {
   iovec seg[64];
   size_t off = 0;
@@ -183,7 +184,7 @@ int IoConn::OnHeader(const uint8_t* p) {
   uint32_t expect = (io->dir == Dir::kRead && h.err == 0) ? io->data_len : 0;
   if (h.data_len != expect) return -EPROTO;
   inflight[h.id] = nullptr;
-  if (io->dir == Dir::kRead && io->data_len > 0) reads_pending--;
+  if (ReadInPlace(io)) inplace_reads_pending--;
   cur = io;
   cur_off = 0;
   cur_err = h.err;
@@ -193,6 +194,13 @@ int IoConn::OnHeader(const uint8_t* p) {
 // The response in `cur` has all its data (or none to receive): complete it next.
 bool IoConn::CurReceived() const {
   return cur != nullptr && (cur_off == cur->data_len || cur->dir != Dir::kRead || cur_err != 0);
+}
+
+// How much the next receive may put into rx: a header's worth while a READ whose data is read
+// in place may come next, else all the room there is (many small responses per system call).
+size_t IoConn::RxRoom() const {
+  if (inplace_reads_pending == 0) return kRxBytes - rx_have;
+  return rx_have < kFrameHeaderSize ? kFrameHeaderSize - rx_have : 0;
 }
 
 void IoConn::OnReadable() {
@@ -212,10 +220,9 @@ void IoConn::OnReadable() {
       size_t n = SliceIov(cur->iov, cur->iov_cnt, cur_off, left, seg, 64);
       size_t sliced = 0;
       for (size_t i = 0; i < n; i++) sliced += seg[i].iov_len;
-      // The next response's header in the same readv (rx is empty while data arrives): one
-      // system call per READ response instead of two, and the data still lands in place.
-      if (sliced == left && rx_have < kFrameHeaderSize)
-        seg[n++] = {rx + rx_have, kFrameHeaderSize - rx_have};
+      // What follows in the same readv (rx is empty while data arrives): the next header, or
+      // more if no READ to be read in place is pending; the data still lands in place.
+      if (sliced == left && rx_have < kFrameHeaderSize) seg[n++] = {rx.data() + rx_have, RxRoom()};
       ssize_t r = ReadvSome(fd, seg, n);
       if (r == -EAGAIN) return;
       if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
@@ -228,11 +235,11 @@ void IoConn::OnReadable() {
       if (got > left) rx_have += got - left;
       continue;
     }
-    // While a READ may bring data, read one header at a time so the data lands directly in
-    // the caller's buffers; otherwise batch many response headers per syscall.
+    // While a large READ may bring data, read one header at a time so its data lands directly
+    // in the caller's buffers; otherwise take as many responses as the socket holds.
     if (rx_have < kFrameHeaderSize) {  // else a header came with the previous data
-      size_t want = reads_pending ? kFrameHeaderSize - rx_have : sizeof(rx) - rx_have;
-      ssize_t r = RecvSome(fd, rx + rx_have, want);
+      const size_t want = RxRoom();
+      ssize_t r = RecvSome(fd, rx.data() + rx_have, want);
       if (r == -EAGAIN) return;
       if (r <= 0) return Fail(r == 0 ? "connection closed by server" : "receive failed");
       path->hb.OnReceive();
@@ -241,17 +248,17 @@ void IoConn::OnReadable() {
     }
     size_t pos = 0;
     while (rx_have - pos >= kFrameHeaderSize && !dead) {
-      if (OnHeader(rx + pos) != 0) return Fail("protocol error from server");
+      if (OnHeader(rx.data() + pos) != 0) return Fail("protocol error from server");
       pos += kFrameHeaderSize;
       if (cur->dir == Dir::kRead && cur_err == 0 && cur->data_len > 0) {
         size_t avail = std::min<size_t>(rx_have - pos, cur->data_len);
-        CopyIntoCur(rx + pos, avail);
+        CopyIntoCur(rx.data() + pos, avail);
         pos += avail;
         if (cur_off < cur->data_len) break;
       }
       CompleteCur();
     }
-    memmove(rx, rx + pos, rx_have - pos);
+    memmove(rx.data(), rx.data() + pos, rx_have - pos);
     rx_have -= pos;
   }
 }
