@@ -3,22 +3,17 @@
 // page (GuestOptions.tcgMigrationRam, docs/migration.md "Lost guest stores under TCG").
 import test from 'ava';
 import { qemuArgs, type QemuArgsInput } from '../../harness/qemu/qemu-args.js';
+import { parseBytes } from '../../src/server/options.js';
 
 const base: QemuArgsInput = {
   kernel: '/k', initrd: '/i', memMiB: 256, controlSocket: '/c.sock', disks: [], hostRoot: false, shares: [], net: false,
 };
 
-/** bytes of a QEMU size such as 256M or 262152K */
-function bytes(size: string): number {
-  const m = /^(\d+)([KM])$/.exec(size);
-  if (!m) throw new Error(`unexpected size ${size}`);
-  return Number(m[1]) * (m[2] === 'K' ? 1024 : 1024 * 1024);
-}
-
 function ramSizes(a: QemuArgsInput): { machine: number; backend: number } {
   const args = qemuArgs(a);
   const backend = args.find((x) => x.startsWith('memory-backend-memfd,'))!;
-  return { machine: bytes(args[args.indexOf('-m') + 1]), backend: bytes(/size=([^,]+)/.exec(backend)![1]) };
+  // QEMU's K and M suffixes are powers of 1024, as the server's byte options
+  return { machine: parseBytes('-m', args[args.indexOf('-m') + 1]), backend: parseBytes('size', /size=([^,]+)/.exec(backend)![1]) };
 }
 
 test('by default guest RAM is memMiB, the same for -m and the memory backend', (t) => {
