@@ -33,7 +33,8 @@ host_wait() { while IFS= read -r _hw_line <&3; do [ "$_hw_line" = "$1" ] && retu
  * archive with busybox and the modules is built once and cached.
  *   /harness/mode     initramfs | hostroot
  *   /harness/net      1 to configure eth0 (slirp, 10.0.2.15/24)
- *   /harness/shares   lines "TAG PATH": writable 9p shares mounted at PATH
+ *   /harness/shares   lines "TAG rw|ro PATH": 9p shares mounted at PATH; ro ones read-only and
+ *                     cached (cache=loose), like hostroot
  *   /harness/script.sh
  */
 export const INIT_SCRIPT = `#!/bin/busybox sh
@@ -63,9 +64,11 @@ if [ "$mode" = hostroot ]; then
   for d in tmp run root; do mount -t tmpfs tmpfs $R/$d || fail "tmpfs $d"; done
   chmod 1777 $R/tmp
 fi
-while read -r tag path; do
+while read -r tag access path; do
   [ -n "$tag" ] || continue
-  mkdir -p "$R$path" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 "$tag" "$R$path" || fail "share $tag"
+  opts=trans=virtio,version=9p2000.L,msize=512000
+  [ "$access" = ro ] && opts=$opts,ro,cache=loose
+  mkdir -p "$R$path" && mount -t 9p -o $opts "$tag" "$R$path" || fail "share $tag"
 done < /harness/shares
 mkdir -p $R/run/harness && cp /harness/script.sh $R/run/harness/script.sh || fail "script"
 echo "@@IBNBD-BEGIN@@"

@@ -22,7 +22,7 @@ export interface GuestFile {
 export interface RunSettings {
   mode: 'initramfs' | 'hostroot';
   net: boolean;
-  shares: { tag: string; guestPath: string }[];
+  shares: { tag: string; guestPath: string; readOnly?: boolean }[];
   script: string;
   files?: GuestFile[];
 }
@@ -66,7 +66,7 @@ export function runArchive(s: RunSettings): Buffer {
   return cpioGzip([
     file('harness/mode', s.mode + '\n'),
     file('harness/net', s.net ? '1\n' : '0\n'),
-    file('harness/shares', s.shares.map((x) => `${x.tag} ${x.guestPath}\n`).join('')),
+    file('harness/shares', s.shares.map((x) => `${x.tag} ${x.readOnly ? 'ro' : 'rw'} ${x.guestPath}\n`).join('')),
     file('harness/script.sh', SCRIPT_PRELUDE + '\n' + s.script + '\n', 0o755),
     ...(s.files ?? []).map((f): CpioEntry => ({ kind: 'file', path: f.path, data: Buffer.from(f.data), mode: f.mode ?? 0o644 })),
   ]);

@@ -11,12 +11,15 @@ export interface DiskSpec {
 }
 
 export interface ShareSpec {
-  /** host directory exported writable over 9p */
+  /** host directory exported over 9p, writable unless readOnly */
   hostPath: string;
   /** 9p mount tag, [A-Za-z0-9_-], at most 31 characters */
   tag: string;
   /** where the guest mounts it; default the same path as on the host */
   guestPath?: string;
+  /** read-only on both sides (QEMU readonly=on, mount ro) and cached in the guest (cache=loose),
+   *  as the hostroot mount is: for trees the host does not change while the guest runs */
+  readOnly?: boolean;
 }
 
 export interface QemuArgsInput {
@@ -74,7 +77,7 @@ export function qemuArgs(a: QemuArgsInput): string[] {
     args.push('-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot');
   }
   for (const s of a.shares) {
-    args.push('-virtfs', `local,path=${optValue(s.hostPath)},mount_tag=${s.tag},security_model=none,multidevs=remap,id=fs_${s.tag}`);
+    args.push('-virtfs', `local,path=${optValue(s.hostPath)},mount_tag=${s.tag},security_model=none,${s.readOnly ? 'readonly=on,' : ''}multidevs=remap,id=fs_${s.tag}`);
   }
   if (a.net) args.push('-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
   // wait=off: QEMU starts without waiting for a QMP client

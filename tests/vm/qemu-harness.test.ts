@@ -143,18 +143,23 @@ test.serial('reconnect: the backend restarts while the guest is idle, then IO go
   }
 });
 
-test.serial('hostroot mode runs host programs (node) and writes to a writable share', async (t) => {
+test.serial('hostroot mode runs host programs (node), writes to a writable share, and a read-only share is read-only', async (t) => {
   const share = mkdtempSync(join(tmpdir(), 'ibnbd-qh-share-'));
+  const ro = mkdtempSync(join(tmpdir(), 'ibnbd-qh-ro-'));
+  writeFileSync(join(ro, 'given'), 'from-host\n');
   try {
     const g = await startGuest({
       mode: 'hostroot',
-      shares: [{ hostPath: share, tag: 'work' }],
+      shares: [{ hostPath: share, tag: 'work' }, { hostPath: ro, tag: 'ro', readOnly: true }],
       timeoutMs: 120_000,
       // the Node running this test (the pinned one, not whatever "node" the PATH has), as every
       // guest harness starts the daemons
       script: `
         ${process.execPath} -e 'console.log("node", process.version, 6 * 7)'
         echo from-guest-root > ${share}/result
+        cat ${ro}/given
+        if (echo x > ${ro}/written) 2>/dev/null; then echo "ro share written"; fi
+        awk '$2 == "${ro}" { print "options " $4 }' /proc/mounts
         mark ready
         host_read answer
         echo "uid $(id -u) answer $answer"
@@ -167,9 +172,15 @@ test.serial('hostroot mode runs host programs (node) and writes to a writable sh
     const r = await g.exited;
     t.log(`boot ${r.bootMs} ms, whole run ${r.durationMs} ms`);
     t.is(r.exitCode, 0, r.serial);
-    t.is(r.output, `node ${process.version} 42\nuid 0 answer 42\n`);
+    const lines = r.output.trimEnd().split('\n');
+    const options = lines.find((l) => l.startsWith('options '))?.slice(8).split(',') ?? [];
+    // the guest kernel (6.1) lists cache=loose as "loose"
+    t.true(options.includes('ro') && options.some((o) => o === 'loose' || o === 'cache=loose'), `read-only share mounted ro, cached: ${options.join(',')}`);
+    t.deepEqual(lines.filter((l) => !l.startsWith('options ')), [`node ${process.version} 42`, 'from-host', 'uid 0 answer 42']);
+    t.false(existsSync(join(ro, 'written')), 'nothing reached the host through the read-only share');
   } finally {
     rmSync(share, { recursive: true, force: true });
+    rmSync(ro, { recursive: true, force: true });
   }
 });
 
