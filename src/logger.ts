@@ -9,10 +9,9 @@
 import { pino, stdTimeFunctions, type DestinationStream, type Logger as Pino } from 'pino';
 import type { PrettyOptions } from 'pino-pretty';
 import { createRequire } from 'node:module';
-import { IbnbdError } from './errors.js';
+import { parseLogLevel, type LogLevel } from './log-levels.js';
 
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
+export { LOG_LEVELS, parseLogLevel, type LogLevel } from './log-levels.js';
 
 /** pino's numbers; the native addon uses the same (native/common/log.h). */
 export const LEVEL_VALUES: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50 };
@@ -43,12 +42,6 @@ export interface DaemonLogger extends Logger {
   setLevel(level: LogLevel): void;
   /** Called with each new level (the native addon's threshold follows it). */
   onLevel(fn: (level: LogLevel) => void): void;
-}
-
-/** --log-level and the log-level key of both daemons: the level, or EINVAL naming the value. */
-export function parseLogLevel(v: unknown): LogLevel {
-  if (typeof v === 'string' && (LOG_LEVELS as readonly string[]).includes(v)) return v as LogLevel;
-  throw new IbnbdError('EINVAL', `--log-level ${JSON.stringify(v)}: must be one of ${LOG_LEVELS.join(', ')}`);
 }
 
 /**

@@ -3,7 +3,7 @@
 // typed on the command line override the file; commander's own defaults never do.
 import type { Command } from 'commander';
 import type { ConfigKey, ConfigValues } from '../config/config-file.js';
-import { LOG_LEVELS } from '../logger.js';
+import { LOG_LEVELS } from '../log-levels.js';
 
 /** The options given on the command line, by option property. */
 export function commandLineValues(cmd: Command, keys: readonly ConfigKey[]): Record<string, unknown> {

@@ -3,7 +3,9 @@
 import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/config-file.js';
 import { validateClientOptions, type ClientDaemonOptions } from './daemon.js';
 
-export const DEFAULT_CLIENT_CONFIG = '/etc/ibnbd/client.toml';
+import { DEFAULT_CLIENT_CONFIG } from '../config/default-files.js';
+
+export { DEFAULT_CLIENT_CONFIG };
 
 export const CLIENT_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'control', prop: 'control', type: 'string' },

@@ -11,7 +11,8 @@ import { configureIoThreads, POLL_US_MAX, setPollUs } from '../backend/transport
 import { ControlServer } from '../control/index.js';
 import { takeDaemonSignals } from '../service/signals.js';
 import { serviceNotifier } from '../service/systemd.js';
-import { IO_TIMEOUT_MAX, RECONNECT_DEFAULTS, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
+import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS } from './defaults.js';
+import { IO_TIMEOUT_MAX, RECONNECT_DELAY_MAX, TMO_MAX, parseMapString, policyConflict } from '../proto/map-string.js';
 import { IbnbdClient } from './client.js';
 import { parseMetricsAddress } from '../metrics/address.js';
 import type { MetricsServer } from '../metrics/http.js';
@@ -56,22 +57,7 @@ export interface ClientDaemonOptions {
   logLevel?: LogLevel;
 }
 
-/** --admin-timeout's range (s). */
-export const ADMIN_TIMEOUT_MAX = 3600;
-
-export const CLIENT_DEFAULTS = {
-  control: '/run/ibnbd/client.sock',
-  runDir: '/run/ibnbd',
-  stateDir: '/var/lib/ibnbd/client',
-  ioThreads: 1,
-  pollUs: 0,
-  reconnectDelayMs: RECONNECT_DEFAULTS.reconnectDelay * 1000,
-  maxReconnectAttempts: -1,
-  ctrlLossTmo: RECONNECT_DEFAULTS.ctrlLossTmo,
-  fastIoFailTmo: RECONNECT_DEFAULTS.fastIoFailTmo,
-  ioTimeout: RECONNECT_DEFAULTS.ioTimeout,
-  adminTimeout: 30,
-} as const;
+export { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS } from './defaults.js';
 
 /** -1 or an integer 0..max; EINVAL naming the option. */
 function checkTmo(flag: string, v: number): number {

@@ -3,7 +3,9 @@
 import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/config-file.js';
 import { validateServerOptions, type RawServerOptions } from './options.js';
 
-export const DEFAULT_SERVER_CONFIG = '/etc/ibnbd/server.toml';
+import { DEFAULT_SERVER_CONFIG } from '../config/default-files.js';
+
+export { DEFAULT_SERVER_CONFIG };
 
 export const SERVER_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'listen', prop: 'listen', type: 'strings' },

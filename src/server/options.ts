@@ -5,7 +5,7 @@ import { IbnbdError } from '../errors.js';
 import { SESSNAME_TOKEN } from './device-path.js';
 import { loadKeysFile, type AuthKeys } from '../auth/keys-file.js';
 import { parseMetricsAddress, type MetricsAddress } from '../metrics/address.js';
-import { parseLogLevel, type LogLevel } from '../logger.js';
+import { parseLogLevel, type LogLevel } from '../log-levels.js';
 import { parseExportList, type ExportList } from './export-list.js';
 import { POLL_US_MAX } from '../backend/transport.js';
 

@@ -2,8 +2,9 @@
 // devices, driven by `ibnbd map/unmap/list/show` through its control socket).
 import type { Command } from 'commander';
 import { IbnbdError } from '../../errors.js';
-import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS, runClientDaemon, type ClientDaemonOptions } from '../../client/daemon.js';
-import { CLIENT_CONFIG_KEYS, DEFAULT_CLIENT_CONFIG, readClientConfig } from '../../client/config.js';
+import type { ClientDaemonOptions } from '../../client/daemon.js';
+import { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS } from '../../client/defaults.js';
+import { DEFAULT_CLIENT_CONFIG } from '../../config/default-files.js';
 import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions, POLL_US_OPTION } from '../config-options.js';
 
 /** -1 or a non-negative integer (-1: forever). */
@@ -99,6 +100,9 @@ export function register(program: Command): void {
     .option(...LOG_LEVEL_OPTION)
     .option('--auth-keys <file>', 'session secrets ("<sessname> <secret>" lines, mode 600): a session whose name is listed authenticates itself and the server (TCP); SIGHUP reloads it')
     .action(async (o: { config?: string }, cmd: Command) => {
+      // loaded only here: the other commands need neither the daemon nor the TOML reader
+      const { CLIENT_CONFIG_KEYS, readClientConfig } = await import('../../client/config.js');
+      const { runClientDaemon } = await import('../../client/daemon.js');
       const cli = commandLineValues(cmd, CLIENT_CONFIG_KEYS);
       const options = () => mergeOptions(readClientConfig(o.config), cli) as Partial<ClientDaemonOptions>;
       process.exitCode = await runClientDaemon(options(), { file: o.config ?? DEFAULT_CLIENT_CONFIG, reread: options });

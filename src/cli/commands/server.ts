@@ -11,7 +11,7 @@ import {
 } from '../../server/introspection.js';
 import { addControlOptions, printResult, sendRequest, type ControlOptions } from '../util.js';
 import { OPEN_POOL_THREADS } from '../../server/device-fds.js';
-import { DEFAULT_SERVER_CONFIG, readServerConfig, SERVER_CONFIG_KEYS } from '../../server/config.js';
+import { DEFAULT_SERVER_CONFIG } from '../../config/default-files.js';
 import type { RawServerOptions } from '../../server/options.js';
 import { commandLineValues, LOG_LEVEL_OPTION, mergeOptions, POLL_US_OPTION } from '../config-options.js';
 
@@ -59,6 +59,8 @@ export function register(program: Command): void {
       // devices must leave threads for the rest; read when the pool first starts, after this
       process.env.UV_THREADPOOL_SIZE ??= String(OPEN_POOL_THREADS);
       const configFile = o.config as string | undefined;
+      // loaded only here, as the daemon below: the introspection commands need no TOML reader
+      const { readServerConfig, SERVER_CONFIG_KEYS } = await import('../../server/config.js');
       const cli = commandLineValues(cmd, SERVER_CONFIG_KEYS);
       const options = () => mergeOptions(readServerConfig(configFile), cli) as RawServerOptions;
       const raw = options();
