@@ -8,7 +8,12 @@
 //   ibnbd-blkio-bench --path SOCK|DEV [--driver virtio-blk-vhost-user|io_uring]
 //       [--rw randread|randwrite|read|write|randrw] [--bs BYTES]
 //       [--qd N] [--queues N] [--runtime-ms T] [--ramp-ms T] [--seed S] [--rwmix-read PCT]
-//       [--offset BYTES] [--span BYTES] [--timeout-ms T]
+//       [--offset BYTES] [--span BYTES] [--timeout-ms T] [--poll]
+//
+// --poll uses libblkio's poll queues instead (num-queues 0, num-poll-queues --queues): each
+// worker busy-polls its used ring instead of sleeping on the notify eventfd, as a Linux guest
+// does on virtio_blk's poll_queues with io_uring IOPOLL. It takes a whole CPU per
+// queue; the bench uses it only in its "front-end polls too" rows, beside the interrupt-driven ones.
 //
 // Prints one JSON object on stdout: IOPS, MB/s (10^6 bytes), latency mean/p50/p99/p99.9/max in
 // microseconds, the IO count, errors and the client's own CPU seconds.
@@ -44,6 +49,7 @@ struct options {
   enum rw_kind rw;
   uint64_t bs, offset, span, seed;
   int qd, queues, runtime_ms, ramp_ms, timeout_ms, rwmix_read;
+  bool poll;
 };
 
 static struct options opt = {
@@ -191,6 +197,7 @@ static void parse_options(int argc, char **argv) {
       {"rwmix-read", required_argument, 0, 'm'}, {"offset", required_argument, 0, 'o'},
       {"span", required_argument, 0, 'S'},       {"timeout-ms", required_argument, 0, 'T'},
       {"driver", required_argument, 0, 'd'},     {"help", no_argument, 0, 'h'},
+      {"poll", no_argument, 0, 'P'},
       {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -220,10 +227,11 @@ static void parse_options(int argc, char **argv) {
       case 'o': opt.offset = parse_size(optarg, "--offset"); break;
       case 'S': opt.span = parse_size(optarg, "--span"); break;
       case 'T': opt.timeout_ms = parse_int(optarg, "--timeout-ms", 1, 600000); break;
+      case 'P': opt.poll = true; break;
       default:
         fprintf(stderr, "usage: ibnbd-blkio-bench --path SOCK|DEV [--driver virtio-blk-vhost-user|io_uring] [--rw randread|randwrite|read|write|randrw] "
                         "[--bs B] [--qd N] [--queues N] [--runtime-ms T] [--ramp-ms T] [--seed S] "
-                        "[--rwmix-read PCT] [--offset B] [--span B] [--timeout-ms T]\n");
+                        "[--rwmix-read PCT] [--offset B] [--span B] [--timeout-ms T] [--poll]\n");
         exit(c == 'h' ? 0 : 2);
     }
   }
@@ -246,7 +254,15 @@ int main(int argc, char **argv) {
   // (libblkio refuses to start a writable attachment to a read-only device)
   if ((opt.rw == RW_RANDREAD || opt.rw == RW_READ) && (r = blkio_set_bool(b, "read-only", true)) < 0) fail("read-only", r);
   if ((r = blkio_connect(b)) < 0) fail("blkio_connect", r);
-  if ((r = blkio_set_int(b, "num-queues", opt.queues)) < 0) fail("num-queues", r);
+  if (opt.poll) {
+    bool can_poll = false;
+    if ((r = blkio_get_bool(b, "supports-poll-queues", &can_poll)) < 0) fail("supports-poll-queues", r);
+    if (!can_poll) fail("--poll: this driver has no poll queues here", -ENOTSUP);
+    if ((r = blkio_set_int(b, "num-queues", 0)) < 0) fail("num-queues", r);
+    if ((r = blkio_set_int(b, "num-poll-queues", opt.queues)) < 0) fail("num-poll-queues", r);
+  } else if ((r = blkio_set_int(b, "num-queues", opt.queues)) < 0) {
+    fail("num-queues", r);
+  }
   if ((r = blkio_start(b)) < 0) fail("blkio_start", r);
 
   uint64_t capacity;
@@ -277,7 +293,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < opt.queues; i++) {
     struct worker *w = &workers[i];
     w->index = i;
-    w->q = blkio_get_queue(b, i);
+    w->q = opt.poll ? blkio_get_poll_queue(b, i) : blkio_get_queue(b, i);
     if (!w->q) fail("blkio_get_queue", -EINVAL);
     w->buffers = (char *)region.addr + (uint64_t)i * (uint64_t)opt.qd * opt.bs;
     w->started_ns = calloc((size_t)opt.qd, sizeof(uint64_t));
@@ -319,11 +335,11 @@ int main(int argc, char **argv) {
          "\"seed\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"runtime_s\":%.3f,\"ios\":%" PRIu64 ","
          "\"submitted_reads\":%" PRIu64 ",\"submitted_writes\":%" PRIu64 ",\"iops\":%.1f,\"mbps\":%.2f,"
          "\"lat_us\":{\"mean\":%.2f,\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f},"
-         "\"errors\":%" PRIu64 ",\"client_cpu_s\":%.3f",
+         "\"errors\":%" PRIu64 ",\"client_cpu_s\":%.3f,\"poll\":%s",
          errors ? "false" : "true", rw_names[opt.rw], opt.bs, opt.qd, opt.queues, opt.seed, capacity, seconds,
          total->count, reads, writes, iops, iops * (double)opt.bs / 1e6, lat_mean(total) / 1e3,
          lat_percentile(total, 0.50) / 1e3, lat_percentile(total, 0.99) / 1e3, lat_percentile(total, 0.999) / 1e3,
-         (double)total->max_ns / 1e3, errors, cpu);
+         (double)total->max_ns / 1e3, errors, cpu, opt.poll ? "true" : "false");
   if (errors) {
     char msg[256];
     snprintf(msg, sizeof msg, "%s%s%s", strerror(-first_error), first_error_msg[0] ? ": " : "", first_error_msg);
