@@ -12,8 +12,9 @@
 //
 // --poll uses libblkio's poll queues instead (num-queues 0, num-poll-queues --queues): each
 // worker busy-polls its used ring instead of sleeping on the notify eventfd, as a Linux guest
-// does on virtio_blk's poll_queues with io_uring IOPOLL. It takes a whole CPU per
-// queue; the bench uses it only in its "front-end polls too" rows, beside the interrupt-driven ones.
+// does on virtio_blk's poll_queues with io_uring IOPOLL. It takes a whole CPU per queue, so the
+// bench does not use it: on two cores a third poller made the round trip longer
+// (docs/performance.md, "Adaptive polling"); it is here for hosts with cores to spare.
 //
 // Prints one JSON object on stdout: IOPS, MB/s (10^6 bytes), latency mean/p50/p99/p99.9/max in
 // microseconds, the IO count, errors and the client's own CPU seconds.

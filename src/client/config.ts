@@ -1,9 +1,8 @@
 // The client daemon's config file (docs/operations.md, "Config files"): /etc/ibnbd/client.toml
 // unless --config names another; a key per command-line option, each value held to the same checks.
 import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/config-file.js';
-import { validateClientOptions, type ClientDaemonOptions } from './daemon.js';
-
 import { DEFAULT_CLIENT_CONFIG } from '../config/default-files.js';
+import { validateClientOptions, type ClientDaemonOptions } from './daemon.js';
 
 export { DEFAULT_CLIENT_CONFIG };
 

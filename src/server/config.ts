@@ -1,9 +1,8 @@
 // The server's config file (docs/operations.md, "Config files"): /etc/ibnbd/server.toml unless
 // --config names another; a key per command-line option, each value held to the same checks.
 import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/config-file.js';
-import { validateServerOptions, type RawServerOptions } from './options.js';
-
 import { DEFAULT_SERVER_CONFIG } from '../config/default-files.js';
+import { validateServerOptions, type RawServerOptions } from './options.js';
 
 export { DEFAULT_SERVER_CONFIG };
 
