@@ -388,7 +388,11 @@ test('server side: a client that handshakes and goes silent is dropped by heartb
   const h = startServer(t, { heartbeatMs: 50, heartbeatMissedMax: 2 });
   const good = client(t, h.port);
   await good.connect(5000);
-  const rawPath = async (sessname: string): Promise<import('node:net').Socket[]> => {
+  // A raw path of two connections. Its connection 0 acknowledges the server's heartbeats while
+  // answering() says so: with a 50 ms heartbeat and 2 missed, a silent connection 0 got its
+  // half-made path dropped whenever the second connection came more than ~100 ms later (the
+  // sanitizer tier, under load, once), and the session never went up.
+  const rawPath = async (sessname: string, answering: () => boolean): Promise<import('node:net').Socket[]> => {
     const su = randomBytes(16), pu = randomBytes(16);
     const socks: import('node:net').Socket[] = [];
     for (let i = 0; i < 2; i++) {
@@ -399,20 +403,34 @@ test('server side: a client that handshakes and goes silent is dropped by heartb
       const rsp = await new Promise<Buffer>((r) => s.once('data', r));
       const d = F.decodeHandshakeRsp(rsp.subarray(0, 32));
       t.true(d.ok && d.value.errno === 0 && d.value.queueDepth === 8);
+      // what follows the handshake on a quiet session: heartbeats (24-byte headers, no payload)
+      let rest = rsp.subarray(32);
+      const onFrames = (chunk: Buffer) => {
+        rest = Buffer.concat([rest, chunk]);
+        for (; rest.length >= 24; rest = rest.subarray(24)) {
+          const f = F.decodeFrameHeader(rest.subarray(0, 24));
+          if (f.ok && f.value.kind === 'HEARTBEAT' && answering() && !s.destroyed) {
+            s.write(F.encodeFrameHeader({ kind: 'HEARTBEAT_ACK', usrLen: 0, id: 0, dataLen: 0, errno: 0, cookie: f.value.cookie }));
+          }
+        }
+      };
+      s.on('data', onFrames);
+      onFrames(Buffer.alloc(0));
       socks.push(s);
     }
     return socks;
   };
   const closed = (s: import('node:net').Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
-  const silent = await rawPath('silent');
-  silent.forEach((s) => s.on('data', () => {})); // read, never answer heartbeats
+  let answering = true;
+  const silent = await rawPath('silent', () => answering);
   await waitFor(() => h.events.some((e) => e.type === 'session-up' && e.sessname === 'silent'), 2000, 'silent session up');
+  answering = false; // from here on it reads and never answers a heartbeat
   const t0 = Date.now();
   await Promise.race([Promise.all(silent.map(closed)), new Promise((_, rej) => setTimeout(() => rej(new Error('silent client kept')), 3000))]);
   t.true(Date.now() - t0 < 1500);
   await waitFor(() => h.events.filter((e) => e.type === 'session-down').length === 1, 2000, 'session-down');
 
-  const rude = await rawPath('rude');
+  const rude = await rawPath('rude', () => true);
   rude[1]!.write(F.encodeFrameHeader({ kind: 'READ_REQ', usrLen: 4, id: 8, dataLen: 512, errno: 0, cookie: 0n })); // id ≥ queue depth
   await Promise.race([Promise.all(rude.map(closed)), new Promise((_, rej) => setTimeout(() => rej(new Error('bad frame tolerated')), 3000))]);
   t.is((await good.request({ dir: 'write', usr: Buffer.from([5, 0, 0, 0, 1, 0, 0, 0]) })).errno, 0, 'other sessions unaffected');
