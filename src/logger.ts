@@ -11,8 +11,6 @@ import type { PrettyOptions } from 'pino-pretty';
 import { createRequire } from 'node:module';
 import { parseLogLevel, type LogLevel } from './log-levels.js';
 
-export { LOG_LEVELS, parseLogLevel, type LogLevel } from './log-levels.js';
-
 /** pino's numbers; the native addon uses the same (native/common/log.h). */
 export const LEVEL_VALUES: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50 };
 

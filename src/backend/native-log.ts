@@ -1,7 +1,8 @@
 // The native addon's log lines into the daemon's logger (native/common/log.h). Native code queues
 // each line with its level, component and the session/device/path it knows; the addon hands them
 // over on the JS thread and they go out as the daemon's own lines, marked `native: true`.
-import { LEVEL_VALUES, type DaemonLogger, type Logger, type LogLevel } from '../logger.js';
+import { LEVEL_VALUES, type DaemonLogger, type Logger } from '../logger.js';
+import type { LogLevel } from '../log-levels.js';
 import { loadNative } from './native.js';
 
 /** One line as the addon delivers it. */

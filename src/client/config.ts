@@ -4,8 +4,6 @@ import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/con
 import { DEFAULT_CLIENT_CONFIG } from '../config/default-files.js';
 import { validateClientOptions, type ClientDaemonOptions } from './daemon.js';
 
-export { DEFAULT_CLIENT_CONFIG };
-
 export const CLIENT_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'control', prop: 'control', type: 'string' },
   { key: 'run-dir', prop: 'runDir', type: 'string' },

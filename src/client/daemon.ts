@@ -17,7 +17,8 @@ import { IbnbdClient } from './client.js';
 import { parseMetricsAddress } from '../metrics/address.js';
 import type { MetricsServer } from '../metrics/http.js';
 import { StateFile } from './state-file.js';
-import { daemonLogger, parseLogLevel, type DaemonLogger, type Logger, type LogLevel } from '../logger.js';
+import { daemonLogger, type DaemonLogger, type Logger } from '../logger.js';
+import { parseLogLevel, type LogLevel } from '../log-levels.js';
 import { applyReload } from '../config/reload.js';
 import { routeNativeLogs } from '../backend/native-log.js';
 
@@ -56,8 +57,6 @@ export interface ClientDaemonOptions {
   /** --log-level: lines below it (the native addon's too) are not written; SIGHUP moves it. */
   logLevel?: LogLevel;
 }
-
-export { ADMIN_TIMEOUT_MAX, CLIENT_DEFAULTS } from './defaults.js';
 
 /** -1 or an integer 0..max; EINVAL naming the option. */
 function checkTmo(flag: string, v: number): number {

@@ -4,8 +4,6 @@ import { readConfigFile, type ConfigKey, type ConfigValues } from '../config/con
 import { DEFAULT_SERVER_CONFIG } from '../config/default-files.js';
 import { validateServerOptions, type RawServerOptions } from './options.js';
 
-export { DEFAULT_SERVER_CONFIG };
-
 export const SERVER_CONFIG_KEYS: readonly ConfigKey[] = [
   { key: 'listen', prop: 'listen', type: 'strings' },
   { key: 'dev-search-path', prop: 'devSearchPath', type: 'string' },

@@ -403,12 +403,13 @@ test('server side: a client that handshakes and goes silent is dropped by heartb
       const rsp = await new Promise<Buffer>((r) => s.once('data', r));
       const d = F.decodeHandshakeRsp(rsp.subarray(0, 32));
       t.true(d.ok && d.value.errno === 0 && d.value.queueDepth === 8);
-      // what follows the handshake on a quiet session: heartbeats (24-byte headers, no payload)
+      // what follows the handshake on a quiet session: heartbeats (frame headers, no payload)
+      const H = F.FRAME_HEADER_SIZE;
       let rest = rsp.subarray(32);
       const onFrames = (chunk: Buffer) => {
         rest = Buffer.concat([rest, chunk]);
-        for (; rest.length >= 24; rest = rest.subarray(24)) {
-          const f = F.decodeFrameHeader(rest.subarray(0, 24));
+        for (; rest.length >= H; rest = rest.subarray(H)) {
+          const f = F.decodeFrameHeader(rest.subarray(0, H));
           if (f.ok && f.value.kind === 'HEARTBEAT' && answering() && !s.destroyed) {
             s.write(F.encodeFrameHeader({ kind: 'HEARTBEAT_ACK', usrLen: 0, id: 0, dataLen: 0, errno: 0, cookie: f.value.cookie }));
           }

@@ -227,6 +227,18 @@ test.serial('disconnectFrontend: front-end dropped, the socket accepts the next 
   t.is(dev.vhost.stats().inflight, 0);
 });
 
+test.serial('a polling front-end (libblkio poll queues, ibnbd-blkio-bench --poll) is served', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'poll.sock')));
+  const r = await blkioBench(['--path', dev.socket, '--poll', '--timeout-ms', '3000', '--rw', 'randread', '--qd', '4', '--runtime-ms', '300'], 30_000);
+  t.is(r.code, 0, JSON.stringify(r.json) + r.stderr);
+  const j = r.json as { poll?: boolean; ios?: number; errors?: number };
+  t.true(j.poll, 'the tool used poll queues');
+  t.true((j.ios ?? 0) > 0);
+  t.is(j.errors, 0);
+});
+
 test.serial('session without a path, holdOnLoss off (RNBD): requests complete with IOERR, no hang', async (t) => {
   const srv = serveFile(t, 16 * MiB);
   const m = await mapDevice(t, srv.port, 'disk.img');

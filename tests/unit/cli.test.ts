@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { IbnbdError } from '../../src/errors.js';
 import { ControlServer, type ControlHandler } from '../../src/control/index.js';
 import { MAP_USAGE } from '../../src/proto/map-string.js';
-import { CLIENT_DEFAULTS, validateClientOptions } from '../../src/client/daemon.js';
+import { validateClientOptions } from '../../src/client/daemon.js';
+import { CLIENT_DEFAULTS } from '../../src/client/defaults.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/ibnbd.js', import.meta.url));
 const dirs: string[] = [];

@@ -4,7 +4,8 @@
 // line keeps its level and is marked native.
 import test from 'ava';
 import { Writable } from 'node:stream';
-import { daemonLogger, LOG_LEVELS, parseLogLevel, reloadLogLevel, type DaemonLoggerOptions } from '../../src/logger.js';
+import { daemonLogger, reloadLogLevel, type DaemonLoggerOptions } from '../../src/logger.js';
+import { LOG_LEVELS, parseLogLevel } from '../../src/log-levels.js';
 import { levelName, logNativeLine } from '../../src/backend/native-log.js';
 
 function capture(o: Omit<DaemonLoggerOptions, 'stream'> = { daemon: 'server' }) {
