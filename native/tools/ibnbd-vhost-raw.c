@@ -24,6 +24,8 @@
 //   chain-loop       a descriptor chain that loops → {"closed":bool}
 //   drain            SET_MEM_TABLE (NEED_REPLY) while a 4 MiB read is in flight
 //                    → {"ack":8,"usedAtAck":1,"status":0,...}
+//   unanswered       8 FLUSHes made available, "ready" on stderr, then waits for the back-end
+//                    to close → {"closed":bool,"used":N,"statuses":[8 status bytes]}
 //   dirty-log, dirty-log-small   migration's dirty log at QD32 (vhost_raw_dirtylog.c)
 // The framing and the hand-driven virtqueue are vhost_raw.c.
 #define _GNU_SOURCE
@@ -297,6 +299,35 @@ static void drain(void) {
   printf(",\"flushAfter\":{\"len\":%d,\"status\":%d}}\n", len, mem[STATUS]);
 }
 
+// Eight FLUSHes made available (and kicked) in one go; "ready" on stderr once they are in the
+// ring; then it waits for the back-end to close the connection and reports what the used ring
+// says of them. A test pauses the back-end's rings first, so none is popped before it
+// disconnects the front-end: every one must still come back answered (IOERR).
+static void unanswered(void) {
+  enum { N = 8 };
+  vq_setup();
+  struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
+  uint16_t *avail = (uint16_t *)(mem + AVAIL_OFF);
+  for (int i = 0; i < N; i++) {
+    uint32_t hdr = HDR + 32 * i, status = STATUS + i;
+    hdr_at(hdr, 4, 0);
+    mem[status] = 0xff;
+    d[2 * i] = (struct vdesc){hdr, 16, 1, (uint16_t)(2 * i + 1)};
+    d[2 * i + 1] = (struct vdesc){status, 1, 2, 0};
+    avail[2 + i] = (uint16_t)(2 * i);
+  }
+  avail_idx = N;
+  __atomic_store_n(&avail[1], avail_idx, __ATOMIC_RELEASE);
+  eventfd_write(kick_fd, 1);
+  fputs("ready\n", stderr);
+  fflush(stderr);
+  bool closed = closed_by_peer();
+  uint16_t used = __atomic_load_n((uint16_t *)(mem + USED_OFF + 2), __ATOMIC_ACQUIRE);
+  printf("{\"closed\":%s,\"used\":%u,\"statuses\":[", closed ? "true" : "false", used);
+  for (int i = 0; i < N; i++) printf("%s%d", i ? "," : "", mem[STATUS + i]);
+  printf("]}\n");
+}
+
 static void chain_loop(void) {
   vq_setup();
   struct vdesc *d = (struct vdesc *)(mem + DESC_OFF);
@@ -388,6 +419,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[optind], "chains")) chains();
   else if (!strcmp(argv[optind], "chain-loop")) chain_loop();
   else if (!strcmp(argv[optind], "drain")) drain();
+  else if (!strcmp(argv[optind], "unanswered")) unanswered();
   else if (!strcmp(argv[optind], "dirty-log")) dirty_log();
   else if (!strcmp(argv[optind], "dirty-log-small")) dirty_log_small();
   else scenario(argv[optind]);

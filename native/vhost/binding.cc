@@ -289,9 +289,11 @@ class NativeVhostBlk : public Napi::ObjectWrap<NativeVhostBlk> {
       d.Resolve(Napi::Boolean::New(info.Env(), true));
       return d.Promise();
     }
+    // close(true): hand the front-end over to the next daemon (SIGTERM) instead of failing its IO
+    const bool hand_over = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
     auto tsfn = events_;
-    auto* w = new DeviceWorker(info.Env(), [dev, tsfn]() mutable {
-      bool drained = dev->Close(kCloseDrainTimeoutMs);
+    auto* w = new DeviceWorker(info.Env(), [dev, tsfn, hand_over]() mutable {
+      bool drained = dev->Close(kCloseDrainTimeoutMs, hand_over);
       tsfn.Release();
       return drained;
     });

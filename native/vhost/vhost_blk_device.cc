@@ -142,7 +142,23 @@ bool VhostBlkDevice::DisconnectFrontend() {
   return was;
 }
 
-bool VhostBlkDevice::Close(int timeout_ms) {
+uint64_t VhostBlkDevice::AtTransport() const {
+  uint64_t inflight = 0, waiting = 0;
+  for (unsigned i = 0; i < limits_.queues; i++) {
+    inflight += impl_->counters[i].inflight.load();
+    waiting += impl_->counters[i].waiting.load();
+  }
+  return inflight > waiting ? inflight - waiting : 0;
+}
+
+bool VhostBlkDevice::Close(int timeout_ms, bool hand_over) {
+  int waited = 0;
+  if (hand_over && !closed_.load()) {
+    // No new request is popped (RingsPaused); what the server is executing gets its answer. A
+    // kick meanwhile finds the rings paused and leaves its requests there for the next daemon.
+    handing_over_.store(true);
+    for (; AtTransport() > 0 && waited < timeout_ms; waited += 10) usleep(10000);
+  }
   if (!closed_.exchange(true)) {
     loop_->RunSync([&] {
       impl_->SetAccepting(false);
@@ -151,10 +167,10 @@ bool VhostBlkDevice::Close(int timeout_ms) {
         impl_->listen_fd = -1;
         unlink(socket_path_.c_str());
       }
-      if (ConnPtr c = impl_->conn) impl_->Teardown(c.get(), true);
+      if (ConnPtr c = impl_->conn) impl_->Teardown(c.get(), !hand_over);
     });
   }
-  for (int waited = 0;; waited += 10) {
+  for (;; waited += 10) {
     bool drained = false;
     loop_->RunSync([&] { drained = impl_->Drained(); });
     if (drained) return true;

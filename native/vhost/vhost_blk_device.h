@@ -68,12 +68,19 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
   // is EEXIST, a live listener EADDRINUSE) and starts accepting. 0 or -errno.
   int Start();
   bool frontend_connected() const { return connected_.load(); }
-  // Disconnects the front-end, answering its in-flight requests with VIRTIO_BLK_S_IOERR.
-  // Returns true if one was connected. Blocking (hops to the home loop); not from that loop.
+  // Disconnects the front-end, answering VIRTIO_BLK_S_IOERR to every request it made: those in
+  // flight and those still in its rings (a forced unmap: nothing the guest sent is left without
+  // an answer). Returns true if one was connected. Blocking (hops to the home loop); not from
+  // that loop.
   bool DisconnectFrontend();
   // Stops listening (socket file removed), disconnects the front-end, then waits up to
   // timeout_ms for requests still at the transport. Idempotent. true when fully drained.
-  bool Close(int timeout_ms);
+  // hand_over (the daemon stops, the next one takes the front-end over: SIGTERM): the rings are
+  // no longer popped and what is in flight gets up to timeout_ms to be answered by the server;
+  // the front-end is then disconnected without an answer to what is left (held or still at the
+  // transport) or still in the rings. QEMU keeps those in its inflight area and resubmits them to
+  // the next daemon, as after a crash. Without hand_over, in-flight requests are answered IOERR.
+  bool Close(int timeout_ms, bool hand_over = false);
   DeviceStats Stats() const;
   const BlkLimits& limits() const { return limits_; }
 
@@ -139,11 +146,16 @@ class VhostBlkDevice : public std::enable_shared_from_this<VhostBlkDevice> {
                ? wait_.load(std::memory_order_acquire)
                : hold_on_loss_.load(std::memory_order_relaxed);
   }
-  // true: the rings are not popped (not open, waiting).
+  // true: the rings are not popped (not open and waiting, or handing over to the next daemon).
   bool RingsPaused() const {
-    return server_device_.load(std::memory_order_acquire) == kNoServerDevice &&
-           wait_.load(std::memory_order_acquire);
+    return handing_over_.load(std::memory_order_acquire) ||
+           (server_device_.load(std::memory_order_acquire) == kNoServerDevice &&
+            wait_.load(std::memory_order_acquire));
   }
+  std::atomic<bool> handing_over_{false};  // Close(hand_over): stop popping, let in-flight finish
+  // requests popped and not answered, less those held (waiting for the server): what a hand-over
+  // waits for (QueueCounters, any thread)
+  uint64_t AtTransport() const;
   std::atomic<uint64_t> capacity_sectors_;
   std::atomic<uint64_t> written_end_{0};
   std::unique_ptr<Impl> impl_;

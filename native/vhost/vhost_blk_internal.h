@@ -264,6 +264,7 @@ struct VhostBlkDevice::Impl {
   // front-end can still hear it (a drain before GET_VRING_BASE & co., a teardown).
   void DropHeld(Connection* c, bool answer);
   void Teardown(Connection* c, bool fail_inflight);
+  void FailUnpopped(Connection* c, int qidx);  // within a failing teardown: the ring's rest, IOERR
   void MaybeFinalize(Connection* c);
 
   bool Drained() const { return all.empty(); }

@@ -470,7 +470,10 @@ void VhostBlkDevice::Impl::Teardown(Connection* c, bool fail_inflight) {
       for (auto& set : c->requests)
         for (Request* r : set)
           if (!r->answered) Answer(c, r, kBlkSIoErr);
-      for (int q = 0; q < limits().queues; q++) vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+      for (int q = 0; q < limits().queues; q++) {
+        FailUnpopped(c, q);
+        vu_queue_notify(&c->dev, vu_get_queue(&c->dev, q));
+      }
     }
     c->dead = true;
     DropHeld(c, false);  // answered above when fail_inflight; never at the transport
@@ -491,6 +494,33 @@ void VhostBlkDevice::Impl::Teardown(Connection* c, bool fail_inflight) {
   }
   Emit("disconnected", "");
   MaybeFinalize(c);
+}
+
+// H, write lock, in a teardown that fails what the front-end sent: the requests still in the
+// ring (made available, not yet popped) are answered IOERR too, so a forced unmap leaves the
+// guest waiting on none of them. At most one ring's worth: a front-end that keeps adding
+// requests meanwhile cannot hold the home loop.
+void VhostBlkDevice::Impl::FailUnpopped(Connection* c, int qidx) {
+  VuVirtq* vq = vu_get_queue(&c->dev, qidx);
+  if (!vu_queue_started(&c->dev, vq) || !vu_queue_enabled(&c->dev, vq)) return;
+  unsigned n = 0;
+  for (; n < vq->vring.num && !c->dev.broken; n++) {
+    void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
+    if (!mem) break;
+    VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
+    Request* r = new (mem) Request();
+    r->elem = elem;
+    r->conn = c;
+    r->qidx = qidx;
+    r->start_ns = MonotonicNs();
+    // planned only to find its status byte (and its type for the metrics)
+    PlanRequest(elem.out_sg, elem.out_num, elem.in_sg, elem.in_num, limits(), self->capacity_sectors(), wce,
+                &r->plan);
+    Answer(c, r, kBlkSIoErr);
+    r->~Request();
+    std::free(r);
+  }
+  if (n) LogRequest(std::to_string(n) + " requests still in ring " + std::to_string(qidx) + " answered IOERR: the front-end is disconnected");
 }
 
 void VhostBlkDevice::Impl::MaybeFinalize(Connection* c) {

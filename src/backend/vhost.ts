@@ -76,7 +76,7 @@ interface NativeVhostBlkInstance {
   setSizeBytes(bytes: number): void;
   notifyConfigChange(): boolean;
   writtenEnd(): number;
-  close(): Promise<boolean>;
+  close(handOver?: boolean): Promise<boolean>;
 }
 
 type NativeVhostBlkCtor = new (options: VhostBlkOptions, onEvent: (e: VhostEvent) => void) => NativeVhostBlkInstance;
@@ -161,7 +161,8 @@ export class VhostBlk {
     return this.#native.frontendConnected;
   }
 
-  /** Forcibly disconnects the front-end; its in-flight requests complete with IOERR. */
+  /** Forcibly disconnects the front-end; every request it made, in flight or still in its
+   *  rings, completes with IOERR. */
   disconnectFrontend(): Promise<boolean> {
     return this.#native.disconnectFrontend();
   }
@@ -224,8 +225,15 @@ export class VhostBlk {
     }
   }
 
-  /** Stops listening, disconnects the front-end; true when the transport drained. */
-  close(): Promise<boolean> {
-    return this.#native.close();
+  /**
+   * Stops listening, disconnects the front-end; true when the transport drained. Its in-flight
+   * requests complete with IOERR, unless handOver (the daemon stops and the next one serves the
+   * socket: SIGTERM): then nothing more is popped, what the server is executing gets up to 5 s to
+   * be answered, and the rest is left unanswered for the front-end to resubmit to the next
+   * daemon (QEMU's inflight area), as after a crash.
+   */
+  close(handOver = false): Promise<boolean> {
+    if (typeof handOver !== 'boolean') invalid('handOver must be a boolean');
+    return this.#native.close(handOver);
   }
 }

@@ -322,7 +322,7 @@ export class IbnbdClient {
           const deadline = Date.now() + this.adminTimeoutMs;
           return Promise.all(
             devs.map((dev) =>
-              this.teardown(dev, { force: true, inQueue: false, deadline }).catch((e) =>
+              this.teardown(dev, { force: true, handOver: true, inQueue: false, deadline }).catch((e) =>
                 dev.log.warn(`unmap ${dev.name} at shutdown: ${String(e)}`),
               ),
             ),
@@ -443,10 +443,11 @@ export class IbnbdClient {
     return dev;
   }
 
-  /** Unmap, forced or not, and shutdown: front-end (forced: disconnected, its requests fail),
-   *  vhost device, the tables, socket and link, name, then CLOSE on the server. inQueue: the
-   *  caller holds the session's queue; else the CLOSE waits for it until the deadline. */
-  private teardown(dev: MappedDevice, how: { force: boolean; inQueue: boolean; deadline: number }): Promise<void> {
+  /** Unmap, forced or not, and shutdown: front-end (forced: disconnected, its requests fail;
+   *  handOver, the shutdown: left for the next daemon, see VhostBlk.close), vhost device, the
+   *  tables, socket and link, name, then CLOSE on the server. inQueue: the caller holds the
+   *  session's queue; else the CLOSE waits for it until the deadline. */
+  private teardown(dev: MappedDevice, how: Teardown): Promise<void> {
     const running = this.unmapping.get(dev);
     if (running) return running;
     const done = this.teardownOnce(dev, how).finally(() => this.unmapping.delete(dev));
@@ -454,14 +455,15 @@ export class IbnbdClient {
     return done;
   }
 
-  private async teardownOnce(dev: MappedDevice, how: { force: boolean; inQueue: boolean; deadline: number }): Promise<void> {
+  private async teardownOnce(dev: MappedDevice, how: Teardown): Promise<void> {
     const session = dev.session;
     session.users++; // the session stays until the CLOSE is sent or given up
     try {
       dev.dispose(); // its policy timers are void from here on
-      // the front-end goes first: forced, its in-flight requests fail with VIRTIO_BLK_S_IOERR
-      if (how.force) await dev.vhost.disconnectFrontend();
-      await dev.vhost.close();
+      // the front-end goes first: forced, its requests fail with VIRTIO_BLK_S_IOERR; handed
+      // over, they wait in QEMU for the next daemon
+      if (how.force && !how.handOver) await dev.vhost.disconnectFrontend();
+      await dev.vhost.close(how.handOver ?? false);
       // One step: the device leaves the tables and its CLOSE takes its turn in the session's
       // queue, before any later OPEN of the same device_path (which the server would answer
       // with the same id: a CLOSE after it would close the new mapping).
@@ -592,6 +594,15 @@ export class IbnbdClient {
 
 }
 
+
+/** How a device is taken down (Client.teardown). */
+interface Teardown {
+  force: boolean;
+  /** the daemon stops: the front-end's requests are left for the next daemon, not failed */
+  handOver?: boolean;
+  inQueue: boolean;
+  deadline: number;
+}
 
 function shuttingDown(): IbnbdError {
   return new IbnbdError('ECANCELED', 'the client daemon is shutting down');

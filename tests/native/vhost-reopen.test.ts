@@ -1,12 +1,14 @@
 // What the client daemon does to a vhost-user-blk device after a re-OPEN (client-reconnect.test.ts
 // drives it through real daemons): VhostBlk.setServerDeviceId switches the server device id the
 // native IO path encodes — null cuts the device off with IOERR — and setSizeBytes changes the
-// capacity the bounds checks and the config space use. In-process, so the sanitizer suite runs it.
+// capacity the bounds checks and the config space use; a front-end disconnected while the device
+// waits gets an answer for every request it made. In-process, so the sanitizer suite runs it.
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { decode, encode } from '../../src/proto/ibnbd.js';
 import { sparseFile } from '../../harness/fixtures.js';
-import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice } from '../support/vhost-helpers.js';
+import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice, tool } from '../support/vhost-helpers.js';
 
 const pattern = (seed: number, offset: number, count: number, size: number) => [
   '--seed', String(seed), '--count', String(count), '--sequential', '--min-size', String(size), '--max-size', String(size), '--offset', String(offset),
@@ -98,4 +100,31 @@ test.serial('setServerDeviceId(null, wait): requests wait unanswered, the id aga
   t.true(Date.now() - t0 < 5000, 'failed promptly once closed');
   t.true(dev.vhost.stats().errors >= 1);
   t.throws(() => dev.vhost.setServerDeviceId(1, true as never), { code: 'EINVAL' });
+});
+
+test.serial('disconnectFrontend while waiting: the requests still in the ring (never popped) are answered IOERR too', async (t) => {
+  const srv = serveFile(t, 16 * MiB);
+  const m = await mapDevice(t, srv.port, 'disk.img');
+  const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'u.sock')));
+  // the rings are not popped while the device waits: the 8 requests stay in the ring
+  dev.vhost.setServerDeviceId(null, true);
+  const env = { ...process.env };
+  delete env.LD_PRELOAD; // the tools are never built with ASan
+  const front = spawn(tool('ibnbd-vhost-raw'), ['--path', dev.socket, '--timeout-ms', '10000', 'unanswered'], { env });
+  let out = '';
+  let err = '';
+  front.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  const ready = new Promise<void>((resolve) => front.stderr.on('data', (b: Buffer) => ((err += b.toString()), /ready/.test(err) && resolve())));
+  const exited = new Promise<number | null>((resolve) => front.once('exit', resolve));
+  t.teardown(() => void front.kill('SIGKILL'));
+  await Promise.race([ready, exited]);
+  t.regex(err, /ready/, `the front-end made its requests available: ${err}`);
+  t.is(dev.vhost.stats().requests, 0, 'none popped');
+  t.true(await dev.vhost.disconnectFrontend());
+  t.is(await exited, 0, err);
+  const r = JSON.parse(out.trim()) as { closed: boolean; used: number; statuses: number[] };
+  t.true(r.closed);
+  t.is(r.used, 8, 'all 8 in the used ring');
+  t.deepEqual(r.statuses, Array(8).fill(1), 'each answered VIRTIO_BLK_S_IOERR');
+  t.is(dev.vhost.stats().errors, 8);
 });
