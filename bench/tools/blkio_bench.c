@@ -18,6 +18,7 @@
 //
 // Prints one JSON object on stdout: IOPS, MB/s (10^6 bytes), latency mean/p50/p99/p99.9/max in
 // microseconds, the IO count, errors and the client's own CPU seconds.
+// The first failed request ends the run (the requests in flight are drained, no new one is sent).
 // Exit 0 ok, 1 IO errors, 2 set-up failure or a stall.
 //
 // It never waits without a timeout: every blkioq_do_io has one (--timeout-ms, a stall is an
@@ -156,6 +157,9 @@ static void *worker_main(void *arg) {
       uint64_t started = w->started_ns[slot];
       if (started >= t_measure_start && t <= t_measure_end) lat_record(&w->hist, t - started);
       if (done[i].ret < 0) {
+        // a failed request ends the run: what is in flight is drained, nothing new is sent (the
+        // device may be gone, e.g. unmapped by force: new requests would only wait out the timeout)
+        stopping = true;
         if (w->errors++ == 0) {
           w->first_error = done[i].ret;
           snprintf(w->first_error_msg, sizeof w->first_error_msg, "%s", done[i].error_msg ? done[i].error_msg : "");

@@ -121,7 +121,7 @@ test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO a
   const { device } = await s.mapJson(`sessname=b ${s.at} device_path=busy.img`);
   // runs until the forced unmap ends it: its runtime and per-request wait scale with the guest
   // (a TCG guest's CLI start alone can outlast an unscaled 20 s, leaving nothing to be busy with)
-  const bench = blkioBench(['--path', device.socket, '--timeout-ms', String(scaled(5000)), '--rw', 'randwrite', '--qd', '32', '--runtime-ms', String(scaled(20_000))], scaled(60_000));
+  const bench = blkioBench(['--path', device.socket, '--timeout-ms', String(scaled(1000)), '--rw', 'randwrite', '--qd', '32', '--runtime-ms', String(scaled(20_000))], scaled(60_000));
   const end = Date.now() + scaled(10_000);
   while (!(await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.frontend_connected) {
     if (Date.now() > end) t.fail('libblkio never connected');
@@ -136,7 +136,10 @@ test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO a
   t.is(forced.code, 0, forced.stderr);
   const r = await bench;
   t.true(Date.now() - t0 < scaled(15_000), 'every in-flight request completed (libblkio did not hang)');
-  t.not(r.code, -1, 'libblkio exited on its own');
+  // what it had sent was answered IOERR (tests/native/vhost-reopen.test.ts checks that to the
+  // request); it stops at its first error, but may have sent a request or two after the device
+  // went, which nobody answers: then it ends by its timeout (2) instead (1)
+  t.true(r.code === 1 ? r.json.errors > 0 : r.code === 2, `libblkio ended on its IO errors or its timeout: ${JSON.stringify(r.json)}`);
   t.false(existsSync(device.socket));
   // healthy: maps and serves again
   const other = await s.mapJson(`sessname=b ${s.at} device_path=other.img`);
