@@ -165,8 +165,12 @@ test.serial('re-OPEN refused with EPERM (another client took the device for writ
   // long reconnect delay, which a busy TCG guest could outrun.
   s.client.proc.kill('SIGSTOP');
   t.teardown(() => void s.client.proc.kill('SIGCONT'));
-  await s.restartServer();
-  const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs ${s.at} device_path=shared.img`, '--control', other.control]);
+  const server2 = await s.restartServer();
+  // once (CI, beside a TCG guest) this map was refused EPERM with our daemon stopped: the logs of
+  // the new server and both clients go with such a failure, so its cause can be read
+  const theirs = await ibnbdJson<{ device: Record<string, any> }>(['map', `sessname=theirs ${s.at} device_path=shared.img`, '--control', other.control]).catch((e: Error) => {
+    throw new Error(`${e.message}\n--- new server ---\n${server2.log()}\n--- their client ---\n${other.log()}\n--- our client ---\n${s.client.log()}`);
+  });
   t.is(theirs.device.state, 'open');
   s.client.proc.kill('SIGCONT');
 
