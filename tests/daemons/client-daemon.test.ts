@@ -4,7 +4,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { existsSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon } from '../support/daemons.js';
+import { ibnbd, ibnbdJson, showDevice, startClientDaemon, startServerDaemon } from '../support/daemons.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
 import { blkio, blkioBench, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { reportedAddress, scaled, testMapTarget } from '../support/transport-under-test.js';
@@ -123,7 +123,7 @@ test.serial('unmap: EBUSY while libblkio is attached; force fails in-flight IO a
   // (a TCG guest's CLI start alone can outlast an unscaled 20 s, leaving nothing to be busy with)
   const bench = blkioBench(['--path', device.socket, '--timeout-ms', String(scaled(1000)), '--rw', 'randwrite', '--qd', '32', '--runtime-ms', String(scaled(20_000))], scaled(60_000));
   const end = Date.now() + scaled(10_000);
-  while (!(await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.frontend_connected) {
+  while (!(await showDevice(s.client.control, 'ibnbd0')).frontend_connected) {
     if (Date.now() > end) t.fail('libblkio never connected');
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -157,7 +157,7 @@ test.serial('server killed: the device goes closed within the heartbeat window a
   const end = Date.now() + 5_000;
   let state = 'open';
   while (state !== 'closed' && Date.now() < end) {
-    state = (await ibnbdJson<{ device: any }>(['show', 'ibnbd0', '--control', s.client.control])).device.state;
+    state = (await showDevice(s.client.control, 'ibnbd0')).state;
     if (state !== 'closed') await new Promise((r) => setTimeout(r, 50));
   }
   t.is(state, 'closed');

@@ -9,7 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, type ClientDaemon } from '../support/daemons.js';
+import { ibnbd, ibnbdJson, showDevice, startClientDaemon, startServerDaemon, type ClientDaemon } from '../support/daemons.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
 import { blkio, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { scaled, testMapTarget } from '../support/transport-under-test.js';
@@ -17,9 +17,7 @@ import { scaled, testMapTarget } from '../support/transport-under-test.js';
 // short enough that a restart is seen and healed in about a second
 const FAST = ['--heartbeat-ms', '200', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '300'];
 
-async function show(client: ClientDaemon, device: string): Promise<Record<string, any>> {
-  return (await ibnbdJson<{ device: Record<string, any> }>(['show', device, '--control', client.control])).device;
-}
+const show = (client: ClientDaemon, device: string) => showDevice(client.control, device);
 
 /** Polls `ibnbd show` until the device is in `state`; the last answer, or a failure after the bound. */
 async function waitState(t: ExecutionContext, client: ClientDaemon, device: string, state: string, boundMs: number): Promise<Record<string, any>> {

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { projectRoot } from '../../src/backend/native.js';
+import { controlRequest } from '../../src/control/index.js';
 import { freePort, sparseFile, tempDir } from '../../harness/fixtures.js';
 import { TEST_TRANSPORT, scaled, testListen } from './transport-under-test.js';
 
@@ -38,6 +39,13 @@ export async function ibnbdJson<T = Record<string, any>>(args: string[], timeout
   const r = await ibnbd([...args, '--json'], timeoutMs);
   if (r.code !== 0) throw new Error(`ibnbd ${args.join(' ')} → ${r.code}: ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/** `show` of one device straight over the control socket: for polls, where an `ibnbd` start per
+ *  call (1–2 s of node start-up in a TCG guest) would be most of the wait and make the polls
+ *  coarse. What the CLI prints is tested where a test runs it for that. */
+export async function showDevice(control: string, device: string): Promise<Record<string, any>> {
+  return ((await controlRequest(control, { cmd: 'show', device })) as { device: Record<string, any> }).device;
 }
 
 /** One line of a daemon's stderr (docs/operations.md, "Logs"). */
