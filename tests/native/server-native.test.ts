@@ -4,7 +4,7 @@
 // probeDevice on both kinds of device.
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { encode, type IoOp } from '../../src/proto/ibnbd.js';
 import { ClientSession } from '../../src/backend/transport.js';
@@ -93,7 +93,7 @@ async function randomWritesVerified(t: ExecutionContext, c: ClientSession, dev: 
   t.true(checked > 0);
 }
 
-test('file, buffered: 4 KiB..max IO size random writes (some FUA) read back, FLUSH', async (t) => {
+test('file, buffered: 4 KiB..max IO size random writes (some FUA) read back, FLUSH; past a shrunk end EIO', async (t) => {
   const dir = tempDir(t, 'srvio');
   const size = 16 << 20;
   const path = sparseFile(join(dir, 'f'), size);
@@ -111,6 +111,13 @@ test('file, buffered: 4 KiB..max IO size random writes (some FUA) read back, FLU
   readSync(rfd, back, 0, 4096, 8192);
   closeSync(rfd);
   t.deepEqual(back, probe);
+  // the file shrinks under its advertised size: a READ past its end is EIO (io_uring's short
+  // read), and the session carries on
+  truncateSync(path, size / 2);
+  t.is((await io(r.client, { dev: 1, op: 'READ', offset: size - r.client.maxIoSize, len: r.client.maxIoSize })).errno, EIO);
+  const head = await io(r.client, { dev: 1, op: 'READ', offset: 8192, len: r.client.maxIoSize });
+  t.is(head.errno, 0);
+  t.deepEqual(head.data!.subarray(0, 4096), probe);
 });
 
 test('file, O_DIRECT: aligned IO works, misaligned offset or length is EINVAL', async (t) => {
