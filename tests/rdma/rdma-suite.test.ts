@@ -70,7 +70,7 @@ function logTimings(t: import('ava').ExecutionContext, lines: Array<{ at: number
   for (const { test, ms } of times.filter((x) => x.ms >= 30_000)) t.log(`  slow: ${test.file} › ${test.title}: ${(ms / 1000).toFixed(1)} s`);
 }
 
-test.serial('the shared server/client suite passes over RDMA in a soft-RoCE guest: every test the TCP run declares, nothing skipped', async (t) => {
+test.serial('the shared server/client suite passes over RDMA in a soft-RoCE guest: every test the files declare over TCP, nothing skipped', async (t) => {
   t.timeout(1_920_000);
   const expected = await declaredOverTcp();
   mkdirSync(join(projectRoot, 'node_modules', '.cache', 'ava'), { recursive: true });
