@@ -245,6 +245,7 @@ struct VhostBlkDevice::Impl {
   void PostProcess(Connection* c, int qidx);
   void PostProcessAll(Connection* c);
   void ProcessQueue(Connection* c, int qidx);
+  Request* PopRequest(Connection* c, int qidx);  // also H, write lock (FailUnpopped)
   void StartRequest(Request* r);
   void SubmitRequest(Request* r);  // planned and counted: encode each chunk and send it
   void Hold(Request* r);

@@ -167,15 +167,10 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
     // waiting for the server: new requests stay in the ring (no memory of ours); reopening
     // posts this again
     if (self->RingsPaused()) break;
-    void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
-    if (!mem) break;
+    Request* r = PopRequest(c, qidx);
+    if (!r) break;
     popped = true;
-    VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
-    Request* r = new (mem) Request();
-    r->elem = elem;
-    r->conn = c;
-    r->qidx = qidx;
-    for (uint32_t i = 0; i < elem.out_num; i++) popped_bytes += elem.out_sg[i].iov_len;
+    for (uint32_t i = 0; i < r->elem.out_num; i++) popped_bytes += r->elem.out_sg[i].iov_len;
     StartRequest(r);
   }
   // a pop writes avail_event into the used ring (VIRTIO_RING_F_EVENT_IDX)
@@ -185,11 +180,23 @@ void VhostBlkDevice::Impl::ProcessQueue(Connection* c, int qidx) {
 
 // ---- requests (queue loops, read lock) --------------------------------------------------
 
+// The next available request of queue qidx, in the memory libvhost-user allocated for its element
+// (room for a whole Request), planned (blk_request.h); nullptr when the ring is empty.
+Request* VhostBlkDevice::Impl::PopRequest(Connection* c, int qidx) {
+  void* mem = vu_queue_pop(&c->dev, vu_get_queue(&c->dev, qidx), sizeof(Request));
+  if (!mem) return nullptr;
+  VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
+  Request* r = new (mem) Request();
+  r->elem = elem;
+  r->conn = c;
+  r->qidx = qidx;
+  r->start_ns = MonotonicNs();
+  PlanRequest(elem.out_sg, elem.out_num, elem.in_sg, elem.in_num, limits(), self->capacity_sectors(), wce, &r->plan);
+  return r;
+}
+
 void VhostBlkDevice::Impl::StartRequest(Request* r) {
   Connection* c = r->conn;
-  r->start_ns = MonotonicNs();
-  PlanRequest(r->elem.out_sg, r->elem.out_num, r->elem.in_sg, r->elem.in_num, limits(),
-              self->capacity_sectors(), wce, &r->plan);
   c->requests[r->qidx].insert(r);
   c->inflight++;
   counters[r->qidx].inflight++;
@@ -505,17 +512,8 @@ void VhostBlkDevice::Impl::FailUnpopped(Connection* c, int qidx) {
   if (!vu_queue_started(&c->dev, vq) || !vu_queue_enabled(&c->dev, vq)) return;
   unsigned n = 0;
   for (; n < vq->vring.num && !c->dev.broken; n++) {
-    void* mem = vu_queue_pop(&c->dev, vq, sizeof(Request));
-    if (!mem) break;
-    VuVirtqElement elem = *static_cast<VuVirtqElement*>(mem);
-    Request* r = new (mem) Request();
-    r->elem = elem;
-    r->conn = c;
-    r->qidx = qidx;
-    r->start_ns = MonotonicNs();
-    // planned only to find its status byte (and its type for the metrics)
-    PlanRequest(elem.out_sg, elem.out_num, elem.in_sg, elem.in_num, limits(), self->capacity_sectors(), wce,
-                &r->plan);
+    Request* r = PopRequest(c, qidx);  // planned: its status byte, its type for the metrics
+    if (!r) break;
     Answer(c, r, kBlkSIoErr);
     r->~Request();
     std::free(r);

@@ -9,9 +9,8 @@ import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/control/index.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, until, type ClientDaemon } from '../support/daemons.js';
+import { ibnbd, ibnbdJson, showDevice, startClientDaemon, startServerDaemon, until, type ClientDaemon } from '../support/daemons.js';
 import { blkio, MiB } from '../support/vhost-helpers.js';
 import { testMapTarget } from '../support/transport-under-test.js';
 
@@ -31,7 +30,7 @@ async function setup(t: ExecutionContext, files: string[]) {
 const ops = (c: ClientDaemon) => ({
   map: async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', c.control])).device,
   list: async () => (await ibnbdJson<{ devices: Record<string, any>[] }>(['list', '--control', c.control])).devices,
-  show: async (name: string) => ((await controlRequest(c.control, { cmd: 'show', device: name })) as { device: Record<string, any> }).device,
+  show: (name: string) => showDevice(c.control, name),
   unmap: (name: string) => ibnbd(['unmap', name, '--control', c.control]),
 });
 

@@ -7,9 +7,8 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/control/index.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, until, type ClientDaemon } from '../support/daemons.js';
+import { ibnbd, ibnbdJson, showDevice, startClientDaemon, startServerDaemon, until, type ClientDaemon } from '../support/daemons.js';
 import { startRelay } from '../support/relay.js';
 import { blkio, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { scaled } from '../support/transport-under-test.js';
@@ -30,7 +29,7 @@ async function exportsDir(t: ExecutionContext, files: Record<string, number>) {
 function clientOps(client: ClientDaemon) {
   return {
     map: async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control])).device,
-    show: async (name: string) => ((await controlRequest(client.control, { cmd: 'show', device: name })) as { device: Record<string, any> }).device,
+    show: (name: string) => showDevice(client.control, name),
   };
 }
 

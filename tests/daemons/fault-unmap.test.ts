@@ -6,9 +6,8 @@
 import test from 'ava';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/control/index.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbd, ibnbdJson, startClientDaemon, startServerDaemon, until } from '../support/daemons.js';
+import { ibnbd, ibnbdJson, showDevice, startClientDaemon, startServerDaemon, until } from '../support/daemons.js';
 import { blkio, MiB } from '../support/vhost-helpers.js';
 import { scaled, testMapTarget } from '../support/transport-under-test.js';
 
@@ -26,7 +25,7 @@ test.serial('force unmap under QD32 with a server that stopped answering: done w
   const serverB = await startServerDaemon(t, dirB, ex);
   // heartbeats that would take a minute: io_timeout (checked on the 1-s heartbeat tick) decides
   const client = await startClientDaemon(t, dir, ['--heartbeat-ms', '1000', '--heartbeat-missed-max', '60', '--reconnect-delay-ms', '500']);
-  const show = async (name: string) => ((await controlRequest(client.control, { cmd: 'show', device: name })) as { device: Record<string, any> }).device;
+  const show = (name: string) => showDevice(client.control, name);
   const map = async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control])).device;
   const a = await map(`sessname=fa ${testMapTarget(serverA.port)} device_path=a.img io_timeout=3`);
   const b = await map(`sessname=fb ${testMapTarget(serverB.port)} device_path=b.img`);

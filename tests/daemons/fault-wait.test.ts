@@ -7,9 +7,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/control/index.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
-import { ibnbdJson, startClientDaemon, startServerDaemon, until } from '../support/daemons.js';
+import { ibnbdJson, showDevice, startClientDaemon, startServerDaemon, until } from '../support/daemons.js';
 import { blkio, expectedPattern, fileBytes, MiB } from '../support/vhost-helpers.js';
 import { scaled, testMapTarget } from '../support/transport-under-test.js';
 
@@ -25,7 +24,7 @@ async function setup(t: ExecutionContext, file: string, size: number) {
   const port = server.port;
   const client = await startClientDaemon(t, dir, CLIENT);
   const map = async (s: string) => (await ibnbdJson<{ device: Record<string, any> }>(['map', s, '--control', client.control])).device;
-  const show = async (name: string) => ((await controlRequest(client.control, { cmd: 'show', device: name })) as { device: Record<string, any> }).device;
+  const show = (name: string) => showDevice(client.control, name);
   /** Freezes the server, waits until the client has requests outstanding on it (so the kill
    *  always lands on IO in flight, however fast the machine), then SIGKILLs it. */
   const killUnderIo = async (name: string) => {

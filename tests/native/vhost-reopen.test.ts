@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { decode, encode } from '../../src/proto/ibnbd.js';
 import { sparseFile } from '../../harness/fixtures.js';
-import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice, tool } from '../support/vhost-helpers.js';
+import { MiB, blkio, expectedPattern, fileBytes, mapDevice, optionsFromRsp, serveFile, startDevice, tool, toolEnv } from '../support/vhost-helpers.js';
 
 const pattern = (seed: number, offset: number, count: number, size: number) => [
   '--seed', String(seed), '--count', String(count), '--sequential', '--min-size', String(size), '--max-size', String(size), '--offset', String(offset),
@@ -108,9 +108,8 @@ test.serial('disconnectFrontend while waiting: the requests still in the ring (n
   const dev = startDevice(t, optionsFromRsp(m, join(srv.dir, 'u.sock')));
   // the rings are not popped while the device waits: the 8 requests stay in the ring
   dev.vhost.setServerDeviceId(null, true);
-  const env = { ...process.env };
-  delete env.LD_PRELOAD; // the tools are never built with ASan
-  const front = spawn(tool('ibnbd-vhost-raw'), ['--path', dev.socket, '--timeout-ms', '10000', 'unanswered'], { env });
+  // spawned, not runTool: its "ready" on stderr must be read while it runs
+  const front = spawn(tool('ibnbd-vhost-raw'), ['--path', dev.socket, '--timeout-ms', '10000', 'unanswered'], { env: toolEnv() });
   let out = '';
   let err = '';
   front.stdout.on('data', (b: Buffer) => (out += b.toString()));

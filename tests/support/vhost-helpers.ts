@@ -29,13 +29,18 @@ export interface ToolResult {
   stderr: string;
 }
 
+/** The environment a tool runs in: the tools are never built with ASan, so the sanitizer
+ *  runtime stays out of it. */
+export function toolEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.LD_PRELOAD;
+  return env;
+}
+
 /** Runs a tool bounded in time; its stdout is one JSON object. */
 export function runTool(name: ToolName, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
   return new Promise((resolve) => {
-    // The tools are never built with ASan: keep the sanitizer runtime out of their environment.
-    const env = { ...process.env };
-    delete env.LD_PRELOAD;
-    execFile(tool(name), args, { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL', env }, (err, stdout, stderr) => {
+    execFile(tool(name), args, { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL', env: toolEnv() }, (err, stdout, stderr) => {
       let json: Record<string, any> = {};
       try {
         json = JSON.parse(stdout.trim().split('\n').pop() || '{}');

@@ -11,8 +11,7 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/control/index.js';
-import { ibnbdJson, startClientDaemon, startServerDaemon } from '../support/daemons.js';
+import { ibnbdJson, showDevice, startClientDaemon, startServerDaemon } from '../support/daemons.js';
 import { startGuest } from '../../harness/qemu/harness.js';
 import { sparseFile, tempDir } from '../../harness/fixtures.js';
 import { fileBytes, MiB } from '../support/vhost-helpers.js';
@@ -45,7 +44,7 @@ test.serial('a guest running fio --verify=crc32c at QD16 rides out a server SIGK
   const port = server.port;
   const client = await startClientDaemon(t, dir, ['--heartbeat-ms', '500', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '1000']);
   const { device } = await ibnbdJson<{ device: any }>(['map', `sessname=vmf path=ip:127.0.0.1:${port} device_path=vm.img`, '--control', client.control]);
-  const show = async () => ((await controlRequest(client.control, { cmd: 'show', device: device.name })) as { device: Record<string, any> }).device;
+  const show = () => showDevice(client.control, device.name);
 
   const guest = await startGuest({
     mode: 'hostroot',
@@ -109,7 +108,7 @@ test.serial('a guest running fio --verify=crc32c at QD16 rides out a SIGKILL and
   const startClient = () => startClientDaemon(t, dir, ['--heartbeat-ms', '500', '--heartbeat-missed-max', '3', '--reconnect-delay-ms', '1000', '--state-dir', stateDir]);
   let client = await startClient();
   const { device } = await ibnbdJson<{ device: any }>(['map', `sessname=vmr path=ip:127.0.0.1:${server.port} device_path=vm.img`, '--control', client.control]);
-  const show = async () => ((await controlRequest(client.control, { cmd: 'show', device: device.name })) as { device: Record<string, any> }).device;
+  const show = () => showDevice(client.control, device.name);
 
   const guest = await startGuest({
     mode: 'hostroot',
